@@ -1,0 +1,132 @@
+"""`convert()`: the library entry point. Read -> plan -> ternarize -> pack -> write.
+
+The CLI only parses options and calls this; a script or CI job can call it directly.
+Guard clauses run first, the plan is validated for every tensor before a byte is written,
+and the output appears under its final name only when complete.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import OutputExistsError, UsageError
+from .model import LINEAR
+from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
+from .quant import TensorStats, check_finite, parse_group_size, tensor_stats, ternarize
+from .readers import open_source
+from .readers.checkpoint import Checkpoint
+from .writers import get_writer
+from .writers.atomic import atomic_path, check_output
+from .writers.base import Payload
+
+ProgressFn = Callable[[TensorPlan], None]
+
+
+def convert(
+    source: str | Path,
+    output: str | Path,
+    *,
+    layout: str = "tq2_0",
+    format: str = "gguf",
+    group_size: str | int = "tensor",
+    embedding_type: str = "f16",
+    output_type: str = "f16",
+    i2s_variant: str = "x86-act",
+    kernel_config: str | Path | None = None,
+    emit_kernel_config: str | Path | None = None,
+    allow_engine_mismatch: bool = False,
+    max_shard_size: int = 5 * 1000**3,
+    name: str | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: ProgressFn | None = None,
+    on_plan: Callable[[ConversionPlan], None] | None = None,
+) -> ConversionResult:
+    """Convert SOURCE (Hub id, folder, GGUF or `builtin:NAME`) into OUTPUT.
+
+    Returns a `ConversionResult` with the plan, per-linear statistics (scale, zero share,
+    relative error) and timing. With `dry_run`, nothing is read beyond headers and nothing
+    is written. Raises a `BitconvError` subclass on bad input or a failed write.
+    """
+    output = Path(output)
+    options = ConvertOptions(
+        layout=layout.lower().replace("-", "_"), format=format.lower(), group_size=parse_group_size(group_size),
+        embedding_type=_float_type(embedding_type, "--embedding-type"),
+        output_type=_float_type(output_type, "--output-type"), i2s_variant=i2s_variant,
+        kernel_config=Path(kernel_config) if kernel_config else None,
+        emit_kernel_config=Path(emit_kernel_config) if emit_kernel_config else None,
+        allow_engine_mismatch=allow_engine_mismatch, max_shard_size=max_shard_size, name=name,
+    )
+    writer = get_writer(options.format)
+    if not dry_run:
+        check_output(output, force)
+    ckpt = open_source(source, revision=revision, token=token)
+    plan = writer.plan(ckpt, output, options)
+    if on_plan is not None:
+        on_plan(plan)
+    if options.emit_kernel_config is not None:
+        _emit_kernel_config(plan, options.emit_kernel_config)
+    if dry_run:
+        return ConversionResult(plan=plan, written=False)
+    start = time.perf_counter()
+    stats: list[TensorStats] = []
+    with atomic_path(output, force=force) as tmp:
+        writer.write(tmp, plan, prepare_tensors(plan, stats, progress))
+    size = sum(p.stat().st_size for p in output.rglob("*")) if output.is_dir() else output.stat().st_size
+    return ConversionResult(plan=plan, written=True, stats=stats, seconds=time.perf_counter() - start,
+                            output_bytes=size)
+
+
+def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats],
+                    progress: ProgressFn | None = None) -> Iterator[tuple[TensorPlan, Payload]]:
+    """Yield each planned tensor ready for a writer: linears as Ternary, others as float32.
+
+    Source tensors already ternary keep their own values and scales (absmean is not
+    idempotent); float linears are absmean-ternarized with the plan's group.
+    """
+    for tp in plan.tensors:
+        src = tp.source
+        if tp.role == LINEAR:
+            if src.is_ternary:
+                tern = src.load_ternary()
+                stats.append(tensor_stats(tp.name, tern, None))
+            else:
+                w = src.load()
+                tern = ternarize(w, tp.group, tp.name)
+                stats.append(tensor_stats(tp.name, tern, w))
+                del w
+            yield tp, tern
+        else:
+            arr = src.load()
+            check_finite(arr, tp.name)
+            yield tp, arr
+        if progress is not None:
+            progress(tp)
+
+
+def _float_type(value: str, flag: str) -> str:
+    v = value.lower()
+    if v not in ("f32", "f16", "bf16"):
+        raise UsageError(f"{flag} must be f32, f16 or bf16, got {value!r}")
+    return v
+
+
+def _emit_kernel_config(plan: ConversionPlan, path: Path) -> None:
+    from .pack.tiles import codegen_args, tiles_from_metadata, write_kernel_config
+
+    if plan.options.layout not in ("tl1", "tl2"):
+        raise UsageError("--emit-kernel-config applies to --layout tl1 or tl2")
+    table = tiles_from_metadata(plan.layout_metadata)
+    write_kernel_config(path, table)
+    plan.layout_metadata["codegen_args"] = codegen_args(table)
+
+
+def open_checkpoint(source: str | Path, revision: str | None = None, token: str | None = None) -> Checkpoint:
+    """Open a source without converting it (verify and inspect use this)."""
+    return open_source(source, revision=revision, token=token)

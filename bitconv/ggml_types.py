@@ -1,0 +1,66 @@
+"""GGML tensor types bitconv reads and writes: the one place that knows their ids and sizes.
+
+The `gguf` package (PyPI) knows the float types and TQ1_0/TQ2_0, but not bitnet.cpp's
+I2_S (36), TL1 (38) and TL2 (39): its enum rejects them and upstream reuses some of those
+ids for other types. bitconv never patches `gguf`; instead it writes these ids as raw
+integers and sizes every packed type through its own layout classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32, F16, BF16 = 0, 1, 30
+
+FLOAT_TYPES: dict[int, tuple[str, np.dtype | None, int]] = {
+    F32: ("F32", np.dtype(np.float32), 4),
+    F16: ("F16", np.dtype(np.float16), 2),
+    BF16: ("BF16", None, 2),  # numpy has no bfloat16: handled as uint16 bit patterns
+}
+FLOAT_BY_NAME = {"f32": F32, "f16": F16, "bf16": BF16}
+
+
+def type_name(ggml_type: int) -> str:
+    if ggml_type in FLOAT_TYPES:
+        return FLOAT_TYPES[ggml_type][0]
+    from .pack import layout_for_ggml_type
+
+    cls = layout_for_ggml_type(ggml_type)
+    return cls.name.upper() if cls is not None else f"type{ggml_type}"
+
+
+def tensor_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
+    """Bytes of a tensor's data in the file. `shape` is bitconv's [M, K] (or [N] for vectors)."""
+    if ggml_type in FLOAT_TYPES:
+        return int(np.prod(shape)) * FLOAT_TYPES[ggml_type][2]
+    from .pack import layout_for_ggml_type
+
+    cls = layout_for_ggml_type(ggml_type)
+    if cls is None or len(shape) != 2:
+        raise ValueError(f"unsupported GGML type {ggml_type} for shape {list(shape)}")
+    return cls().nbytes((int(shape[0]), int(shape[1])))
+
+
+def float_to_bytes(arr: np.ndarray, ggml_type: int) -> np.ndarray:
+    """Float32 array -> the little-endian bytes of F32/F16/BF16 (BF16 rounds to nearest even)."""
+    a = np.ascontiguousarray(arr, dtype=np.float32)
+    if ggml_type == F32:
+        return a.reshape(-1).view(np.uint8)
+    if ggml_type == F16:
+        return a.astype(np.float16).reshape(-1).view(np.uint8)
+    if ggml_type == BF16:
+        bits = a.reshape(-1).view(np.uint32)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        return rounded.view(np.uint8)
+    raise ValueError(f"not a float type: {ggml_type}")
+
+
+def bytes_to_float(data: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
+    data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    if ggml_type == F32:
+        return data.view(np.float32).reshape(shape)
+    if ggml_type == F16:
+        return data.view(np.float16).astype(np.float32).reshape(shape)
+    if ggml_type == BF16:
+        return (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    raise ValueError(f"not a float type: {ggml_type}")

@@ -1,0 +1,113 @@
+"""What bitconv knows about a model, independent of the file it came from.
+
+Readers produce a `ModelSpec` and a stream of `SourceTensor`s named with GGUF's canonical
+tensor names (`blk.N.attn_q.weight`), whatever the source's own names were, so planning,
+writing and verify deal with one vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .quant import Ternary
+
+# Roles decide what happens to a tensor: linears are ternary, the rest keep a float type.
+LINEAR, EMBEDDING, OUTPUT, NORM = "linear", "embedding", "output", "norm"
+
+LINEAR_KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+NORM_KINDS = ("attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm")
+
+
+@dataclass
+class HParams:
+    """Hyperparameters an engine needs to run the model (the GGUF `<arch>.*` keys)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    context_length: int
+    rope_theta: float
+    rms_eps: float
+    hidden_act: str  # "relu2" | "silu"
+    tie_embeddings: bool
+    sub_norms: bool  # BitNet attn_sub_norm / ffn_sub_norm present
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SourceInfo:
+    """Where a model came from, for provenance in metadata and manifests."""
+
+    kind: str  # "hub" | "folder" | "gguf" | "builtin"
+    location: str  # repo id, path or builtin name as the user gave it
+    path: Path  # the local folder or file actually read
+    revision: str | None = None  # requested revision
+    commit: str | None = None  # resolved commit hash (hub)
+
+
+@dataclass
+class ModelSpec:
+    family: str  # registered architecture name, e.g. "BitNetForCausalLM"
+    name: str  # human name (general.name)
+    hparams: HParams
+    source: SourceInfo
+    config: dict[str, Any] = field(default_factory=dict)
+    tokenizer_dir: Path | None = None  # folder with tokenizer.json / tokenizer.model
+    packed: bool = False  # linears are ternary on disk (HF bitnet packed or a ternary GGUF)
+    quantization: dict[str, Any] = field(default_factory=dict)  # the source's quantization_config
+    gguf_metadata: dict[str, Any] = field(default_factory=dict)  # GGUF sources: their KV pairs
+
+
+@dataclass
+class SourceTensor:
+    """One tensor, not yet read. `load()` reads it as float32; `load_ternary()` returns the
+    ternary values and scales of a tensor already ternary on disk (never re-quantized)."""
+
+    name: str
+    shape: tuple[int, ...]
+    role: str
+    dtype: str  # source dtype: "bf16", "f16", "f32" or a ternary layout name
+    source_name: str
+    _load: Callable[[], np.ndarray] | None = None
+    _load_ternary: Callable[[], Ternary] | None = None
+    source_nbytes: int = 0
+    group: Any = None  # ternary sources: the group of their own scales ("tensor", "row", N)
+
+    @property
+    def is_ternary(self) -> bool:
+        return self._load_ternary is not None
+
+    def load(self) -> np.ndarray:
+        if self._load is not None:
+            return self._load()
+        return self.load_ternary().dequantize()
+
+    def load_ternary(self) -> Ternary:
+        if self._load_ternary is None:
+            raise TypeError(f"{self.name} is not ternary on disk")
+        return self._load_ternary()
+
+
+def layer_of(name: str) -> int | None:
+    """`blk.7.attn_q.weight` -> 7; tensors outside the blocks -> None."""
+    if name.startswith("blk."):
+        return int(name.split(".")[1])
+    return None
+
+
+def kind_of(name: str) -> str:
+    """`blk.7.attn_q.weight` -> `attn_q`; `token_embd.weight` -> `token_embd`."""
+    parts = name.split(".")
+    return parts[2] if parts[0] == "blk" else parts[0]

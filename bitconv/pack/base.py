@@ -1,0 +1,122 @@
+"""The packer interface and its registry: one class per layout, registered by name.
+
+A layout turns a `Ternary` [M, K] into the exact bytes an engine reads for that tensor
+(scale included where the format stores it inline) and back. Packers never read files or
+decide policy; they are pure, vectorized functions of the matrix, so they can be tested
+byte for byte against reference vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import LayoutError, UsageError
+from ..quant import GroupSize, Ternary
+
+_LAYOUTS: dict[str, type["Layout"]] = {}
+
+
+class Layout:
+    """Base of every packer. Subclasses declare `name=` in the class statement.
+
+    Instances carry the layout's options (I2_S variant, TL tile table), so `pack` and
+    `unpack` take only the tensor. `check` runs at plan time, before anything is written,
+    and raises `LayoutError` naming the tensor, its shape and the rule it breaks.
+    """
+
+    name: ClassVar[str]
+    ggml_type: ClassVar[int | None] = None  # GGML type id in a GGUF; None: not a GGUF layout
+    file_type: ClassVar[int | None] = None  # general.file_type of a file whose linears use it
+    bits_per_weight: ClassVar[float] = 2.0
+    tensor_scale_only: ClassVar[bool] = True  # only one scale per tensor can be stored
+    engine: ClassVar[str] = "bitnet.cpp"  # the engine that owns the format and judges its files
+    description: ClassVar[str] = ""
+
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is None:
+            return
+        if name in _LAYOUTS:
+            raise AssertionError(f"layout {name!r} registered twice")
+        cls.name = name
+        _LAYOUTS[name] = cls
+
+    # -- plan time -------------------------------------------------------------------
+    def check(self, name: str, shape: tuple[int, int], group: GroupSize) -> None:
+        """Raise LayoutError if this tensor cannot be stored in this layout."""
+        if self.tensor_scale_only and group != "tensor":
+            raise UsageError(
+                f"layout {self.name} stores one scale per tensor; --group-size {group} cannot be written",
+                hint="use --group-size tensor, or a layout with group scales (tq1_0/tq2_0 take row or multiples of 256)",
+            )
+
+    def nbytes(self, shape: tuple[int, int]) -> int:
+        raise NotImplementedError
+
+    def metadata(self) -> dict[str, Any]:
+        """Options that a reader needs to unpack this layout again (stored as bitconv.*)."""
+        return {}
+
+    # -- data ------------------------------------------------------------------------
+    def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
+        """Return the tensor's bytes as a 1-D uint8 array of length nbytes(shape)."""
+        raise NotImplementedError
+
+    def unpack(self, data: np.ndarray, shape: tuple[int, int], name: str = "tensor") -> Ternary:
+        """Inverse of pack: bytes (1-D uint8) back to ternary values and scale(s)."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses ------------------------------------------------------
+    def _fail(self, name: str, shape: tuple[int, int], rule: str, hint: str | None = None) -> LayoutError:
+        return LayoutError(
+            f"{name}: shape [M={shape[0]}, K={shape[1]}] cannot be written as {self.name}: {rule}",
+            hint=hint,
+        )
+
+    def _check_data(self, data: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
+        data = np.asarray(data).reshape(-1).view(np.uint8)
+        if data.size != self.nbytes(shape):
+            raise LayoutError(
+                f"{name}: {self.name} data holds {data.size} bytes, expected {self.nbytes(shape)} "
+                f"for shape {list(shape)}",
+                hint="the file is truncated or was written for another shape",
+            )
+        return data
+
+
+def layout_names() -> list[str]:
+    _load_builtin()
+    return sorted(_LAYOUTS)
+
+
+def layout_class(name: str) -> type[Layout]:
+    _load_builtin()
+    key = name.strip().lower().replace("-", "_")
+    if key not in _LAYOUTS:
+        raise UsageError(f"unknown layout {name!r}; choose one of: {', '.join(sorted(_LAYOUTS))}")
+    return _LAYOUTS[key]
+
+
+def get_layout(name: str, **options: Any) -> Layout:
+    """Instantiate a registered layout with its options (unknown options are an error)."""
+    cls = layout_class(name)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise UsageError(f"layout {cls.name}: {exc}") from None
+
+
+def layout_for_ggml_type(ggml_type: int) -> type[Layout] | None:
+    _load_builtin()
+    for cls in _LAYOUTS.values():
+        if cls.ggml_type == ggml_type:
+            return cls
+    return None
+
+
+def _load_builtin() -> None:
+    # Importing the package modules registers every built-in layout exactly once.
+    from . import _builtin  # noqa: F401
+

@@ -1,0 +1,42 @@
+"""The reader interface: a model spec plus an ordered list of lazily loaded tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..model import LINEAR_KINDS, NORM_KINDS, ModelSpec, SourceTensor, kind_of, layer_of
+
+_BLOCK_ORDER = {k: i for i, k in enumerate(
+    ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_sub_norm", "attn_output",
+     "ffn_norm", "ffn_gate", "ffn_up", "ffn_sub_norm", "ffn_down")
+)}
+assert set(_BLOCK_ORDER) == set(LINEAR_KINDS) | set(NORM_KINDS)
+
+
+def canonical_order(name: str) -> tuple:
+    """Sort key giving the same tensor order whatever order the source files use."""
+    layer = layer_of(name)
+    if layer is None:
+        head = {"token_embd": 0, "output_norm": 2, "output": 3}.get(kind_of(name), 4)
+        return (head, 0, 0, name)
+    return (1, layer, _BLOCK_ORDER.get(kind_of(name), 99), name)
+
+
+@dataclass
+class Checkpoint:
+    spec: ModelSpec
+    tensors: list[SourceTensor]
+    files: list[Path] = field(default_factory=list)  # every source file read, for provenance
+
+    def __post_init__(self) -> None:
+        self.tensors.sort(key=lambda t: canonical_order(t.name))
+
+    def get(self, name: str) -> SourceTensor:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def has(self, name: str) -> bool:
+        return any(t.name == name for t in self.tensors)

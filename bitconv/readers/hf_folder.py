@@ -1,0 +1,177 @@
+"""Hugging Face model folders: config.json + safetensors (+ tokenizer files).
+
+Latent float linears are handed on to be ternarized; linears already packed in the
+Hugging Face bitnet format (uint8 + weight_scale, FORMATS.md §7) are unpacked here into
+their own ternary values and scales and never re-quantized.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadWeightsError, CorruptFileError, InputError, SourceNotFoundError
+from ..model import LINEAR, HParams, ModelSpec, SourceInfo, SourceTensor, kind_of
+from ..pack.hf2bit import HF2Bit
+from ..quant import Ternary
+from .archs import Architecture, architecture_for
+from .checkpoint import Checkpoint
+from .safetensors_files import ShardSet
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.exists():
+        raise SourceNotFoundError(
+            f"{folder}: no config.json",
+            hint="a model folder needs the config.json that describes its architecture",
+        )
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as exc:
+        raise CorruptFileError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise CorruptFileError(f"{path}: expected a JSON object")
+    return config
+
+
+def linear_out_features(kind: str, hp: HParams) -> int:
+    """M of each projection, needed to unpack HF's row-planes (their packed rows are ceil(M/4))."""
+    return {
+        "attn_q": hp.num_heads * hp.head_dim,
+        "attn_k": hp.num_kv_heads * hp.head_dim,
+        "attn_v": hp.num_kv_heads * hp.head_dim,
+        "attn_output": hp.hidden_size,
+        "ffn_gate": hp.intermediate_size,
+        "ffn_up": hp.intermediate_size,
+        "ffn_down": hp.hidden_size,
+    }[kind]
+
+
+def packed_scale_is_reciprocal(qconfig: dict[str, Any]) -> bool:
+    """`bitlinear` stores 1/s, `autobitlinear` (offline) stores s (FORMATS.md §7)."""
+    return qconfig.get("linear_class", "bitlinear") != "autobitlinear"
+
+
+def group_from_scale_shape(scale_shape: tuple[int, ...], m: int, k: int, name: str) -> Any:
+    n = int(np.prod(scale_shape)) if scale_shape else 1
+    if n == 1:
+        return "tensor"
+    if len(scale_shape) == 2 and scale_shape[0] == m:
+        if scale_shape[1] == 1:
+            return "row"
+        if k % scale_shape[1] == 0:
+            return k // scale_shape[1]
+    raise BadWeightsError(f"{name}: weight_scale of shape {list(scale_shape)} does not fit a [{m}, {k}] weight")
+
+
+def unpack_hf_linear(codes_packed: np.ndarray, scale: np.ndarray, m: int, name: str,
+                     reciprocal: bool) -> Ternary:
+    """Packed uint8 + weight_scale -> Ternary, refusing invalid codes and scales by name."""
+    k = codes_packed.shape[1]
+    codes = HF2Bit().unpack_codes(codes_packed, m)
+    if np.any(codes == 3):
+        bad = int(np.count_nonzero(codes == 3))
+        raise BadWeightsError(
+            f"{name}: {bad} packed code(s) equal 3, which is not a ternary code (0, 1, 2 mean -1, 0, +1)",
+            hint="the checkpoint is corrupt or not in the Hugging Face bitnet format",
+        )
+    scale = np.asarray(scale, dtype=np.float32)
+    if scale.size == 0:
+        raise BadWeightsError(f"{name}: weight_scale is empty")
+    if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
+        raise BadWeightsError(
+            f"{name}: weight_scale must be finite and positive, got {scale.reshape(-1)[:4].tolist()}",
+            hint="the checkpoint is corrupt; fix or re-export it",
+        )
+    group = group_from_scale_shape(tuple(scale.shape), m, k, name)
+    s = (1.0 / scale) if reciprocal else scale
+    if group == "tensor":
+        s = s.reshape(())
+    return Ternary(codes.astype(np.int8) - 1, s.astype(np.float32), group)
+
+
+def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
+    if not folder.is_dir():
+        raise SourceNotFoundError(f"{folder}: not a folder")
+    config = read_config(folder)
+    arch = architecture_for(config, str(folder / "config.json"))
+    hp = arch.hparams(config)
+    qconfig = config.get("quantization_config") or {}
+    if qconfig and qconfig.get("quant_method") not in (None, "bitnet"):
+        raise InputError(
+            f"{folder / 'config.json'}: quantization method {qconfig.get('quant_method')!r} is not ternary; "
+            "bitconv reads float or Hugging Face bitnet-packed checkpoints"
+        )
+    shards = ShardSet(folder)
+    tensors: list[SourceTensor] = []
+    packed_any = False
+    for hf_name in shards.names():
+        if hf_name.endswith(".weight_scale"):
+            continue
+        try:
+            mapped = arch.map_name(hf_name)
+        except KeyError:
+            raise InputError(
+                f"{shards.path_of(hf_name)}: tensor {hf_name!r} is not part of a {arch.hf_names[0]} model",
+                hint="the checkpoint has extra parameters (biases, adapters) bitconv does not convert",
+            ) from None
+        if mapped is None:
+            continue
+        name, role = mapped
+        shape, dtype = shards.info(hf_name)
+        if role == LINEAR and dtype == "u8":
+            packed_any = True
+            tensors.append(_packed_tensor(shards, hf_name, name, shape, hp, qconfig))
+        else:
+            if dtype not in ("bf16", "f16", "f32"):
+                raise InputError(f"{shards.path_of(hf_name)}: tensor {hf_name!r} has dtype {dtype}; expected bf16/f16/f32")
+            tensors.append(SourceTensor(
+                name=name, shape=shape, role=role, dtype=dtype, source_name=hf_name,
+                _load=(lambda n=hf_name: shards.get(n)),
+                source_nbytes=int(np.prod(shape)) * {"bf16": 2, "f16": 2, "f32": 4}[dtype],
+            ))
+    spec = ModelSpec(
+        family=arch.hf_names[0],
+        name=str(config.get("_name_or_path") or source.location).rstrip("/").split("/")[-1] or folder.name,
+        hparams=hp,
+        source=source,
+        config=config,
+        tokenizer_dir=folder if any((folder / f).exists() for f in TOKENIZER_FILES) else None,
+        packed=packed_any,
+        quantization=dict(qconfig),
+    )
+    files = sorted(set(shards.files) | {folder / "config.json"} |
+                   {folder / f for f in TOKENIZER_FILES + ("model.safetensors.index.json",) if (folder / f).exists()})
+    return Checkpoint(spec=spec, tensors=tensors, files=files)
+
+
+def _packed_tensor(shards: ShardSet, hf_name: str, name: str, shape: tuple[int, ...], hp: HParams,
+                   qconfig: dict[str, Any]) -> SourceTensor:
+    scale_name = hf_name + "_scale"
+    if scale_name not in shards:
+        raise BadWeightsError(
+            f"{shards.path_of(hf_name)}: packed weight {hf_name!r} has no {scale_name!r}",
+            hint="a Hugging Face bitnet-packed linear needs its weight_scale; the checkpoint is incomplete",
+        )
+    m = linear_out_features(kind_of(name), hp)
+    if len(shape) != 2 or shape[0] != (m + 3) // 4:
+        raise BadWeightsError(
+            f"{hf_name}: packed shape {list(shape)} does not match {m} output features "
+            f"(expected [{(m + 3) // 4}, K])"
+        )
+    reciprocal = packed_scale_is_reciprocal(qconfig)
+    group = group_from_scale_shape(shards.info(scale_name)[0], m, shape[1], scale_name)
+
+    def load() -> Ternary:
+        return unpack_hf_linear(shards.get(hf_name), shards.get(scale_name), m, hf_name, reciprocal)
+
+    return SourceTensor(
+        name=name, shape=(m, shape[1]), role=LINEAR, dtype="hf2bit", source_name=hf_name,
+        _load_ternary=load, source_nbytes=int(np.prod(shape)), group=group,
+    )

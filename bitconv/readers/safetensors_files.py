@@ -1,0 +1,124 @@
+"""Lazy access to single or sharded safetensors files, one tensor at a time.
+
+Opens headers only; a tensor's bytes are read (memory-mapped) when asked for, so peak
+memory follows the largest tensor, not the model. The shard index is validated before
+anything is read: every shard must exist inside the model folder (an index that points
+elsewhere is refused, never followed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from ..errors import CorruptFileError, InputError, SourceNotFoundError
+
+INDEX_NAME = "model.safetensors.index.json"
+_DTYPES = {"BF16": "bf16", "F16": "f16", "F32": "f32", "U8": "u8", "I8": "i8", "F64": "f64"}
+
+
+def _safe_join(folder: Path, rel: str, index_path: Path) -> Path:
+    p = Path(rel)
+    target = (folder / p).resolve()
+    if p.is_absolute() or ".." in p.parts or folder.resolve() not in target.parents:
+        raise CorruptFileError(
+            f"{index_path}: shard {rel!r} is outside the model folder; refusing to read it",
+            hint="an index may only name files inside its own folder",
+        )
+    return target
+
+
+class ShardSet:
+    """All safetensors files of one model folder, addressed by tensor name."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._where: dict[str, Path] = {}
+        self._handles: dict[Path, object] = {}
+        index = folder / INDEX_NAME
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CorruptFileError(f"{index}: not a valid safetensors index ({exc})") from None
+            for name, rel in weight_map.items():
+                if not isinstance(rel, str):
+                    raise CorruptFileError(f"{index}: entry for {name!r} is not a file name")
+                self._where[name] = _safe_join(folder, rel, index)
+            for path in sorted(set(self._where.values())):
+                if not path.exists():
+                    raise SourceNotFoundError(
+                        f"{index}: shard {path.name} is listed but missing",
+                        hint="the download is incomplete; fetch the model again",
+                    )
+            self.files = sorted(set(self._where.values()))
+            self._check_index_covers()
+        else:
+            self.files = sorted(folder.glob("*.safetensors"))
+            if not self.files:
+                if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
+                    raise InputError(
+                        f"{folder}: only pickle weights (*.bin/*.pt) found; bitconv reads safetensors and never unpickles",
+                        hint="convert the weights to safetensors with a tool you trust",
+                    )
+                raise SourceNotFoundError(f"{folder}: no *.safetensors files found")
+            for path in self.files:
+                for name in self._open(path).keys():
+                    if name in self._where:
+                        raise CorruptFileError(f"{path}: tensor {name!r} also appears in {self._where[name].name}")
+                    self._where[name] = path
+
+    def _check_index_covers(self) -> None:
+        for path in self.files:
+            names = set(self._open(path).keys())
+            listed = {n for n, p in self._where.items() if p == path}
+            missing = listed - names
+            if missing:
+                raise CorruptFileError(
+                    f"{path}: index lists {len(missing)} tensor(s) not in this shard, e.g. {sorted(missing)[0]!r}",
+                    hint="the index and shards come from different versions; fetch the model again",
+                )
+
+    def _open(self, path: Path):
+        h = self._handles.get(path)
+        if h is None:
+            try:
+                h = safe_open(str(path), framework="pt")
+            except Exception as exc:  # safetensors raises its own error type for bad headers
+                raise CorruptFileError(
+                    f"{path}: not a readable safetensors file ({exc})",
+                    hint="the file is truncated or corrupt; download it again",
+                ) from None
+            self._handles[path] = h
+        return h
+
+    def names(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def path_of(self, name: str) -> Path:
+        return self._where[name]
+
+    def info(self, name: str) -> tuple[tuple[int, ...], str]:
+        sl = self._open(self._where[name]).get_slice(name)
+        return tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype(), sl.get_dtype().lower())
+
+    def get_torch(self, name: str) -> torch.Tensor:
+        path = self._where[name]
+        try:
+            return self._open(path).get_tensor(name)
+        except Exception as exc:
+            raise CorruptFileError(f"{path}: cannot read tensor {name!r} ({exc})") from None
+
+    def get(self, name: str, dtype=np.float32) -> np.ndarray:
+        t = self.get_torch(name)
+        if t.is_floating_point():
+            return t.to(torch.float32).numpy().astype(dtype, copy=False)
+        return t.numpy()

@@ -1,0 +1,143 @@
+"""Seeded random checkpoints in Hugging Face layout, for tests, benchmarks and judges.
+
+They are real model folders (config.json, safetensors, a byte-level BPE tokenizer.json
+trained with `tokenizers`), so every reader path runs on them exactly as on a download.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+FAMILIES = {
+    # family -> (architectures, model_type, hidden_act, attn sub-norm name, ffn sub-norm name)
+    "relu2": ("BitNetForCausalLM", "bitnet", "relu2", "self_attn.attn_sub_norm", "mlp.ffn_sub_norm"),
+    "silu": ("BitnetForCausalLM", "bitnet", "silu", "self_attn.inner_attn_ln", "mlp.ffn_layernorm"),
+    "llama": ("LlamaForCausalLM", "llama", "silu", None, None),
+}
+
+_TEXT = (
+    "The quick brown fox jumps over the lazy dog. A ternary network stores each weight as "
+    "minus one, zero or plus one, and a single scale per tensor. Engines read packed bytes; "
+    "converters must write exactly what they expect, or the model speaks nonsense. "
+)
+
+
+@dataclass
+class SynthConfig:
+    family: str = "silu"
+    hidden: int = 256
+    intermediate: int = 512
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    vocab: int = 512
+    context: int = 512
+    tie: bool = True
+    dtype: str = "bf16"  # bf16 | f16 | f32
+    shards: int = 1
+    seed: int = 0
+    rope_theta: float = 10000.0
+    quantization_config: dict | None = None
+
+
+def train_tokenizer(vocab: int, text: str = _TEXT * 20) -> "object":
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator([text], trainer=trainer)
+    return tok
+
+
+def hf_weights(cfg: SynthConfig) -> dict[str, torch.Tensor]:
+    """Float weights named as transformers names them, seeded and deterministic."""
+    arch, _, _, attn_sub, ffn_sub = FAMILIES[cfg.family]
+    g = torch.Generator().manual_seed(cfg.seed)
+    d = cfg.hidden // cfg.heads
+    dt = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[cfg.dtype]
+
+    def lin(m: int, k: int) -> torch.Tensor:
+        return (torch.randn(m, k, generator=g) * k**-0.5).to(dt)
+
+    def norm(n: int) -> torch.Tensor:
+        return (1.0 + 0.1 * torch.randn(n, generator=g)).to(dt)
+
+    w: dict[str, torch.Tensor] = {"model.embed_tokens.weight": (torch.randn(cfg.vocab, cfg.hidden, generator=g)).to(dt)}
+    for i in range(cfg.layers):
+        p = f"model.layers.{i}."
+        w[p + "input_layernorm.weight"] = norm(cfg.hidden)
+        w[p + "self_attn.q_proj.weight"] = lin(cfg.heads * d, cfg.hidden)
+        w[p + "self_attn.k_proj.weight"] = lin(cfg.kv_heads * d, cfg.hidden)
+        w[p + "self_attn.v_proj.weight"] = lin(cfg.kv_heads * d, cfg.hidden)
+        w[p + "self_attn.o_proj.weight"] = lin(cfg.hidden, cfg.heads * d)
+        w[p + "post_attention_layernorm.weight"] = norm(cfg.hidden)
+        w[p + "mlp.gate_proj.weight"] = lin(cfg.intermediate, cfg.hidden)
+        w[p + "mlp.up_proj.weight"] = lin(cfg.intermediate, cfg.hidden)
+        w[p + "mlp.down_proj.weight"] = lin(cfg.hidden, cfg.intermediate)
+        if attn_sub:
+            w[p + attn_sub + ".weight"] = norm(cfg.hidden)
+            w[p + ffn_sub + ".weight"] = norm(cfg.intermediate)
+    w["model.norm.weight"] = norm(cfg.hidden)
+    if not cfg.tie:
+        w["lm_head.weight"] = lin(cfg.vocab, cfg.hidden)
+    return w
+
+
+def hf_config(cfg: SynthConfig) -> dict:
+    arch, model_type, act, _, _ = FAMILIES[cfg.family]
+    c = {
+        "architectures": [arch], "model_type": model_type, "hidden_act": act,
+        "hidden_size": cfg.hidden, "intermediate_size": cfg.intermediate, "num_hidden_layers": cfg.layers,
+        "num_attention_heads": cfg.heads, "num_key_value_heads": cfg.kv_heads, "vocab_size": cfg.vocab,
+        "max_position_embeddings": cfg.context, "rms_norm_eps": 1e-5, "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie, "bos_token_id": 0, "eos_token_id": 1, "torch_dtype":
+            {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[cfg.dtype],
+        "attention_bias": False,
+    }
+    if cfg.quantization_config:
+        c["quantization_config"] = cfg.quantization_config
+    return c
+
+
+def save_weights(folder: Path, weights: dict[str, torch.Tensor], shards: int = 1) -> None:
+    names = list(weights)
+    if shards <= 1:
+        save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return
+    parts = np.array_split(np.arange(len(names)), shards)
+    weight_map = {}
+    for i, idx in enumerate(parts):
+        fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        chunk = {names[j]: weights[names[j]] for j in idx}
+        save_file(chunk, str(folder / fname), metadata={"format": "pt"})
+        weight_map.update({n: fname for n in chunk})
+    total = sum(t.numel() * t.element_size() for t in weights.values())
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def make_checkpoint(folder: str | Path, cfg: SynthConfig | None = None, **overrides) -> Path:
+    """Write a random model folder and return its path."""
+    cfg = cfg or SynthConfig()
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(hf_config(cfg), indent=2))
+    save_weights(folder, hf_weights(cfg), cfg.shards)
+    tok = train_tokenizer(min(cfg.vocab, 400))
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "add_bos_token": False}))
+    return folder

@@ -1,0 +1,62 @@
+"""Output writers, one per format, registered by name (`--format gguf|safetensors`).
+
+A writer decides, before anything is read, what each tensor becomes (`plan`), refusing
+what its target engine cannot run; then it streams prepared tensors into a temporary path
+(`write`). It never ternarizes: it receives `Ternary` linears and float arrays.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Union
+
+import numpy as np
+
+from ..errors import UsageError
+from ..plan import ConversionPlan, ConvertOptions, TensorPlan
+from ..quant import Ternary
+from ..readers.checkpoint import Checkpoint
+
+Payload = Union[Ternary, np.ndarray]
+
+_WRITERS: dict[str, type["Writer"]] = {}
+
+
+class Writer:
+    format: ClassVar[str]
+    is_folder: ClassVar[bool] = False
+
+    def __init_subclass__(cls, *, format: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if format is not None:
+            if format in _WRITERS:
+                raise AssertionError(f"writer {format!r} registered twice")
+            cls.format = format
+            _WRITERS[format] = cls
+
+    def plan(self, ckpt: Checkpoint, output: Path, options: ConvertOptions) -> ConversionPlan:
+        raise NotImplementedError
+
+    def write(self, tmp: Path, plan: ConversionPlan, tensors: Iterator[tuple[TensorPlan, Payload]]) -> None:
+        raise NotImplementedError
+
+
+def writer_formats() -> list[str]:
+    _load_builtin()
+    return sorted(_WRITERS)
+
+
+def get_writer(fmt: str) -> Writer:
+    _load_builtin()
+    if fmt not in _WRITERS:
+        raise UsageError(f"unknown --format {fmt!r}; choose one of: {', '.join(sorted(_WRITERS))}")
+    return _WRITERS[fmt]()
+
+
+def _load_builtin() -> None:
+    from . import gguf_writer  # noqa: F401
+
+    try:
+        from . import safetensors_writer  # noqa: F401
+    except ImportError:  # pragma: no cover - until that writer lands
+        pass

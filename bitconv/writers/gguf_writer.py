@@ -1,0 +1,187 @@
+"""GGUF output through the `gguf` package, streamed: all tensor infos first, then each
+tensor's bytes as soon as it is packed, so only one tensor is in memory at a time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import gguf
+import numpy as np
+
+from .. import __version__
+from ..errors import LayoutError
+from ..ggml_types import BF16, F16, F32, FLOAT_BY_NAME, float_to_bytes
+from ..model import EMBEDDING, LINEAR, NORM, OUTPUT, kind_of
+from ..pack import Layout, get_layout
+from ..plan import ConversionPlan, ConvertOptions, TensorPlan
+from ..quant import Ternary, check_finite
+from ..readers.archs import Architecture, architecture_for
+from ..readers.archs.llama import to_llama_rope_order
+from ..readers.checkpoint import Checkpoint
+from .base import Payload, Writer
+from .tokenizer import load_tokenizer
+
+QUANTIZATION_VERSION = 2
+
+
+def make_layout(options: ConvertOptions) -> Layout:
+    """The layout instance with the options that apply to it."""
+    name = options.layout
+    if name == "i2_s":
+        return get_layout(name, variant=options.i2s_variant)
+    if name in ("tl1", "tl2") and options.kernel_config is not None:
+        from ..pack.tiles import read_kernel_config
+
+        return get_layout(name, kernel_config=read_kernel_config(options.kernel_config))
+    return get_layout(name)
+
+
+class GGUFWriter(Writer, format="gguf"):
+    def plan(self, ckpt: Checkpoint, output: Path, options: ConvertOptions) -> ConversionPlan:
+        spec, hp = ckpt.spec, ckpt.spec.hparams
+        layout = make_layout(options)
+        if layout.ggml_type is None:
+            raise LayoutError(f"layout {layout.name} is not a GGUF layout", hint="use --format safetensors")
+        arch_cls = architecture_for(spec.config) if spec.config else None
+        family = arch_cls or _family_from_spec(spec)
+        engine = layout.engine
+        arch = family.gguf_arch(hp, engine)
+        has_output = any(t.role == OUTPUT for t in ckpt.tensors) and not hp.tie_embeddings
+        warnings = family.check_engine(hp, engine, layout.name, has_output, options.allow_engine_mismatch)
+        drop_output = arch == "bitnet"  # the `bitnet` graph has no output tensor (FORMATS.md §8)
+        if drop_output and has_output:
+            warnings.append("dropped output.weight: the 'bitnet' graph uses token_embd as the output layer")
+        tensors: list[TensorPlan] = []
+        for src in ckpt.tensors:
+            if src.role == OUTPUT and (hp.tie_embeddings or drop_output):
+                continue
+            if src.role == LINEAR:
+                group = src.group if src.is_ternary else options.group_size
+                if src.is_ternary and group != options.group_size and options.group_size != "tensor":
+                    warnings.append(f"{src.name}: kept the source's own {group} scales (already ternary)")
+                layout.check(src.name, src.shape, group)
+                tensors.append(TensorPlan(src.name, src.shape, LINEAR, layout.name,
+                                          layout.nbytes(src.shape), src, group))
+            else:
+                out = {EMBEDDING: options.embedding_type, OUTPUT: options.output_type}.get(src.role, "f32")
+                ggml = FLOAT_BY_NAME[out]
+                n = int(np.prod(src.shape)) * (4 if ggml == F32 else 2)
+                tensors.append(TensorPlan(src.name, src.shape, src.role, out, n, src))
+        return ConversionPlan(spec=spec, output=output, format="gguf", options=options, tensors=tensors,
+                              arch=arch, engine=engine, warnings=warnings, layout_metadata=layout.metadata())
+
+    def write(self, tmp: Path, plan: ConversionPlan, tensors: Iterator[tuple[TensorPlan, Payload]]) -> None:
+        layout = make_layout(plan.options)
+        spec, hp = plan.spec, plan.spec.hparams
+        w = gguf.GGUFWriter(path=str(tmp), arch=plan.arch)
+        _write_metadata(w, plan, layout)
+        for tp in plan.tensors:
+            if tp.role == LINEAR:
+                w.add_tensor_info(tp.name, list(tp.shape), np.dtype(np.int8), tp.nbytes, raw_dtype=layout.ggml_type)
+            elif tp.out_type == "bf16":
+                w.add_tensor_info(tp.name, list(tp.shape), np.dtype(np.int8), tp.nbytes,
+                                  raw_dtype=gguf.GGMLQuantizationType.BF16)
+            else:
+                w.add_tensor_info(tp.name, list(tp.shape), np.dtype(np.float32 if tp.out_type == "f32" else np.float16),
+                                  tp.nbytes)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        permute = plan.arch == "llama"
+        for tp, payload in tensors:
+            if isinstance(payload, Ternary):
+                if permute and kind_of(tp.name) in ("attn_q", "attn_k"):
+                    heads = hp.num_heads if kind_of(tp.name) == "attn_q" else hp.num_kv_heads
+                    payload = to_llama_rope_order(payload, heads)
+                data = layout.pack(payload, tp.name)
+            else:
+                data = float_to_bytes(payload, FLOAT_BY_NAME[tp.out_type])
+            w.write_tensor_data(data)
+        w.close()
+
+
+def _family_from_spec(spec) -> Architecture:
+    from ..readers.archs.base import _ARCHS
+
+    return _ARCHS[spec.family]()
+
+
+def _write_metadata(w: gguf.GGUFWriter, plan: ConversionPlan, layout: Layout) -> None:
+    spec, hp, opts = plan.spec, plan.spec.hparams, plan.options
+    w.add_name(opts.name or spec.name)
+    w.add_file_type(layout.file_type)
+    w.add_quantization_version(QUANTIZATION_VERSION)
+    w.add_context_length(hp.context_length)
+    w.add_embedding_length(hp.hidden_size)
+    w.add_feed_forward_length(hp.intermediate_size)
+    w.add_block_count(hp.num_layers)
+    w.add_head_count(hp.num_heads)
+    w.add_head_count_kv(hp.num_kv_heads)
+    w.add_rope_freq_base(hp.rope_theta)
+    w.add_rope_dimension_count(hp.head_dim)
+    w.add_layer_norm_rms_eps(hp.rms_eps)
+    w.add_vocab_size(hp.vocab_size)
+    w.add_string(f"{plan.arch}.hidden_activation", hp.hidden_act)
+    src = spec.source
+    if src.kind == "hub":
+        w.add_string("general.source.huggingface.repository", src.location)
+    w.add_string("bitconv.version", __version__)
+    w.add_string("bitconv.family", spec.family)
+    w.add_string("bitconv.hidden_act", hp.hidden_act)
+    w.add_bool("bitconv.tie_embeddings", bool(hp.tie_embeddings))
+    w.add_string("bitconv.layout", layout.name)
+    w.add_string("bitconv.group_size", str(opts.group_size))
+    w.add_string("bitconv.options", json.dumps(opts.recorded(), sort_keys=True))
+    w.add_string("bitconv.source.kind", src.kind)
+    w.add_string("bitconv.source.location", src.location)
+    if src.revision:
+        w.add_string("bitconv.source.revision", src.revision)
+    if src.commit:
+        w.add_string("bitconv.source.commit", src.commit)
+    for key, value in sorted(layout.metadata().items()):
+        w.add_string(f"bitconv.{key}", value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+    _write_tokenizer(w, plan)
+
+
+def _write_tokenizer(w: gguf.GGUFWriter, plan: ConversionPlan) -> None:
+    spec, hp = plan.spec, plan.spec.hparams
+    if spec.tokenizer_dir is not None:
+        tok = load_tokenizer(spec.tokenizer_dir, hp.vocab_size, hp.bos_token_id, hp.eos_token_id)
+        if tok is None:
+            plan.warnings.append("no tokenizer.json or tokenizer.model: the file has no tokenizer")
+            return
+        w.add_tokenizer_model(tok.model)
+        if tok.pre is not None:
+            w.add_tokenizer_pre(tok.pre)
+        w.add_token_list(tok.tokens)
+        w.add_token_types(tok.token_types)
+        if tok.scores is not None:
+            w.add_token_scores(tok.scores)
+        if tok.merges:
+            w.add_token_merges(tok.merges)
+        for value, fn in ((tok.bos_id, w.add_bos_token_id), (tok.eos_id, w.add_eos_token_id),
+                          (tok.unk_id, w.add_unk_token_id), (tok.pad_id, w.add_pad_token_id)):
+            if value is not None:
+                fn(int(value))
+        if tok.add_bos is not None:
+            w.add_add_bos_token(bool(tok.add_bos))
+        if tok.chat_template:
+            w.add_chat_template(tok.chat_template)
+    elif spec.gguf_metadata:
+        _copy_tokenizer_kv(w, spec.gguf_metadata)
+    else:
+        plan.warnings.append("the source has no tokenizer: the file cannot be run by an engine as is")
+
+
+def _copy_tokenizer_kv(w: gguf.GGUFWriter, kv: dict[str, Any]) -> None:
+    """GGUF sources: carry their tokenizer keys over unchanged."""
+    for key in sorted(kv):
+        if not key.startswith("tokenizer."):
+            continue
+        value, vtype, sub = kv[key]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(key, value, vtype, sub_type=sub)
+        else:
+            w.add_key_value(key, value, vtype)
