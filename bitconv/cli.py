@@ -1,0 +1,296 @@
+"""The `bitconv` command: a thin typer + rich layer over the library.
+
+Parses options, calls `convert()` / `verify()` / `inspect_path()`, renders results. Typed
+errors become one line and an exit code: 0 success, 1 conversion or verification failed,
+2 bad input or usage. `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.table import Table
+
+from . import __version__
+from .errors import BitconvError, UsageError
+from .output import Output
+
+app = typer.Typer(
+    name="bitconv",
+    help="Convert ternary (BitNet b1.58) checkpoints into GGUF / packed safetensors that real engines run, "
+    "and verify what the conversion cost.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (for CI).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+
+CONVERT_EXAMPLES = """
+Examples:
+
+  bitconv convert builtin:tiny-bitnet tiny.gguf --layout tl2
+
+  bitconv convert 1bitLLM/bitnet_b1_58-large large.gguf --layout tq2_0 --revision main
+
+  bitconv convert ./my-checkpoint out/ --format safetensors
+
+  bitconv convert ./my-checkpoint plan.gguf --layout i2_s --dry-run --json
+"""
+
+
+def _mode(json_: bool, quiet: bool) -> str:
+    return "json" if json_ else "quiet" if quiet else "human"
+
+
+def _run(out: Output, debug: bool, fn: Callable[[], int]) -> None:
+    """Run a command body, mapping typed errors to one line and an exit code."""
+    try:
+        code = fn()
+    except BitconvError as exc:
+        if debug:
+            traceback.print_exc()
+        out.error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        out.error("interrupted; no output was left behind")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # an unexpected failure is a bug: say so, exit 1
+        if debug:
+            traceback.print_exc()
+        out.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*", text)
+    if not m:
+        raise UsageError(f"not a size: {text!r} (use e.g. 5GB, 500MB, 2GiB)")
+    base = 1024 if m.group(3) else 1000
+    mult = {"": 1, "k": base, "m": base**2, "g": base**3, "t": base**4}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+@app.command(epilog=CONVERT_EXAMPLES)
+def convert(
+    source: Annotated[str, typer.Argument(help="Hub repo id (org/name), local folder, .gguf file, or builtin:NAME.")],
+    output: Annotated[Path, typer.Argument(help="Output .gguf file, or folder for --format safetensors.")],
+    layout: Annotated[str, typer.Option(help="Ternary layout: tq2_0, tq1_0 (llama.cpp); i2_s, tl1, tl2 (bitnet.cpp).")] = "tq2_0",
+    format: Annotated[str, typer.Option("--format", help="gguf or safetensors (Hugging Face packed bitnet).")] = "gguf",
+    group_size: Annotated[str, typer.Option(help="Scale group: tensor, row, or N values along K.")] = "tensor",
+    embedding_type: Annotated[str, typer.Option(help="token_embd type: f16, bf16 or f32.")] = "f16",
+    output_type: Annotated[str, typer.Option(help="output (lm_head) type: f16, bf16 or f32.")] = "f16",
+    i2s_variant: Annotated[str, typer.Option(help="I2_S code order: x86-act (default builds), x86-1x4, arm.")] = "x86-act",
+    kernel_config: Annotated[Optional[Path], typer.Option(help="Force the TL tile parameters of an existing bitnet.cpp build (its include/kernel_config.ini).")] = None,
+    emit_kernel_config: Annotated[Optional[Path], typer.Option(help="Write the TL tile parameters used, as a bitnet.cpp kernel_config.ini.")] = None,
+    allow_engine_mismatch: Annotated[bool, typer.Option(help="Write even when the target engine would compute a different function (warns).")] = False,
+    max_shard_size: Annotated[str, typer.Option(help="safetensors: largest shard, e.g. 5GB.")] = "5GB",
+    name: Annotated[Optional[str], typer.Option(help="Model name stored in the output (general.name).")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision: branch, tag or commit.")] = None,
+    token: Annotated[Optional[str], typer.Option(help="Hub token (default: HF_TOKEN or `hf auth login`).", envvar="HF_TOKEN")] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (tensors, types, size); write nothing.")] = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Convert a ternary checkpoint into a GGUF file or a packed safetensors folder."""
+    out = Output(_mode(json_, quiet))
+
+    def body() -> int:
+        from .convert import convert as run_convert
+
+        progress_cm = _progress(out)
+        with progress_cm as bar:
+            task = {}
+
+            def on_plan(plan) -> None:
+                for w in plan.warnings:
+                    out.warn(w)
+                if bar is not None and not dry_run:
+                    task["id"] = bar.add_task("converting", total=sum(t.source.source_nbytes for t in plan.tensors))
+
+            def on_tensor(tp) -> None:
+                if bar is not None:
+                    bar.update(task["id"], advance=tp.source.source_nbytes, description=tp.name)
+
+            result = run_convert(
+                source, output, layout=layout, format=format, group_size=group_size,
+                embedding_type=embedding_type, output_type=output_type, i2s_variant=i2s_variant,
+                kernel_config=kernel_config, emit_kernel_config=emit_kernel_config,
+                allow_engine_mismatch=allow_engine_mismatch, max_shard_size=parse_size(max_shard_size),
+                name=name, revision=revision, token=token, force=force, dry_run=dry_run,
+                progress=on_tensor, on_plan=on_plan,
+            )
+        data = result.to_dict()
+        data["ok"] = True
+        out.result(data)
+        if out.human:
+            _render_convert(out, result, dry_run)
+        return 0
+
+    _run(out, debug, body)
+
+
+def _progress(out: Output):
+    from contextlib import nullcontext
+
+    if not out.show_progress:
+        return nullcontext(None)
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    return Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=out.err, transient=True)
+
+
+def _render_convert(out: Output, result, dry_run: bool) -> None:
+    plan = result.plan
+    src = plan.spec.source
+    out.info(f"[bold]{plan.spec.family}[/bold] from {src.location}"
+             + (f" @ {src.commit[:12]}" if src.commit else "")
+             + (f" -> {plan.format} arch [bold]{plan.arch}[/bold] for {plan.engine}" if plan.arch else f" -> {plan.format}"))
+    if dry_run:
+        t = Table(title=f"plan: {plan.output} (nothing written)")
+        for col in ("tensor", "shape", "type", "bytes"):
+            t.add_column(col, justify="right" if col == "bytes" else "left")
+        for tp in plan.tensors:
+            t.add_row(tp.name, "x".join(map(str, tp.shape)), tp.out_type, f"{tp.nbytes:,}")
+        out.table(t)
+        out.info(f"tensor data: {_human_bytes(plan.total_bytes)} in {len(plan.tensors)} tensors")
+        return
+    stats = result.stats
+    t = Table(title="ternarization (linears)")
+    for col in ("tensor", "scale", "zeros", "rel. error"):
+        t.add_column(col, justify="left" if col == "tensor" else "right")
+    shown = stats if len(stats) <= 40 else sorted(stats, key=lambda s: -(s.rel_error or 0))[:10]
+    for s in shown:
+        scale = f"{s.scale_mean:.4g}" if s.scale_min == s.scale_max else f"{s.scale_min:.3g}..{s.scale_max:.3g}"
+        t.add_row(s.name, scale, f"{s.zero_fraction:.1%}",
+                  "kept (already ternary)" if s.rel_error is None else f"{s.rel_error:.2%}")
+    if len(stats) > 40:
+        t.caption = f"the 10 largest errors of {len(stats)} linears"
+    out.table(t)
+    summ = result.summary()
+    if summ["mean_rel_error"] is not None:
+        out.info(f"mean relative error {summ['mean_rel_error']:.2%}, max {summ['max_rel_error']:.2%}, "
+                 f"zeros {summ['mean_zero_fraction']:.1%}")
+    out.info(f"[green]wrote[/green] {plan.output} ({_human_bytes(result.output_bytes)}) in {result.seconds:.1f} s")
+
+
+@app.command()
+def inspect(
+    file: Annotated[Path, typer.Argument(help="A .gguf file, or a safetensors file or model folder.")],
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show what is inside a GGUF or safetensors file: arch, hparams, tokenizer, tensors."""
+    out = Output(_mode(json_, False))
+
+    def body() -> int:
+        from .inspect_file import inspect_path
+
+        info = inspect_path(file)
+        out.result(info)
+        if out.human:
+            out.info(f"[bold]{info['path']}[/bold]: {info['format']}, arch [bold]{info['arch']}[/bold], "
+                     f"{len(info['tensors'])} tensors, {_human_bytes(info['file_bytes'])}")
+            if info.get("hparams"):
+                out.info("hparams: " + ", ".join(f"{k}={v}" for k, v in info["hparams"].items()))
+            out.info(f"tokenizer: {info['tokenizer']}")
+            if info.get("bitconv"):
+                out.info("bitconv: " + ", ".join(f"{k}={v}" for k, v in info["bitconv"].items()))
+            t = Table()
+            for col in ("tensor", "shape", "type", "bytes"):
+                t.add_column(col, justify="right" if col == "bytes" else "left")
+            for ti in info["tensors"]:
+                t.add_row(ti["name"], "x".join(map(str, ti["shape"])), ti["type"], f"{ti['bytes']:,}")
+            out.table(t)
+        return 0
+
+    _run(out, debug, body)
+
+
+@app.command()
+def verify(
+    artifact: Annotated[str, typer.Argument(help="A GGUF file or packed safetensors folder written by bitconv.")],
+    source: Annotated[str, typer.Option("--source", help="The model it was converted from (as for convert).")],
+    text: Annotated[Optional[Path], typer.Option(help="Evaluation text (default: the shipped eval text).")] = None,
+    tokens: Annotated[int, typer.Option(help="Number of tokens to evaluate.")] = 2048,
+    ctx: Annotated[int, typer.Option(help="Context length of each evaluation window.")] = 512,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    act_quant: Annotated[bool, typer.Option("--act-quant/--no-act-quant", help="8-bit per-token activation quantization, as BitNet trains.")] = True,
+    reference: Annotated[str, typer.Option(help="ternary: source ternarized on the fly; fp: also report the unquantized model.")] = "ternary",
+    max_ppl_increase: Annotated[str, typer.Option(help="Fail when artifact perplexity exceeds the source's by more than this (e.g. 1%).")] = "1%",
+    min_top1: Annotated[float, typer.Option(help="Fail when top-1 agreement with the source is below this.")] = 0.99,
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision of the source.")] = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run the artifact and its source on real text; compare perplexity, KL and top-1. Exit 1 on a failed gate."""
+    out = Output(_mode(json_, quiet))
+
+    def body() -> int:
+        from .verify import render_report, verify as run_verify
+
+        report = run_verify(
+            artifact, source, text=text, tokens=tokens, ctx=ctx, device=device, act_quant=act_quant,
+            reference=reference, max_ppl_increase=_fraction(max_ppl_increase), min_top1=min_top1,
+            revision=revision,
+        )
+        data = report.to_dict()
+        data["ok"] = bool(report.passed)
+        out.result(data)
+        if out.human:
+            render_report(report, out.console)
+        return 0 if report.passed else 1
+
+    _run(out, debug, body)
+
+
+def _fraction(text: str) -> float:
+    t = text.strip()
+    try:
+        return float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise UsageError(f"not a fraction or percentage: {text!r}") from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bitconv {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    pass
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

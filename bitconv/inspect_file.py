@@ -1,0 +1,73 @@
+"""`inspect`: what is inside a GGUF file or a safetensors file/folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, SourceNotFoundError
+
+
+def inspect_path(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise SourceNotFoundError(f"{path}: no such file or folder")
+    if path.is_file() and path.suffix == ".gguf":
+        return _inspect_gguf(path)
+    if path.is_dir() or path.suffix == ".safetensors":
+        return _inspect_safetensors(path)
+    raise InputError(f"{path}: inspect reads .gguf files and safetensors files or folders")
+
+
+def _inspect_gguf(path: Path) -> dict[str, Any]:
+    from .readers.gguf_file import GGUFFile
+
+    f = GGUFFile(path)
+    arch = f.get("general.architecture")
+    hparams = {k[len(arch) + 1:]: v for k, (v, _, _) in f.kv.items() if arch and k.startswith(arch + ".")}
+    general = {k: v for k, (v, _, _) in f.kv.items() if k.startswith("general.")}
+    bitconv = f.bitconv_metadata()
+    tokens = f.get("tokenizer.ggml.tokens")
+    return {
+        "path": str(path), "format": "gguf", "arch": arch, "general": general, "hparams": hparams,
+        "bitconv": bitconv,
+        "tokenizer": {"model": f.get("tokenizer.ggml.model"), "pre": f.get("tokenizer.ggml.pre"),
+                      "size": len(tokens) if tokens else 0},
+        "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.type_name, "bytes": t.nbytes}
+                    for t in f.tensors.values()],
+        "file_bytes": path.stat().st_size,
+    }
+
+
+def _inspect_safetensors(path: Path) -> dict[str, Any]:
+    from .readers.safetensors_files import ShardSet
+
+    folder = path if path.is_dir() else path.parent
+    shards = ShardSet(folder)
+    tensors = []
+    for name in sorted(shards.names()):
+        shape, dtype = shards.info(name)
+        n = 1
+        for d in shape:
+            n *= d
+        size = {"bf16": 2, "f16": 2, "f32": 4, "u8": 1, "i8": 1, "f64": 8}.get(dtype, 0) * n
+        tensors.append({"name": name, "shape": list(shape), "type": dtype.upper(), "bytes": size})
+    config: dict[str, Any] = {}
+    if (folder / "config.json").exists():
+        config = json.loads((folder / "config.json").read_text())
+    tok_size = 0
+    if (folder / "tokenizer.json").exists():
+        tj = json.loads((folder / "tokenizer.json").read_text())
+        tok_size = len((tj.get("model") or {}).get("vocab") or {}) + len(tj.get("added_tokens") or [])
+    hp_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "vocab_size", "max_position_embeddings", "rope_theta", "rms_norm_eps",
+               "hidden_act", "tie_word_embeddings")
+    return {
+        "path": str(path), "format": "safetensors", "arch": (config.get("architectures") or [None])[0],
+        "hparams": {k: config[k] for k in hp_keys if k in config},
+        "quantization_config": config.get("quantization_config"),
+        "tokenizer": {"size": tok_size},
+        "tensors": tensors,
+        "file_bytes": sum(p.stat().st_size for p in shards.files),
+    }
