@@ -108,12 +108,54 @@ def convert(
     token: Annotated[Optional[str], typer.Option(help="Hub token (default: HF_TOKEN or `hf auth login`).", envvar="HF_TOKEN")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (tensors, types, size); write nothing.")] = False,
+    keep_going: Annotated[bool, typer.Option(help="Several outputs: write the ones that work even if one fails (exit code still non-zero).")] = False,
+    manifest: Annotated[Optional[bool], typer.Option("--manifest/--no-manifest", help="Write bitconv-manifest.json (default: on for several outputs).")] = None,
+    model_card: Annotated[bool, typer.Option(help="Write a Hugging Face model card README.md beside the outputs.")] = False,
+    verify_: Annotated[bool, typer.Option("--verify", help="Run bitconv verify on each output; a failed gate exits 1 (files kept).")] = False,
+    upload_repo: Annotated[Optional[str], typer.Option(help="Upload the output folder to this Hub repo after every output passed.")] = None,
+    private: Annotated[bool, typer.Option(help="Create the --upload-repo as private.")] = False,
+    timestamp: Annotated[bool, typer.Option(help="Put a creation time in the manifest (off: deterministic).")] = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Convert a ternary checkpoint into a GGUF file or a packed safetensors folder."""
+    """Convert a ternary checkpoint into a GGUF file or a packed safetensors folder.
+
+    Several layouts (--layout tl2,i2_s,tq2_0) or formats (--format gguf,safetensors) write
+    every output into the folder OUTPUT from one read of the source, with a manifest.
+    """
     out = Output(_mode(json_, quiet))
+    layouts = [x.strip() for x in layout.split(",") if x.strip()]
+    formats = [x.strip() for x in format.split(",") if x.strip()]
+    release_mode = (len(layouts) > 1 or len(formats) > 1 or bool(manifest) or model_card or verify_
+                    or upload_repo is not None)
+    if release_mode and not dry_run:
+        def release_body() -> int:
+            from .release import release
+
+            single = len(layouts) == 1 and len(formats) == 1 and output.suffix == ".gguf"
+            outdir = output.parent if single else output
+            progress_cm = _progress(out)
+            with progress_cm as bar:
+                task = bar.add_task("converting", total=None) if bar is not None else None
+                result = release(
+                    source, outdir, layouts=layouts if "gguf" in formats else [], formats=formats,
+                    keep_going=keep_going, write_manifest=manifest is not False, model_card=model_card,
+                    verify=verify_, upload_repo=upload_repo, private=private, timestamp=timestamp,
+                    revision=revision, token=token, force=force, command=sys.argv[1:],
+                    paths={layouts[0]: output} if single else None,
+                    progress=(lambda tp: bar.update(task, advance=1, description=tp.name)) if bar is not None else None,
+                    group_size=group_size, embedding_type=embedding_type, output_type=output_type,
+                    i2s_variant=i2s_variant, kernel_config=kernel_config, allow_engine_mismatch=allow_engine_mismatch,
+                    max_shard_size=parse_size(max_shard_size), name=name,
+                )
+            out.result(result.to_dict())
+            if out.human:
+                _render_release(out, result)
+            return result.exit_code
+
+        _run(out, debug, release_body)
+        return
 
     def body() -> int:
         from .convert import convert as run_convert
@@ -194,6 +236,48 @@ def _render_convert(out: Output, result, dry_run: bool) -> None:
         out.info(f"mean relative error {summ['mean_rel_error']:.2%}, max {summ['max_rel_error']:.2%}, "
                  f"zeros {summ['mean_zero_fraction']:.1%}")
     out.info(f"[green]wrote[/green] {plan.output} ({_human_bytes(result.output_bytes)}) in {result.seconds:.1f} s")
+
+
+def _render_release(out: Output, result) -> None:
+    t = Table(title=f"release in {result.outdir}")
+    for col in ("output", "status", "bytes", "sha256", "verify"):
+        t.add_column(col)
+    for a in result.targets:
+        v = a.verify
+        t.add_row(str(a.path.name), "[green]ok[/green]" if a.ok else f"[red]failed[/red]: {a.error}",
+                  f"{a.size:,}" if a.size else "", (a.sha256 or "")[:16],
+                  "" if v is None else ("passed" if v.get("passed") else "[red]FAILED[/red]"))
+    out.table(t)
+    if result.manifest_path:
+        out.info(f"manifest: {result.manifest_path}")
+    if result.card_path:
+        out.info(f"model card: {result.card_path}")
+    if result.uploaded:
+        out.info(f"uploaded: {result.uploaded}")
+
+
+@app.command()
+def check(
+    manifest: Annotated[Path, typer.Argument(help="A bitconv-manifest.json.")],
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Re-hash every artifact and source file a manifest lists; exit 1 naming each mismatch."""
+    out = Output(_mode(json_, False))
+
+    def body() -> int:
+        from .release import check_manifest
+
+        report = check_manifest(manifest)
+        out.result(report)
+        if out.human:
+            for p in report["problems"]:
+                out.err.print(f"[red]mismatch:[/red] {p}")
+            out.info(f"checked {report['checked']} file(s): " + ("[green]all match[/green]" if report["ok"] else
+                                                                  f"[red]{len(report['problems'])} problem(s)[/red]"))
+        return 0 if report["ok"] else 1
+
+    _run(out, debug, body)
 
 
 @app.command()

@@ -55,13 +55,11 @@ def convert(
     is written. Raises a `BitconvError` subclass on bad input or a failed write.
     """
     output = Path(output)
-    options = ConvertOptions(
-        layout=layout.lower().replace("-", "_"), format=format.lower(), group_size=parse_group_size(group_size),
-        embedding_type=_float_type(embedding_type, "--embedding-type"),
-        output_type=_float_type(output_type, "--output-type"), i2s_variant=i2s_variant,
-        kernel_config=Path(kernel_config) if kernel_config else None,
-        emit_kernel_config=Path(emit_kernel_config) if emit_kernel_config else None,
-        allow_engine_mismatch=allow_engine_mismatch, max_shard_size=max_shard_size, name=name,
+    options = build_options(
+        layout=layout, format=format, group_size=group_size, embedding_type=embedding_type,
+        output_type=output_type, i2s_variant=i2s_variant, kernel_config=kernel_config,
+        emit_kernel_config=emit_kernel_config, allow_engine_mismatch=allow_engine_mismatch,
+        max_shard_size=max_shard_size, name=name,
     )
     writer = get_writer(options.format)
     if not dry_run:
@@ -81,6 +79,22 @@ def convert(
     size = sum(p.stat().st_size for p in output.rglob("*")) if output.is_dir() else output.stat().st_size
     return ConversionResult(plan=plan, written=True, stats=stats, seconds=time.perf_counter() - start,
                             output_bytes=size)
+
+
+def build_options(*, layout: str = "tq2_0", format: str = "gguf", group_size: str | int = "tensor",
+                  embedding_type: str = "f16", output_type: str = "f16", i2s_variant: str = "x86-act",
+                  kernel_config: str | Path | None = None, emit_kernel_config: str | Path | None = None,
+                  allow_engine_mismatch: bool = False, max_shard_size: int = 5 * 1000**3,
+                  name: str | None = None) -> ConvertOptions:
+    """Validate and normalize user-facing options (shared by convert and release)."""
+    return ConvertOptions(
+        layout=layout.lower().replace("-", "_"), format=format.lower(), group_size=parse_group_size(group_size),
+        embedding_type=_float_type(embedding_type, "--embedding-type"),
+        output_type=_float_type(output_type, "--output-type"), i2s_variant=i2s_variant,
+        kernel_config=Path(kernel_config) if kernel_config else None,
+        emit_kernel_config=Path(emit_kernel_config) if emit_kernel_config else None,
+        allow_engine_mismatch=allow_engine_mismatch, max_shard_size=max_shard_size, name=name,
+    )
 
 
 def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats],

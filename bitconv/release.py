@@ -1,0 +1,428 @@
+"""Release artifacts for CI: several outputs from one read, a manifest, a model card.
+
+Each source tensor is read and ternarized once and handed to every requested output;
+each output's writer runs in its own thread fed through a small queue, so memory stays
+near one tensor (times the number of outputs) and the source is read once. An output
+whose plan fails (relu² in a TQ layout, an untileable shape) fails alone; with
+`keep_going` the others are written and the result still reports the failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import __version__
+from .convert import build_options, prepare_tensors
+from .errors import BitconvError, ConversionError, InputError, UsageError
+from .plan import ConversionPlan, ConvertOptions, TensorPlan
+from .quant import TensorStats
+from .readers import open_source
+from .readers.checkpoint import Checkpoint
+from .writers import get_writer
+from .writers.atomic import atomic_path, check_output
+
+MANIFEST_NAME = "bitconv-manifest.json"
+MANIFEST_SCHEMA = Path(__file__).parent / "schemas" / "manifest.schema.json"
+_DONE = object()
+
+ENGINE_RUN = {
+    "tq1_0": ("llama.cpp", "llama-cli -m {file} -p 'Hello'"),
+    "tq2_0": ("llama.cpp", "llama-cli -m {file} -p 'Hello'"),
+    "i2_s": ("bitnet.cpp", "python run_inference.py -m {file} -p 'Hello'"),
+    "tl1": ("bitnet.cpp (ARM, kernels for this model's tiles)", "python run_inference.py -m {file} -p 'Hello'"),
+    "tl2": ("bitnet.cpp (x86, kernels for this model's tiles)", "llama-cli -m {file} -p 'Hello' -ub 7"),
+    "safetensors": ("transformers", "BitNetForCausalLM.from_pretrained('{file}')"),
+}
+
+
+@dataclass
+class Target:
+    label: str  # layout name, or "safetensors"
+    path: Path
+    options: ConvertOptions
+    plan: ConversionPlan | None = None
+    error: str | None = None
+    exit_code: int = 0
+    sha256: str | None = None
+    size: int = 0
+    verify: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self, root: Path) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": _rel(self.path, root), "label": self.label, "format": self.options.format,
+                             "ok": self.ok}
+        if self.options.format == "gguf":
+            d["layout"] = self.options.layout
+        if self.error:
+            d["error"] = self.error
+        if self.plan is not None:
+            d["tensor_count"] = len(self.plan.tensors)
+            d["arch"] = self.plan.arch
+            d["engine"] = self.plan.engine
+            if "tiles" in self.plan.layout_metadata:
+                d["kernel_config"] = self.plan.layout_metadata["tiles"]
+        if self.sha256:
+            d["sha256"], d["bytes"] = self.sha256, self.size
+            if self.path.is_dir():
+                d["files"] = {_rel(p, self.path): _sha256(p) for p in sorted(self.path.rglob("*")) if p.is_file()}
+        if self.verify is not None:
+            d["verify"] = self.verify
+        return d
+
+
+@dataclass
+class ReleaseResult:
+    outdir: Path
+    targets: list[Target]
+    stats: list[TensorStats] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+    manifest_path: Path | None = None
+    card_path: Path | None = None
+    uploaded: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.targets) and all(
+            t.verify is None or t.verify.get("passed", True) for t in self.targets)
+
+    @property
+    def exit_code(self) -> int:
+        codes = [t.exit_code for t in self.targets if not t.ok]
+        if codes:
+            return max(codes)
+        return 0 if self.ok else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "outdir": str(self.outdir), "seconds": round(self.seconds, 3),
+                "artifacts": [t.to_dict(self.outdir) for t in self.targets],
+                "manifest": str(self.manifest_path) if self.manifest_path else None,
+                "model_card": str(self.card_path) if self.card_path else None,
+                "uploaded": self.uploaded, "tensors": [s.to_dict() for s in self.stats]}
+
+
+def _rel(p: Path, root: Path) -> str:
+    try:
+        return p.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_artifact(path: Path) -> tuple[str, int]:
+    """sha256 of a file; for a folder, of its sorted (relative path, file sha256) list."""
+    if path.is_file():
+        return _sha256(path), path.stat().st_size
+    h = hashlib.sha256()
+    size = 0
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(f"{_rel(p, path)}\0{_sha256(p)}\n".encode())
+            size += p.stat().st_size
+    return h.hexdigest(), size
+
+
+def release(
+    source: str | Path,
+    outdir: str | Path,
+    *,
+    layouts: list[str],
+    formats: list[str] = ("gguf",),
+    keep_going: bool = False,
+    write_manifest: bool = True,
+    model_card: bool = False,
+    verify: bool = False,
+    verify_options: dict[str, Any] | None = None,
+    upload_repo: str | None = None,
+    private: bool = False,
+    timestamp: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+    force: bool = False,
+    command: list[str] | None = None,
+    paths: dict[str, Path] | None = None,
+    progress: Callable[[TensorPlan], None] | None = None,
+    **option_kwargs: Any,
+) -> ReleaseResult:
+    """Convert SOURCE into every requested layout/format inside OUTDIR from one read.
+
+    Outputs are named `<model>-<layout>.gguf` / `<model>-safetensors` unless `paths` maps a
+    label (layout name or "safetensors") to an explicit path. Returns a `ReleaseResult`;
+    its `exit_code` is non-zero when any output failed or failed verify.
+    """
+    outdir = Path(outdir)
+    formats = [f.lower() for f in formats]
+    if "gguf" in formats and not layouts:
+        raise UsageError("--format gguf needs at least one --layout")
+    if upload_repo and not write_manifest:
+        raise UsageError("--upload-repo publishes a release with its manifest; do not disable the manifest")
+    outdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    ckpt = open_source(source, revision=revision, token=token)
+    model = (option_kwargs.get("name") or ckpt.spec.name).replace("/", "-")
+    targets: list[Target] = []
+    for fmt in formats:
+        labels = layouts if fmt == "gguf" else ["safetensors"]
+        for label in labels:
+            opts = build_options(layout=label if fmt == "gguf" else "tq2_0", format=fmt, **option_kwargs)
+            path = (paths or {}).get(label) or outdir / (
+                f"{model}-{label}.gguf" if fmt == "gguf" else f"{model}-safetensors")
+            targets.append(Target(label=label, path=path, options=opts))
+    for t in targets:
+        try:
+            check_output(t.path, force)
+            t.plan = get_writer(t.options.format).plan(ckpt, t.path, t.options)
+        except BitconvError as exc:
+            t.error, t.exit_code = str(exc), exc.exit_code
+    failed = [t for t in targets if not t.ok]
+    if failed and not keep_going:
+        raise type_of(failed[0])(f"{failed[0].label}: {failed[0].error}",
+                                 hint="fix it, drop that layout, or pass --keep-going to write the others")
+    stats: list[TensorStats] = []
+    live = [t for t in targets if t.ok]
+    if live:
+        _write_all(ckpt, live, force, stats, progress)
+    for t in live:
+        if t.ok:
+            t.sha256, t.size = _hash_artifact(t.path)
+    if verify:
+        from .verify import verify as run_verify
+
+        for t in live:
+            if t.ok:
+                rep = run_verify(t.path, source, revision=revision, **(verify_options or {}))
+                t.verify = rep.to_dict()
+    result = ReleaseResult(outdir=outdir, targets=targets, stats=stats)
+    if write_manifest:
+        result.manifest = build_manifest(ckpt, targets, outdir, command, option_kwargs, layouts, formats,
+                                         timestamp)
+        result.manifest_path = outdir / MANIFEST_NAME
+        result.manifest_path.write_text(json.dumps(result.manifest, indent=2, sort_keys=True) + "\n")
+    if model_card:
+        result.card_path = outdir / "README.md"
+        result.card_path.write_text(render_model_card(ckpt, targets, outdir))
+    result.seconds = time.perf_counter() - start
+    if upload_repo:
+        if not result.ok:
+            raise ConversionError(f"not uploading to {upload_repo}: some artifacts failed or failed verify",
+                                  hint="see the manifest; the files are kept for inspection")
+        result.uploaded = upload(outdir, upload_repo, private=private, token=token)
+    return result
+
+
+def type_of(t: Target) -> type[BitconvError]:
+    return InputError if t.exit_code == 2 else ConversionError
+
+
+def _write_all(ckpt: Checkpoint, targets: list[Target], force: bool, stats: list[TensorStats],
+               progress: Callable[[TensorPlan], None] | None) -> None:
+    """Read each source tensor once and feed it to every target's writer thread."""
+    queues = {id(t): queue.Queue(maxsize=2) for t in targets}
+    by_source = [{tp.source.name: tp for tp in t.plan.tensors} for t in targets]
+
+    def run(t: Target, q: queue.Queue) -> None:
+        def items() -> Iterator:
+            while True:
+                item = q.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
+        try:
+            with atomic_path(t.path, force=force) as tmp:
+                get_writer(t.options.format).write(tmp, t.plan, items())
+        except BitconvError as exc:
+            t.error, t.exit_code = str(exc), exc.exit_code
+        except BaseException as exc:  # noqa: BLE001 - reported per target, never swallowed silently
+            t.error, t.exit_code = f"{type(exc).__name__}: {exc}", 1
+
+    threads = [threading.Thread(target=run, args=(t, queues[id(t)]), daemon=True) for t in targets]
+    for th in threads:
+        th.start()
+
+    def send(i: int, item: Any) -> None:
+        q = queues[id(targets[i])]
+        while threads[i].is_alive():
+            try:
+                q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    # One union plan in source order; payloads are computed once per (tensor, group).
+    order = _union(ckpt, targets)
+    union_plan = ConversionPlan(spec=ckpt.spec, output=targets[0].path, format="multi",
+                                options=targets[0].options, tensors=order)
+    try:
+        for tp, payload in prepare_tensors(union_plan, stats, progress):
+            for i, m in enumerate(by_source):
+                own = m.get(tp.source.name)
+                if own is not None:
+                    send(i, (own, payload))
+    except BaseException as exc:
+        for i in range(len(targets)):
+            send(i, exc)
+        for th in threads:
+            th.join()
+        raise
+    for i in range(len(targets)):
+        send(i, _DONE)
+    for th in threads:
+        th.join()
+
+
+def _union(ckpt: Checkpoint, targets: list[Target]) -> list[TensorPlan]:
+    """Every tensor any target needs, once, in the checkpoint's canonical order."""
+    seen: dict[str, TensorPlan] = {}
+    for t in targets:
+        for tp in t.plan.tensors:
+            seen.setdefault(tp.source.name, tp)
+    return [seen[s.name] for s in ckpt.tensors if s.name in seen]
+
+
+def build_manifest(ckpt: Checkpoint, targets: list[Target], outdir: Path, command: list[str] | None,
+                   options: dict[str, Any], layouts: list[str], formats: list[str], timestamp: bool) -> dict:
+    src = ckpt.spec.source
+    root = src.path if src.path.is_dir() else src.path.parent
+    m: dict[str, Any] = {
+        "schema": "https://bitconv.dev/schemas/manifest-1.json",
+        "bitconv_version": __version__,
+        "options": {"layouts": list(layouts), "formats": list(formats),
+                    **{k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(options.items())}},
+        "source": {
+            "kind": src.kind, "location": src.location, "revision": src.revision, "commit": src.commit,
+            "family": ckpt.spec.family,
+            "files": [{"path": _rel(p, root), "sha256": _sha256(p), "bytes": p.stat().st_size}
+                      for p in sorted(ckpt.files)],
+        },
+        "artifacts": [t.to_dict(outdir) for t in targets],
+    }
+    if command is not None:
+        m["command"] = list(command)
+    if timestamp:
+        m["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return m
+
+
+def check_manifest(path: str | Path) -> dict[str, Any]:
+    """Re-hash every artifact and source file a manifest lists; report each mismatch."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such manifest")
+    try:
+        m = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    root = path.parent
+    problems: list[str] = []
+    checked = 0
+    for a in m.get("artifacts", []):
+        if not a.get("ok", True) or "sha256" not in a:
+            continue
+        p = root / a["path"]
+        checked += 1
+        if not p.exists():
+            problems.append(f"missing artifact: {a['path']}")
+            continue
+        digest, _ = _hash_artifact(p)
+        if digest != a["sha256"]:
+            problems.append(f"artifact changed: {a['path']} (sha256 {digest[:12]}… != {a['sha256'][:12]}…)")
+    src = m.get("source", {})
+    src_root = Path(src.get("location", "")) if src.get("kind") in ("folder",) else None
+    if src.get("kind") == "builtin":
+        from .readers import DATA_DIR
+
+        src_root = DATA_DIR / src["location"].split(":", 1)[1]
+    elif src.get("kind") == "hub":
+        src_root = _hub_snapshot(src.get("location"), src.get("commit"))
+    for f in src.get("files", []):
+        if src_root is None:
+            problems.append(f"source file not checkable here: {f['path']}")
+            continue
+        p = src_root / f["path"]
+        checked += 1
+        if not p.exists():
+            problems.append(f"missing source file: {p}")
+        elif _sha256(p) != f["sha256"]:
+            problems.append(f"source file changed: {p}")
+    return {"manifest": str(path), "checked": checked, "ok": not problems, "problems": problems}
+
+
+def _hub_snapshot(repo: str | None, commit: str | None) -> Path | None:
+    if not repo or not commit:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo, revision=commit, local_files_only=True))
+    except Exception:
+        return None
+
+
+def render_model_card(ckpt: Checkpoint, targets: list[Target], outdir: Path) -> str:
+    src = ckpt.spec.source
+    base = src.location if src.kind == "hub" else None
+    tags = ["bitnet", "ternary", "1.58-bit", "bitconv"]
+    if any(t.options.format == "gguf" and t.ok for t in targets):
+        tags.append("gguf")
+    if any(t.options.format == "safetensors" and t.ok for t in targets):
+        tags.append("safetensors")
+    lines = ["---"]
+    if base:
+        lines.append(f"base_model: {base}")
+    lines += ["library_name: " + ("gguf" if "gguf" in tags else "transformers"), "tags:"]
+    lines += [f"- {t}" for t in tags]
+    lines += ["quantized_by: bitconv", "---", "",
+              f"# {ckpt.spec.name} (ternary, converted by bitconv {__version__})", "",
+              f"Converted from `{src.location}`" + (f" at commit `{src.commit}`" if src.commit else "")
+              + f" ({ckpt.spec.family}, {ckpt.spec.hparams.num_layers} layers, hidden {ckpt.spec.hparams.hidden_size}).",
+              "", "| file | layout | size | bits/weight | engine | run it |", "|---|---|---|---|---|---|"]
+    from .pack import layout_class
+
+    for t in targets:
+        if not t.ok:
+            continue
+        bpw = "2.0" if t.options.format == "safetensors" else f"{layout_class(t.options.layout).bits_per_weight:.4g}"
+        engine, cmd = ENGINE_RUN.get(t.label, ("", ""))
+        lines.append(f"| `{_rel(t.path, outdir)}` | {t.label} | {t.size / 1e6:.1f} MB | {bpw} | {engine} | "
+                     f"`{cmd.format(file=_rel(t.path, outdir))}` |")
+    verified = [t for t in targets if t.verify]
+    if verified:
+        lines += ["", "## Verification (bitconv verify)", "",
+                  "| file | source ppl | artifact ppl | change | KL | top-1 | passed |", "|---|---|---|---|---|---|---|"]
+        for t in verified:
+            v = t.verify
+            lines.append(f"| `{_rel(t.path, outdir)}` | {v.get('source_ppl', float('nan')):.3f} | "
+                         f"{v.get('artifact_ppl', float('nan')):.3f} | {v.get('ppl_change', 0):+.2%} | "
+                         f"{v.get('mean_kl', 0):.4g} | {v.get('top1_agreement', 0):.3f} | {v.get('passed')} |")
+    lines += ["", f"Checksums and options: `{MANIFEST_NAME}` (re-check with `bitconv check {MANIFEST_NAME}`).", ""]
+    return "\n".join(lines)
+
+
+def upload(outdir: Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+    """Publish OUTDIR with huggingface_hub's public API (create_repo + upload_folder)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(outdir), commit_message=f"bitconv {__version__} release")
+    return str(url)
