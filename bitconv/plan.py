@@ -66,6 +66,7 @@ class ConversionPlan:
     engine: str | None = None
     warnings: list[str] = field(default_factory=list)
     layout_metadata: dict[str, Any] = field(default_factory=dict)
+    layout: Any = None  # the Layout instance that checked every tensor (holds the TL tiles it chose)
 
     @property
     def total_bytes(self) -> int:

@@ -70,10 +70,11 @@ class GGUFWriter(Writer, format="gguf"):
                 n = int(np.prod(src.shape)) * (4 if ggml == F32 else 2)
                 tensors.append(TensorPlan(src.name, src.shape, src.role, out, n, src))
         return ConversionPlan(spec=spec, output=output, format="gguf", options=options, tensors=tensors,
-                              arch=arch, engine=engine, warnings=warnings, layout_metadata=layout.metadata())
+                              arch=arch, engine=engine, warnings=warnings, layout_metadata=layout.metadata(),
+                              layout=layout)
 
     def write(self, tmp: Path, plan: ConversionPlan, tensors: Iterator[tuple[TensorPlan, Payload]]) -> None:
-        layout = make_layout(plan.options)
+        layout = plan.layout  # the instance that checked (and tiled) every tensor at plan time
         spec, hp = plan.spec, plan.spec.hparams
         w = gguf.GGUFWriter(path=str(tmp), arch=plan.arch)
         _write_metadata(w, plan, layout)
