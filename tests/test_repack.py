@@ -1,0 +1,59 @@
+"""A GGUF bitconv wrote is a valid SOURCE: repacking keeps the ternary values and scales
+for every pair of layouts (issue 5, item 5), and the read side unpacks every layout."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bitconv.convert import convert
+from bitconv.model import LINEAR
+from bitconv.readers import open_source
+from bitconv.synth import make_checkpoint
+
+LAYOUTS = ["tq2_0", "tq1_0", "i2_s", "i2_s:arm", "i2_s:x86-1x4", "tl1", "tl2"]
+
+
+def _convert(src, out: Path, layout: str) -> Path:
+    name, _, variant = layout.partition(":")
+    kw = {"i2s_variant": variant} if variant else {}
+    convert(src, out, layout=name, **kw)
+    return out
+
+
+def _linears(path: Path) -> dict[str, tuple[np.ndarray, float]]:
+    ckpt = open_source(path)
+    return {t.name: (t.load_ternary().values, t.load_ternary().scale) for t in ckpt.tensors if t.role == LINEAR}
+
+
+@pytest.fixture(scope="module")
+def firsts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("repack")
+    src = make_checkpoint(d / "src", family="silu", seed=11)
+    return d, {lay: _convert(src, d / f"first-{lay.replace(':', '-')}.gguf", lay) for lay in LAYOUTS}
+
+
+@pytest.mark.parametrize("a,b", list(itertools.permutations(LAYOUTS, 2)))
+def test_repack_keeps_values_and_scales(firsts, a, b):
+    d, files = firsts
+    first = files[a]
+    second = _convert(first, d / f"{a}-to-{b}.gguf".replace(":", "-"), b)
+    before, after = _linears(first), _linears(second)
+    assert before.keys() == after.keys() and before
+    for name, (t0, s0) in before.items():
+        t1, s1 = after[name]
+        assert np.array_equal(t0, t1), f"{a}->{b}: {name} ternary values changed"
+        # TQ stores fp16 block scales: a scale entering a TQ file is rounded to fp16, nothing else moves
+        expect = float(np.float16(s0)) if b.startswith("tq") else s0
+        assert s1 == pytest.approx(expect, rel=0, abs=0), f"{a}->{b}: {name} scale {s0} -> {s1}"
+
+
+def test_repack_records_source_and_never_requantizes(firsts):
+    d, files = firsts
+    out = d / "again.gguf"
+    res = convert(files["i2_s"], out, layout="tl2")
+    assert all(s.rel_error is None for s in res.stats), "already-ternary tensors must be kept, not re-quantized"
+    assert res.plan.spec.source.kind == "gguf"
