@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import OutputExistsError, UsageError
 from .model import LINEAR
+from .pack import layout_class
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
 from .quant import TensorStats, check_finite, parse_group_size, tensor_stats, ternarize
 from .readers import open_source
@@ -62,6 +63,8 @@ def convert(
         max_shard_size=max_shard_size, name=name,
     )
     writer = get_writer(options.format)
+    if options.format == "gguf":
+        layout_class(options.layout)  # an unknown --layout is a usage error, before any download
     if not dry_run:
         check_output(output, force)
     ckpt = open_source(source, revision=revision, token=token)

@@ -131,7 +131,10 @@ def ternarize(w: np.ndarray, group: GroupSize = "tensor", name: str = "tensor") 
     check_finite(w, name)
     view, scale_shape = _group_view(w, group, name)
     s = np.maximum(np.abs(view).mean(axis=1, dtype=np.float64).astype(np.float32), SCALE_EPS)
-    t = np.clip(np.rint(view / s[:, None]), -1, 1).astype(np.int8).reshape(w.shape)
+    q = np.divide(view, s[:, None])  # one float temporary; rint/clip work in place on it
+    np.rint(q, out=q)
+    np.clip(q, -1, 1, out=q)
+    t = q.astype(np.int8).reshape(w.shape)
     return Ternary(values=t, scales=s.reshape(scale_shape), group=group)
 
 

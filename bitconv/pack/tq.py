@@ -32,6 +32,9 @@ class _TQ(Layout):
                 name, shape, f"--group-size {group} is not a multiple of {QK}; a TQ block holds one scale",
                 hint="use --group-size tensor, row, or a multiple of 256",
             )
+        if group not in ("tensor", "row") and k % int(group):
+            raise self._fail(name, shape, f"K={k} is not a multiple of --group-size {group}",
+                             hint="use a group size that divides every linear's input width, or 'row'")
 
     def nbytes(self, shape: tuple[int, int]) -> int:
         m, k = shape

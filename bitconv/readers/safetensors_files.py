@@ -23,14 +23,15 @@ _DTYPES = {"BF16": "bf16", "F16": "f16", "F32": "f32", "U8": "u8", "I8": "i8", "
 
 
 def _safe_join(folder: Path, rel: str, index_path: Path) -> Path:
+    # Checked on the name, not on the resolved path: in the Hugging Face cache every file of
+    # a snapshot is a symlink into ../../blobs, and that is the normal, safe case.
     p = Path(rel)
-    target = (folder / p).resolve()
-    if p.is_absolute() or ".." in p.parts or folder.resolve() not in target.parents:
+    if not rel or p.is_absolute() or ".." in p.parts or p == Path("."):
         raise CorruptFileError(
             f"{index_path}: shard {rel!r} is outside the model folder; refusing to read it",
             hint="an index may only name files inside its own folder",
         )
-    return target
+    return folder / p
 
 
 class ShardSet:
@@ -116,6 +117,11 @@ class ShardSet:
             return self._open(path).get_tensor(name)
         except Exception as exc:
             raise CorruptFileError(f"{path}: cannot read tensor {name!r} ({exc})") from None
+        finally:
+            # The handle's memory map keeps every page read through it resident, so over a
+            # conversion RSS would grow to the size of the file. Dropping it unmaps the file
+            # once this tensor is freed; reopening costs one header parse.
+            self._handles.pop(path, None)
 
     def get(self, name: str, dtype=np.float32) -> np.ndarray:
         t = self.get_torch(name)

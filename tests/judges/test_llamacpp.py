@@ -1,0 +1,132 @@
+"""llama.cpp is the judge (issue 2 item 6): it loads bitconv's TQ2_0 / TQ1_0 files and its
+logits match a float forward pass of the same ternary weights.
+
+The model is a small seeded SiLU-family BitNet (hidden 256, intermediate 512, 2 layers,
+4 heads / 2 KV heads, tied embeddings, vocab 512) with a real byte-level BPE tokenizer.
+llama.cpp quantizes activations per 256-block (q8_K) for TQ matmuls, so its logits differ
+slightly from a float pass without activation quantization; a hand-written file measured
+2.8% relative L2 and 0.945 top-1 agreement on such a model (FORMATS.md §8).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+from bitconv.convert import convert  # noqa: E402
+from bitconv.readers import open_source  # noqa: E402
+
+pytestmark = pytest.mark.judge
+
+N_TOKENS = 160
+MAX_REL_L2 = 0.05
+MIN_TOP1 = 0.90
+MEASURED: dict[str, tuple[float, float]] = {}
+
+
+@pytest.fixture(scope="module")
+def judge_ckpt(ckpt_factory) -> Path:
+    return ckpt_factory("silu", hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2, vocab=512,
+                        tie=True, seed=0)
+
+
+@pytest.fixture(scope="module")
+def judge_files(judge_ckpt, tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("judge")
+    files = {}
+    for layout in ("tq2_0", "tq1_0"):
+        files[layout] = d / f"tiny-{layout}.gguf"
+        convert(judge_ckpt, files[layout], layout=layout)
+    return files
+
+
+@pytest.fixture(scope="module")
+def token_ids(judge_ckpt) -> list[int]:
+    """Real text through the checkpoint's own tokenizer (not random ids)."""
+    from tokenizers import Tokenizer
+
+    import bitconv
+
+    eval_text = Path(bitconv.__file__).resolve().parent / "data" / "eval.txt"  # the text verify uses
+    tok = Tokenizer.from_file(str(judge_ckpt / "tokenizer.json"))
+    ids = tok.encode(eval_text.read_text()[:4000]).ids
+    assert len(ids) >= N_TOKENS
+    return ids[:N_TOKENS]
+
+
+def llama_logits(path: Path, ids: list[int]) -> np.ndarray:
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=256, n_batch=256, verbose=False,
+                          n_threads=2, seed=0)
+    try:
+        llm.eval(ids)
+        assert llm.n_tokens == len(ids)
+        return np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("layout", ["tq2_0", "tq1_0"])
+def test_llamacpp_logits_match_ternary_reference(judge_files, token_ids, layout):
+    from bitconv.verify.forward import logits_for
+
+    path = judge_files[layout]
+    got = llama_logits(path, token_ids)
+    ref = logits_for(open_source(path), np.asarray(token_ids, dtype=np.int64)[None], act_quant=False)[0].numpy()
+    assert got.shape == ref.shape == (N_TOKENS, 512)
+    assert np.isfinite(got).all()
+    rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    top1 = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+    MEASURED[layout] = (rel, top1)
+    print(f"\nllama.cpp {layout}: relative L2 of logits {rel:.4f}, top-1 agreement {top1:.3f} "
+          f"over {N_TOKENS} tokens")
+    assert rel <= MAX_REL_L2, f"{layout}: relative L2 error {rel:.2%} > {MAX_REL_L2:.0%}"
+    assert top1 >= MIN_TOP1, f"{layout}: top-1 agreement {top1:.3f} < {MIN_TOP1}"
+
+
+def test_reference_is_not_trivially_close(judge_files, token_ids):
+    """Guard the judge: a model with other weights (or an unternarized one) is far away."""
+    from bitconv.verify.forward import logits_for
+
+    got = llama_logits(judge_files["tq2_0"], token_ids)
+    ids = np.asarray(token_ids, dtype=np.int64)[None]
+    ck = open_source(judge_files["tq2_0"])
+    shuffled = logits_for(ck, ids[:, ::-1].copy(), act_quant=False)[0].numpy()[::-1]
+    rel = float(np.linalg.norm(got - shuffled) / np.linalg.norm(shuffled))
+    assert rel > 0.3, f"reversed input gave logits only {rel:.2%} away: the comparison cannot tell models apart"
+
+
+def test_tq1_0_and_tq2_0_agree(judge_files, token_ids):
+    """Same ternary weights in two layouts: llama.cpp's logits nearly coincide."""
+    a = llama_logits(judge_files["tq2_0"], token_ids)
+    b = llama_logits(judge_files["tq1_0"], token_ids)
+    assert float(np.linalg.norm(a - b) / np.linalg.norm(a)) < 0.02
+
+
+@pytest.mark.parametrize("layout", ["tq2_0", "tq1_0"])
+def test_llamacpp_tokenizer_matches_and_generates(judge_files, judge_ckpt, layout):
+    from tokenizers import Tokenizer
+
+    path = judge_files[layout]
+    ref = Tokenizer.from_file(str(judge_ckpt / "tokenizer.json"))
+    text = "The quick brown fox jumps over the lazy dog. Zoe found a ball, and Omar smiled!"
+    vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        ids = vocab.tokenize(text.encode(), add_bos=False, special=False)
+        assert ids == ref.encode(text).ids
+        assert vocab.detokenize(ids).decode() == text
+        assert vocab.token_bos() == 0 and vocab.token_eos() == 1
+        assert vocab.n_vocab() == 512
+    finally:
+        vocab.close()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False, n_threads=2, seed=0)
+    try:
+        out = llm.create_completion("The quick brown fox", max_tokens=6, temperature=0.0)
+        assert out["usage"]["prompt_tokens"] == len(ref.encode("The quick brown fox").ids)
+        assert 0 < out["usage"]["completion_tokens"] <= 6
+        assert isinstance(out["choices"][0]["text"], str)
+    finally:
+        llm.close()
