@@ -95,7 +95,9 @@ def layout_class(name: str) -> type[Layout]:
     _load_builtin()
     key = name.strip().lower().replace("-", "_")
     if key not in _LAYOUTS:
-        raise UsageError(f"unknown layout {name!r}; choose one of: {', '.join(sorted(_LAYOUTS))}")
+        choices = sorted(n for n, c in _LAYOUTS.items() if c.ggml_type is not None)
+        raise UsageError(f"unknown layout {name!r}; choose one of: {', '.join(choices)}",
+                         hint="or --format safetensors for the Hugging Face packed format")
     return _LAYOUTS[key]
 
 

@@ -96,6 +96,13 @@ def unpack_hf_linear(codes_packed: np.ndarray, scale: np.ndarray, m: int, name: 
     return Ternary(codes.astype(np.int8) - 1, s.astype(np.float32), group)
 
 
+def model_name(config: dict[str, Any], source: SourceInfo, folder: Path) -> str:
+    """A short name for general.name and release file names: the repo or folder name."""
+    if source.kind in ("builtin", "folder"):
+        return folder.resolve().name
+    return str(config.get("_name_or_path") or source.location).rstrip("/").split("/")[-1] or folder.name
+
+
 def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
     if not folder.is_dir():
         raise SourceNotFoundError(f"{folder}: not a folder")
@@ -138,7 +145,7 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
             ))
     spec = ModelSpec(
         family=arch.hf_names[0],
-        name=str(config.get("_name_or_path") or source.location).rstrip("/").split("/")[-1] or folder.name,
+        name=model_name(config, source, folder),
         hparams=hp,
         source=source,
         config=config,
