@@ -33,11 +33,11 @@ def atomic_path(path: Path, force: bool = False) -> Iterator[Path]:
     tmp = temp_name(path)
     try:
         yield tmp
-        if path.is_dir() and tmp.is_dir():
+        if path.exists() and (path.is_dir() or tmp.is_dir()):
             old = path.with_name(path.name + f".bitconv-old-{os.getpid()}")
             path.rename(old)
             tmp.rename(path)
-            shutil.rmtree(old)
+            _remove(old)
         else:
             os.replace(tmp, path)
     except OSError as exc:
