@@ -54,9 +54,4 @@ def get_writer(fmt: str) -> Writer:
 
 
 def _load_builtin() -> None:
-    from . import gguf_writer  # noqa: F401
-
-    try:
-        from . import safetensors_writer  # noqa: F401
-    except ImportError:  # pragma: no cover - until that writer lands
-        pass
+    from . import gguf_writer, safetensors_writer  # noqa: F401
