@@ -1,0 +1,290 @@
+#!/usr/bin/env python
+"""Benchmark verify's forward pass against transformers on the same random model.
+
+    python bench/bench_verify.py            # CPU: a ~170M-parameter model, 4 x 256 tokens
+    python bench/bench_verify.py --cuda     # GPU: bitnet-b1.58-2B-4T shapes, 8 x 2048 tokens
+
+Prints one table row per engine: tokens/s of one forward over the batch and its peak
+memory (CPU: peak RSS above the process after imports; CUDA: torch.cuda.max_memory_allocated,
+weights included). Every row runs in its own subprocess so the peaks do not mix.
+
+Rows:
+* transformers bf16            BitNetForCausalLM, no quantization: the plain bf16 forward
+* transformers ternary (online) the same weights with quantization_config
+                               {bitnet, autobitlinear, online}: ternarized on the fly, 8-bit
+                               activations, bf16
+* bitconv, TQ2_0 GGUF          verify's forward on the converted artifact, streaming one
+                               layer at a time from the memory-mapped file (reading and
+                               decoding the weights is inside the timing)
+* bitconv, resident            (CUDA) the same with every layer kept 2-bit packed on the
+                               GPU after a first pass: compute only, like transformers' rows
+* bitconv, int8 path           (CPU) the streaming row with int_path=True: torch._int_mm
+                               (VNNI) instead of verify's default float32 CPU path
+* bitconv, bf16 source         (--with-source) verify's source side: the float checkpoint,
+                               ternarized with bitconv.quant.ternarize while streaming
+
+transformers returns full logits [B, T, vocab]; bitconv returns per-token log-probs,
+making logits a chunk of rows at a time (what verify needs), log_softmax included.
+Weights are random (seeded); timings do not depend on their values. Everything is
+written to a temporary folder (CUDA: ~5.4 GB) that is deleted at the end unless --workdir
+is given.
+
+Needs torch, transformers, accelerate and bitconv (`pip install -e .`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CPU_SHAPE = dict(hidden=1024, intermediate=2816, layers=12, heads=16, kv_heads=4, vocab=32000)  # ~170M
+# microsoft/bitnet-b1.58-2B-4T
+CUDA_SHAPE = dict(hidden=2560, intermediate=6912, layers=30, heads=20, kv_heads=5, vocab=128256)
+ONLINE = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
+
+
+# ----------------------------------------------------------------------------------------
+# setup: random model folders and the TQ2_0 artifact
+# ----------------------------------------------------------------------------------------
+def write_model(folder: Path, shape: dict, device: str) -> None:
+    """A bf16 BitNetForCausalLM (relu2, tied) with seeded random weights, generated on
+    `device` (the GPU for the 2B shape) and saved as safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    from bitconv.synth import SynthConfig, hf_config
+
+    cfg = SynthConfig(family="relu2", dtype="bf16", tie=True, context=4096, rope_theta=500000.0, **shape)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(hf_config(cfg), indent=2))
+    g = torch.Generator(device).manual_seed(0)
+    d = cfg.hidden // cfg.heads
+
+    def lin(m: int, k: int):
+        return (torch.randn(m, k, generator=g, device=device) * k**-0.5).to(torch.bfloat16).cpu()
+
+    def norm(n: int):
+        return (1.0 + 0.1 * torch.randn(n, generator=g, device=device)).to(torch.bfloat16).cpu()
+
+    w = {"model.embed_tokens.weight": (0.05 * torch.randn(cfg.vocab, cfg.hidden, generator=g, device=device))
+         .to(torch.bfloat16).cpu()}
+    for i in range(cfg.layers):
+        p = f"model.layers.{i}."
+        w[p + "input_layernorm.weight"] = norm(cfg.hidden)
+        w[p + "self_attn.q_proj.weight"] = lin(cfg.heads * d, cfg.hidden)
+        w[p + "self_attn.k_proj.weight"] = lin(cfg.kv_heads * d, cfg.hidden)
+        w[p + "self_attn.v_proj.weight"] = lin(cfg.kv_heads * d, cfg.hidden)
+        w[p + "self_attn.o_proj.weight"] = lin(cfg.hidden, cfg.heads * d)
+        w[p + "self_attn.attn_sub_norm.weight"] = norm(cfg.hidden)
+        w[p + "post_attention_layernorm.weight"] = norm(cfg.hidden)
+        w[p + "mlp.gate_proj.weight"] = lin(cfg.intermediate, cfg.hidden)
+        w[p + "mlp.up_proj.weight"] = lin(cfg.intermediate, cfg.hidden)
+        w[p + "mlp.down_proj.weight"] = lin(cfg.hidden, cfg.intermediate)
+        w[p + "mlp.ffn_sub_norm.weight"] = norm(cfg.intermediate)
+    w["model.norm.weight"] = norm(cfg.hidden)
+    save_file(w, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def setup(work: Path, shape: dict, device: str) -> dict[str, Path]:
+    from bitconv.convert import convert
+
+    plain, online, gguf = work / "bf16", work / "bf16-online", work / "tq2_0.gguf"
+    t0 = time.perf_counter()
+    if not (plain / "model.safetensors").exists():
+        write_model(plain, shape, device)
+    if not (online / "config.json").exists():
+        online.mkdir(parents=True, exist_ok=True)
+        cfg = json.loads((plain / "config.json").read_text())
+        cfg["quantization_config"] = ONLINE
+        (online / "config.json").write_text(json.dumps(cfg, indent=2))
+        os.symlink((plain / "model.safetensors").resolve(), online / "model.safetensors")
+    print(f"# model written in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not gguf.exists():
+        t0 = time.perf_counter()
+        # relu2 models run in bitnet.cpp, not llama.cpp: TQ2_0 is only a container here
+        convert(plain, gguf, layout="tq2_0", allow_engine_mismatch=True)
+        print(f"# TQ2_0 artifact converted in {time.perf_counter() - t0:.0f} s "
+              f"({gguf.stat().st_size / 2**30:.2f} GiB)", flush=True)
+    return {"plain": plain, "online": online, "gguf": gguf}
+
+
+# ----------------------------------------------------------------------------------------
+# one measurement per subprocess
+# ----------------------------------------------------------------------------------------
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    cuda = args.device == "cuda"
+    vocab = json.loads((Path(args.plain) / "config.json").read_text())["vocab_size"]
+    tokens = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+    base_rss = _rss_mib()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    if args.worker.startswith("hf"):
+        import transformers
+
+        folder = args.online if args.worker == "hf-ternary" else args.plain
+        dtype = torch.float32 if args.worker == "hf-f32" else torch.bfloat16
+        model = transformers.BitNetForCausalLM.from_pretrained(
+            folder, dtype=dtype, device_map="cuda" if cuda else None, attn_implementation="sdpa")
+        model.eval()
+        ids = tokens.to("cuda" if cuda else "cpu")
+
+        def run():
+            with torch.inference_mode():
+                return model(ids, use_cache=False).logits
+    else:
+        from bitconv.readers import open_source
+        from bitconv.verify.forward import Runner, token_logprobs_and_stats
+
+        dtype = torch.bfloat16 if cuda else torch.float32
+        src = args.gguf if args.worker.startswith("bitconv-gguf") else args.plain
+        keep = args.worker == "bitconv-gguf-resident"
+        int_path = True if args.worker == "bitconv-gguf-int" else None
+        runner = Runner(open_source(src), device=args.device, dtype=dtype, keep=keep,
+                        micro_batch=args.micro_batch, int_path=int_path)
+
+        def run():
+            return token_logprobs_and_stats(runner, tokens).logprobs
+
+    times = []
+    peak_gpu = 0.0
+    for r in range(args.repeats + 1):  # the first run warms up (compiles, caches, page cache)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        t0 = time.perf_counter()
+        out = run()
+        sync()
+        dt = time.perf_counter() - t0
+        del out
+        if r > 0 or args.repeats == 0:
+            times.append(dt)
+            if cuda:
+                peak_gpu = max(peak_gpu, torch.cuda.max_memory_allocated() / 2**30)
+        if args.repeats == 0:
+            break
+    best = min(times)
+    result = {"worker": args.worker, "seconds": best, "tokens_per_s": args.batch * args.seq / best,
+              "first_run_s": None, "peak_rss_mib": _rss_mib() - base_rss, "peak_gpu_gib": peak_gpu}
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+ROWS = {
+    "hf-bf16": "transformers bf16 (plain)",
+    "hf-ternary": "transformers ternary (online, bf16)",
+    "hf-f32": "transformers f32 (plain)",
+    "bitconv-gguf": "bitconv verify forward, TQ2_0 GGUF, streaming",
+    "bitconv-gguf-int": "bitconv forward, TQ2_0 GGUF, streaming, int8",
+    "bitconv-gguf-resident": "bitconv verify forward, resident 2-bit",
+    "bitconv-source": "bitconv verify forward, bf16 source, streaming",
+}
+
+
+def run_worker(kind: str, paths: dict[str, Path], args: argparse.Namespace) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", kind, "--plain", str(paths["plain"]), "--online",
+           str(paths["online"]), "--gguf", str(paths["gguf"]), "--batch", str(args.batch), "--seq", str(args.seq),
+           "--device", "cuda" if args.cuda else "cpu", "--repeats", str(args.repeats)]
+    if args.micro_batch:
+        cmd += ["--micro-batch", str(args.micro_batch)]
+    env = dict(os.environ)
+    if args.no_compile:
+        env["TORCHDYNAMO_DISABLE"] = "1"
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            res = json.loads(line[len("RESULT "):])
+            res["wall_s"] = time.perf_counter() - t0
+            return res
+    print(f"# {kind} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cuda", action="store_true", help="GPU run: 2B-4T shapes, 8 x 2048 tokens")
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--seq", type=int, default=None)
+    ap.add_argument("--layers", type=int, default=None, help="override the layer count (quick runs)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs after one warm-up (best is kept)")
+    ap.add_argument("--micro-batch", type=int, default=None, help="bitconv: sequences per layer pass")
+    ap.add_argument("--rows", default=None, help="comma list of: " + ",".join(ROWS))
+    ap.add_argument("--with-source", action="store_true", help="also time verify's float-source side")
+    ap.add_argument("--no-compile", action="store_true", help="TORCHDYNAMO_DISABLE=1 for every row")
+    ap.add_argument("--workdir", default=None, help="keep the model files here (reused on the next run)")
+    # worker mode (internal)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--plain", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--online", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--gguf", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        worker(args)
+        return
+
+    shape = dict(CUDA_SHAPE if args.cuda else CPU_SHAPE)
+    if args.layers:
+        shape["layers"] = args.layers
+    args.batch = args.batch or (8 if args.cuda else 4)
+    args.seq = args.seq or (2048 if args.cuda else 256)
+    args.repeats = 2 if args.repeats is None else args.repeats
+    if args.rows:
+        rows = args.rows.split(",")
+    else:
+        rows = ["hf-bf16", "hf-ternary", "bitconv-gguf"]
+        rows += ["bitconv-gguf-resident"] if args.cuda else ["bitconv-gguf-int"]
+        rows += ["bitconv-source"] if args.with_source else []
+    import torch
+
+    if args.cuda and not torch.cuda.is_available():
+        sys.exit("--cuda: torch sees no CUDA device")
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bitconv-bench-"))
+    try:
+        paths = setup(work, shape, "cuda" if args.cuda else "cpu")
+        dev = torch.cuda.get_device_name(0) if args.cuda else f"CPU, {torch.get_num_threads()} threads"
+        for _ in range(2):  # streaming rows read the artifact every pass: how fast can this machine read it?
+            t0 = time.perf_counter()
+            with open(paths["gguf"], "rb") as f:
+                while f.read(64 << 20):
+                    pass
+            rate = paths["gguf"].stat().st_size / (time.perf_counter() - t0) / 2**30
+        print(f"# reading the {paths['gguf'].stat().st_size / 2**30:.2f} GiB artifact (warm): {rate:.1f} GiB/s",
+              flush=True)
+        print(f"# device: {dev}; torch {torch.__version__}; model {shape}; "
+              f"tokens {args.batch} x {args.seq}", flush=True)
+        results = []
+        for kind in rows:
+            res = run_worker(kind, paths, args)
+            if res is not None:
+                results.append(res)
+                print(f"# {kind}: {res['tokens_per_s']:,.0f} tokens/s", flush=True)
+        mem_col = "peak GPU GiB" if args.cuda else "peak RSS MiB"
+        print()
+        print(f"| {'engine':<48} | {'tokens/s':>10} | {'s / batch':>9} | {mem_col:>12} |")
+        print(f"|{'-' * 50}|{'-' * 12}|{'-' * 11}|{'-' * 14}|")
+        for r in results:
+            mem = f"{r['peak_gpu_gib']:.2f}" if args.cuda else f"{r['peak_rss_mib']:.0f}"
+            print(f"| {ROWS[r['worker']]:<48} | {r['tokens_per_s']:>10,.0f} | {r['seconds']:>9.3f} | {mem:>12} |")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

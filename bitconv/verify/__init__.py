@@ -1,0 +1,594 @@
+"""`verify()`: run an artifact and its source on the same text and measure what the
+conversion cost.
+
+The artifact (any GGUF bitconv writes, or a packed safetensors folder) is read back through
+bitconv's own unpackers and run by the forward pass in `forward.py`; the source runs with
+the same code, its float latent linears ternarized on the fly exactly as `convert` does
+(with the artifact's scale groups), tensors already ternary on disk as they are. Both
+stream layer by layer in lockstep, so every weight is read once: each linear is compared
+(ternary values must be identical, dequantized weights within `max_weight_error`), then
+every window of text goes through both layers. Perplexity, KL(source || artifact) of the
+next-token distributions and top-1 agreement are computed from final hidden states a
+chunk of rows at a time.
+
+Thresholds never raise: the report says `passed` and lists `failures` (the CLI exits 1).
+Bad input raises `InputError` and its subclasses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from ..errors import InputError, SourceNotFoundError, UsageError
+from ..model import LINEAR, LINEAR_KINDS, kind_of, layer_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_TEXT = DATA_DIR / "eval.txt"
+ProgressFn = Callable[[str, int, int], None]  # (stage, done, total): "layer" i/n, "metrics" 0/1 then 1/1
+
+_HP_COMPARED = ("num_heads", "num_kv_heads", "head_dim", "hidden_act", "rope_theta", "rms_eps", "sub_norms")
+_DTYPES = {"float32": "float32", "f32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "f16": "float16", "fp16": "float16"}
+
+
+@dataclass
+class TensorCheck:
+    """One tensor of the artifact against the source weight verify computes with."""
+
+    name: str
+    role: str
+    shape: tuple[int, ...]
+    artifact_type: str
+    source_type: str
+    rel_error: float  # ||A - S|| / ||S|| of the dequantized weights
+    max_error: float  # max|A - S| / max|S|
+    mismatched: int | None = None  # ternary values that differ (linears)
+    rel_error_fp: float | None = None  # reference="fp": ||A - W|| / ||W|| against the float source
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return _finite(d)
+
+
+@dataclass
+class VerifyReport:
+    artifact: str
+    source: str
+    artifact_layouts: list[str]
+    device: str
+    dtype: str
+    act_quant: bool
+    reference: str
+    tokenizer: str
+    text: str
+    sequences: int
+    ctx: int
+    tokens: int  # scored positions
+    source_perplexity: float
+    artifact_perplexity: float
+    ppl_change: float  # artifact / source - 1
+    mean_kl: float
+    max_kl: float
+    top1_agreement: float
+    fp_perplexity: float | None
+    tokens_per_s: float  # artifact forward: processed tokens / seconds
+    seconds: float
+    artifact_seconds: float
+    source_seconds: float
+    tensors: list[TensorCheck]
+    thresholds: dict[str, Any]
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def max_rel_error(self) -> float:
+        lin = [t.rel_error for t in self.tensors if t.role == LINEAR]
+        return max(lin) if lin else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "tensors"}
+        d["tensors"] = [t.to_dict() for t in self.tensors]
+        d["max_rel_error"] = self.max_rel_error
+        return _finite(d)
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf -> None so --json output is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------
+# tokens
+# ----------------------------------------------------------------------------------------
+def _gguf_value(spec, key: str, default=None):
+    v = spec.gguf_metadata.get(key)
+    return v[0] if isinstance(v, tuple) else (default if v is None else v)
+
+
+def load_tokenizer(*ckpts) -> tuple[Any, str, bool]:
+    """(tokenizers.Tokenizer, description, add_bos) from the first checkpoint that has one:
+    a tokenizer.json next to the model, else a GGUF's byte-level BPE vocabulary."""
+    from tokenizers import Tokenizer
+
+    for ck in ckpts:
+        d = ck.spec.tokenizer_dir
+        if d is not None and (Path(d) / "tokenizer.json").exists():
+            path = Path(d) / "tokenizer.json"
+            tok = Tokenizer.from_file(str(path))
+            add_bos = None
+            cfg = Path(d) / "tokenizer_config.json"
+            if cfg.exists():
+                try:
+                    add_bos = json.loads(cfg.read_text()).get("add_bos_token")
+                except ValueError:
+                    pass
+            if add_bos is None:  # the post-processor decides (Llama-3 adds <|begin_of_text|>)
+                add_bos = len(tok.encode("a").ids) > len(tok.encode("a", add_special_tokens=False).ids)
+            return tok, str(path), bool(add_bos)
+    for ck in ckpts:
+        if _gguf_value(ck.spec, "tokenizer.ggml.model") == "gpt2" and _gguf_value(ck.spec, "tokenizer.ggml.tokens"):
+            from tokenizers import decoders, models, pre_tokenizers
+
+            tokens = _gguf_value(ck.spec, "tokenizer.ggml.tokens")
+            merges = [tuple(m.split(" ", 1)) for m in _gguf_value(ck.spec, "tokenizer.ggml.merges", [])]
+            tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            add_bos = bool(_gguf_value(ck.spec, "tokenizer.ggml.add_bos_token", False))
+            return tok, f"{ck.spec.source.location} (GGUF byte-level BPE)", add_bos
+    raise InputError(
+        "no tokenizer: neither the source nor the artifact has a tokenizer.json (or a GGUF byte-level BPE vocabulary)",
+        hint="verify against a source folder that holds tokenizer.json",
+    )
+
+
+def make_windows(ids: list[int], ctx: int, bos: int | None) -> list[list[int]]:
+    """Split token ids into windows of `ctx` tokens (a BOS first when given); a text shorter
+    than one window gives one shorter window."""
+    step = ctx - (1 if bos is not None else 0)
+    n = len(ids) // step
+    if n == 0:
+        chunks = [ids]
+    else:
+        chunks = [ids[i * step:(i + 1) * step] for i in range(n)]
+    return [([bos] if bos is not None else []) + c for c in chunks]
+
+
+# ----------------------------------------------------------------------------------------
+# weight comparison
+# ----------------------------------------------------------------------------------------
+def _type_of(st) -> str:
+    return st.dtype
+
+
+def _compare_arrays(a, s) -> tuple[float, float]:
+    import torch
+
+    a = a.to(torch.float32)
+    s = s.to(a.device, torch.float32)
+    diff = a - s
+    ns = float(torch.linalg.vector_norm(s))
+    rel = float(torch.linalg.vector_norm(diff)) / ns if ns > 0 else float(torch.linalg.vector_norm(diff))
+    ms = float(s.abs().max()) if s.numel() else 0.0
+    md = float(diff.abs().max()) if diff.numel() else 0.0
+    return rel, (md / ms if ms > 0 else md)
+
+
+def _check_linear(name, art_st, src_st, art_t, src_t, fp_w, max_err: float) -> "TensorCheck":
+    import torch
+
+    dev = art_t.values.device if art_t.values.device.type != "cpu" else src_t.values.device
+    av, sv = art_t.values.to(dev), src_t.values.to(dev)
+    mismatched = int((av != sv).sum())
+    da = art_t.dequantize().to(dev)
+    rel, mx = _compare_arrays(da, src_t.dequantize().to(dev))
+    rel_fp = None
+    if fp_w is not None:
+        rel_fp, _ = _compare_arrays(da, torch.as_tensor(fp_w).to(dev))
+    chk = TensorCheck(name, LINEAR, tuple(art_st.shape), _type_of(art_st), _type_of(src_st), rel, mx,
+                      mismatched, rel_fp)
+    problems = []
+    if mismatched:
+        problems.append(f"{mismatched} of {av.numel()} ternary values differ from the source")
+    if not (mx <= max_err):
+        problems.append(f"weights differ by up to {mx:.3g} of their largest magnitude (limit {max_err:g})")
+    chk.problem = "; ".join(problems) or None
+    return chk
+
+
+def _check_float(name, role, art_st, src_st, a, s, max_err: float) -> "TensorCheck":
+    import torch
+
+    rel, mx = _compare_arrays(torch.as_tensor(a), torch.as_tensor(s))
+    chk = TensorCheck(name, role, tuple(art_st.shape), _type_of(art_st), _type_of(src_st), rel, mx)
+    if not (mx <= max_err):
+        chk.problem = f"values differ by up to {mx:.3g} of their largest magnitude (limit {max_err:g})"
+    return chk
+
+
+def _check_shapes(art, src) -> None:
+    ha, hs = art.spec.hparams, src.spec.hparams
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers"):
+        if getattr(ha, key) != getattr(hs, key):
+            raise InputError(
+                f"artifact and source are different models: {key} {getattr(ha, key)} vs {getattr(hs, key)}",
+                hint="verify an artifact against the source it was converted from",
+            )
+    src_by = {t.name: t for t in src.tensors}
+    for t in art.tensors:
+        s = src_by.get(t.name)
+        if s is not None and tuple(s.shape) != tuple(t.shape):
+            raise InputError(
+                f"{t.name}: artifact shape {list(t.shape)} but source shape {list(s.shape)}",
+                hint="verify an artifact against the source it was converted from",
+            )
+
+
+# ----------------------------------------------------------------------------------------
+# verify
+# ----------------------------------------------------------------------------------------
+def verify(
+    artifact: str | Path,
+    source: str | Path,
+    *,
+    text: str | Path | None = None,
+    tokens: int = 2048,
+    ctx: int = 512,
+    device: str = "cpu",
+    act_quant: bool = True,
+    reference: str = "ternary",
+    max_ppl_increase: float = 0.01,
+    min_top1: float = 0.99,
+    max_weight_error: float = 1e-2,
+    max_kl: float | None = None,
+    score_from: int = 0,
+    dtype: str = "float32",
+    micro_batch: int | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    progress: ProgressFn | None = None,
+) -> VerifyReport:
+    """Verify ARTIFACT against SOURCE on `tokens` tokens of `text` (default: the shipped
+    bitconv/data/eval.txt) in windows of `ctx` tokens.
+
+    Gates (each crossing adds to `failures`, `passed` is False): the artifact's perplexity
+    more than `max_ppl_increase` (relative) above the source's; top-1 agreement below
+    `min_top1`; mean KL above `max_kl` (if given); a linear whose ternary values differ from
+    the source's, or any tensor whose dequantized values differ by more than
+    `max_weight_error` of the tensor's largest magnitude; hyperparameters that make the
+    artifact compute another function. `reference="fp"` also runs the unquantized source
+    (float weights, no activation quantization) and reports its perplexity and each
+    linear's error against the float weights. `score_from` skips the first positions of
+    every window (llama.cpp's perplexity scores the second half: ctx // 2).
+    `progress(stage, done, total)` is called per layer ("layer") and around the metrics.
+    """
+    import torch
+
+    from ..readers import open_source
+    from .forward import REFERENCES, Runner, resolve_device
+    from .metrics import compare
+
+    t_start = time.perf_counter()
+    if reference not in REFERENCES:
+        raise UsageError(f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    if tokens < 2:
+        raise UsageError(f"--tokens must be at least 2, got {tokens}")
+    if ctx < 2:
+        raise UsageError(f"--ctx must be at least 2, got {ctx}")
+    if not 0 <= score_from < ctx - 1:
+        raise UsageError(f"score_from must be in [0, ctx-1), got {score_from}")
+    if max_ppl_increase < 0 or not 0 <= min_top1 <= 1 or max_weight_error < 0:
+        raise UsageError("thresholds: --max-ppl-increase >= 0, 0 <= --min-top1 <= 1, max_weight_error >= 0")
+    if str(dtype).replace("torch.", "") not in _DTYPES:
+        raise UsageError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    tdtype = getattr(torch, _DTYPES[str(dtype).replace("torch.", "")])
+    dev = resolve_device(device)
+
+    art_path = Path(str(artifact)).expanduser()
+    if not art_path.exists():
+        raise SourceNotFoundError(f"{artifact}: no such artifact (a .gguf file or a packed safetensors folder)")
+    art = open_source(art_path)
+    src = open_source(source, revision=revision, token=token)
+    _check_shapes(art, src)
+
+    failures: list[str] = []
+    notes: list[str] = []
+    ha, hs = art.spec.hparams, src.spec.hparams
+    for key in _HP_COMPARED:
+        va, vs = getattr(ha, key), getattr(hs, key)
+        if (va != vs) if not isinstance(va, float) else not math.isclose(va, vs, rel_tol=1e-6):
+            failures.append(f"the artifact declares {key}={va!r} but the source has {vs!r}: "
+                            "an engine reading it computes another function")
+    art_head_tied = ha.tie_embeddings or not any(t.name == "output.weight" for t in art.tensors)
+    src_head_tied = hs.tie_embeddings or not any(t.name == "output.weight" for t in src.tensors)
+
+    # text -> windows
+    text_path = Path(text).expanduser() if text is not None else DEFAULT_TEXT
+    if not text_path.exists():
+        if text is None:
+            raise SourceNotFoundError(f"the default evaluation text {DEFAULT_TEXT} is missing",
+                                      hint="pass --text FILE")
+        raise SourceNotFoundError(f"{text}: no such text file")
+    content = text_path.read_text(encoding="utf-8", errors="replace")
+    tok, tok_desc, add_bos = load_tokenizer(src, art)
+    ids = tok.encode(content, add_special_tokens=False).ids
+    bos = hs.bos_token_id if add_bos and hs.bos_token_id is not None else None
+    if len(ids) < 2:
+        raise InputError(f"{text_path}: the text has {len(ids)} token(s); verify needs at least 2")
+    if len(ids) < tokens:
+        notes.append(f"the text has {len(ids)} tokens, fewer than the {tokens} asked for: used them all")
+    windows = make_windows(ids[:tokens], ctx, bos)
+    wtok = torch.tensor(windows, dtype=torch.int64)
+    if int(wtok.max()) >= hs.vocab_size:
+        raise InputError(f"the tokenizer ({tok_desc}) produced id {int(wtok.max())} >= vocab size {hs.vocab_size}",
+                         hint="the tokenizer does not belong to this model")
+    b, t = wtok.shape
+    if score_from >= t - 1:
+        raise UsageError(f"score_from {score_from} leaves nothing to score in windows of {t} tokens")
+
+    # runners: the artifact, the source ternarized with the artifact's groups, optionally fp
+    groups = {st.name: (st.group or "tensor") for st in art.tensors if st.role == LINEAR and st.is_ternary}
+    kw = dict(device=dev, dtype=tdtype, micro_batch=micro_batch)
+    r_art = Runner(art, act_quant=act_quant, reference="ternary", **kw)
+    r_src = Runner(src, act_quant=act_quant, reference="ternary", groups=groups, **kw)
+    r_fp = Runner(src, act_quant=False, reference="fp", **kw) if reference == "fp" else None
+    notes += [f"artifact: {n}" for n in r_art.notes] + [f"source: {n}" for n in r_src.notes]
+    if reference == "fp" and src.spec.packed:
+        notes.append("reference fp: the source is ternary on disk, so its 'unquantized' model is s·t "
+                     "without activation quantization")
+    if any(st.role == LINEAR and not st.is_ternary for st in art.tensors):
+        notes.append("the artifact has float linears: verify ternarizes them on the fly like the source")
+
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    clock = {"artifact": 0.0, "source": 0.0, "fp": 0.0}
+    checks: list[TensorCheck] = []
+
+    with torch.inference_mode():
+        sync()
+        t0 = time.perf_counter()
+        x_art = r_art.embed(wtok)
+        sync()
+        clock["artifact"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        x_src = r_src.embed(wtok)
+        rope = r_src.rope(t)
+        x_fp = r_fp.embed(wtok) if r_fp else None
+        sync()
+        clock["source"] += time.perf_counter() - t0
+        rope_art = r_art.rope(t)
+
+        for i in range(hs.num_layers):
+            with r_src.layer_io(), r_art.layer_io(), (r_fp.layer_io() if r_fp else nullcontext()):
+                t0 = time.perf_counter()
+                raw_src = r_src.load_layer(i)
+                tern_src = {k: r_src.as_ternary(f"blk.{i}.{k}.weight", p) for k, p in raw_src.items()
+                            if k in LINEAR_KINDS}
+                sync()
+                clock["source"] += time.perf_counter() - t0
+
+                t0 = time.perf_counter()
+                raw_art = r_art.load_layer(i)
+                tern_art = {k: r_art.as_ternary(f"blk.{i}.{k}.weight", p) for k, p in raw_art.items()
+                            if k in tern_src}
+                sync()
+                clock["artifact"] += time.perf_counter() - t0
+
+                for kind, payload in raw_art.items():
+                    name = f"blk.{i}.{kind}.weight"
+                    a_st, s_st = r_art.by_name[name], r_src.by_name.get(name)
+                    if s_st is None:
+                        failures.append(f"{name}: in the artifact but not in the source")
+                        continue
+                    if kind in tern_art:
+                        fp_w = raw_src[kind] if (r_fp is not None and isinstance(raw_src[kind], np.ndarray)) else None
+                        checks.append(_check_linear(name, a_st, s_st, tern_art[kind], tern_src[kind], fp_w,
+                                                    max_weight_error))
+                    else:
+                        checks.append(_check_float(name, "norm", a_st, s_st, payload, raw_src[kind],
+                                                   max_weight_error))
+                for kind in raw_src:
+                    if kind not in raw_art:
+                        failures.append(f"blk.{i}.{kind}.weight: in the source but missing from the artifact")
+
+                t0 = time.perf_counter()
+                lw_src = r_src.prepare_layer(i, {**raw_src, **tern_src})
+                sync()
+                clock["source"] += time.perf_counter() - t0
+                lw_fp = r_fp.prepare_layer(i, raw_src) if r_fp is not None else None
+                t0 = time.perf_counter()
+                lw_art = r_art.prepare_layer(i, {**raw_art, **tern_art})
+                sync()
+                clock["artifact"] += time.perf_counter() - t0
+                del raw_src, tern_src, raw_art, tern_art
+
+            t0 = time.perf_counter()
+            x_src = r_src.run_layer(x_src, lw_src, rope)
+            sync()
+            clock["source"] += time.perf_counter() - t0
+            if r_fp is not None:
+                t0 = time.perf_counter()
+                x_fp = r_fp.run_layer(x_fp, lw_fp, rope)
+                sync()
+                clock["fp"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            x_art = r_art.run_layer(x_art, lw_art, rope_art)
+            sync()
+            clock["artifact"] += time.perf_counter() - t0
+            del lw_src, lw_fp, lw_art
+            if progress is not None:
+                progress("layer", i + 1, hs.num_layers)
+
+        t0 = time.perf_counter()
+        h_art = r_art.final_norm(x_art)
+        sync()
+        clock["artifact"] += time.perf_counter() - t0
+        h_src = r_src.final_norm(x_src)
+        h_fp = r_fp.final_norm(x_fp) if r_fp else None
+        del x_art, x_src, x_fp
+
+        # global tensors: embeddings, final norm, the (effective) output layer
+        for name, role in (("token_embd.weight", "embedding"), ("output_norm.weight", "norm")):
+            a_st, s_st = r_art.by_name[name], r_src.by_name[name]
+            checks.append(_check_float(name, role, a_st, s_st, r_art.load_raw(name), r_src.load_raw(name),
+                                       max_weight_error))
+        if not (art_head_tied and src_head_tied):
+            a_name = "token_embd.weight" if art_head_tied else "output.weight"
+            s_name = "token_embd.weight" if src_head_tied else "output.weight"
+            checks.append(_check_float("output.weight", "output", r_art.by_name[a_name], r_src.by_name[s_name],
+                                       r_art.load_raw(a_name), r_src.load_raw(s_name), max_weight_error))
+
+        if progress is not None:
+            progress("metrics", 0, 1)
+        sel = lambda h: h[:, score_from:t - 1].reshape(-1, h.shape[-1])  # noqa: E731
+        targets = wtok[:, score_from + 1:].reshape(-1).to(dev)
+        t0 = time.perf_counter()
+        pair, singles = compare((r_src, sel(h_src)), (r_art, sel(h_art)), targets,
+                                extra={"fp": (r_fp, sel(h_fp))} if r_fp else None,
+                                chunk_elements=(1 << 27) if dev.type == "cuda" else (1 << 25))
+        sync()
+        clock["artifact"] += (time.perf_counter() - t0) / (2 + (1 if r_fp else 0))
+        if progress is not None:
+            progress("metrics", 1, 1)
+    for r in (r_art, r_src, r_fp):
+        if r is not None:
+            r.release()
+
+    for c in checks:
+        if c.problem:
+            failures.append(f"{c.name}: {c.problem}")
+    if not math.isfinite(pair.artifact.perplexity):
+        failures.append("the artifact's perplexity is not finite")
+    elif not (pair.ppl_change <= max_ppl_increase):
+        failures.append(f"perplexity rose by {pair.ppl_change:.2%} ({pair.source.perplexity:.4g} -> "
+                        f"{pair.artifact.perplexity:.4g}), more than the {max_ppl_increase:.2%} allowed")
+    if not (pair.top1_agreement >= min_top1):
+        failures.append(f"top-1 agreement {pair.top1_agreement:.4f} is below {min_top1}")
+    if max_kl is not None and not (pair.mean_kl <= max_kl):
+        failures.append(f"mean KL divergence {pair.mean_kl:.3g} exceeds {max_kl:g}")
+
+    return VerifyReport(
+        artifact=str(artifact), source=str(source),
+        artifact_layouts=sorted({st.dtype for st in art.tensors if st.role == LINEAR}),
+        device=str(dev), dtype=_DTYPES[str(dtype).replace("torch.", "")], act_quant=act_quant, reference=reference,
+        tokenizer=tok_desc, text=str(text_path), sequences=b, ctx=t, tokens=pair.tokens,
+        source_perplexity=pair.source.perplexity, artifact_perplexity=pair.artifact.perplexity,
+        ppl_change=pair.ppl_change, mean_kl=pair.mean_kl, max_kl=pair.kl_max, top1_agreement=pair.top1_agreement,
+        fp_perplexity=singles["fp"].perplexity if "fp" in singles else None,
+        tokens_per_s=(b * t) / clock["artifact"] if clock["artifact"] > 0 else float("nan"),
+        seconds=time.perf_counter() - t_start, artifact_seconds=clock["artifact"], source_seconds=clock["source"],
+        tensors=checks,
+        thresholds={"max_ppl_increase": max_ppl_increase, "min_top1": min_top1,
+                    "max_weight_error": max_weight_error, "max_kl": max_kl},
+        passed=not failures, failures=failures, notes=notes,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# rendering
+# ----------------------------------------------------------------------------------------
+_SHORT = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate": "gate",
+          "ffn_up": "up", "ffn_down": "down"}
+
+
+def render_report(report: VerifyReport, console: "Console") -> None:
+    """Print the report as rich tables: the metrics with their gates, then the per-layer
+    relative weight error of every linear (red where a tensor failed)."""
+    from rich.table import Table
+
+    ok, bad = "[green]ok[/green]", "[red]FAIL[/red]"
+    th = report.thresholds
+    summary = Table(title=f"bitconv verify: {report.artifact}  vs  {report.source}", show_header=True,
+                    header_style="bold")
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    summary.add_column("gate", justify="right")
+    summary.add_column("")
+    summary.add_row("source perplexity", f"{report.source_perplexity:.4f}", "", "")
+    summary.add_row("artifact perplexity", f"{report.artifact_perplexity:.4f}", "", "")
+    ppl_ok = math.isfinite(report.ppl_change) and report.ppl_change <= th["max_ppl_increase"]
+    summary.add_row("perplexity change", f"{report.ppl_change:+.3%}", f"<= +{th['max_ppl_increase']:.2%}",
+                    ok if ppl_ok else bad)
+    kl_gate = f"<= {th['max_kl']:g}" if th.get("max_kl") is not None else ""
+    kl_state = "" if th.get("max_kl") is None else (ok if report.mean_kl <= th["max_kl"] else bad)
+    summary.add_row("mean KL (source || artifact)", f"{report.mean_kl:.3e}", kl_gate, kl_state)
+    summary.add_row("max KL", f"{report.max_kl:.3e}", "", "")
+    summary.add_row("top-1 agreement", f"{report.top1_agreement:.4f}", f">= {th['min_top1']}",
+                    ok if report.top1_agreement >= th["min_top1"] else bad)
+    weights_bad = [c for c in report.tensors if c.problem]
+    summary.add_row("max linear rel. error", f"{report.max_rel_error:.3e}",
+                    f"codes equal, max err <= {th['max_weight_error']:g}", bad if weights_bad else ok)
+    if report.fp_perplexity is not None:
+        summary.add_row("unquantized (fp) perplexity", f"{report.fp_perplexity:.4f}", "", "")
+    summary.add_row("tokens scored", f"{report.tokens} ({report.sequences} x {report.ctx})", "", "")
+    summary.add_row("artifact tokens/s", f"{report.tokens_per_s:,.0f}", "", "")
+    summary.add_row("device / dtype", f"{report.device} / {report.dtype}", "", "")
+    summary.add_row("activation quant / reference", f"{'on' if report.act_quant else 'off'} / {report.reference}",
+                    "", "")
+    summary.add_row("time", f"{report.seconds:.1f} s", "", "")
+    console.print(summary)
+
+    layers: dict[int, dict[str, TensorCheck]] = {}
+    for c in report.tensors:
+        li = layer_of(c.name)
+        if li is not None and c.role == LINEAR:
+            layers.setdefault(li, {})[kind_of(c.name)] = c
+    if layers:
+        per = Table(title="relative weight error per linear: artifact vs source"
+                          + (r" (\[in brackets]: vs the float weights)" if report.reference == "fp" else ""),
+                    header_style="bold")
+        per.add_column("layer", justify="right")
+        kinds = [k for k in _SHORT if any(k in row for row in layers.values())]
+        for k in kinds:
+            per.add_column(_SHORT[k], justify="right")
+        for li in sorted(layers):
+            cells = []
+            for k in kinds:
+                c = layers[li].get(k)
+                if c is None:
+                    cells.append("-")
+                    continue
+                txt = f"{c.rel_error:.1e}"
+                if c.rel_error_fp is not None:
+                    txt += f" [{c.rel_error_fp:.2f}]"
+                cells.append(f"[red]{txt}[/red]" if c.problem else txt)
+            per.add_row(str(li), *cells)
+        console.print(per)
+    others = [c for c in report.tensors if c.role != LINEAR]
+    if any(c.problem for c in others):
+        for c in others:
+            if c.problem:
+                console.print(f"[red]{c.name}[/red]: {c.problem}")
+    for n in report.notes:
+        console.print(f"[yellow]note:[/yellow] {n}")
+    if report.passed:
+        console.print("[bold green]PASSED[/bold green]")
+    else:
+        console.print("[bold red]FAILED[/bold red]")
+        for f in report.failures:
+            console.print(f"  [red]-[/red] {f}")
+
+
+__all__ = ["verify", "VerifyReport", "TensorCheck", "render_report", "load_tokenizer", "make_windows", "DEFAULT_TEXT"]
