@@ -18,8 +18,9 @@ Rows:
                                decoding the weights is inside the timing)
 * bitconv, resident            (CUDA) the same with every layer kept 2-bit packed on the
                                GPU after a first pass: compute only, like transformers' rows
-* bitconv, int8 path           (CPU) the streaming row with int_path=True: torch._int_mm
-                               (VNNI) instead of verify's default float32 CPU path
+* bitconv, int8 + bf16         (CPU) the streaming row with int_path=True (torch._int_mm,
+                               VNNI) and bf16 activations and head, like transformers' rows;
+                               verify's CPU default is float32 (its head dominates here)
 * bitconv, bf16 source         (--with-source) verify's source side: the float checkpoint,
                                ternarized with bitconv.quant.ternarize while streaming
 
@@ -149,10 +150,11 @@ def worker(args: argparse.Namespace) -> None:
         from bitconv.readers import open_source
         from bitconv.verify.forward import Runner, token_logprobs_and_stats
 
-        dtype = torch.bfloat16 if cuda else torch.float32
+        fast_cpu = args.worker == "bitconv-gguf-int"  # int8 GEMMs + bf16 activations/head, as transformers
+        dtype = torch.bfloat16 if (cuda or fast_cpu) else torch.float32
         src = args.gguf if args.worker.startswith("bitconv-gguf") else args.plain
         keep = args.worker == "bitconv-gguf-resident"
-        int_path = True if args.worker == "bitconv-gguf-int" else None
+        int_path = True if fast_cpu else None
         runner = Runner(open_source(src), device=args.device, dtype=dtype, keep=keep,
                         micro_batch=args.micro_batch, int_path=int_path)
 
@@ -188,7 +190,7 @@ ROWS = {
     "hf-ternary": "transformers ternary (online, bf16)",
     "hf-f32": "transformers f32 (plain)",
     "bitconv-gguf": "bitconv verify forward, TQ2_0 GGUF, streaming",
-    "bitconv-gguf-int": "bitconv forward, TQ2_0 GGUF, streaming, int8",
+    "bitconv-gguf-int": "bitconv forward, TQ2_0 GGUF, int8 + bf16",
     "bitconv-gguf-resident": "bitconv verify forward, resident 2-bit",
     "bitconv-source": "bitconv verify forward, bf16 source, streaming",
 }

@@ -411,8 +411,8 @@ def render_model_card(ckpt: Checkpoint, targets: list[Target], outdir: Path) -> 
                   "| file | source ppl | artifact ppl | change | KL | top-1 | passed |", "|---|---|---|---|---|---|---|"]
         for t in verified:
             v = t.verify
-            lines.append(f"| `{_rel(t.path, outdir)}` | {v.get('source_ppl', float('nan')):.3f} | "
-                         f"{v.get('artifact_ppl', float('nan')):.3f} | {v.get('ppl_change', 0):+.2%} | "
+            lines.append(f"| `{_rel(t.path, outdir)}` | {v.get('source_perplexity', float('nan')):.3f} | "
+                         f"{v.get('artifact_perplexity', float('nan')):.3f} | {v.get('ppl_change', 0):+.2%} | "
                          f"{v.get('mean_kl', 0):.4g} | {v.get('top1_agreement', 0):.3f} | {v.get('passed')} |")
     lines += ["", f"Checksums and options: `{MANIFEST_NAME}` (re-check with `bitconv check {MANIFEST_NAME}`).", ""]
     return "\n".join(lines)

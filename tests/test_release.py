@@ -124,3 +124,22 @@ def test_upload_only_after_every_artifact_passed(silu, relu2_odd, tmp_path, monk
     r = runner.invoke(app, ["convert", str(relu2_odd), str(tmp_path / "bad"), "--layout", "tq2_0,i2_s",
                             "--keep-going", "--upload-repo", "me/tiny"])
     assert r.exit_code != 0 and calls == []
+
+
+def test_verify_inside_release_gates_exit_code_and_keeps_files(silu, tmp_path):
+    # random models have enormous perplexities that fp16 TQ scales move by ~1%: a looser gate
+    gate = {"tokens": 256, "ctx": 128, "max_ppl_increase": 0.05}
+    ok = release(silu, tmp_path / "ok", layouts=["tq2_0"], verify=True, model_card=True, verify_options=gate)
+    v = ok.targets[0].verify
+    assert ok.ok and ok.exit_code == 0 and v["passed"] is True
+    assert json.loads(ok.manifest_path.read_text())["artifacts"][0]["verify"]["top1_agreement"] == v["top1_agreement"]
+    assert "## Verification" in ok.card_path.read_text()
+    # a gate TQ cannot meet (its fp16 scales move every weight a little): the release fails with exit code 1 but keeps the files for inspection
+    bad = release(silu, tmp_path / "bad", layouts=["tq2_0"], verify=True,
+                  verify_options={**gate, "max_weight_error": 0.0})
+    assert not bad.ok and bad.exit_code == 1
+    assert bad.targets[0].verify["passed"] is False and (tmp_path / "bad" / "silu-tq2_0.gguf").exists()
+    r = runner.invoke(app, ["convert", str(silu), str(tmp_path / "cli"), "--layout", "i2_s,tl2", "--verify",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    assert all(a["verify"]["passed"] for a in json.loads(r.stdout)["artifacts"])
