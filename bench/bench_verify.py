@@ -5,8 +5,9 @@
     python bench/bench_verify.py --cuda     # GPU: bitnet-b1.58-2B-4T shapes, 8 x 2048 tokens
 
 Prints one table row per engine: tokens/s of one forward over the batch and its peak
-memory (CPU: peak RSS above the process after imports; CUDA: torch.cuda.max_memory_allocated,
-weights included). Every row runs in its own subprocess so the peaks do not mix.
+memory (CPU: peak RSS above the process after imports, sampled every 2 ms while the model
+loads and runs; CUDA: torch.cuda.max_memory_allocated, weights included). Every row runs in
+its own subprocess so the peaks do not mix.
 
 Rows:
 * transformers bf16            BitNetForCausalLM, no quantization: the plain bf16 forward
@@ -121,7 +122,36 @@ def setup(work: Path, shape: dict, device: str) -> dict[str, Path]:
 # one measurement per subprocess
 # ----------------------------------------------------------------------------------------
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Current resident set size (MiB)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: the process peak instead
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _PeakRSS:
+    """Samples the RSS every few ms in a thread: the peak above the level at start."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.base = _rss_mib()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_mib())
+            self._stop.wait(0.002)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss_mib())
+        return self.peak - self.base
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -130,7 +160,7 @@ def worker(args: argparse.Namespace) -> None:
     cuda = args.device == "cuda"
     vocab = json.loads((Path(args.plain) / "config.json").read_text())["vocab_size"]
     tokens = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
-    base_rss = _rss_mib()
+    rss = None if cuda else _PeakRSS()  # model loading included, as weights held by transformers count too
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     if args.worker.startswith("hf"):
@@ -181,7 +211,7 @@ def worker(args: argparse.Namespace) -> None:
             break
     best = min(times)
     result = {"worker": args.worker, "seconds": best, "tokens_per_s": args.batch * args.seq / best,
-              "first_run_s": None, "peak_rss_mib": _rss_mib() - base_rss, "peak_gpu_gib": peak_gpu}
+              "peak_rss_mib": rss.stop() if rss else None, "peak_gpu_gib": peak_gpu}
     print("RESULT " + json.dumps(result), flush=True)
 
 

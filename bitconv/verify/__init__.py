@@ -467,7 +467,7 @@ def verify(
         t0 = time.perf_counter()
         pair, singles = compare((r_src, sel(h_src)), (r_art, sel(h_art)), targets,
                                 extra={"fp": (r_fp, sel(h_fp))} if r_fp else None,
-                                chunk_elements=(1 << 27) if dev.type == "cuda" else (1 << 25))
+                                chunk_elements=(1 << 27) if dev.type == "cuda" else (1 << 23))
         sync()
         clock["artifact"] += (time.perf_counter() - t0) / (2 + (1 if r_fp else 0))
         if progress is not None:

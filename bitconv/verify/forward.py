@@ -58,7 +58,7 @@ from ..readers.checkpoint import Checkpoint
 
 REFERENCES = ("ternary", "fp")
 ACT_EPS = 1e-5
-LOGIT_CHUNK_ELEMENTS = 1 << 25  # rows x vocab per logits chunk (128 MiB of float32; 4x that on CUDA)
+LOGIT_CHUNK_ELEMENTS = 1 << 23  # rows x vocab per logits chunk on the CPU (32 MiB of float32; 16x on CUDA)
 
 _ATTN = ("attn_q", "attn_k", "attn_v")
 _FFN_IN = ("ffn_gate", "ffn_up")
@@ -842,7 +842,7 @@ class Runner:
         """Yield (first row, logits [n, vocab]) over the rows of hidden [N, H]: float32, or
         the head's dtype with float32=False."""
         w = self.head()
-        rows = rows or max(1, (LOGIT_CHUNK_ELEMENTS * (4 if self.cuda else 1)) // w.shape[0])
+        rows = rows or max(1, (LOGIT_CHUNK_ELEMENTS * (16 if self.cuda else 1)) // w.shape[0])
         for s in range(0, hidden.shape[0], rows):
             y = F.linear(hidden[s:s + rows].to(w.dtype), w)
             yield s, (y.to(torch.float32) if float32 else y)

@@ -19,7 +19,7 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover
     from .forward import Runner
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 25
+DEFAULT_CHUNK_ELEMENTS = 1 << 23
 
 
 def _rows(vocab: int, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
