@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
+import torch
 
 from .errors import BadWeightsError, UsageError
 
@@ -130,7 +131,9 @@ def ternarize(w: np.ndarray, group: GroupSize = "tensor", name: str = "tensor") 
     w = np.asarray(w, dtype=np.float32)
     check_finite(w, name)
     view, scale_shape = _group_view(w, group, name)
-    s = np.maximum(np.abs(view).mean(axis=1, dtype=np.float64).astype(np.float32), SCALE_EPS)
+    # float32 mean through torch: the same reduction BitNet's training code and transformers'
+    # online quantizer use, so bitconv picks their scale to the last bit, not a float64 neighbour
+    s = torch.from_numpy(view).abs().mean(dim=1).clamp_(min=SCALE_EPS).numpy()
     q = np.divide(view, s[:, None])  # one float temporary; rint/clip work in place on it
     np.rint(q, out=q)
     np.clip(q, -1, 1, out=q)
