@@ -325,6 +325,10 @@ def verify(
     reference: Annotated[str, typer.Option(help="ternary: source ternarized on the fly; fp: also report the unquantized model.")] = "ternary",
     max_ppl_increase: Annotated[str, typer.Option(help="Fail when artifact perplexity exceeds the source's by more than this (e.g. 1%).")] = "1%",
     min_top1: Annotated[float, typer.Option(help="Fail when top-1 agreement with the source is below this.")] = 0.99,
+    max_weight_error: Annotated[float, typer.Option(help="Fail when a tensor's dequantized values differ from the source's by more than this fraction of its largest magnitude (ternary codes must match exactly).")] = 1e-2,
+    max_kl: Annotated[Optional[float], typer.Option(help="Fail when mean KL(source || artifact) exceeds this.")] = None,
+    dtype: Annotated[str, typer.Option(help="Activation dtype: float32, bfloat16 or float16.")] = "float32",
+    score_from: Annotated[int, typer.Option(help="Skip this many positions of each window (llama.cpp scores from ctx/2).")] = 0,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of the source.")] = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -339,6 +343,7 @@ def verify(
         report = run_verify(
             artifact, source, text=text, tokens=tokens, ctx=ctx, device=device, act_quant=act_quant,
             reference=reference, max_ppl_increase=_fraction(max_ppl_increase), min_top1=min_top1,
+            max_weight_error=max_weight_error, max_kl=max_kl, dtype=dtype, score_from=score_from,
             revision=revision,
         )
         data = report.to_dict()
