@@ -59,39 +59,15 @@ ONLINE = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantizati
 def write_model(folder: Path, shape: dict, device: str) -> None:
     """A bf16 BitNetForCausalLM (relu2, tied) with seeded random weights, generated on
     `device` (the GPU for the 2B shape) and saved as safetensors."""
-    import torch
     from safetensors.torch import save_file
 
-    from bitconv.synth import SynthConfig, hf_config
+    from bitconv.synth import SynthConfig, hf_config, hf_weights
 
-    cfg = SynthConfig(family="relu2", dtype="bf16", tie=True, context=4096, rope_theta=500000.0, **shape)
+    cfg = SynthConfig(family="relu2", dtype="bf16", tie=True, context=4096, rope_theta=500000.0, embed_std=0.05,
+                      **shape)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(hf_config(cfg), indent=2))
-    g = torch.Generator(device).manual_seed(0)
-    d = cfg.hidden // cfg.heads
-
-    def lin(m: int, k: int):
-        return (torch.randn(m, k, generator=g, device=device) * k**-0.5).to(torch.bfloat16).cpu()
-
-    def norm(n: int):
-        return (1.0 + 0.1 * torch.randn(n, generator=g, device=device)).to(torch.bfloat16).cpu()
-
-    w = {"model.embed_tokens.weight": (0.05 * torch.randn(cfg.vocab, cfg.hidden, generator=g, device=device))
-         .to(torch.bfloat16).cpu()}
-    for i in range(cfg.layers):
-        p = f"model.layers.{i}."
-        w[p + "input_layernorm.weight"] = norm(cfg.hidden)
-        w[p + "self_attn.q_proj.weight"] = lin(cfg.heads * d, cfg.hidden)
-        w[p + "self_attn.k_proj.weight"] = lin(cfg.kv_heads * d, cfg.hidden)
-        w[p + "self_attn.v_proj.weight"] = lin(cfg.kv_heads * d, cfg.hidden)
-        w[p + "self_attn.o_proj.weight"] = lin(cfg.hidden, cfg.heads * d)
-        w[p + "self_attn.attn_sub_norm.weight"] = norm(cfg.hidden)
-        w[p + "post_attention_layernorm.weight"] = norm(cfg.hidden)
-        w[p + "mlp.gate_proj.weight"] = lin(cfg.intermediate, cfg.hidden)
-        w[p + "mlp.up_proj.weight"] = lin(cfg.intermediate, cfg.hidden)
-        w[p + "mlp.down_proj.weight"] = lin(cfg.hidden, cfg.intermediate)
-        w[p + "mlp.ffn_sub_norm.weight"] = norm(cfg.intermediate)
-    w["model.norm.weight"] = norm(cfg.hidden)
+    w = hf_weights(cfg, device)
     save_file(w, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 

@@ -43,6 +43,7 @@ class SynthConfig:
     shards: int = 1
     seed: int = 0
     rope_theta: float = 10000.0
+    embed_std: float = 1.0
     quantization_config: dict | None = None
 
 
@@ -60,20 +61,25 @@ def train_tokenizer(vocab: int, text: str = _TEXT * 20) -> "object":
     return tok
 
 
-def hf_weights(cfg: SynthConfig) -> dict[str, torch.Tensor]:
-    """Float weights named as transformers names them, seeded and deterministic."""
+def hf_weights(cfg: SynthConfig, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Float weights named as transformers names them, seeded and deterministic.
+
+    `device` only says where the random numbers are drawn (the GPU for large benchmark
+    models); the tensors are returned on the CPU, ready to save.
+    """
     arch, _, _, attn_sub, ffn_sub = FAMILIES[cfg.family]
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator(device).manual_seed(cfg.seed)
     d = cfg.hidden // cfg.heads
     dt = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[cfg.dtype]
 
     def lin(m: int, k: int) -> torch.Tensor:
-        return (torch.randn(m, k, generator=g) * k**-0.5).to(dt)
+        return (torch.randn(m, k, generator=g, device=device) * k**-0.5).to(dt).cpu()
 
     def norm(n: int) -> torch.Tensor:
-        return (1.0 + 0.1 * torch.randn(n, generator=g)).to(dt)
+        return (1.0 + 0.1 * torch.randn(n, generator=g, device=device)).to(dt).cpu()
 
-    w: dict[str, torch.Tensor] = {"model.embed_tokens.weight": (torch.randn(cfg.vocab, cfg.hidden, generator=g)).to(dt)}
+    embed = cfg.embed_std * torch.randn(cfg.vocab, cfg.hidden, generator=g, device=device)
+    w: dict[str, torch.Tensor] = {"model.embed_tokens.weight": embed.to(dt).cpu()}
     for i in range(cfg.layers):
         p = f"model.layers.{i}."
         w[p + "input_layernorm.weight"] = norm(cfg.hidden)
