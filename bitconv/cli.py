@@ -129,6 +129,27 @@ def convert(
     formats = [x.strip() for x in format.split(",") if x.strip()]
     release_mode = (len(layouts) > 1 or len(formats) > 1 or bool(manifest) or model_card or verify_
                     or upload_repo is not None)
+    if release_mode and dry_run and (len(layouts) > 1 or len(formats) > 1):
+        def plans_body() -> int:
+            from .convert import convert as run_convert
+
+            targets = [(f, lay) for f in formats for lay in (layouts if f == "gguf" else ["safetensors"])]
+            results = []
+            for fmt, lay in targets:
+                res = run_convert(source, output / f"{lay}", layout=lay if fmt == "gguf" else "tq2_0", format=fmt,
+                                  group_size=group_size, embedding_type=embedding_type, output_type=output_type,
+                                  i2s_variant=i2s_variant, kernel_config=kernel_config,
+                                  allow_engine_mismatch=allow_engine_mismatch,
+                                  max_shard_size=parse_size(max_shard_size), name=name, revision=revision,
+                                  token=token, dry_run=True)
+                results.append(res)
+                if out.human:
+                    _render_convert(out, res, True)
+            out.result({"ok": True, "plans": [r.to_dict()["plan"] for r in results]})
+            return 0
+
+        _run(out, debug, plans_body)
+        return
     if release_mode and not dry_run:
         def release_body() -> int:
             from .release import release

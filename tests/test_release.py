@@ -143,3 +143,15 @@ def test_verify_inside_release_gates_exit_code_and_keeps_files(silu, tmp_path):
                             "--json"])
     assert r.exit_code == 0, r.output
     assert all(a["verify"]["passed"] for a in json.loads(r.stdout)["artifacts"])
+
+
+def test_dry_run_of_several_outputs_plans_each_and_writes_nothing(silu, tmp_path):
+    out = tmp_path / "rel"
+    r = runner.invoke(app, ["convert", str(silu), str(out), "--layout", "tq2_0,i2_s", "--format", "gguf,safetensors",
+                            "--dry-run", "--json"])
+    assert r.exit_code == 0, r.output
+    plans = json.loads(r.stdout)["plans"]
+    assert [(p["format"], p["options"].get("layout")) for p in plans] == [
+        ("gguf", "tq2_0"), ("gguf", "i2_s"), ("safetensors", None)]
+    assert all(p["tensors"] and p["tensor_bytes"] > 0 for p in plans)
+    assert not out.exists()
