@@ -52,6 +52,7 @@ class Target:
     exit_code: int = 0
     sha256: str | None = None
     size: int = 0
+    files: dict[str, str] | None = None  # a folder artifact: relative path -> sha256, hashed once
     verify: dict[str, Any] | None = None
 
     @property
@@ -73,8 +74,8 @@ class Target:
                 d["kernel_config"] = self.plan.layout_metadata["tiles"]
         if self.sha256:
             d["sha256"], d["bytes"] = self.sha256, self.size
-            if self.path.is_dir():
-                d["files"] = {_rel(p, self.path): _sha256(p) for p in sorted(self.path.rglob("*")) if p.is_file()}
+            if self.files is not None:
+                d["files"] = dict(self.files)
         if self.verify is not None:
             d["verify"] = self.verify
         return d
@@ -126,17 +127,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _hash_artifact(path: Path) -> tuple[str, int]:
-    """sha256 of a file; for a folder, of its sorted (relative path, file sha256) list."""
+def _hash_artifact(path: Path) -> tuple[str, int, dict[str, str] | None]:
+    """(sha256, bytes, per-file sha256s) of an artifact: a file's own digest (no per-file map);
+    for a folder, the digest of its sorted (relative path, file sha256) list and that list."""
     if path.is_file():
-        return _sha256(path), path.stat().st_size
+        return _sha256(path), path.stat().st_size, None
     h = hashlib.sha256()
     size = 0
+    files: dict[str, str] = {}
     for p in sorted(path.rglob("*")):
         if p.is_file():
-            h.update(f"{_rel(p, path)}\0{_sha256(p)}\n".encode())
+            rel, digest = _rel(p, path), _sha256(p)
+            files[rel] = digest
+            h.update(f"{rel}\0{digest}\n".encode())
             size += p.stat().st_size
-    return h.hexdigest(), size
+    return h.hexdigest(), size, files
 
 
 def release(
@@ -185,23 +190,25 @@ def release(
             path = (paths or {}).get(label) or outdir / (
                 f"{model}-{label}.gguf" if fmt == "gguf" else f"{model}-safetensors")
             targets.append(Target(label=label, path=path, options=opts))
+    first: tuple[Target, BitconvError] | None = None
     for t in targets:
         try:
             check_output(t.path, force)
             t.plan = get_writer(t.options.format).plan(ckpt, t.path, t.options)
         except BitconvError as exc:
             t.error, t.exit_code = str(exc), exc.exit_code
-    failed = [t for t in targets if not t.ok]
-    if failed and not keep_going:
-        raise type_of(failed[0])(f"{failed[0].label}: {failed[0].error}",
-                                 hint="fix it, drop that layout, or pass --keep-going to write the others")
+            first = first or (t, exc)
+    if first is not None and not keep_going:
+        bad, exc = first  # raised as its own type (OutputExistsError, LayoutError, ...), named by its label
+        raise type(exc)(f"{bad.label}: {bad.error}",
+                        hint="fix it, drop that layout, or pass --keep-going to write the others")
     stats: list[TensorStats] = []
     live = [t for t in targets if t.ok]
     if live:
         _write_all(ckpt, live, force, stats, progress)
     for t in live:
         if t.ok:
-            t.sha256, t.size = _hash_artifact(t.path)
+            t.sha256, t.size, t.files = _hash_artifact(t.path)
     if verify:
         from .verify import verify as run_verify
 
@@ -225,10 +232,6 @@ def release(
                                   hint="see the manifest; the files are kept for inspection")
         result.uploaded = upload(outdir, upload_repo, private=private, token=token)
     return result
-
-
-def type_of(t: Target) -> type[BitconvError]:
-    return InputError if t.exit_code == 2 else ConversionError
 
 
 def _write_all(ckpt: Checkpoint, targets: list[Target], force: bool, stats: list[TensorStats],
@@ -343,7 +346,7 @@ def check_manifest(path: str | Path) -> dict[str, Any]:
         if not p.exists():
             problems.append(f"missing artifact: {a['path']}")
             continue
-        digest, _ = _hash_artifact(p)
+        digest = _hash_artifact(p)[0]
         if digest != a["sha256"]:
             problems.append(f"artifact changed: {a['path']} (sha256 {digest[:12]}… != {a['sha256'][:12]}…)")
     src = m.get("source", {})

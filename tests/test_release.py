@@ -155,3 +155,23 @@ def test_dry_run_of_several_outputs_plans_each_and_writes_nothing(silu, tmp_path
         ("gguf", "tq2_0"), ("gguf", "i2_s"), ("safetensors", None)]
     assert all(p["tensors"] and p["tensor_bytes"] > 0 for p in plans)
     assert not out.exists()
+
+
+def test_plan_failure_without_keep_going_keeps_its_error_type(silu, tmp_path):
+    from bitconv.errors import OutputExistsError
+
+    release(silu, tmp_path, layouts=["tq2_0"])
+    with pytest.raises(OutputExistsError, match="tq2_0"):
+        release(silu, tmp_path, layouts=["tq2_0", "tq1_0"])
+
+
+def test_folder_artifact_lists_each_file_sha256(silu, tmp_path):
+    import hashlib
+
+    res = release(silu, tmp_path, layouts=[], formats=["safetensors"])
+    art = res.manifest["artifacts"][0]
+    folder = tmp_path / art["path"]
+    assert art["files"] and art["files"] == {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*")) if p.is_file()}
+    assert res.to_dict()["artifacts"][0]["files"] == art["files"]
