@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -180,10 +180,6 @@ def make_windows(ids: list[int], ctx: int, bos: int | None) -> list[list[int]]:
 # ----------------------------------------------------------------------------------------
 # weight comparison
 # ----------------------------------------------------------------------------------------
-def _type_of(st) -> str:
-    return st.dtype
-
-
 def _compare_arrays(a, s) -> tuple[float, float]:
     import torch
 
@@ -208,7 +204,7 @@ def _check_linear(name, art_st, src_st, art_t, src_t, fp_w, max_err: float) -> "
     rel_fp = None
     if fp_w is not None:
         rel_fp, _ = _compare_arrays(da, torch.as_tensor(fp_w).to(dev))
-    chk = TensorCheck(name, LINEAR, tuple(art_st.shape), _type_of(art_st), _type_of(src_st), rel, mx,
+    chk = TensorCheck(name, LINEAR, tuple(art_st.shape), art_st.dtype, src_st.dtype, rel, mx,
                       mismatched, rel_fp)
     problems = []
     if mismatched:
@@ -223,7 +219,7 @@ def _check_float(name, role, art_st, src_st, a, s, max_err: float) -> "TensorChe
     import torch
 
     rel, mx = _compare_arrays(torch.as_tensor(a), torch.as_tensor(s))
-    chk = TensorCheck(name, role, tuple(art_st.shape), _type_of(art_st), _type_of(src_st), rel, mx)
+    chk = TensorCheck(name, role, tuple(art_st.shape), art_st.dtype, src_st.dtype, rel, mx)
     if not (mx <= max_err):
         chk.problem = f"values differ by up to {mx:.3g} of their largest magnitude (limit {max_err:g})"
     return chk
@@ -302,9 +298,10 @@ def verify(
         raise UsageError(f"score_from must be in [0, ctx-1), got {score_from}")
     if max_ppl_increase < 0 or not 0 <= min_top1 <= 1 or max_weight_error < 0:
         raise UsageError("thresholds: --max-ppl-increase >= 0, 0 <= --min-top1 <= 1, max_weight_error >= 0")
-    if str(dtype).replace("torch.", "") not in _DTYPES:
+    dtype_name = _DTYPES.get(str(dtype).replace("torch.", ""))
+    if dtype_name is None:
         raise UsageError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    tdtype = getattr(torch, _DTYPES[str(dtype).replace("torch.", "")])
+    tdtype = getattr(torch, dtype_name)
     dev = resolve_device(device)
 
     art_path = Path(str(artifact)).expanduser()
@@ -322,8 +319,6 @@ def verify(
         if (va != vs) if not isinstance(va, float) else not math.isclose(va, vs, rel_tol=1e-6):
             failures.append(f"the artifact declares {key}={va!r} but the source has {vs!r}: "
                             "an engine reading it computes another function")
-    art_head_tied = ha.tie_embeddings or not any(t.name == "output.weight" for t in art.tensors)
-    src_head_tied = hs.tie_embeddings or not any(t.name == "output.weight" for t in src.tensors)
 
     # text -> windows
     text_path = Path(text).expanduser() if text is not None else DEFAULT_TEXT
@@ -366,35 +361,34 @@ def verify(
     clock = {"artifact": 0.0, "source": 0.0, "fp": 0.0}
     checks: list[TensorCheck] = []
 
+    @contextmanager
+    def timed(who: str):
+        """Add the block's time (device work included) to clock[who]."""
+        t0 = time.perf_counter()
+        yield
+        sync()
+        clock[who] += time.perf_counter() - t0
+
     with torch.inference_mode():
         sync()
-        t0 = time.perf_counter()
-        x_art = r_art.embed(wtok)
-        sync()
-        clock["artifact"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        x_src = r_src.embed(wtok)
-        rope = r_src.rope(t)
-        x_fp = r_fp.embed(wtok) if r_fp else None
-        sync()
-        clock["source"] += time.perf_counter() - t0
+        with timed("artifact"):
+            x_art = r_art.embed(wtok)
+        with timed("source"):
+            x_src = r_src.embed(wtok)
+            rope = r_src.rope(t)
+            x_fp = r_fp.embed(wtok) if r_fp else None
         rope_art = r_art.rope(t)
 
         for i in range(hs.num_layers):
             with r_src.layer_io(), r_art.layer_io(), (r_fp.layer_io() if r_fp else nullcontext()):
-                t0 = time.perf_counter()
-                raw_src = r_src.load_layer(i)
-                tern_src = {k: r_src.as_ternary(f"blk.{i}.{k}.weight", p) for k, p in raw_src.items()
-                            if k in LINEAR_KINDS}
-                sync()
-                clock["source"] += time.perf_counter() - t0
-
-                t0 = time.perf_counter()
-                raw_art = r_art.load_layer(i)
-                tern_art = {k: r_art.as_ternary(f"blk.{i}.{k}.weight", p) for k, p in raw_art.items()
-                            if k in tern_src}
-                sync()
-                clock["artifact"] += time.perf_counter() - t0
+                with timed("source"):
+                    raw_src = r_src.load_layer(i)
+                    tern_src = {k: r_src.as_ternary(f"blk.{i}.{k}.weight", p) for k, p in raw_src.items()
+                                if k in LINEAR_KINDS}
+                with timed("artifact"):
+                    raw_art = r_art.load_layer(i)
+                    tern_art = {k: r_art.as_ternary(f"blk.{i}.{k}.weight", p) for k, p in raw_art.items()
+                                if k in tern_src}
 
                 for kind, payload in raw_art.items():
                     name = f"blk.{i}.{kind}.weight"
@@ -413,38 +407,26 @@ def verify(
                     if kind not in raw_art:
                         failures.append(f"blk.{i}.{kind}.weight: in the source but missing from the artifact")
 
-                t0 = time.perf_counter()
-                lw_src = r_src.prepare_layer(i, {**raw_src, **tern_src})
-                sync()
-                clock["source"] += time.perf_counter() - t0
+                with timed("source"):
+                    lw_src = r_src.prepare_layer(i, {**raw_src, **tern_src})
                 lw_fp = r_fp.prepare_layer(i, raw_src) if r_fp is not None else None
-                t0 = time.perf_counter()
-                lw_art = r_art.prepare_layer(i, {**raw_art, **tern_art})
-                sync()
-                clock["artifact"] += time.perf_counter() - t0
+                with timed("artifact"):
+                    lw_art = r_art.prepare_layer(i, {**raw_art, **tern_art})
                 del raw_src, tern_src, raw_art, tern_art
 
-            t0 = time.perf_counter()
-            x_src = r_src.run_layer(x_src, lw_src, rope)
-            sync()
-            clock["source"] += time.perf_counter() - t0
+            with timed("source"):
+                x_src = r_src.run_layer(x_src, lw_src, rope)
             if r_fp is not None:
-                t0 = time.perf_counter()
-                x_fp = r_fp.run_layer(x_fp, lw_fp, rope)
-                sync()
-                clock["fp"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            x_art = r_art.run_layer(x_art, lw_art, rope_art)
-            sync()
-            clock["artifact"] += time.perf_counter() - t0
+                with timed("fp"):
+                    x_fp = r_fp.run_layer(x_fp, lw_fp, rope)
+            with timed("artifact"):
+                x_art = r_art.run_layer(x_art, lw_art, rope_art)
             del lw_src, lw_fp, lw_art
             if progress is not None:
                 progress("layer", i + 1, hs.num_layers)
 
-        t0 = time.perf_counter()
-        h_art = r_art.final_norm(x_art)
-        sync()
-        clock["artifact"] += time.perf_counter() - t0
+        with timed("artifact"):
+            h_art = r_art.final_norm(x_art)
         h_src = r_src.final_norm(x_src)
         h_fp = r_fp.final_norm(x_fp) if r_fp else None
         del x_art, x_src, x_fp
@@ -454,6 +436,7 @@ def verify(
             a_st, s_st = r_art.by_name[name], r_src.by_name[name]
             checks.append(_check_float(name, role, a_st, s_st, r_art.load_raw(name), r_src.load_raw(name),
                                        max_weight_error))
+        art_head_tied, src_head_tied = r_art.head_is_embedding(), r_src.head_is_embedding()
         if not (art_head_tied and src_head_tied):
             a_name = "token_embd.weight" if art_head_tied else "output.weight"
             s_name = "token_embd.weight" if src_head_tied else "output.weight"
@@ -467,7 +450,7 @@ def verify(
         t0 = time.perf_counter()
         pair, singles = compare((r_src, sel(h_src)), (r_art, sel(h_art)), targets,
                                 extra={"fp": (r_fp, sel(h_fp))} if r_fp else None,
-                                chunk_elements=(1 << 27) if dev.type == "cuda" else (1 << 23))
+                                chunk_elements=r_src.chunk_elements)
         sync()
         clock["artifact"] += (time.perf_counter() - t0) / (2 + (1 if r_fp else 0))
         if progress is not None:
@@ -492,7 +475,7 @@ def verify(
     return VerifyReport(
         artifact=str(artifact), source=str(source),
         artifact_layouts=sorted({st.dtype for st in art.tensors if st.role == LINEAR}),
-        device=str(dev), dtype=_DTYPES[str(dtype).replace("torch.", "")], act_quant=act_quant, reference=reference,
+        device=str(dev), dtype=dtype_name, act_quant=act_quant, reference=reference,
         tokenizer=tok_desc, text=str(text_path), sequences=b, ctx=t, tokens=pair.tokens,
         source_perplexity=pair.source.perplexity, artifact_perplexity=pair.artifact.perplexity,
         ppl_change=pair.ppl_change, mean_kl=pair.mean_kl, max_kl=pair.kl_max, top1_agreement=pair.top1_agreement,

@@ -55,10 +55,11 @@ from ..errors import InputError, UsageError
 from ..model import HParams, SourceTensor
 from ..quant import GroupSize, Ternary, ternarize
 from ..readers.checkpoint import Checkpoint
+from .metrics import DEFAULT_CHUNK_ELEMENTS
 
 REFERENCES = ("ternary", "fp")
 ACT_EPS = 1e-5
-LOGIT_CHUNK_ELEMENTS = 1 << 23  # rows x vocab per logits chunk on the CPU (32 MiB of float32; 16x on CUDA)
+LOGIT_CHUNK_ELEMENTS = DEFAULT_CHUNK_ELEMENTS  # rows x vocab per logits chunk on the CPU (32 MiB of float32; 16x on CUDA)
 
 _ATTN = ("attn_q", "attn_k", "attn_v")
 _FFN_IN = ("ffn_gate", "ffn_up")
@@ -675,21 +676,22 @@ class Runner:
     def _embedding(self) -> torch.Tensor:
         """token_embd on the device. On CUDA a tied head keeps it for the final projection; on
         the CPU it is read again at the end, so it is not held while the layers stream."""
-        if self._head is not None and self._head_is_embedding():
+        if self._head is not None and self.head_is_embedding():
             return self._head
         t = torch.from_numpy(np.asarray(self.load_raw("token_embd.weight"), dtype=np.float32))
         t = t.to(self.device, self.dtype)
-        if self._head_is_embedding() and (self.cuda or self.keep):
+        if self.head_is_embedding() and (self.cuda or self.keep):
             self._head = t
         return t
 
-    def _head_is_embedding(self) -> bool:
+    def head_is_embedding(self) -> bool:
+        """Whether token_embd is the output layer (tied, or untied without output.weight)."""
         return self.hp.tie_embeddings or "output.weight" not in self.by_name
 
     def head(self) -> torch.Tensor:
         """The output projection [vocab, hidden] on the device, in `dtype`."""
         if self._head is None:
-            if self._head_is_embedding():
+            if self.head_is_embedding():
                 self._head = self._embedding()
             else:
                 arr = self.load_raw("output.weight")
@@ -795,10 +797,7 @@ class Runner:
         a = _attention(q, kk, v, hp.num_heads // hp.num_kv_heads)
         del q, kk, v, y
         a = a.transpose(1, 2).reshape(b * t, nq)
-        if "attn_sub_norm" in lw.norms:
-            xq, sc = k.rms_quant(a, lw.norms["attn_sub_norm"], eps)
-        else:
-            xq, sc = k.quant(a)
+        xq, sc = self._sub_norm_quant(a, lw, "attn_sub_norm")
         del a
         o = lw.o
         x2 = k.rescale_add(int_matmul(xq, o.int_codes()), o.row_scale, sc, x2)
@@ -806,14 +805,16 @@ class Runner:
         gu = lw.gate_up
         h = k.rescale_glu(int_matmul(xq, gu.int_codes()), gu.row_scale, sc, hp.intermediate_size,
                           hp.hidden_act == "relu2", self.dtype)
-        if "ffn_sub_norm" in lw.norms:
-            xq, sc = k.rms_quant(h, lw.norms["ffn_sub_norm"], eps)
-        else:
-            xq, sc = k.quant(h)
+        xq, sc = self._sub_norm_quant(h, lw, "ffn_sub_norm")
         del h
         dn = lw.down
         x2 = k.rescale_add(int_matmul(xq, dn.int_codes()), dn.row_scale, sc, x2)
         return x2.view(b, t, hid)
+
+    def _sub_norm_quant(self, x: torch.Tensor, lw: LayerWeights, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int8 input of o_proj / down_proj: the BitNet sub-norm fused with the quantization, if present."""
+        w = lw.norms.get(norm)
+        return self.k.quant(x) if w is None else self.k.rms_quant(x, w, self.hp.rms_eps)
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         w = torch.from_numpy(np.asarray(self.load_raw("output_norm.weight"), dtype=np.float32))
@@ -837,12 +838,17 @@ class Runner:
                 on_layer(i + 1, n)
         return self.final_norm(x)
 
+    @property
+    def chunk_elements(self) -> int:
+        """Rows x vocab of one logits chunk on this runner's device."""
+        return LOGIT_CHUNK_ELEMENTS * (16 if self.cuda else 1)
+
     def logit_chunks(self, hidden: torch.Tensor, rows: int | None = None,
                      float32: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield (first row, logits [n, vocab]) over the rows of hidden [N, H]: float32, or
         the head's dtype with float32=False."""
         w = self.head()
-        rows = rows or max(1, (LOGIT_CHUNK_ELEMENTS * (16 if self.cuda else 1)) // w.shape[0])
+        rows = rows or max(1, self.chunk_elements // w.shape[0])
         for s in range(0, hidden.shape[0], rows):
             y = F.linear(hidden[s:s + rows].to(w.dtype), w)
             yield s, (y.to(torch.float32) if float32 else y)
