@@ -80,6 +80,11 @@ class TL2(TiledLayout, name="tl2"):
         """Bytes [M, ncols/per_byte] split as (i0, i2, chunk_hi, chunk_lo, e, i1, i3)."""
         return (m // BM, BM // 32, 2, 2, 8, ncols // BK, BK // per_byte)
 
+    @staticmethod
+    def _sgn_grid(m: int, k3: int, cfg: TileConfig) -> tuple[int, ...]:
+        """Sign bits [M, K3/3] split as (i0, i2, h, b, i1, i3, jj)."""
+        return (m // cfg.BM, cfg.BM // 32, 2, 16, k3 // cfg.BK, cfg.BK // 24, 8)
+
     def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
         m, k = tern.shape
         self.check(name, (m, k), tern.group)
@@ -104,7 +109,7 @@ class TL2(TiledLayout, name="tl2"):
                   mb.reshape(grid).transpose(_MAG_TO_FILE))
 
         sgn = (v < 0).view(np.uint8)  # [M, K3/3]
-        sgrid = (m // cfg.BM, cfg.BM // 32, 2, 16, k3 // cfg.BK, cfg.BK // 24, 8)
+        sgrid = self._sgn_grid(m, k3, cfg)
         bits = sgn.reshape(sgrid).transpose(_SGN_TO_FILE).reshape(-1, 16, 16)  # (.., word b, bit a)
         words = np.packbits(bits, axis=-1)  # [.., 16, 2]: bits a=0..7 then 8..15, MSB first
         out[nmag:nmag + nsgn].reshape(-1, 16, 2)[...] = words[:, :, ::-1]  # uint16 little-endian
@@ -132,7 +137,7 @@ class TL2(TiledLayout, name="tl2"):
 
         words = data[nmag:nmag + nsgn].reshape(-1, 16, 2)[:, :, ::-1]
         bits = np.unpackbits(words, axis=-1)  # [.., word b, bit a]
-        sgrid = (m // cfg.BM, cfg.BM // 32, 2, 16, k3 // cfg.BK, cfg.BK // 24, 8)
+        sgrid = self._sgn_grid(m, k3, cfg)
         sgn = bits.reshape(tuple(sgrid[i] for i in _SGN_TO_FILE)).transpose(_SGN_FROM_FILE)
         sgn = sgn.reshape(m, k3 // 6, 2)
 
