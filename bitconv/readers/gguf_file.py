@@ -226,10 +226,9 @@ def open_gguf(path: Path, source: SourceInfo) -> Checkpoint:
             kind, "norm" if kind.endswith("norm") else LINEAR)
         if info.ggml_type in FLOAT_TYPES:
             def load(i=info):
-                arr = bytes_to_float(f.raw(i.name), i.ggml_type, i.shape)
                 if arch == "llama" and kind_of(i.name) in ("attn_q", "attn_k"):
                     raise InputError(f"{path}: float q/k tensors in a llama GGUF are not supported as a source")
-                return np.array(arr, dtype=np.float32)
+                return np.array(bytes_to_float(f.raw(i.name), i.ggml_type, i.shape), dtype=np.float32)
 
             tensors.append(SourceTensor(info.name, info.shape, role, info.type_name.lower(), info.name,
                                         _load=load, source_nbytes=info.nbytes))
