@@ -57,3 +57,16 @@ def test_repack_records_source_and_never_requantizes(firsts):
     res = convert(files["i2_s"], out, layout="tl2")
     assert all(s.rel_error is None for s in res.stats), "already-ternary tensors must be kept, not re-quantized"
     assert res.plan.spec.source.kind == "gguf"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_inspect_shows_every_layout(firsts, layout):
+    from bitconv.inspect_file import inspect_path
+
+    d, files = firsts
+    info = inspect_path(files[layout])
+    linear_types = {t["type"] for t in info["tensors"] if t["name"].endswith(("attn_q.weight", "ffn_down.weight"))}
+    assert linear_types == {layout.partition(":")[0].upper()}
+    assert info["bitconv"]["layout"] == layout.partition(":")[0]
+    if layout.startswith("tl"):
+        assert info["bitconv"]["tiles"], "TL files record their tile parameters"
