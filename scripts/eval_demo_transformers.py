@@ -24,30 +24,19 @@ import os
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import argparse  # noqa: E402
-import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@torch.no_grad()
 def hf_perplexity(model, ids: list[int], bos_id: int, window: int = 256) -> tuple[float, int]:
-    n = window - 1
-    nll, count = 0.0, 0
-    for i in range(0, len(ids), n):
-        chunk = ids[i:i + n]
-        if len(chunk) < 2:
-            break
-        x = torch.tensor([[bos_id] + chunk])
-        logits = model(input_ids=x[:, :-1]).logits.float()
-        nll += F.cross_entropy(logits[0], x[0, 1:], reduction="sum").item()
-        count += len(chunk)
-    return math.exp(nll / count), count
+    from train_demo import windowed_perplexity  # same windows and scoring as training's eval
+
+    return windowed_perplexity(lambda x: model(input_ids=x).logits, ids, bos_id, window)
 
 
 def main() -> None:

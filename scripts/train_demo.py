@@ -267,10 +267,10 @@ def init_weights(model: TinyBitNet, std: float = 0.02) -> None:
 # evaluation
 # ---------------------------------------------------------------------------
 @torch.no_grad()
-def perplexity(model: TinyBitNet, ids: list[int], bos_id: int, window: int = 256) -> tuple[float, int]:
+def windowed_perplexity(logits_fn, ids: list[int], bos_id: int, window: int = 256) -> tuple[float, int]:
     """Non-overlapping windows of `window` tokens: BOS + (window-1) text tokens,
-    every text token scored (the first one given only BOS)."""
-    model.eval()
+    every text token scored (the first one given only BOS). `logits_fn` maps input ids
+    [1, T] to logits [1, T, vocab], so this model and transformers' are scored alike."""
     n = window - 1
     nll, count = 0.0, 0
     for i in range(0, len(ids), n):
@@ -278,11 +278,17 @@ def perplexity(model: TinyBitNet, ids: list[int], bos_id: int, window: int = 256
         if len(chunk) < 2:
             break
         x = torch.tensor([[bos_id] + chunk])
-        logits = model(x[:, :-1]).float()
+        logits = logits_fn(x[:, :-1]).float()
         nll += F.cross_entropy(logits[0], x[0, 1:], reduction="sum").item()
         count += len(chunk)
-    model.train()
     return math.exp(nll / count), count
+
+
+def perplexity(model: TinyBitNet, ids: list[int], bos_id: int, window: int = 256) -> tuple[float, int]:
+    model.eval()
+    result = windowed_perplexity(model, ids, bos_id, window)
+    model.train()
+    return result
 
 
 # ---------------------------------------------------------------------------
