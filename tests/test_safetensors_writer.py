@@ -25,7 +25,7 @@ from bitconv.convert import convert
 from bitconv.errors import BadWeightsError, UsageError
 from bitconv.quant import ternarize
 from bitconv.readers import open_source
-from bitconv.readers.archs import architecture_for
+from bitconv.archs import architecture_for
 from bitconv.writers.safetensors_writer import hf_name
 
 QCONFIG = {"quant_method": "bitnet", "linear_class": "bitlinear", "quantization_mode": "offline"}

@@ -210,7 +210,7 @@ def test_torch_tq2_0_decoder_matches_numpy(group):
 
 
 def test_torch_unpermute_matches_reader():
-    from bitconv.readers.archs.llama import _permute
+    from bitconv.archs.llama import _permute
 
     a = np.arange(8 * 16 * 3).reshape(8 * 16, 3)
     want = _permute(a, 8, inverse=True)

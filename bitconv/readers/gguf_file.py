@@ -22,7 +22,7 @@ from ..ggml_types import FLOAT_TYPES, bytes_to_float, tensor_nbytes, type_name
 from ..model import LINEAR, ModelSpec, SourceInfo, SourceTensor, kind_of
 from ..pack import Layout, get_layout, layout_for_ggml_type
 from ..quant import parse_group_size
-from .archs import architecture_for
+from ..archs import architecture_for
 from .checkpoint import Checkpoint
 
 VT = gguf.GGUFValueType
@@ -211,7 +211,7 @@ def hparams_config(f: GGUFFile) -> tuple[str, dict[str, Any]]:
 
 
 def open_gguf(path: Path, source: SourceInfo) -> Checkpoint:
-    from .archs.llama import from_llama_rope_order
+    from ..archs.llama import from_llama_rope_order
 
     f = GGUFFile(path)
     arch, config = hparams_config(f)

@@ -17,7 +17,7 @@ from ..errors import BadWeightsError, CorruptFileError, InputError, SourceNotFou
 from ..model import LINEAR, HParams, ModelSpec, SourceInfo, SourceTensor, kind_of
 from ..pack.hf2bit import HF2Bit
 from ..quant import Ternary
-from .archs import Architecture, architecture_for
+from ..archs import Architecture, architecture_for
 from .checkpoint import Checkpoint
 from .safetensors_files import ShardSet
 

@@ -17,8 +17,8 @@ from ..model import EMBEDDING, LINEAR, NORM, OUTPUT, kind_of
 from ..pack import Layout, get_layout
 from ..plan import ConversionPlan, ConvertOptions, TensorPlan
 from ..quant import Ternary, check_finite
-from ..readers.archs import Architecture, architecture_for
-from ..readers.archs.llama import to_llama_rope_order
+from ..archs import Architecture, architecture_for
+from ..archs.llama import to_llama_rope_order
 from ..readers.checkpoint import Checkpoint
 from .base import Payload, Writer
 from .tokenizer import load_tokenizer
@@ -104,7 +104,7 @@ class GGUFWriter(Writer, format="gguf"):
 
 
 def _family_from_spec(spec) -> Architecture:
-    from ..readers.archs.base import _ARCHS
+    from ..archs.base import _ARCHS
 
     return _ARCHS[spec.family]()
 

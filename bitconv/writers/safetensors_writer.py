@@ -48,7 +48,7 @@ from ..model import LINEAR, OUTPUT, SourceTensor, kind_of, layer_of
 from ..pack.hf2bit import HF2Bit
 from ..plan import ConversionPlan, ConvertOptions, TensorPlan
 from ..quant import GroupSize, Ternary
-from ..readers.archs import Architecture, architecture_for
+from ..archs import Architecture, architecture_for
 from ..readers.checkpoint import Checkpoint
 from .base import Payload, Writer
 

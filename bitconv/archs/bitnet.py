@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...model import HParams
+from ..model import HParams
 from .base import BITNET_CPP, LLAMA_CPP, Architecture, register
 
 

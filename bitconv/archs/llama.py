@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...model import HParams
+from ..model import HParams
 from .base import Architecture, register
 
 
@@ -32,14 +32,14 @@ def _permute(a, n_head: int, inverse: bool):
 
 def to_llama_rope_order(tern, n_head: int):
     """Permute a q/k Ternary's rows (and row scales) into GGUF `llama` order; packing comes after."""
-    from ...quant import Ternary
+    from ..quant import Ternary
 
     scales = tern.scales if tern.scales.ndim == 0 or tern.scales.shape[0] == 1 else _permute(tern.scales, n_head, False)
     return Ternary(_permute(tern.values, n_head, False), scales, tern.group)
 
 
 def from_llama_rope_order(tern, n_head: int):
-    from ...quant import Ternary
+    from ..quant import Ternary
 
     scales = tern.scales if tern.scales.ndim == 0 or tern.scales.shape[0] == 1 else _permute(tern.scales, n_head, True)
     return Ternary(_permute(tern.values, n_head, True), scales, tern.group)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from ...errors import LayoutError, UnsupportedArchitectureError
-from ...model import EMBEDDING, LINEAR, NORM, OUTPUT, HParams
+from ..errors import LayoutError, UnsupportedArchitectureError
+from ..model import EMBEDDING, LINEAR, NORM, OUTPUT, HParams
 
 _ARCHS: dict[str, type["Architecture"]] = {}
 
