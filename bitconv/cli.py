@@ -54,12 +54,18 @@ def _mode(json_: bool, quiet: bool) -> str:
 
 def _run(out: Output, debug: bool, fn: Callable[[], int]) -> None:
     """Run a command body, mapping typed errors to one line and an exit code."""
+    from .writers.atomic import Interrupted, cleanup_on_signals
+
     try:
-        code = fn()
+        with cleanup_on_signals():  # SIGTERM/SIGHUP clean up as Ctrl-C does
+            code = fn()
     except BitconvError as exc:
         if debug:
             traceback.print_exc()
         out.error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except Interrupted as exc:
+        out.error(f"terminated by {exc}; no output was left behind")
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         out.error("interrupted; no output was left behind")

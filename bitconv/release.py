@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import __version__
-from .convert import build_options, prepare_tensors
-from .errors import BitconvError, ConversionError, InputError, UsageError
+from .convert import build_options, checkpoint_paths, local_source_paths, prepare_tensors
+from .errors import BitconvError, ConversionError, InputError, OutputExistsError, UsageError
 from .plan import ConversionPlan, ConvertOptions, TensorPlan
 from .quant import TensorStats
 from .readers import open_source
 from .readers.checkpoint import Checkpoint
 from .writers import get_writer
-from .writers.atomic import atomic_path, check_output
+from .writers.atomic import atomic_path, check_not_source, check_output, cleanup_on_signals
 
 MANIFEST_NAME = "bitconv-manifest.json"
 MANIFEST_SCHEMA = Path(__file__).parent / "schemas" / "manifest.schema.json"
@@ -178,9 +178,35 @@ def release(
         raise UsageError("--format gguf needs at least one --layout")
     if upload_repo and not write_manifest:
         raise UsageError("--upload-repo publishes a release with its manifest; do not disable the manifest")
-    outdir.mkdir(parents=True, exist_ok=True)
+    check_not_source(outdir, local_source_paths(source), what="output folder")
+    for p in (paths or {}).values():
+        check_not_source(Path(p), local_source_paths(source))
+    if outdir.exists() and not outdir.is_dir():
+        raise OutputExistsError(f"{outdir} exists and is not a folder; several outputs go into a folder")
     start = time.perf_counter()
     ckpt = open_source(source, revision=revision, token=token)
+    check_not_source(outdir, checkpoint_paths(ckpt), what="output folder")
+    created = [p for p in (outdir, *outdir.parents) if not p.exists()]
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{outdir}: cannot create the output folder ({exc.strerror or exc})") from None
+    try:
+        return _release(ckpt, source, outdir, layouts, formats, keep_going, write_manifest, model_card, verify,
+                        verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
+                        progress, option_kwargs, start)
+    except BaseException:
+        for p in created:  # folders this call made, while still empty: nothing of the user's
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_going, write_manifest, model_card,
+             verify, verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
+             progress, option_kwargs, start) -> ReleaseResult:
     model = (option_kwargs.get("name") or ckpt.spec.name).replace("/", "-")
     targets: list[Target] = []
     for fmt in formats:
@@ -193,7 +219,7 @@ def release(
     first: tuple[Target, BitconvError] | None = None
     for t in targets:
         try:
-            check_output(t.path, force)
+            check_output(t.path, force, checkpoint_paths(ckpt, t.options))
             t.plan = get_writer(t.options.format).plan(ckpt, t.path, t.options)
         except BitconvError as exc:
             t.error, t.exit_code = str(exc), exc.exit_code

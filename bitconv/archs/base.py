@@ -42,6 +42,10 @@ def supported_architectures() -> list[str]:
 
 def architecture_for(config: dict[str, Any], config_path: str = "config.json") -> "Architecture":
     names = config.get("architectures") or []
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UnsupportedArchitectureError(f"{config_path}: architectures must be a list of names, got {names!r:.60}")
     for n in names:
         if n in _ARCHS:
             return _ARCHS[n]()
@@ -93,37 +97,50 @@ class Architecture:
         raise KeyError(hf_name)
 
     # -- hyperparameters -----------------------------------------------------------
-    def hparams(self, config: dict[str, Any]) -> HParams:
-        def need(key: str) -> Any:
-            if key not in config:
-                raise UnsupportedArchitectureError(f"config.json: missing required field {key!r}")
-            return config[key]
+    def hparams(self, config: dict[str, Any], source: str = "config.json") -> HParams:
+        """Typed, range-checked hyperparameters; a bad value is a CorruptFileError naming the key."""
+        from ..config_values import get_bool, get_dict, get_float, get_int, get_token_id
 
-        hidden = int(need("hidden_size"))
-        heads = int(need("num_attention_heads"))
-        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-        theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
-        eos = config.get("eos_token_id")
+        hidden = get_int(config, "hidden_size", source)
+        heads = get_int(config, "num_attention_heads", source)
+        kv_heads = get_int(config, "num_key_value_heads", source, default=heads)
+        head_dim = get_int(config, "head_dim", source, default=None)
+        if head_dim is None:
+            if hidden % heads:
+                raise UnsupportedArchitectureError(
+                    f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {heads}",
+                    hint="the config is inconsistent; without head_dim the head size is hidden_size / heads")
+            head_dim = hidden // heads
+        if heads % kv_heads:
+            raise UnsupportedArchitectureError(
+                f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+        rope = get_dict(config, "rope_parameters", source) or get_dict(config, "rope_scaling", source)
+        theta = get_float(config, "rope_theta", source, default=None)
+        if theta is None:
+            theta = get_float(rope, "rope_theta", f"{source}: rope_parameters", default=10000.0)
         return HParams(
-            vocab_size=int(need("vocab_size")),
+            vocab_size=get_int(config, "vocab_size", source),
             hidden_size=hidden,
-            intermediate_size=int(need("intermediate_size")),
-            num_layers=int(need("num_hidden_layers")),
+            intermediate_size=get_int(config, "intermediate_size", source),
+            num_layers=get_int(config, "num_hidden_layers", source),
             num_heads=heads,
-            num_kv_heads=int(config.get("num_key_value_heads") or heads),
-            head_dim=int(config.get("head_dim") or hidden // heads),
-            context_length=int(config.get("max_position_embeddings", 2048)),
-            rope_theta=float(theta),
-            rms_eps=float(config.get("rms_norm_eps", 1e-6)),
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            context_length=get_int(config, "max_position_embeddings", source, default=2048),
+            rope_theta=theta,
+            rms_eps=get_float(config, "rms_norm_eps", source, default=1e-6),
             hidden_act=self._activation(config),
-            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            tie_embeddings=get_bool(config, "tie_word_embeddings", source, default=False),
             sub_norms=self.sub_norms,
-            bos_token_id=config.get("bos_token_id"),
-            eos_token_id=eos[0] if isinstance(eos, list) and eos else eos,
+            bos_token_id=get_token_id(config, "bos_token_id", source),
+            eos_token_id=get_token_id(config, "eos_token_id", source),
         )
 
     def _activation(self, config: dict[str, Any]) -> str:
-        act = str(config.get("hidden_act", self.hidden_act)).lower()
+        act = config.get("hidden_act") or self.hidden_act
+        if not isinstance(act, str):
+            raise UnsupportedArchitectureError(f"config.json: hidden_act must be a string, got {act!r:.40}")
+        act = act.lower()
         if act in ("relu2", "relu_squared", "squared_relu"):
             return "relu2"
         if act in ("silu", "swish"):

@@ -9,6 +9,7 @@ repacked, never re-quantized.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import gguf
 import numpy as np
 
+from ..config_values import MISSING
 from ..errors import CorruptFileError, InputError
 from ..ggml_types import FLOAT_TYPES, bytes_to_float, tensor_nbytes, type_name
 from ..model import LINEAR, ModelSpec, SourceInfo, SourceTensor, kind_of
@@ -24,6 +26,7 @@ from ..pack import Layout, get_layout, layout_for_ggml_type
 from ..quant import parse_group_size
 from ..archs import architecture_for
 from .checkpoint import Checkpoint
+from ..validate import validate_checkpoint
 
 VT = gguf.GGUFValueType
 _SCALARS = {
@@ -35,6 +38,10 @@ _NUMPY = {VT.UINT8: np.uint8, VT.INT8: np.int8, VT.UINT16: np.uint16, VT.INT16: 
           VT.UINT64: np.uint64, VT.INT64: np.int64, VT.FLOAT64: np.float64}
 
 # GGUF arch string -> the Hugging Face family it came from
+_INT_TYPES = (VT.UINT8, VT.INT8, VT.UINT16, VT.INT16, VT.UINT32, VT.INT32, VT.UINT64, VT.INT64)
+_MAX_ARRAY_DEPTH = 8
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+
 ARCH_FAMILY = {"bitnet": "BitnetForCausalLM", "bitnet-b1.58": "BitNetForCausalLM",
                "bitnet-25": "BitNetForCausalLM", "llama": "LlamaForCausalLM"}
 
@@ -64,7 +71,7 @@ class GGUFFile:
         self._pos = 0
         try:
             self._parse()
-        except (struct.error, IndexError, UnicodeDecodeError, ValueError) as exc:
+        except (struct.error, IndexError, UnicodeDecodeError, ValueError, OverflowError, RecursionError) as exc:
             raise CorruptFileError(
                 f"{self.path}: not a readable GGUF file ({type(exc).__name__}: {exc})",
                 hint="the file is truncated or corrupt; write it again",
@@ -84,20 +91,24 @@ class GGUFFile:
     def _string(self) -> str:
         return self._take(self._scalar("<Q")).decode("utf-8")
 
-    def _value(self, vtype: int):
+    def _value(self, vtype: int, depth: int = 0):
         vtype = VT(vtype)
         if vtype == VT.STRING:
             return self._string(), None
         if vtype == VT.ARRAY:
+            if depth >= _MAX_ARRAY_DEPTH:
+                raise ValueError(f"arrays nested deeper than {_MAX_ARRAY_DEPTH} at byte {self._pos}")
             sub = VT(self._scalar("<I"))
             n = self._scalar("<Q")
+            if n > self.data.size - self._pos:  # every item takes at least one byte
+                raise ValueError(f"array of {n} items at byte {self._pos} is longer than the file")
             if sub == VT.STRING:
                 return [self._string() for _ in range(n)], sub
             if sub in _NUMPY:
                 dt = np.dtype(_NUMPY[sub]).newbyteorder("<")
                 arr = np.frombuffer(self._take(n * dt.itemsize), dtype=dt)
                 return arr.tolist(), sub
-            return [self._value(sub)[0] for _ in range(n)], sub
+            return [self._value(sub, depth + 1)[0] for _ in range(n)], sub
         return self._scalar(_SCALARS[vtype]), None
 
     def _parse(self) -> None:
@@ -112,14 +123,24 @@ class GGUFFile:
             key = self._string()
             vtype = VT(self._scalar("<I"))
             value, sub = self._value(vtype)
+            if key in self.kv:
+                raise ValueError(f"metadata key {key!r} appears twice")
             self.kv[key] = (value, vtype, sub)
         raw = []
+        names: set[str] = set()
         for _ in range(n_tensors):
             name = self._string()
+            if name in names:
+                raise ValueError(f"tensor name {name!r} appears twice")
+            names.add(name)
             ndim = self._scalar("<I")
+            if not 1 <= ndim <= _MAX_DIMS:
+                raise ValueError(f"tensor {name!r} has {ndim} dimensions (GGUF allows 1 to {_MAX_DIMS})")
             ne = [self._scalar("<Q") for _ in range(ndim)]
+            if math.prod(ne) >= 1 << 63 or any(d >= 1 << 63 for d in ne):
+                raise ValueError(f"tensor {name!r} has dimensions {ne}, too large for any file")
             raw.append((name, tuple(reversed(ne)), self._scalar("<I"), self._scalar("<Q")))
-        align = int(self.get("general.alignment", 32))
+        align = self.alignment()
         start = (self._pos + align - 1) // align * align
         self.tensors: dict[str, GGUFTensorInfo] = {}
         for name, shape, t, off in raw:
@@ -127,12 +148,29 @@ class GGUFFile:
                 n = tensor_nbytes(t, shape)
             except ValueError:
                 raise ValueError(f"tensor {name!r} has GGML type {t}, which bitconv does not read") from None
+            if off % align:
+                raise ValueError(f"tensor {name!r} starts at data offset {off}, not a multiple of the "
+                                 f"alignment {align}")
             info = GGUFTensorInfo(name, shape, t, start + off, n)
             if info.offset + n > self.data.size:
                 raise ValueError(
                     f"tensor {name!r} ends at byte {info.offset + n} but the file has {self.data.size} bytes"
                 )
             self.tensors[name] = info
+        end = 0
+        prev = None
+        for info in sorted(self.tensors.values(), key=lambda i: (i.offset, i.nbytes)):
+            if info.offset < end:
+                raise ValueError(f"tensors {prev!r} and {info.name!r} overlap in the file")
+            end, prev = info.offset + info.nbytes, info.name
+
+    def alignment(self) -> int:
+        if "general.alignment" not in self.kv:
+            return 32
+        value, vtype, _ = self.kv["general.alignment"]
+        if vtype not in _INT_TYPES or not 1 <= value <= 1 << 30 or value & (value - 1):
+            raise ValueError(f"general.alignment must be a power-of-two integer, got {value!r:.40}")
+        return value
 
     # -- access ------------------------------------------------------------------------
     def get(self, key: str, default: Any = None) -> Any:
@@ -156,6 +194,12 @@ class GGUFFile:
         return out
 
 
+def _meta_str(f: GGUFFile, key: str, default: str) -> str:
+    from ..config_values import get_str
+
+    return get_str({k: v for k, (v, _, _) in f.kv.items()}, key, str(f.path), default=default)
+
+
 def layout_for(f: GGUFFile, ggml_type: int) -> Layout:
     """The layout instance that unpacks this file's tensors of `ggml_type`."""
     cls = layout_for_ggml_type(ggml_type)
@@ -170,43 +214,60 @@ def layout_for(f: GGUFFile, ggml_type: int) -> Layout:
 
 
 def hparams_config(f: GGUFFile) -> tuple[str, dict[str, Any]]:
-    """An HF-style config.json equivalent rebuilt from the GGUF keys."""
-    arch = f.get("general.architecture")
-    if arch not in ARCH_FAMILY and f.get("bitconv.family") is None:
+    """An HF-style config.json equivalent rebuilt from the GGUF keys, each type- and range-checked."""
+    from ..config_values import LIMITS, get_bool, get_float, get_int, get_str
+
+    kv = {key: value for key, (value, _, _) in f.kv.items()}
+    src = str(f.path)
+    arch = get_str(kv, "general.architecture", src)
+    bfam = get_str(kv, "bitconv.family", src, default=None)
+    if arch not in ARCH_FAMILY and bfam is None:
         raise InputError(
             f"{f.path}: GGUF arch {arch!r} is not one bitconv reads; supported: {', '.join(sorted(ARCH_FAMILY))}"
         )
-    family = f.get("bitconv.family") or ARCH_FAMILY[arch]
+    family = bfam or ARCH_FAMILY[arch]
 
-    def k(name: str, default: Any = None) -> Any:
-        return f.get(f"{arch}.{name}", default)
+    def k(name: str, hf: str, default: Any = MISSING) -> int:
+        return get_int(kv, f"{arch}.{name}", src, default=default, maximum=LIMITS.get(hf))
 
-    heads = int(k("attention.head_count"))
-    hidden = int(k("embedding_length"))
-    tokens = f.get("tokenizer.ggml.tokens")
-    vocab = k("vocab_size") or (len(tokens) if tokens else f.tensors["token_embd.weight"].shape[0])
-    act = f.get("bitconv.hidden_act") or k("hidden_activation") or (
-        "relu2" if family == "BitNetForCausalLM" else "silu")
-    tie = f.get("bitconv.tie_embeddings")
+    heads = k("attention.head_count", "num_attention_heads")
+    hidden = k("embedding_length", "hidden_size")
+    tokens = kv.get("tokenizer.ggml.tokens")
+    if tokens is not None and (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)):
+        raise CorruptFileError(f"{f.path}: tokenizer.ggml.tokens must be an array of strings")
+    vocab = k("vocab_size", "vocab_size", None)
+    if vocab is None:
+        if tokens:
+            vocab = len(tokens)
+        elif "token_embd.weight" in f.tensors:
+            vocab = f.tensors["token_embd.weight"].shape[0]
+        else:
+            raise CorruptFileError(f"{f.path}: no vocabulary size ({arch}.vocab_size, tokenizer.ggml.tokens "
+                                   "or token_embd.weight)")
+    act = get_str(kv, "bitconv.hidden_act", src, default=None) or get_str(
+        kv, f"{arch}.hidden_activation", src, default=None) or ("relu2" if family == "BitNetForCausalLM" else "silu")
+    tie = get_bool(kv, "bitconv.tie_embeddings", src, default=None) if "bitconv.tie_embeddings" in kv else None
     if tie is None:
         tie = "output.weight" not in f.tensors
     config = {
         "architectures": [family],
         "hidden_size": hidden,
-        "intermediate_size": int(k("feed_forward_length")),
-        "num_hidden_layers": int(k("block_count")),
+        "intermediate_size": k("feed_forward_length", "intermediate_size"),
+        "num_hidden_layers": k("block_count", "num_hidden_layers"),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(k("attention.head_count_kv", heads)),
-        "head_dim": int(k("rope.dimension_count", hidden // heads)),
-        "max_position_embeddings": int(k("context_length", 2048)),
-        "rope_theta": float(k("rope.freq_base", 10000.0)),
-        "rms_norm_eps": float(k("attention.layer_norm_rms_epsilon", 1e-5)),
-        "vocab_size": int(vocab),
+        "num_key_value_heads": k("attention.head_count_kv", "num_key_value_heads", heads),
+        "max_position_embeddings": k("context_length", "max_position_embeddings", 2048),
+        "rope_theta": get_float(kv, f"{arch}.rope.freq_base", src, default=10000.0),
+        "rms_norm_eps": get_float(kv, f"{arch}.attention.layer_norm_rms_epsilon", src, default=1e-5),
+        "vocab_size": vocab,
         "hidden_act": act,
         "tie_word_embeddings": bool(tie),
-        "bos_token_id": f.get("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": f.get("tokenizer.ggml.eos_token_id"),
+        "bos_token_id": get_int(kv, "tokenizer.ggml.bos_token_id", src, default=None, minimum=0),
+        "eos_token_id": get_int(kv, "tokenizer.ggml.eos_token_id", src, default=None, minimum=0),
     }
+    head_dim = k("rope.dimension_count", "head_dim", None)
+    if head_dim is not None:
+        config["head_dim"] = head_dim
     return arch, config
 
 
@@ -216,8 +277,8 @@ def open_gguf(path: Path, source: SourceInfo) -> Checkpoint:
     f = GGUFFile(path)
     arch, config = hparams_config(f)
     family = architecture_for(config, str(path))
-    hp = family.hparams(config)
-    group = parse_group_size(f.get("bitconv.group_size", "tensor"))
+    hp = family.hparams(config, str(path))
+    group = parse_group_size(_meta_str(f, "bitconv.group_size", "tensor"))
     tensors: list[SourceTensor] = []
     layouts: dict[int, Layout] = {}
     for info in f.tensors.values():
@@ -247,8 +308,11 @@ def open_gguf(path: Path, source: SourceInfo) -> Checkpoint:
                                     _load_ternary=load_t, source_nbytes=info.nbytes,
                                     group=group if layout.name.startswith("tq") else "tensor"))
     spec = ModelSpec(
-        family=family.hf_names[0], name=f.get("general.name") or path.stem, hparams=hp, source=source,
+        family=family.hf_names[0], name=_meta_str(f, "general.name", "") or path.stem, hparams=hp, source=source,
         config=config, tokenizer_dir=None, packed=bool(layouts),
         gguf_metadata={k: v for k, v in f.kv.items() if k.startswith("tokenizer.")},
     )
-    return Checkpoint(spec=spec, tensors=tensors, files=[path])
+    ckpt = Checkpoint(spec=spec, tensors=tensors, files=[path])
+    # A GGUF without output.weight uses token_embd as the output layer (llama.cpp does the same).
+    validate_checkpoint(ckpt, set(family.layer_names.values()), output_required=False)
+    return ckpt

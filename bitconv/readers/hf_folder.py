@@ -17,6 +17,7 @@ from ..errors import BadWeightsError, CorruptFileError, InputError, SourceNotFou
 from ..model import LINEAR, HParams, ModelSpec, SourceInfo, SourceTensor, kind_of
 from ..pack.hf2bit import HF2Bit
 from ..quant import Ternary
+from ..validate import validate_checkpoint
 from ..archs import Architecture, architecture_for
 from .checkpoint import Checkpoint
 from .safetensors_files import ShardSet
@@ -108,7 +109,7 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
         raise SourceNotFoundError(f"{folder}: not a folder")
     config = read_config(folder)
     arch = architecture_for(config, str(folder / "config.json"))
-    hp = arch.hparams(config)
+    hp = arch.hparams(config, str(folder / "config.json"))
     qconfig = config.get("quantization_config") or {}
     if qconfig and qconfig.get("quant_method") not in (None, "bitnet"):
         raise InputError(
@@ -155,7 +156,9 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
     )
     files = sorted(set(shards.files) | {folder / "config.json"} |
                    {folder / f for f in TOKENIZER_FILES + ("model.safetensors.index.json",) if (folder / f).exists()})
-    return Checkpoint(spec=spec, tensors=tensors, files=files)
+    ckpt = Checkpoint(spec=spec, tensors=tensors, files=files)
+    validate_checkpoint(ckpt, set(arch.layer_names.values()))
+    return ckpt
 
 
 def _packed_tensor(shards: ShardSet, hf_name: str, name: str, shape: tuple[int, ...], hp: HParams,
