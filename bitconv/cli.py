@@ -286,6 +286,7 @@ def _render_release(out: Output, result) -> None:
 @app.command()
 def check(
     manifest: Annotated[Path, typer.Argument(help="A bitconv-manifest.json.")],
+    source: Annotated[Optional[Path], typer.Option("--source", help="Where the local source folder (or file) is now; the manifest names it only by name.")] = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -295,11 +296,13 @@ def check(
     def body() -> int:
         from .release import check_manifest
 
-        report = check_manifest(manifest)
+        report = check_manifest(manifest, source=source)
         out.result(report)
         if out.human:
             for p in report["problems"]:
                 out.err.print(f"[red]mismatch:[/red] {p}")
+            for n in report["notes"]:
+                out.warn(n)
             out.info(f"checked {report['checked']} file(s): " + ("[green]all match[/green]" if report["ok"] else
                                                                   f"[red]{len(report['problems'])} problem(s)[/red]"))
         return 0 if report["ok"] else 1

@@ -56,6 +56,14 @@ class SourceInfo:
     revision: str | None = None  # requested revision
     commit: str | None = None  # resolved commit hash (hub)
 
+    @property
+    def public_location(self) -> str:
+        """The location as it may be published: a Hub id or builtin name as given, a local
+        folder or file only by its name (a path like /home/<user>/models/x is private)."""
+        if self.kind in ("hub", "builtin"):
+            return self.location
+        return Path(self.path).resolve().name or str(self.location)
+
 
 @dataclass
 class ModelSpec:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterator
 from . import __version__
 from .convert import build_options, checkpoint_paths, local_source_paths, prepare_tensors
 from .errors import BitconvError, ConversionError, InputError, OutputExistsError, UsageError
+from .model import SourceInfo
 from .plan import ConversionPlan, ConvertOptions, TensorPlan
 from .quant import TensorStats
 from .readers import open_source
@@ -59,13 +61,14 @@ class Target:
     def ok(self) -> bool:
         return self.error is None
 
-    def to_dict(self, root: Path) -> dict[str, Any]:
+    def to_dict(self, root: Path, public: PublicPaths | None = None) -> dict[str, Any]:
+        """`public` given: the form a published manifest holds (no local paths)."""
         d: dict[str, Any] = {"path": _rel(self.path, root), "label": self.label, "format": self.options.format,
                              "ok": self.ok}
         if self.options.format == "gguf":
             d["layout"] = self.options.layout
         if self.error:
-            d["error"] = self.error
+            d["error"] = public.text(self.error) if public is not None else self.error
         if self.plan is not None:
             d["tensor_count"] = len(self.plan.tensors)
             d["arch"] = self.plan.arch
@@ -77,7 +80,7 @@ class Target:
             if self.files is not None:
                 d["files"] = dict(self.files)
         if self.verify is not None:
-            d["verify"] = self.verify
+            d["verify"] = public.scrub(self.verify) if public is not None else self.verify
         return d
 
 
@@ -113,10 +116,100 @@ class ReleaseResult:
 
 
 def _rel(p: Path, root: Path) -> str:
+    """`p` relative to `root`; a path outside it by its name only (never an absolute path)."""
     try:
-        return p.resolve().relative_to(root.resolve()).as_posix()
+        return p.resolve().relative_to(root.resolve()).as_posix() or "."
     except ValueError:
-        return str(p)
+        return p.name
+
+
+# Options whose value is a name, never a local path; options whose value is a secret.
+_LITERAL_OPTIONS = frozenset({"--upload-repo", "--revision", "--name", "--layout", "--format"})
+_SECRET_OPTIONS = frozenset({"--token"})
+
+
+@dataclass(frozen=True)
+class PublicPaths:
+    """How a manifest that `--upload-repo` may publish names local things.
+
+    The manifest lies in `outdir`: paths inside it are written relative to it, any other
+    local path by its folder or file name only (`/home/<user>/models/x` -> `x`); the source
+    as `SourceInfo.public_location` (a Hub id or builtin name as given); token values as
+    `***`. The same command gives the same manifest from any working directory.
+    """
+
+    outdir: Path
+    source: SourceInfo
+    source_arg: str | None = None  # the SOURCE argument exactly as the user gave it
+
+    def path(self, p: str | Path) -> str:
+        return _rel(Path(p).expanduser(), self.outdir)
+
+    def value(self, v: str) -> str:
+        """One string: the source argument, a local path, or text that may embed one."""
+        if self.source_arg is not None and v == self.source_arg:
+            return self.source.public_location
+        if _is_local_path(v):
+            return self.path(v)
+        return self.text(v)
+
+    def text(self, v: str) -> str:
+        """Replace local paths known to this release inside free text (e.g. a tokenizer note)."""
+        private: dict[str, str] = {}
+        if self.source.kind not in ("hub", "builtin"):
+            for form in (str(self.source.path), str(Path(self.source.path).resolve()), self.source.location):
+                private[form] = self.source.public_location
+        for form in (str(self.outdir), str(self.outdir.resolve())):
+            private[form.rstrip(os.sep) + os.sep] = ""
+        home = os.path.expanduser("~")
+        if home not in ("", "/", "~"):
+            private[home] = "~"
+        for old in sorted(private, key=len, reverse=True):
+            if len(old) > 1:
+                v = v.replace(old, private[old])
+        return v
+
+    def command(self, argv: list[str]) -> list[str]:
+        out: list[str] = []
+        pending: str | None = None  # the option whose value comes next
+        for arg in argv:
+            if pending is not None:
+                out.append("***" if pending in _SECRET_OPTIONS else arg)
+                pending = None
+            elif arg in _SECRET_OPTIONS or arg in _LITERAL_OPTIONS:
+                out.append(arg)
+                pending = arg
+            elif arg.startswith("--") and "=" in arg:
+                key, val = arg.split("=", 1)
+                val = "***" if key in _SECRET_OPTIONS else val if key in _LITERAL_OPTIONS else self.value(val)
+                out.append(f"{key}={val}")
+            else:
+                out.append(self.value(arg))
+        return out
+
+    def scrub(self, obj: Any) -> Any:
+        """Every string inside a JSON-like value through `value`."""
+        if isinstance(obj, str):
+            return self.value(obj)
+        if isinstance(obj, Path):
+            return self.path(obj)
+        if isinstance(obj, dict):
+            return {k: self.scrub(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [self.scrub(v) for v in obj]
+        return obj
+
+
+def _is_local_path(v: str) -> bool:
+    """Absolute, home-relative, or naming something that exists here (a relative path)."""
+    if not v or v.startswith("-") or "\n" in v:
+        return False
+    if v.startswith(("/", "~")) or (len(v) > 2 and v[1] == ":" and v[2] in "\\/"):
+        return True
+    try:
+        return Path(v).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _sha256(path: Path) -> str:
@@ -245,7 +338,7 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
     result = ReleaseResult(outdir=outdir, targets=targets, stats=stats)
     if write_manifest:
         result.manifest = build_manifest(ckpt, targets, outdir, command, option_kwargs, layouts, formats,
-                                         timestamp)
+                                         timestamp, source_arg=str(source))
         result.manifest_path = outdir / MANIFEST_NAME
         result.manifest_path.write_text(json.dumps(result.manifest, indent=2, sort_keys=True) + "\n")
     if model_card:
@@ -329,31 +422,40 @@ def _union(ckpt: Checkpoint, targets: list[Target]) -> list[TensorPlan]:
 
 
 def build_manifest(ckpt: Checkpoint, targets: list[Target], outdir: Path, command: list[str] | None,
-                   options: dict[str, Any], layouts: list[str], formats: list[str], timestamp: bool) -> dict:
+                   options: dict[str, Any], layouts: list[str], formats: list[str], timestamp: bool,
+                   source_arg: str | None = None) -> dict:
+    """The manifest as it may be published: no local path in it (see `PublicPaths`); the
+    source located by `location` (Hub id, builtin name, or a local folder/file's name) plus
+    the sha256 of every file read; artifacts relative to the manifest's folder."""
     src = ckpt.spec.source
     root = src.path if src.path.is_dir() else src.path.parent
+    public = PublicPaths(outdir, src, source_arg)
     m: dict[str, Any] = {
         "schema": "https://bitconv.dev/schemas/manifest-1.json",
         "bitconv_version": __version__,
         "options": {"layouts": list(layouts), "formats": list(formats),
-                    **{k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(options.items())}},
+                    **{k: public.scrub(v) for k, v in sorted(options.items())}},
         "source": {
-            "kind": src.kind, "location": src.location, "revision": src.revision, "commit": src.commit,
+            "kind": src.kind, "location": src.public_location, "revision": src.revision, "commit": src.commit,
             "family": ckpt.spec.family,
             "files": [{"path": _rel(p, root), "sha256": _sha256(p), "bytes": p.stat().st_size}
                       for p in sorted(ckpt.files)],
         },
-        "artifacts": [t.to_dict(outdir) for t in targets],
+        "artifacts": [t.to_dict(outdir, public) for t in targets],
     }
     if command is not None:
-        m["command"] = list(command)
+        m["command"] = public.command(list(command))
     if timestamp:
         m["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return m
 
 
-def check_manifest(path: str | Path) -> dict[str, Any]:
-    """Re-hash every artifact and source file a manifest lists; report each mismatch."""
+def check_manifest(path: str | Path, source: str | Path | None = None) -> dict[str, Any]:
+    """Re-hash every artifact and source file a manifest lists; report each mismatch.
+
+    A local source is recorded by name only, so its files are checked when `source` says
+    where that folder (or file) is now; without it they are left unchecked and a note says
+    so. Hub and builtin sources are found on their own (the Hub cache, the package)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such manifest")
@@ -376,14 +478,9 @@ def check_manifest(path: str | Path) -> dict[str, Any]:
         if digest != a["sha256"]:
             problems.append(f"artifact changed: {a['path']} (sha256 {digest[:12]}… != {a['sha256'][:12]}…)")
     src = m.get("source", {})
-    src_root = Path(src.get("location", "")) if src.get("kind") in ("folder",) else None
-    if src.get("kind") == "builtin":
-        from .readers import DATA_DIR
-
-        src_root = DATA_DIR / src["location"].split(":", 1)[1]
-    elif src.get("kind") == "hub":
-        src_root = _hub_snapshot(src.get("location"), src.get("commit"))
-    for f in src.get("files", []):
+    src_root, note = _source_root(src, source)
+    notes = [note] if note else []
+    for f in src.get("files", []) if note is None else []:
         if src_root is None:
             problems.append(f"source file not checkable here: {f['path']}")
             continue
@@ -393,7 +490,32 @@ def check_manifest(path: str | Path) -> dict[str, Any]:
             problems.append(f"missing source file: {p}")
         elif _sha256(p) != f["sha256"]:
             problems.append(f"source file changed: {p}")
-    return {"manifest": str(path), "checked": checked, "ok": not problems, "problems": problems}
+    return {"manifest": str(path), "checked": checked, "ok": not problems, "problems": problems,
+            "source_checked": note is None and src_root is not None, "notes": notes}
+
+
+def _source_root(src: dict[str, Any], given: str | Path | None) -> tuple[Path | None, str | None]:
+    """(folder the recorded source files are relative to, or None; a note when the source is
+    deliberately left unchecked). `given` (check --source) wins over the manifest."""
+    if given is not None:
+        p = Path(given).expanduser()
+        if not p.exists():
+            raise InputError(f"{p}: no such source folder or file", hint="pass the folder (or file) the release was converted from")
+        return (p if p.is_dir() else p.parent), None
+    kind, location = src.get("kind"), src.get("location") or ""
+    if kind == "builtin":
+        from .readers import DATA_DIR
+
+        return DATA_DIR / location.split(":", 1)[1], None
+    if kind == "hub":
+        return _hub_snapshot(location, src.get("commit")), None
+    if kind in ("folder", "gguf"):
+        legacy = Path(location)  # manifests before bitconv recorded local sources by name
+        if legacy.is_absolute() and legacy.exists():
+            return (legacy if legacy.is_dir() else legacy.parent), None
+        return None, (f"source files not checked: the manifest names the local source only as "
+                      f"{location!r}; pass --source PATH to check them")
+    return None, None
 
 
 def _hub_snapshot(repo: str | None, commit: str | None) -> Path | None:
@@ -422,7 +544,7 @@ def render_model_card(ckpt: Checkpoint, targets: list[Target], outdir: Path) -> 
     lines += [f"- {t}" for t in tags]
     lines += ["quantized_by: bitconv", "---", "",
               f"# {ckpt.spec.name} (ternary, converted by bitconv {__version__})", "",
-              f"Converted from `{src.location}`" + (f" at commit `{src.commit}`" if src.commit else "")
+              f"Converted from `{src.public_location}`" + (f" at commit `{src.commit}`" if src.commit else "")
               + f" ({ckpt.spec.family}, {ckpt.spec.hparams.num_layers} layers, hidden {ckpt.spec.hparams.hidden_size}).",
               "", "| file | layout | size | bits/weight | engine | run it |", "|---|---|---|---|---|---|"]
     from .pack import layout_class

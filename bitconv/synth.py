@@ -44,7 +44,16 @@ class SynthConfig:
     seed: int = 0
     rope_theta: float = 10000.0
     embed_std: float = 1.0
+    # Scale the head (tied embeddings or lm_head) so the logits have about this standard
+    # deviation, as a trained model's do: mean NLL on real text then sits within a few nats
+    # of ln(vocab). None keeps `embed_std`, whose tied logits have a std of ~sqrt(hidden):
+    # perplexities like e^150 on which engine comparisons ride on rounding (issue 9).
+    logit_std: float | None = None
     quantization_config: dict | None = None
+
+
+# The logit scale judge tests use (see `SynthConfig.logit_std`): ln(vocab) + ~2 nats.
+SANE_LOGIT_STD = 2.0
 
 
 def train_tokenizer(vocab: int, text: str = _TEXT * 20) -> "object":
@@ -78,7 +87,11 @@ def hf_weights(cfg: SynthConfig, device: str = "cpu") -> dict[str, torch.Tensor]
     def norm(n: int) -> torch.Tensor:
         return (1.0 + 0.1 * torch.randn(n, generator=g, device=device)).to(dt).cpu()
 
-    embed = cfg.embed_std * torch.randn(cfg.vocab, cfg.hidden, generator=g, device=device)
+    # the final norm makes the head's input about unit RMS, so a head of std c/sqrt(hidden)
+    # gives logits of std ~c
+    head_std = None if cfg.logit_std is None else cfg.logit_std * cfg.hidden**-0.5
+    embed_std = head_std if head_std is not None and cfg.tie else cfg.embed_std
+    embed = embed_std * torch.randn(cfg.vocab, cfg.hidden, generator=g, device=device)
     w: dict[str, torch.Tensor] = {"model.embed_tokens.weight": embed.to(dt).cpu()}
     for i in range(cfg.layers):
         p = f"model.layers.{i}."
@@ -96,7 +109,8 @@ def hf_weights(cfg: SynthConfig, device: str = "cpu") -> dict[str, torch.Tensor]
             w[p + ffn_sub + ".weight"] = norm(cfg.intermediate)
     w["model.norm.weight"] = norm(cfg.hidden)
     if not cfg.tie:
-        w["lm_head.weight"] = lin(cfg.vocab, cfg.hidden)
+        w["lm_head.weight"] = lin(cfg.vocab, cfg.hidden) if head_std is None else \
+            (head_std * torch.randn(cfg.vocab, cfg.hidden, generator=g, device=device)).to(dt).cpu()
     return w
 
 

@@ -136,7 +136,7 @@ def _write_metadata(w: gguf.GGUFWriter, plan: ConversionPlan, layout: Layout) ->
     w.add_string("bitconv.group_size", str(opts.group_size))
     w.add_string("bitconv.options", json.dumps(opts.recorded(), sort_keys=True))
     w.add_string("bitconv.source.kind", src.kind)
-    w.add_string("bitconv.source.location", src.location)
+    w.add_string("bitconv.source.location", src.public_location)  # no private local path
     if src.revision:
         w.add_string("bitconv.source.revision", src.revision)
     if src.commit:

@@ -374,7 +374,7 @@ def _metadata(ckpt: Checkpoint, options: ConvertOptions, groups: list[str]) -> d
         "bitconv.linear_class": LINEAR_CLASS,
         "bitconv.group_size": ",".join(groups) if groups else "tensor",
         "bitconv.source.kind": src.kind,
-        "bitconv.source.location": str(src.location),
+        "bitconv.source.location": src.public_location,  # no private local path
     }
     if src.revision:
         md["bitconv.source.revision"] = str(src.revision)
