@@ -231,12 +231,27 @@ def _progress(out: Output):
                     TimeRemainingColumn(), console=out.err, transient=True)
 
 
+def _render_codegen(out: Output, plan) -> None:
+    """With --emit-kernel-config: how to build bitnet.cpp kernels for this file (also in the ini)."""
+    from rich.markup import escape
+
+    codegen = plan.layout_metadata.get("codegen")
+    if codegen:
+        out.info(f"kernel config for bitnet.cpp written to {plan.options.emit_kernel_config}")
+        if codegen["model_shape_entry"]:
+            out.info(f"add to ModelShapeDict in {codegen['script']}:  {escape(codegen['model_shape_entry'])}",
+                     soft_wrap=True)
+        then = "then " if codegen["model_shape_entry"] else ""
+        out.info(f"{then}build kernels with:  {escape(codegen['command'])}", soft_wrap=True)
+
+
 def _render_convert(out: Output, result, dry_run: bool) -> None:
     plan = result.plan
     src = plan.spec.source
     out.info(f"[bold]{plan.spec.family}[/bold] from {src.location}"
              + (f" @ {src.commit[:12]}" if src.commit else "")
              + (f" -> {plan.format} arch [bold]{plan.arch}[/bold] for {plan.engine}" if plan.arch else f" -> {plan.format}"))
+    _render_codegen(out, plan)
     if dry_run:
         t = Table(title=f"plan: {plan.output} (nothing written)")
         for col in ("tensor", "shape", "type", "bytes"):
@@ -313,6 +328,7 @@ def check(
 @app.command()
 def inspect(
     file: Annotated[Path, typer.Argument(help="A .gguf file, or a safetensors file or model folder.")],
+    kernel_config: Annotated[Optional[Path], typer.Option(help="Check every TL tensor's tiles against a bitnet.cpp build's include/kernel_config.ini; exit 1 naming each tensor that differs or whose shape the build lacks.")] = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -323,6 +339,12 @@ def inspect(
         from .inspect_file import inspect_path
 
         info = inspect_path(file)
+        check = None
+        if kernel_config is not None:
+            from .kernel_check import check_kernel_config
+
+            check = check_kernel_config(file, kernel_config)
+            info["kernel_check"] = check.to_dict()
         out.result(info)
         if out.human:
             out.info(f"[bold]{info['path']}[/bold]: {info['format']}, arch [bold]{info['arch']}[/bold], "
@@ -338,9 +360,24 @@ def inspect(
             for ti in info["tensors"]:
                 t.add_row(ti["name"], "x".join(map(str, ti["shape"])), ti["type"], f"{ti['bytes']:,}")
             out.table(t)
+        if check is not None:
+            _render_kernel_check(out, check)
+            return check.exit_code
         return 0
 
     _run(out, debug, body)
+
+
+def _render_kernel_check(out: Output, check) -> None:
+    """One line per TL tensor the build would misread; on stderr too, so --json and -q runs see it."""
+    from rich.markup import escape
+
+    for problem in check.problems:
+        out.warn(escape(problem.message()))
+    if check.ok:
+        out.info(f"[green]kernel config ok[/green]: {escape(check.summary())}")
+    elif out.mode != "json":
+        out.err.print(f"[red]kernel config mismatch:[/red] {escape(check.summary())}", soft_wrap=True)
 
 
 @app.command()

@@ -28,9 +28,10 @@ class Output:
     def show_progress(self) -> bool:
         return self.mode == "human" and self.err.is_terminal
 
-    def info(self, message: str) -> None:
+    def info(self, message: str, soft_wrap: bool = False) -> None:
+        """`soft_wrap`: never break the line (commands meant to be copied and pasted)."""
         if self.human:
-            self.console.print(message)
+            self.console.print(message, soft_wrap=soft_wrap)
 
     def warn(self, message: str) -> None:
         if self.mode != "quiet":

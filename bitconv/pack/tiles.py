@@ -10,16 +10,19 @@ the ini file so a conversion can follow an existing build or emit the table for 
 
 Ordering (determinism): a tile table is a plain dict `{(M, K): TileConfig}`.
 `write_kernel_config` and `codegen_args` keep the dict's iteration order, so a file that
-was read and written again keeps its section order, and the `--BM/--BK/--bm` lists line
-up with the `[Kernels_N]` sections. Tables built by bitconv itself (`tiles_from_metadata`,
-the TL layouts' `metadata()`) are sorted by `(M, K)` numerically, so the same model always
-gives the same file whatever order its tensors were visited in.
+was read and written again keeps its section order. Tables built by bitconv itself
+(`tiles_from_metadata`, the TL layouts' `metadata()`) are sorted by `(M, K)` numerically,
+so the same model always gives the same file whatever order its tensors were visited in.
+bitnet.cpp's codegen, however, pairs its `--BM/--BK/--bm` lists with the shapes in the
+order of its own `ModelShapeDict[--model]` entry: `codegen_command` puts the lists in that
+order (a stock entry's, or a new entry it spells out), never in bitconv's.
 """
 
 from __future__ import annotations
 
 import configparser
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
@@ -336,10 +339,11 @@ def write_kernel_config(path: str | Path, table: Mapping[Shape, TileConfig]) -> 
 
 
 def codegen_args(table: Mapping[Shape, TileConfig]) -> str:
-    """bitnet.cpp codegen arguments for the table, e.g. `--BM 256,128,256 --BK 96,192,96 --bm 32,32,32`.
+    """bitnet.cpp codegen list arguments in the table's order, e.g. `--BM 256,128,256 --BK ... --bm ...`.
 
-    The lists are in the table's order, which must be the order of the model's shape list in
-    codegen's ModelShapeDict (codegen pairs them by position).
+    Low level: codegen pairs the i-th value of each list with the i-th `[M, K]` of its
+    `ModelShapeDict[--model]` entry, so these lists are only correct next to a model whose
+    entry has the table's order. Use `codegen_command`, which fixes that order.
     """
     cfgs = list(table.values())
     return (
@@ -347,6 +351,84 @@ def codegen_args(table: Mapping[Shape, TileConfig]) -> str:
         f"--BK {','.join(str(c.BK) for c in cfgs)} "
         f"--bm {','.join(str(c.bm) for c in cfgs)}"
     )
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class CodegenCommand:
+    """A bitnet.cpp codegen call whose lists cannot be applied to the wrong shapes.
+
+    `utils/codegen_tl1.py` / `codegen_tl2.py` take `--model NAME` and look up
+    `ModelShapeDict[NAME]`, a list of `[M, K]`; the i-th value of `--BM`, `--BK` and `--bm`
+    tiles the i-th shape, and `kernel_config.ini` gets one `[Kernels_i]` per shape in the
+    same order. `shapes` is that order. With `stock` the model is one of codegen's own
+    entries (its shape set equals the table's); otherwise `model_shape_entry()` is the line
+    the user must add to `ModelShapeDict` before running `command()`.
+    """
+
+    layout: TLName
+    model: str
+    shapes: tuple[Shape, ...]
+    tiles: tuple[TileConfig, ...]
+    stock: bool
+
+    @property
+    def script(self) -> str:
+        return f"utils/codegen_{self.layout}.py"
+
+    def table(self) -> dict[Shape, TileConfig]:
+        """The tile table in codegen's order (the order kernel_config.ini's sections get)."""
+        return dict(zip(self.shapes, self.tiles))
+
+    def args(self) -> str:
+        return codegen_args(self.table())
+
+    def command(self) -> str:
+        return f"python {self.script} --model {self.model} {self.args()}"
+
+    def model_shape_entry(self) -> str | None:
+        """`"name": [[M, K], ...],` to add to ModelShapeDict; None for a stock model."""
+        if self.stock:
+            return None
+        shapes = ", ".join(f"[{m}, {k}]" for m, k in self.shapes)
+        return f'"{self.model}": [{shapes}],'
+
+    def instructions(self) -> list[str]:
+        """The lines to show a user, in the order they must act on them."""
+        if self.stock:
+            return [f"{self.model} is a stock bitnet.cpp model; build kernels with:", self.command()]
+        return [f"add this entry to ModelShapeDict in {self.script} (the lists follow its order):",
+                f"    {self.model_shape_entry()}",
+                "then build kernels with:", self.command()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"script": self.script, "model": self.model, "stock": self.stock,
+                "shapes": [list(s) for s in self.shapes], "args": self.args(), "command": self.command(),
+                "model_shape_entry": self.model_shape_entry()}
+
+
+def codegen_command(layout: str, table: Mapping[Shape, TileConfig], model_name: str) -> CodegenCommand:
+    """The codegen call that builds kernels with exactly `table`'s tiles for each shape.
+
+    A table whose shape set equals a stock `ModelShapeDict` entry gets that entry's name and
+    order (so the printed command also works as is). Any other table gets a new entry named
+    after the model (made shell- and Python-string-safe, and never a stock name, whose entry
+    would override the user's) with the shapes sorted by (M, K).
+    """
+    lay = _layout_key(layout)
+    table = _normalize(table)
+    if not table:
+        raise UsageError("no TL shapes to generate kernels for")
+    for model, shapes in MODEL_SHAPES.items():
+        if set(shapes) == set(table):
+            return CodegenCommand(lay, model, tuple(shapes), tuple(table[s] for s in shapes), stock=True)
+    name = _UNSAFE_NAME.sub("-", model_name or "").strip("-.") or "my-model"
+    if name in MODEL_SHAPES:
+        name += "-bitconv"
+    shapes = sorted(table)
+    return CodegenCommand(lay, name, tuple(shapes), tuple(table[s] for s in shapes), stock=False)
 
 
 # -- the part TL1 and TL2 share ------------------------------------------------------------
