@@ -8,7 +8,8 @@ any pool that was already started.
     python bench/bench_pack.py            # 14336 x 4096 (Llama-3-8B ffn_gate), the target shape
     python bench/bench_pack.py --quick    # 1536 x 4096, a few seconds
 
-Targets: >= 200 M weights/s for i2_s, >= 50 M weights/s for tl1/tl2 (pack and unpack).
+Targets: >= 200 M weights/s for i2_s, >= 50 M weights/s for tl1/tl2, >= 400 M weights/s
+for q2_0 (per-tensor and group-128 scales; pack and unpack).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bitconv.pack import get_layout, layout_names  # noqa: E402
 from bitconv.quant import Ternary  # noqa: E402
 
-TARGETS = {"i2_s": 200.0, "tl1": 50.0, "tl2": 50.0}
+TARGETS = {"i2_s": 200.0, "tl1": 50.0, "tl2": 50.0, "q2_0": 400.0}
+GROUPS = {"q2_0": ["tensor", 128]}  # scale groups timed per layout (default: per tensor)
 VARIANTS = {"i2_s": [{"variant": "x86-act"}, {"variant": "arm"}, {"variant": "x86-1x4"}]}
 
 
@@ -55,10 +57,13 @@ def _best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     return best, result
 
 
-def _random_ternary(m: int, k: int, seed: int = 0) -> Ternary:
+def _random_ternary(m: int, k: int, seed: int = 0, group: str | int = "tensor") -> Ternary:
     rng = np.random.default_rng(seed)
     values = rng.integers(-1, 2, size=(m, k), dtype=np.int8)
-    return Ternary(values, np.float32(0.0421875), "tensor")
+    if group == "tensor":
+        return Ternary(values, np.float32(0.0421875), "tensor")
+    scales = rng.uniform(0.01, 0.1, size=(m, k // int(group))).astype(np.float16).astype(np.float32)
+    return Ternary(values, scales, int(group))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     m, k = (1536, 4096) if args.quick else (14336, 4096)
     repeat = args.repeat or (5 if args.quick else 3)
-    tern = _random_ternary(m, k)
+    terns = {g: _random_ternary(m, k, group=g) for g in ("tensor", 128)}
     n = m * k
     names = args.layouts.split(",") if args.layouts else layout_names()
 
@@ -81,17 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     with _limit_threads():
         for name in names:
-            for opts in VARIANTS.get(name, [{}]):
-                label = name + (f"[{opts['variant']}]" if "variant" in opts else "")
+            for opts, group in [(o, g) for o in VARIANTS.get(name, [{}]) for g in GROUPS.get(name, ["tensor"])]:
+                label = name + (f"[{opts['variant']}]" if "variant" in opts else "") + (
+                    f"[g{group}]" if group != "tensor" else "")
                 layout = get_layout(name, **opts)
+                tern = terns[group]
+                kw = {} if group == "tensor" else {"group": group}
                 try:
                     t_pack, data = _best(lambda: layout.pack(tern, "bench"), repeat)
                 except NotImplementedError:
                     print(f"{label:<18}{'(pack not implemented: skipped)':>40}")
                     continue
                 try:
-                    t_unpack, back = _best(lambda: layout.unpack(data, (m, k), "bench"), repeat)
-                    if not np.array_equal(back.values, tern.values):
+                    t_unpack, back = _best(lambda: layout.unpack(data, (m, k), "bench", **kw), repeat)
+                    if not np.array_equal(back.values, tern.values) or back.group != tern.group:
                         print(f"{label:<18} unpack(pack(x)) != x")
                         failed = True
                         continue

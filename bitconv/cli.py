@@ -99,7 +99,7 @@ def _human_bytes(n: float) -> str:
 def convert(
     source: Annotated[str, typer.Argument(help="Hub repo id (org/name), local folder, .gguf file, or builtin:NAME.")],
     output: Annotated[Path, typer.Argument(help="Output .gguf file, or folder for --format safetensors.")],
-    layout: Annotated[str, typer.Option(help="Ternary layout: tq2_0, tq1_0 (llama.cpp); i2_s, tl1, tl2 (bitnet.cpp).")] = "tq2_0",
+    layout: Annotated[str, typer.Option(help="Ternary layout: q2_0, tq2_0, tq1_0 (llama.cpp); i2_s, tl1, tl2 (bitnet.cpp).")] = "tq2_0",
     format: Annotated[str, typer.Option("--format", help="gguf or safetensors (Hugging Face packed bitnet).")] = "gguf",
     group_size: Annotated[str, typer.Option(help="Scale group: tensor, row, or N values along K.")] = "tensor",
     embedding_type: Annotated[str, typer.Option(help="token_embd type: f16, bf16 or f32.")] = "f16",
@@ -354,6 +354,8 @@ def inspect(
             out.info(f"tokenizer: {info['tokenizer']}")
             if info.get("bitconv"):
                 out.info("bitconv: " + ", ".join(f"{k}={v}" for k, v in info["bitconv"].items()))
+            for why in (info.get("type_readings") or {}).values():
+                out.info(why)
             t = Table()
             for col in ("tensor", "shape", "type", "bytes"):
                 t.add_column(col, justify="right" if col == "bytes" else "left")

@@ -32,6 +32,8 @@ def _inspect_gguf(path: Path) -> dict[str, Any]:
     return {
         "path": str(path), "format": "gguf", "arch": arch, "general": general, "hparams": hparams,
         "bitconv": bitconv,
+        # ids that engines disagree on (39, 42): the reading taken and why
+        "type_readings": {str(t): why for t, (_, why) in sorted(f.readings.items())},
         "tokenizer": {"model": f.get("tokenizer.ggml.model"), "pre": f.get("tokenizer.ggml.pre"),
                       "size": len(tokens) if tokens else 0},
         "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.type_name, "bytes": t.nbytes}

@@ -37,6 +37,7 @@ _DONE = object()
 ENGINE_RUN = {
     "tq1_0": ("llama.cpp", "llama-cli -m {file} -p 'Hello'"),
     "tq2_0": ("llama.cpp", "llama-cli -m {file} -p 'Hello'"),
+    "q2_0": ("llama.cpp (CPU, CUDA, Metal, Vulkan)", "llama-cli -m {file} -p 'Hello' -ngl 99"),
     "i2_s": ("bitnet.cpp", "python run_inference.py -m {file} -p 'Hello'"),
     "tl1": ("bitnet.cpp (ARM, kernels for this model's tiles)", "python run_inference.py -m {file} -p 'Hello'"),
     "tl2": ("bitnet.cpp (x86, kernels for this model's tiles)", "llama-cli -m {file} -p 'Hello' -ub 7"),

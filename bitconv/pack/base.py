@@ -49,7 +49,8 @@ class Layout:
         if self.tensor_scale_only and group != "tensor":
             raise UsageError(
                 f"layout {self.name} stores one scale per tensor; --group-size {group} cannot be written",
-                hint="use --group-size tensor, or a layout with group scales (tq1_0/tq2_0 take row or multiples of 256)",
+                hint="use --group-size tensor, or a layout with group scales "
+                     "(q2_0 takes row or multiples of 64, tq1_0/tq2_0 multiples of 256)",
             )
 
     def nbytes(self, shape: tuple[int, int]) -> int:

@@ -70,37 +70,56 @@ class _TQ(Layout):
         return collapse_block_scales(t.reshape(m, k), d.reshape(m, k // QK), group, name)
 
 
-def block_scales(tern: Ternary) -> np.ndarray:
-    """The scale of every 256-block, shape broadcastable to [M, K/256]."""
+def block_scales(tern: Ternary, qk: int = QK) -> np.ndarray:
+    """The scale of every qk-block (256 for TQ), shape broadcastable to [M, K/qk]."""
     m, k = tern.shape
     if tern.group == "tensor" or tern.group == "row":
         return tern.scales if tern.scales.ndim else tern.scales.reshape(1, 1)
-    per = int(tern.group) // QK
+    per = int(tern.group) // qk
     return np.repeat(tern.scales, per, axis=1)
 
 
-def collapse_block_scales(values: np.ndarray, d: np.ndarray, group: GroupSize, name: str) -> Ternary:
+def collapse_block_scales(values: np.ndarray, d: np.ndarray, group: GroupSize, name: str,
+                          qk: int = QK) -> Ternary:
     """Turn per-block scales back into the group the tensor was written with.
 
     All-zero blocks store d = 0; they take the scale of their group so nothing is lost.
-    When the blocks of a group disagree (a file bitconv did not write), keep 256-blocks.
+    When the blocks disagree with `group` (bitconv's metadata records the --group-size
+    option, which a repack of an already-ternary source does not apply; or a file bitconv
+    did not write), the coarsest group the scales agree on is taken: tensor, row, then the
+    largest K-group; at worst the qk-blocks themselves (256 for TQ, 64 for Q2_0).
     """
+    m, nblk = d.shape
+    candidates: list[GroupSize] = [group, "tensor", "row"]
+    candidates += [qk * per for per in range(nblk // 2, 1, -1) if nblk % per == 0]
+    for g in candidates:
+        s = _group_scales(d, g, qk)
+        if s is not None:
+            return Ternary(values, s, g)
+    return Ternary(values, d, qk)
+
+
+def _group_scales(d: np.ndarray, group: GroupSize, qk: int) -> np.ndarray | None:
+    """The scales of `group` when every non-zero block scale agrees with its group's, else None."""
     m, nblk = d.shape
     if group == "tensor":
         nz = d[d != 0]
         if nz.size == 0 or np.all(nz == nz[0]):
-            return Ternary(values, np.float32(nz[0] if nz.size else 0.0), "tensor")
-    elif group == "row":
+            return np.float32(nz[0] if nz.size else 0.0)
+        return None
+    if group == "row":
         s = d.max(axis=1, keepdims=True)
-        if np.all((d == 0) | (d == s)):
-            return Ternary(values, s, "row")
-    else:
-        per = int(group) // QK
-        g = d.reshape(m, nblk // per, per)
-        s = g.max(axis=2)
-        if np.all((g == 0) | (g == s[:, :, None])):
-            return Ternary(values, s, int(group))
-    return Ternary(values, d, QK)
+        return s if np.all((d == 0) | (d == s)) else None
+    if int(group) % qk or nblk % (int(group) // qk):
+        return None
+    per = int(group) // qk
+    g = d.reshape(m, nblk // per, per)
+    s = g[:, :, 0].copy()  # max over the short last axis, one slice at a time (much faster)
+    for j in range(1, per):
+        np.maximum(s, g[:, :, j], out=s)
+    if all(np.all((g[:, :, j] == 0) | (g[:, :, j] == s)) for j in range(per)):
+        return s
+    return None
 
 
 class TQ2_0(_TQ, name="tq2_0"):

@@ -22,11 +22,12 @@ from ..config_values import MISSING
 from ..errors import CorruptFileError, InputError
 from ..ggml_types import FLOAT_TYPES, bytes_to_float, tensor_nbytes, type_name
 from ..model import LINEAR, ModelSpec, SourceInfo, SourceTensor, kind_of
-from ..pack import Layout, get_layout, layout_for_ggml_type
+from ..pack import Layout, get_layout, layout_class, layout_for_ggml_type
 from ..quant import parse_group_size
 from ..archs import architecture_for
 from .checkpoint import Checkpoint
 from ..validate import validate_checkpoint
+from .type_ids import AMBIGUOUS, resolve
 
 VT = gguf.GGUFValueType
 _SCALARS = {
@@ -53,10 +54,19 @@ class GGUFTensorInfo:
     ggml_type: int
     offset: int  # absolute offset in the file
     nbytes: int
+    layout: str | None = None  # the reading of an id engines disagree on (type_ids.py)
 
     @property
     def type_name(self) -> str:
-        return type_name(self.ggml_type)
+        return self.layout.upper() if self.layout else type_name(self.ggml_type)
+
+
+class _Refused(Exception):
+    """Carries a typed InputError out of the parser's catch-all for malformed bytes."""
+
+    def __init__(self, error: InputError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class GGUFFile:
@@ -71,6 +81,8 @@ class GGUFFile:
         self._pos = 0
         try:
             self._parse()
+        except _Refused as exc:
+            raise exc.error from None
         except (struct.error, IndexError, UnicodeDecodeError, ValueError, OverflowError, RecursionError) as exc:
             raise CorruptFileError(
                 f"{self.path}: not a readable GGUF file ({type(exc).__name__}: {exc})",
@@ -142,16 +154,18 @@ class GGUFFile:
             raw.append((name, tuple(reversed(ne)), self._scalar("<I"), self._scalar("<Q")))
         align = self.alignment()
         start = (self._pos + align - 1) // align * align
+        self.readings = self._resolve_ambiguous(raw, start, align)
         self.tensors: dict[str, GGUFTensorInfo] = {}
         for name, shape, t, off in raw:
+            layout = self.readings[t][0] if t in self.readings else None
             try:
-                n = tensor_nbytes(t, shape)
+                n = tensor_nbytes(t, shape) if layout is None else get_layout(layout).nbytes(shape)
             except ValueError:
                 raise ValueError(f"tensor {name!r} has GGML type {t}, which bitconv does not read") from None
             if off % align:
                 raise ValueError(f"tensor {name!r} starts at data offset {off}, not a multiple of the "
                                  f"alignment {align}")
-            info = GGUFTensorInfo(name, shape, t, start + off, n)
+            info = GGUFTensorInfo(name, shape, t, start + off, n, layout)
             if info.offset + n > self.data.size:
                 raise ValueError(
                     f"tensor {name!r} ends at byte {info.offset + n} but the file has {self.data.size} bytes"
@@ -171,6 +185,21 @@ class GGUFFile:
         if vtype not in _INT_TYPES or not 1 <= value <= 1 << 30 or value & (value - 1):
             raise ValueError(f"general.alignment must be a power-of-two integer, got {value!r:.40}")
         return value
+
+    def _resolve_ambiguous(self, raw: list, start: int, align: int) -> dict[int, tuple[str, str]]:
+        """Type id -> (layout, why) for the ids engines disagree on (readers/type_ids.py).
+
+        Each tensor's span runs to the next tensor's offset (or the end of the file)."""
+        ends = sorted({off for *_, off in raw} | {self.data.size - start})
+        spans = {a: b - a for a, b in zip(ends, ends[1:])}
+        meta = self.bitconv_metadata()
+        out = {}
+        for t in sorted({t for _, _, t, _ in raw} & set(AMBIGUOUS)):
+            try:
+                out[t] = resolve(self.path, t, [(n, s, spans[o]) for n, s, tt, o in raw if tt == t], meta, align)
+            except InputError as exc:  # a typed refusal, not "corrupt"
+                raise _Refused(exc) from None
+        return out
 
     # -- access ------------------------------------------------------------------------
     def get(self, key: str, default: Any = None) -> Any:
@@ -202,7 +231,8 @@ def _meta_str(f: GGUFFile, key: str, default: str) -> str:
 
 def layout_for(f: GGUFFile, ggml_type: int) -> Layout:
     """The layout instance that unpacks this file's tensors of `ggml_type`."""
-    cls = layout_for_ggml_type(ggml_type)
+    reading = getattr(f, "readings", {}).get(ggml_type)
+    cls = layout_class(reading[0]) if reading else layout_for_ggml_type(ggml_type)
     if cls is None:
         raise InputError(f"{f.path}: GGML type {ggml_type} is not a ternary layout bitconv reads")
     meta = f.bitconv_metadata()
@@ -297,7 +327,7 @@ def open_gguf(path: Path, source: SourceInfo) -> Checkpoint:
         layout = layouts.setdefault(info.ggml_type, layout_for(f, info.ggml_type))
 
         def load_t(i=info, lay=layout):
-            kw = {"group": group} if lay.name.startswith("tq") else {}
+            kw = {} if lay.tensor_scale_only else {"group": group}
             tern = lay.unpack(np.asarray(f.raw(i.name)), i.shape, i.name, **kw)
             if arch == "llama" and kind_of(i.name) in ("attn_q", "attn_k"):
                 heads = hp.num_heads if kind_of(i.name) == "attn_q" else hp.num_kv_heads
@@ -306,7 +336,7 @@ def open_gguf(path: Path, source: SourceInfo) -> Checkpoint:
 
         tensors.append(SourceTensor(info.name, info.shape, LINEAR, layout.name, info.name,
                                     _load_ternary=load_t, source_nbytes=info.nbytes,
-                                    group=group if layout.name.startswith("tq") else "tensor"))
+                                    group="tensor" if layout.tensor_scale_only else group))
     spec = ModelSpec(
         family=family.hf_names[0], name=_meta_str(f, "general.name", "") or path.stem, hparams=hp, source=source,
         config=config, tokenizer_dir=None, packed=bool(layouts),
