@@ -149,27 +149,13 @@ def _write_metadata(w: gguf.GGUFWriter, plan: ConversionPlan, layout: Layout) ->
 def _write_tokenizer(w: gguf.GGUFWriter, plan: ConversionPlan) -> None:
     spec, hp = plan.spec, plan.spec.hparams
     if spec.tokenizer_dir is not None:
-        tok = load_tokenizer(spec.tokenizer_dir, hp.vocab_size, hp.bos_token_id, hp.eos_token_id)
+        tok = load_tokenizer(spec.tokenizer_dir, hp.vocab_size, hp.bos_token_id, hp.eos_token_id,
+                             engine=plan.engine)
         if tok is None:
             plan.warnings.append("no tokenizer.json or tokenizer.model: the file has no tokenizer")
             return
-        w.add_tokenizer_model(tok.model)
-        if tok.pre is not None:
-            w.add_tokenizer_pre(tok.pre)
-        w.add_token_list(tok.tokens)
-        w.add_token_types(tok.token_types)
-        if tok.scores is not None:
-            w.add_token_scores(tok.scores)
-        if tok.merges:
-            w.add_token_merges(tok.merges)
-        for value, fn in ((tok.bos_id, w.add_bos_token_id), (tok.eos_id, w.add_eos_token_id),
-                          (tok.unk_id, w.add_unk_token_id), (tok.pad_id, w.add_pad_token_id)):
-            if value is not None:
-                fn(int(value))
-        if tok.add_bos is not None:
-            w.add_add_bos_token(bool(tok.add_bos))
-        if tok.chat_template:
-            w.add_chat_template(tok.chat_template)
+        tok.add_to_gguf(w)
+        plan.warnings.extend(tok.warnings)
     elif spec.gguf_metadata:
         _copy_tokenizer_kv(w, spec.gguf_metadata)
     else:

@@ -1,15 +1,30 @@
-"""Tokenizer -> GGUF `tokenizer.ggml.*` keys, from tokenizer.json or tokenizer.model.
+"""Tokenizer -> GGUF `tokenizer.*` keys, from tokenizer.json or tokenizer.model, as the
+engines' own converters write them.
 
-tokenizer.json is read as JSON (vocab, merges, added tokens, pre-tokenizer); a
-SentencePiece tokenizer.model is read by a minimal protobuf decoder of the fields an engine
-needs (piece, score, type). Nothing is unpickled and no tokenizer code is imported from the
-model repo.
+tokenizer.json is read as JSON (vocab, added tokens, pre-tokenizer); a SentencePiece
+tokenizer.model is read by a minimal protobuf decoder of the fields an engine needs (piece,
+score, type). Nothing is unpickled and no tokenizer code is imported from the model repo.
+Special token ids, add_*_token flags, BPE merges and the chat template come from gguf-py's
+own `SpecialVocab` (tokenizer_config.json tokens resolved through tokenizer.json's added
+tokens, then config.json's `*_token_id`), which both converters call.
+
+Where the converters differ, a file gets what the converter of its engine writes:
+- bitnet.cpp (`utils/convert-hf-to-gguf-bitnet.py`, 4645960 and HEAD): SentencePiece vocab
+  padded with `[PAD1]`..`[PADn]` (score -1000, UNUSED); BPE holes and padding `[PAD{id}]`
+  typed USER_DEFINED.
+- llama.cpp (`convert_hf_to_gguf.py`): SentencePiece ids without a piece `[PAD{id}]` (score
+  -10000, UNUSED) and tokenizer_config's `added_tokens_decoder` applied over the pieces;
+  BPE holes and padding `[PAD{id}]` typed UNUSED; added tokens that look special (`<|...|>`)
+  are CONTROL.
+Both write `tokenizer.ggml.pre = "default"` for SentencePiece, type SentencePiece's
+user-defined pieces NORMAL, and list scores before token types.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +32,12 @@ from typing import Any
 from ..errors import CorruptFileError
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+BITNET_CPP, LLAMA_CPP = "bitnet.cpp", "llama.cpp"
 
 _LLAMA3_REGEX_MARK = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+# SentencePiece piece type -> GGUF token type, as the converters map it (is_unknown,
+# is_control, is_unused, is_byte; anything else, user-defined pieces included, is NORMAL)
+_SPM_TYPES = {UNKNOWN: UNKNOWN, CONTROL: CONTROL, UNUSED: UNUSED, BYTE: BYTE}
 
 
 @dataclass
@@ -27,59 +46,84 @@ class TokenizerData:
     pre: str | None
     tokens: list[str]
     token_types: list[int]
-    scores: list[float] | None = None
-    merges: list[str] = field(default_factory=list)
-    bos_id: int | None = None
-    eos_id: int | None = None
-    unk_id: int | None = None
-    pad_id: int | None = None
-    add_bos: bool | None = None
-    chat_template: str | None = None
+    scores: list[float] | None
+    special: Any  # gguf.SpecialVocab: special ids, add_*_token, merges (BPE), chat template
+    warnings: list[str] = field(default_factory=list)  # what SpecialVocab logged (e.g. an id out of range)
+
+    def add_to_gguf(self, w: Any) -> None:
+        """Write the keys in the converters' order (model, pre, tokens, scores, types, specials)."""
+        w.add_tokenizer_model(self.model)
+        if self.pre is not None:
+            w.add_tokenizer_pre(self.pre)
+        w.add_token_list(self.tokens)
+        if self.scores is not None:
+            w.add_token_scores(self.scores)
+        w.add_token_types(self.token_types)
+        self.special.add_to_gguf(w, quiet=True)
 
 
-def load_tokenizer(folder: Path, vocab_size: int, bos: int | None, eos: int | None) -> TokenizerData | None:
-    """Read the folder's tokenizer; pad the vocabulary to the model's vocab_size."""
+def load_tokenizer(folder: Path, vocab_size: int, bos: int | None, eos: int | None,
+                   engine: str = LLAMA_CPP) -> TokenizerData | None:
+    """Read the folder's tokenizer, padded to the model's vocab_size the way `engine`'s converter pads.
+
+    `bos`/`eos` (the model's hparams) fill in only what SpecialVocab did not find.
+    """
     tj, tm = folder / "tokenizer.json", folder / "tokenizer.model"
     if tj.exists():
-        data = _from_tokenizer_json(tj)
+        data = _from_tokenizer_json(tj, folder, vocab_size, engine)
     elif tm.exists():
-        data = _from_sentencepiece(tm)
+        data = _from_sentencepiece(tm, folder, vocab_size, engine)
     else:
         return None
-    cfg = _read_json(folder / "tokenizer_config.json")
-    if cfg:
-        data.add_bos = cfg.get("add_bos_token", data.add_bos)
-        if isinstance(cfg.get("chat_template"), str):
-            data.chat_template = cfg["chat_template"]
-        index = {t: i for i, t in enumerate(data.tokens)}
-        for key, attr in (("bos_token", "bos_id"), ("eos_token", "eos_id"), ("pad_token", "pad_id")):
-            tok = cfg.get(key)
-            tok = tok.get("content") if isinstance(tok, dict) else tok
-            if isinstance(tok, str) and tok in index and getattr(data, attr) is None:
-                setattr(data, attr, index[tok])
-    if bos is not None:
-        data.bos_id = bos
-    if eos is not None:
-        data.eos_id = eos
-    if len(data.tokens) > vocab_size:
-        raise CorruptFileError(
-            f"{folder}: tokenizer has {len(data.tokens)} tokens but config.json vocab_size is {vocab_size}"
-        )
-    for i in range(len(data.tokens), vocab_size):
-        data.tokens.append(f"[PAD{i}]")
-        data.token_types.append(UNUSED)
-        if data.scores is not None:
-            data.scores.append(-1000.0)
+    data.special = _special_vocab(folder, bpe=data.model == "gpt2", n_vocab=len(data.tokens), warnings=data.warnings)
+    for typ, value in (("bos", bos), ("eos", eos)):
+        if isinstance(value, int) and 0 <= value < len(data.tokens):
+            data.special.special_token_ids.setdefault(typ, value)
     return data
+
+
+class _Collect(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(f"tokenizer: {record.getMessage()}")
+
+
+def _special_vocab(folder: Path, bpe: bool, n_vocab: int, warnings: list[str]) -> Any:
+    """gguf-py's SpecialVocab as the converters build it (BPE: with merges, without n_vocab).
+
+    Its log warnings become plan warnings instead of bare stderr lines.
+    """
+    import gguf
+
+    logger = logging.getLogger("gguf.vocab")
+    handler, propagate = _Collect(warnings), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        return gguf.SpecialVocab(folder, load_merges=bpe, n_vocab=None if bpe else n_vocab)
+    except (ValueError, TypeError, AttributeError, OSError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(
+            f"{folder}: tokenizer_config.json / tokenizer.json / config.json special tokens unreadable "
+            f"({type(exc).__name__}: {exc})".splitlines()[0]
+        ) from None
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise CorruptFileError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def detect_pre(tok: dict[str, Any]) -> str:
@@ -93,7 +137,19 @@ def detect_pre(tok: dict[str, Any]) -> str:
     return "default"
 
 
-def _from_tokenizer_json(path: Path) -> TokenizerData:
+def _looks_special(text: str) -> bool:
+    """llama.cpp's `does_token_look_special`: added tokens typed CONTROL even if not marked special."""
+    return (text in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+            or (text.startswith("<|") and text.endswith("|>"))
+            or (text.startswith("<\uff5c") and text.endswith("\uff5c>"))
+            or (text.startswith("<unused") and text.endswith(">")))
+
+
+def _too_many(path: Path, n: int, vocab_size: int) -> CorruptFileError:
+    return CorruptFileError(f"{path}: tokenizer has {n} tokens but config.json vocab_size is {vocab_size}")
+
+
+def _from_tokenizer_json(path: Path, folder: Path, vocab_size: int, engine: str) -> TokenizerData:
     tok = _read_json(path) or {}
     model = tok.get("model") or {}
     if model.get("type") != "BPE":
@@ -104,15 +160,21 @@ def _from_tokenizer_json(path: Path) -> TokenizerData:
     vocab: dict[str, int] = model.get("vocab") or {}
     added = {a["id"]: a for a in tok.get("added_tokens", [])}
     size = max([*vocab.values(), *added.keys()], default=-1) + 1
-    tokens = [f"[PAD{i}]" for i in range(size)]
-    types = [UNUSED] * size
+    if size > vocab_size:
+        raise _too_many(folder, size, vocab_size)
+    hole = USER_DEFINED if engine == BITNET_CPP else UNUSED
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    types = [hole] * vocab_size
     for text, i in vocab.items():
         tokens[i], types[i] = text, NORMAL
     for i, a in added.items():
-        tokens[i] = a["content"]
-        types[i] = CONTROL if a.get("special") else USER_DEFINED
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return TokenizerData(model="gpt2", pre=detect_pre(tok), tokens=tokens, token_types=types, merges=merges)
+        text = a["content"]
+        special = bool(a.get("special")) or (engine == LLAMA_CPP and _looks_special(text))
+        if not special and engine == LLAMA_CPP:
+            text = text.replace("\u2581", " ")  # llama.cpp pre-normalizes user-defined spaces
+        tokens[i], types[i] = text, CONTROL if special else USER_DEFINED
+    return TokenizerData(model="gpt2", pre=detect_pre(tok), tokens=tokens, token_types=types, scores=None,
+                         special=None)
 
 
 # -- SentencePiece ----------------------------------------------------------------------
@@ -146,8 +208,8 @@ def _fields(buf: bytes):
         yield num, wire, val
 
 
-def _from_sentencepiece(path: Path) -> TokenizerData:
-    """ModelProto.pieces (field 1): SentencePiece{piece=1, score=2, type=3}."""
+def _read_pieces(path: Path) -> tuple[list[str], list[float], list[int]]:
+    """ModelProto.pieces (field 1): SentencePiece{piece=1, score=2, type=3 (default NORMAL)}."""
     tokens, scores, types = [], [], []
     try:
         for num, wire, val in _fields(path.read_bytes()):
@@ -163,10 +225,54 @@ def _from_sentencepiece(path: Path) -> TokenizerData:
                     kind = int(v2)
             tokens.append(piece)
             scores.append(score)
-            types.append(kind)
+            types.append(_SPM_TYPES.get(kind, NORMAL))
     except (IndexError, ValueError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{path}: not a readable SentencePiece model ({exc})") from None
     if not tokens:
         raise CorruptFileError(f"{path}: SentencePiece model has no pieces")
-    unk = types.index(UNKNOWN) if UNKNOWN in types else None
-    return TokenizerData(model="llama", pre=None, tokens=tokens, token_types=types, scores=scores, unk_id=unk)
+    return tokens, scores, types
+
+
+def _from_sentencepiece(path: Path, folder: Path, vocab_size: int, engine: str) -> TokenizerData:
+    pieces, piece_scores, piece_types = _read_pieces(path)
+    if len(pieces) > vocab_size:
+        raise _too_many(path, len(pieces), vocab_size)
+    added_json = _read_json(folder / "added_tokens.json") or {}
+    if engine == BITNET_CPP:
+        tokens, scores, types = pieces, piece_scores, piece_types
+        for text in added_json:  # appended after the pieces unless already there
+            if text not in tokens:
+                tokens.append(text)
+                scores.append(-1000.0)
+                types.append(USER_DEFINED)
+        if len(tokens) > vocab_size:
+            raise _too_many(folder, len(tokens), vocab_size)
+        pad = vocab_size - len(tokens)
+        tokens += [f"[PAD{i}]" for i in range(1, pad + 1)]
+        scores += [-1000.0] * pad
+        types += [UNUSED] * pad
+    else:
+        tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+        scores = [-10000.0] * vocab_size
+        types = [UNUSED] * vocab_size
+        tokens[:len(pieces)], scores[:len(pieces)], types[:len(pieces)] = pieces, piece_scores, piece_types
+        for text, i in added_json.items():
+            if isinstance(i, int) and 0 <= i < vocab_size:
+                tokens[i], scores[i], types[i] = text, -1000.0, USER_DEFINED
+        decoder = (_read_json(folder / "tokenizer_config.json") or {}).get("added_tokens_decoder") or {}
+        for key, entry in decoder.items():
+            try:
+                i, text = int(key), entry["content"]
+            except (ValueError, KeyError, TypeError):
+                raise CorruptFileError(f"{folder / 'tokenizer_config.json'}: bad added_tokens_decoder entry "
+                                       f"{key!r}") from None
+            if not 0 <= i < vocab_size:
+                continue
+            if entry.get("special") or _looks_special(text):
+                types[i] = CONTROL
+            else:
+                text = text.replace("\u2581", " ")
+                types[i] = USER_DEFINED
+            tokens[i], scores[i] = text, -1000.0
+    return TokenizerData(model="llama", pre="default", tokens=tokens, token_types=types, scores=scores,
+                         special=None)
