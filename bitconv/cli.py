@@ -194,6 +194,7 @@ def convert(
             def on_plan(plan) -> None:
                 for w in plan.warnings:
                     out.warn(w)
+                task["warned"] = len(plan.warnings)
                 if bar is not None and not dry_run:
                     task["id"] = bar.add_task("converting", total=sum(t.source.source_nbytes for t in plan.tensors))
 
@@ -209,6 +210,8 @@ def convert(
                 name=name, revision=revision, token=token, force=force, dry_run=dry_run,
                 progress=on_tensor, on_plan=on_plan,
             )
+        for w in result.plan.warnings[task.get("warned", 0):]:  # found while writing (e.g. the tokenizer's)
+            out.warn(w)
         data = result.to_dict()
         data["ok"] = True
         out.result(data)

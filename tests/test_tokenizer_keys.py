@@ -198,3 +198,23 @@ def test_same_tokenizer_keys_and_the_ones_this_issue_is_about(pairs, kind: str, 
         assert first_pad == 300 and types[first_pad] == TT.UNUSED
     else:
         assert types[-1] == (TT.USER_DEFINED if engine == "bitnet.cpp" else TT.UNUSED)
+
+
+def test_special_id_beyond_the_vocabulary_is_dropped_with_a_warning(silu_ckpt, tmp_path: Path) -> None:
+    """gguf-py's BPE converter path would write it; the engine would reject it. bitconv warns instead."""
+    folder = tmp_path / "model"
+    shutil.copytree(silu_ckpt, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["pad_token_id"] = cfg["vocab_size"] + 10
+    (folder / "config.json").write_text(json.dumps(cfg))
+    res = convert(folder, tmp_path / "m.gguf", layout="tq2_0")
+    assert "tokenizer.ggml.padding_token_id" not in read_tokenizer_kv(tmp_path / "m.gguf")
+    assert any("pad" in w and str(cfg["pad_token_id"]) in w for w in res.plan.warnings)
+    # the CLI shows warnings found while writing, not only those of the plan
+    from typer.testing import CliRunner
+
+    from bitconv.cli import app
+
+    r = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1"}).invoke(
+        app, ["convert", str(folder), str(tmp_path / "cli.gguf"), "--layout", "tq2_0"])
+    assert r.exit_code == 0 and "out of range" in r.output

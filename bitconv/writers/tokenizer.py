@@ -92,9 +92,11 @@ class _Collect(logging.Handler):
 
 
 def _special_vocab(folder: Path, bpe: bool, n_vocab: int, warnings: list[str]) -> Any:
-    """gguf-py's SpecialVocab as the converters build it (BPE: with merges, without n_vocab).
+    """gguf-py's SpecialVocab as the converters build it (BPE: with merges).
 
-    Its log warnings become plan warnings instead of bare stderr lines.
+    Unlike the converters' BPE path, `n_vocab` is always given, so an id beyond the
+    vocabulary is dropped with a warning instead of written for the engine to reject. Its
+    log warnings become plan warnings instead of bare stderr lines.
     """
     import gguf
 
@@ -103,7 +105,7 @@ def _special_vocab(folder: Path, bpe: bool, n_vocab: int, warnings: list[str]) -
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        return gguf.SpecialVocab(folder, load_merges=bpe, n_vocab=None if bpe else n_vocab)
+        return gguf.SpecialVocab(folder, load_merges=bpe, n_vocab=n_vocab)
     except (ValueError, TypeError, AttributeError, OSError, UnicodeDecodeError) as exc:
         raise CorruptFileError(
             f"{folder}: tokenizer_config.json / tokenizer.json / config.json special tokens unreadable "
