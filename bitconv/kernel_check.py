@@ -108,8 +108,8 @@ def check_kernel_config(path: str | Path, kernel_config: str | Path) -> KernelCh
     checked = 0
     shapes: set[Shape] = set()
     for info in f.tensors.values():
-        cls = layout_for_ggml_type(info.ggml_type)
-        if cls is None or cls.name not in ("tl1", "tl2") or len(info.shape) != 2:
+        layout = _layout_name(info)
+        if layout not in ("tl1", "tl2") or len(info.shape) != 2:
             continue
         checked += 1
         shape: Shape = (int(info.shape[0]), int(info.shape[1]))
@@ -118,7 +118,16 @@ def check_kernel_config(path: str | Path, kernel_config: str | Path) -> KernelCh
         reason = (MISSING_SHAPE if want is None else UNKNOWN_TILES if have is None
                   else DIFFERENT_TILES if have != want else None)
         if reason is not None:
-            problems.append(TileProblem(info.name, cls.name, shape, reason, have, want))
+            problems.append(TileProblem(info.name, layout, shape, reason, have, want))
     if not checked:
         raise InputError(f"{path}: no TL1/TL2 tensors; a kernel config only applies to TL files")
     return KernelCheckResult(path, kernel_config, checked, sorted(shapes), problems)
+
+
+def _layout_name(info: Any) -> str | None:
+    """The layout a tensor is read as: the reader's reading of an id engines disagree on
+    (e.g. 39: TL2 or MXFP4), else the layout registered for its GGML type."""
+    if getattr(info, "layout", None):
+        return info.layout
+    cls = layout_for_ggml_type(info.ggml_type)
+    return cls.name if cls is not None else None

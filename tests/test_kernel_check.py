@@ -89,7 +89,8 @@ def test_different_tiles_and_missing_shapes_fail_naming_each_tensor(tl_file, tmp
     assert {p["tensor"] for p in doc["kernel_check"]["problems"]} == differ | missing
 
 
-def test_file_without_tile_record_cannot_pass(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ggml_type", [39, 42])  # TL2 in bitnet.cpp's 2024 fork, and in its 2026 fork
+def test_file_without_tile_record_cannot_pass(tmp_path: Path, ggml_type: int) -> None:
     """A TL2 tensor from another converter: its tiles are unknown, so the check refuses to vouch."""
     from bitconv.pack.tl2 import TL2
 
@@ -97,7 +98,7 @@ def test_file_without_tile_record_cannot_pass(tmp_path: Path) -> None:
     path = tmp_path / "foreign.gguf"
     w = gguf.GGUFWriter(str(path), arch="bitnet")
     nbytes = TL2().nbytes(shape)
-    w.add_tensor_info("blk.0.attn_q.weight", list(shape), np.dtype(np.int8), nbytes, raw_dtype=39)
+    w.add_tensor_info("blk.0.attn_q.weight", list(shape), np.dtype(np.int8), nbytes, raw_dtype=ggml_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
@@ -106,7 +107,7 @@ def test_file_without_tile_record_cannot_pass(tmp_path: Path) -> None:
     ini = tmp_path / "k.ini"
     write_kernel_config(ini, {shape: TileConfig(256, 96, 32)})
     res = check_kernel_config(path, ini)
-    assert [p.reason for p in res.problems] == [UNKNOWN_TILES] and res.exit_code == 1
+    assert [(p.reason, p.layout) for p in res.problems] == [(UNKNOWN_TILES, "tl2")] and res.exit_code == 1
 
 
 def test_bad_inputs_are_exit_2(silu_ckpt, tl_file, tmp_path: Path) -> None:
