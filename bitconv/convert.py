@@ -13,6 +13,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .embedding_types import TERNARY_TYPES as TERNARY_EMBEDDING_TYPES
+from .embedding_types import parse_type as parse_embedding_type
 from .errors import OutputExistsError, UsageError
 from .model import LINEAR
 from .pack import layout_class
@@ -34,8 +36,8 @@ def convert(
     layout: str = "tq2_0",
     format: str = "gguf",
     group_size: str | int = "tensor",
-    embedding_type: str = "f16",
-    output_type: str = "f16",
+    embedding_type: str = "auto",
+    output_type: str = "auto",
     i2s_variant: str = "x86-act",
     kernel_config: str | Path | None = None,
     emit_kernel_config: str | Path | None = None,
@@ -91,15 +93,15 @@ def convert(
 
 
 def build_options(*, layout: str = "tq2_0", format: str = "gguf", group_size: str | int = "tensor",
-                  embedding_type: str = "f16", output_type: str = "f16", i2s_variant: str = "x86-act",
+                  embedding_type: str = "auto", output_type: str = "auto", i2s_variant: str = "x86-act",
                   kernel_config: str | Path | None = None, emit_kernel_config: str | Path | None = None,
                   allow_engine_mismatch: bool = False, max_shard_size: int = 5 * 1000**3,
                   name: str | None = None) -> ConvertOptions:
     """Validate and normalize user-facing options (shared by convert and release)."""
     return ConvertOptions(
         layout=layout.lower().replace("-", "_"), format=format.lower(), group_size=parse_group_size(group_size),
-        embedding_type=_float_type(embedding_type, "--embedding-type"),
-        output_type=_float_type(output_type, "--output-type"), i2s_variant=i2s_variant,
+        embedding_type=parse_embedding_type(embedding_type, "--embedding-type"),
+        output_type=parse_embedding_type(output_type, "--output-type"), i2s_variant=i2s_variant,
         kernel_config=Path(kernel_config) if kernel_config else None,
         emit_kernel_config=Path(emit_kernel_config) if emit_kernel_config else None,
         allow_engine_mismatch=allow_engine_mismatch, max_shard_size=max_shard_size, name=name,
@@ -125,19 +127,14 @@ def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats],
                 stats.append(tensor_stats(tp.name, tern, w))
                 del w
             yield tp, tern
+        elif tp.out_type in TERNARY_EMBEDDING_TYPES:  # a ternary embedding/output, kept as it is
+            yield tp, src.load_ternary()
         else:
             arr = src.load()
             check_finite(arr, tp.name)
             yield tp, arr
         if progress is not None:
             progress(tp)
-
-
-def _float_type(value: str, flag: str) -> str:
-    v = value.lower()
-    if v not in ("f32", "f16", "bf16"):
-        raise UsageError(f"{flag} must be f32, f16 or bf16, got {value!r}")
-    return v
 
 
 def _emit_kernel_config(plan: ConversionPlan, path: Path) -> None:

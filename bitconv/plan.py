@@ -17,8 +17,8 @@ class ConvertOptions:
     layout: str = "tq2_0"
     format: str = "gguf"
     group_size: GroupSize = "tensor"
-    embedding_type: str = "f16"
-    output_type: str = "f16"
+    embedding_type: str = "auto"  # auto | f32 | f16 | bf16 | q2_0 (embedding_types.py)
+    output_type: str = "auto"
     i2s_variant: str = "x86-act"
     kernel_config: Path | None = None
     emit_kernel_config: Path | None = None

@@ -372,7 +372,7 @@ def test_gguf_metadata_with_gguf_reader(silu_ckpt, tmp_path):
     assert field(r, "bitconv.source.kind") == "folder"
     assert field(r, "bitconv.source.location") == silu_ckpt.name  # the folder name, never a private path
     opts = json.loads(field(r, "bitconv.options"))
-    assert opts["layout"] == "tq1_0" and opts["group_size"] == "tensor" and opts["embedding_type"] == "f16"
+    assert opts["layout"] == "tq1_0" and opts["group_size"] == "tensor" and opts["embedding_type"] == "auto"
     # tokenizer, as the source tokenizer.json has it
     tj = json.loads((silu_ckpt / "tokenizer.json").read_text())
     tokens = field(r, "tokenizer.ggml.tokens")

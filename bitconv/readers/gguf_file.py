@@ -21,7 +21,7 @@ import numpy as np
 from ..config_values import MISSING
 from ..errors import CorruptFileError, InputError
 from ..ggml_types import FLOAT_TYPES, bytes_to_float, tensor_nbytes, type_name
-from ..model import LINEAR, ModelSpec, SourceInfo, SourceTensor, kind_of
+from ..model import EMBEDDING, LINEAR, OUTPUT, ModelSpec, SourceInfo, SourceTensor, kind_of
 from ..pack import Layout, get_layout, layout_class, layout_for_ggml_type
 from ..quant import parse_group_size
 from ..archs import architecture_for
@@ -325,6 +325,7 @@ def open_gguf(path: Path, source: SourceInfo) -> Checkpoint:
                                         _load=load, source_nbytes=info.nbytes))
             continue
         layout = layouts.setdefault(info.ggml_type, layout_for(f, info.ggml_type))
+        t_role = role if role in (EMBEDDING, OUTPUT) else LINEAR  # a ternary token_embd/output (Q2_0)
 
         def load_t(i=info, lay=layout):
             kw = {} if lay.tensor_scale_only else {"group": group}
@@ -334,7 +335,7 @@ def open_gguf(path: Path, source: SourceInfo) -> Checkpoint:
                 tern = from_llama_rope_order(tern, heads)
             return tern
 
-        tensors.append(SourceTensor(info.name, info.shape, LINEAR, layout.name, info.name,
+        tensors.append(SourceTensor(info.name, info.shape, t_role, layout.name, info.name,
                                     _load_ternary=load_t, source_nbytes=info.nbytes,
                                     group="tensor" if layout.tensor_scale_only else group))
     spec = ModelSpec(

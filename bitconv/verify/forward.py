@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, UsageError
-from ..model import HParams, SourceTensor
+from ..model import LINEAR, HParams, SourceTensor
 from ..quant import GroupSize, Ternary, ternarize
 from ..readers.checkpoint import Checkpoint
 from .metrics import DEFAULT_CHUNK_ELEMENTS
@@ -553,9 +553,10 @@ class Runner:
         return g
 
     def load_raw(self, name: str, on_device: bool = False) -> Payload:
-        """Read one tensor: float32 numpy for float tensors; `Ternary`/`TTernary` for ternary ones."""
+        """Read one tensor: `Ternary`/`TTernary` for ternary linears; float32 numpy for the rest
+        (a ternary token_embd/output, e.g. Q2_0, is looked up and multiplied dequantized)."""
         st = self.by_name[name]
-        if st.is_ternary:
+        if st.is_ternary and st.role == LINEAR:
             if on_device and st.dtype in TORCH_DECODERS and self.ckpt.spec.source.kind == "gguf":
                 return self._decode_on_device(st)
             return st.load_ternary()

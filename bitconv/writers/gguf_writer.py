@@ -12,6 +12,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import LayoutError
+from ..embedding_types import TERNARY_TYPES as TERNARY_EMBEDDING_TYPES
+from ..embedding_types import resolve as resolve_embedding_type
 from ..ggml_types import BF16, F16, F32, FLOAT_BY_NAME, float_to_bytes
 from ..model import EMBEDDING, LINEAR, NORM, OUTPUT, kind_of
 from ..pack import Layout, get_layout
@@ -64,11 +66,17 @@ class GGUFWriter(Writer, format="gguf"):
                 layout.check(src.name, src.shape, group)
                 tensors.append(TensorPlan(src.name, src.shape, LINEAR, layout.name,
                                           layout.nbytes(src.shape), src, group))
+            elif src.role in (EMBEDDING, OUTPUT):
+                flag = "--embedding-type" if src.role == EMBEDDING else "--output-type"
+                requested = options.embedding_type if src.role == EMBEDDING else options.output_type
+                out = resolve_embedding_type(src, requested, layout.name, flag)
+                if out in TERNARY_EMBEDDING_TYPES:
+                    tensors.append(TensorPlan(src.name, src.shape, src.role, out,
+                                              get_layout(out).nbytes(src.shape), src, src.group or "tensor"))
+                else:
+                    tensors.append(_float_plan(src, out))
             else:
-                out = {EMBEDDING: options.embedding_type, OUTPUT: options.output_type}.get(src.role, "f32")
-                ggml = FLOAT_BY_NAME[out]
-                n = int(np.prod(src.shape)) * (4 if ggml == F32 else 2)
-                tensors.append(TensorPlan(src.name, src.shape, src.role, out, n, src))
+                tensors.append(_float_plan(src, "f32"))
         return ConversionPlan(spec=spec, output=output, format="gguf", options=options, tensors=tensors,
                               arch=arch, engine=engine, warnings=warnings, layout_metadata=layout.metadata(),
                               layout=layout)
@@ -78,9 +86,13 @@ class GGUFWriter(Writer, format="gguf"):
         spec, hp = plan.spec, plan.spec.hparams
         w = gguf.GGUFWriter(path=str(tmp), arch=plan.arch)
         _write_metadata(w, plan, layout)
+        ternary_layouts = {t: get_layout(t) for t in TERNARY_EMBEDDING_TYPES}  # token_embd / output as Q2_0
         for tp in plan.tensors:
             if tp.role == LINEAR:
                 w.add_tensor_info(tp.name, list(tp.shape), np.dtype(np.int8), tp.nbytes, raw_dtype=layout.ggml_type)
+            elif tp.out_type in ternary_layouts:
+                w.add_tensor_info(tp.name, list(tp.shape), np.dtype(np.int8), tp.nbytes,
+                                  raw_dtype=ternary_layouts[tp.out_type].ggml_type)
             elif tp.out_type == "bf16":
                 w.add_tensor_info(tp.name, list(tp.shape), np.dtype(np.int8), tp.nbytes,
                                   raw_dtype=gguf.GGMLQuantizationType.BF16)
@@ -96,11 +108,16 @@ class GGUFWriter(Writer, format="gguf"):
                 if permute and kind_of(tp.name) in ("attn_q", "attn_k"):
                     heads = hp.num_heads if kind_of(tp.name) == "attn_q" else hp.num_kv_heads
                     payload = to_llama_rope_order(payload, heads)
-                data = layout.pack(payload, tp.name)
+                data = (layout if tp.role == LINEAR else ternary_layouts[tp.out_type]).pack(payload, tp.name)
             else:
                 data = float_to_bytes(payload, FLOAT_BY_NAME[tp.out_type])
             w.write_tensor_data(data)
         w.close()
+
+
+def _float_plan(src, out: str) -> TensorPlan:
+    n = int(np.prod(src.shape)) * (4 if FLOAT_BY_NAME[out] == F32 else 2)
+    return TensorPlan(src.name, src.shape, src.role, out, n, src)
 
 
 def _family_from_spec(spec) -> Architecture:
