@@ -19,12 +19,13 @@ from .errors import OutputExistsError, UsageError
 from .model import LINEAR
 from .pack import layout_class
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
-from .quant import TensorStats, check_finite, parse_group_size, tensor_stats, ternarize
+from .pipeline import ordered_map
+from .quant import TensorStats, check_finite, parse_group_size, serial_torch, tensor_stats, ternarize_with_stats
 from .readers import open_source
 from .readers.checkpoint import Checkpoint
 from .writers import get_writer
 from .writers.atomic import atomic_path, check_not_source, check_output
-from .writers.base import Payload
+from .writers.base import Encoded, Payload
 
 ProgressFn = Callable[[TensorPlan], None]
 
@@ -86,7 +87,8 @@ def convert(
     start = time.perf_counter()
     stats: list[TensorStats] = []
     with atomic_path(output, force=force) as tmp:
-        writer.write(tmp, plan, prepare_tensors(plan, stats, progress))
+        writer.write(tmp, plan, prepare_tensors(plan, stats, progress,
+                                                encode=lambda tp, payload: writer.encode(plan, tp, payload)))
     size = sum(p.stat().st_size for p in output.rglob("*")) if output.is_dir() else output.stat().st_size
     return ConversionResult(plan=plan, written=True, stats=stats, seconds=time.perf_counter() - start,
                             output_bytes=size)
@@ -108,33 +110,54 @@ def build_options(*, layout: str = "tq2_0", format: str = "gguf", group_size: st
     )
 
 
-def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats],
-                    progress: ProgressFn | None = None) -> Iterator[tuple[TensorPlan, Payload]]:
-    """Yield each planned tensor ready for a writer: linears as Ternary, others as float32.
+def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats], progress: ProgressFn | None = None,
+                    encode: Callable[[TensorPlan, Payload], Encoded] | None = None,
+                    workers: int | None = None) -> Iterator[tuple[TensorPlan, Payload | Encoded]]:
+    """Yield each planned tensor ready for a writer, in plan order: linears as Ternary,
+    others as float32, or already `encode`d into the writer's bytes.
 
     Source tensors already ternary keep their own values and scales (absmean is not
-    idempotent); float linears are absmean-ternarized with the plan's group.
+    idempotent); float linears are absmean-ternarized with the plan's group. Each tensor's
+    read, ternarization, statistics and `encode` run as one job on the pipeline's workers
+    (`bitconv.pipeline`), a few tensors ahead of the one being written; results and
+    statistics arrive in plan order, so the bytes do not depend on the worker count.
     """
-    for tp in plan.tensors:
-        src = tp.source
-        if tp.role == LINEAR:
-            if src.is_ternary:
-                tern = src.load_ternary()
-                stats.append(tensor_stats(tp.name, tern, None))
-            else:
-                w = src.load()
-                tern = ternarize(w, tp.group, tp.name)
-                stats.append(tensor_stats(tp.name, tern, w))
-                del w
-            yield tp, tern
-        elif tp.out_type in TERNARY_EMBEDDING_TYPES:  # a ternary embedding/output, kept as it is
-            yield tp, src.load_ternary()
-        else:
-            arr = src.load()
-            check_finite(arr, tp.name)
-            yield tp, arr
+    def job(tp: TensorPlan) -> tuple[TensorPlan, Payload | Encoded, TensorStats | None]:
+        with serial_torch():  # one intra-op thread per worker: the workers are the parallelism
+            payload, stat = _prepare_one(tp)
+            if encode is not None:
+                payload = encode(tp, payload)
+        return tp, payload, stat
+
+    for tp, payload, stat in ordered_map(job, plan.tensors, workers=workers, max_pending=PIPELINE_AHEAD,
+                                         cost=_float_bytes, budget=PIPELINE_BUDGET):
+        if stat is not None:
+            stats.append(stat)
+        yield tp, payload
         if progress is not None:
             progress(tp)
+
+
+PIPELINE_AHEAD = 4  # tensors submitted ahead of the one being written
+PIPELINE_BUDGET = 160 * 1024 * 1024  # float32 bytes of source tensors in flight (one job always runs)
+
+
+def _float_bytes(tp: TensorPlan) -> int:
+    return 4 * int(np.prod(tp.shape, dtype=np.int64))
+
+
+def _prepare_one(tp: TensorPlan) -> tuple[Payload, TensorStats | None]:
+    src = tp.source
+    if tp.role == LINEAR:
+        if src.is_ternary:
+            tern = src.load_ternary()
+            return tern, tensor_stats(tp.name, tern, None)
+        return ternarize_with_stats(src.load(), tp.group, tp.name)
+    if tp.out_type in TERNARY_EMBEDDING_TYPES:  # a ternary embedding/output, kept as it is
+        return src.load_ternary(), None
+    arr = src.load()
+    check_finite(arr, tp.name)
+    return arr, None
 
 
 def _emit_kernel_config(plan: ConversionPlan, path: Path) -> None:

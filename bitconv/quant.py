@@ -3,15 +3,26 @@
 `round` is numpy's round-half-to-even, as torch's `round` in BitNet's training code.
 Absmean is not idempotent, so weights that are already ternary on disk never come through
 here: readers hand them over as `Ternary` directly.
+
+Speed (issue 14): the weights are walked twice. Pass one is torch's float32 `abs().mean()`
+per group (the reduction BitNet and transformers use, run on one intra-op thread so its
+summation order, and so every scale bit, does not depend on the thread count). Pass two
+goes over the matrix in cache-sized row chunks and, per chunk, compares W with the exact
+float32 thresholds `±T` of each group (`rint(W/s)` is +1 exactly when `W >= T`, see
+`round_thresholds`), writes the int8 values and accumulates what the statistics need:
+`‖W‖²`, `Σ W·t` and the non-zero count, from which `‖W − s·t‖² = ‖W‖² − 2·s·Σ W·t + s²·nnz`
+follows without a dequantized copy. The values are the ones `clip(rint(W/s), -1, 1)` gives,
+bit for bit (tests compare both on adversarial inputs).
 """
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Union
+from typing import Iterator, Union
 
 import numpy as np
-import torch
 
 from .errors import BadWeightsError, UsageError
 
@@ -124,38 +135,189 @@ def check_finite(w: np.ndarray, name: str) -> None:
         )
 
 
+CHUNK_ELEMENTS = 1 << 16  # ~256 KiB of float32 per chunk: the second pass stays in L2
+
+
+@contextmanager
+def serial_torch() -> Iterator[None]:
+    """Run torch on one intra-op thread in this block (this thread only; restored after).
+
+    A float reduction split over threads adds its partial sums in another order, so a
+    scale could differ by an ulp between `OMP_NUM_THREADS=1` and 2; the serial order is
+    the one bitconv writes. The setting is per calling thread (OpenMP), so pipeline
+    workers can use it concurrently.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def absmean(view: np.ndarray) -> np.ndarray:
+    """float32 mean |x| of each row of a 2-D float32 view, clamped at SCALE_EPS (torch, serial)."""
+    import torch
+
+    with serial_torch():
+        a = _scratch_f32(view.size).view(view.shape)
+        torch.abs(torch.from_numpy(view), out=a)
+        return a.mean(dim=1).clamp_(min=SCALE_EPS).numpy()
+
+
+def round_thresholds(s: np.ndarray) -> np.ndarray:
+    """Per scale s > 0, the smallest float32 T with float32(T / s) > 0.5.
+
+    float32 division is monotone in the dividend, so `rint(W / s) >= 1` (half to even:
+    0.5 rounds to 0) exactly when `W >= T`, and `<= -1` exactly when `W <= -T` (division
+    is symmetric in sign). T starts at 0.5·s, whose quotient is exactly 0.5, and steps up
+    one ulp at a time; it takes one or two steps.
+    """
+    s = np.asarray(s, dtype=np.float32)
+    t = s * np.float32(0.5)
+    up = np.float32(np.inf)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for _ in range(64):
+            low = ~(np.divide(t, s) > np.float32(0.5)) & np.isfinite(t)
+            if not low.any():
+                break
+            t = np.where(low, np.nextafter(t, up), t)
+    return t
+
+
+@dataclass
+class _Sums:
+    """What pass two accumulates for the statistics (float64, per group)."""
+
+    sumsq: float = 0.0  # ‖W‖²
+    wt: np.ndarray | None = None  # Σ W·t per group
+    nnz: np.ndarray | None = None  # non-zeros per group
+
+
+_scratch = threading.local()
+
+
+def _scratch_f32(n: int):
+    """A float32 torch buffer of n elements owned by this thread, reused across tensors
+    (a fresh multi-megabyte allocation costs more in page faults than the work done in it)."""
+    import torch
+
+    buf = getattr(_scratch, "f32", None)
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=torch.float32)
+        _scratch.f32 = buf
+    return buf[:n]
+
+
+def _quantize(view: np.ndarray, thr: np.ndarray, out: np.ndarray, with_sums: bool) -> _Sums:
+    """Pass two over a [G, L] float32 view with thresholds thr [G]: int8 values into `out`
+    (same shape), chunk by chunk, plus the sums the statistics need."""
+    g, length = view.shape
+    if g == 1:  # one group: walk the flat run in chunks with a scalar threshold
+        return _quantize_flat(view.reshape(-1), thr.reshape(()), out.reshape(-1), with_sums)
+    sums = _Sums(0.0, np.zeros(g), np.zeros(g))
+    step = max(1, CHUNK_ELEMENTS // length)
+    n = min(step, g) * length
+    ge_buf, le_buf = np.empty(n, dtype=np.bool_), np.empty(n, dtype=np.bool_)
+    f_buf = np.empty(n, dtype=np.float32)
+    for r0 in range(0, g, step):
+        r1 = min(g, r0 + step)
+        x, o, t = view[r0:r1], out[r0:r1], thr[r0:r1, None]
+        ge, le = ge_buf[: x.size].reshape(x.shape), le_buf[: x.size].reshape(x.shape)
+        np.greater_equal(x, t, out=ge)
+        np.less_equal(x, -t, out=le)
+        np.subtract(ge.view(np.int8), le.view(np.int8), out=o)
+        if with_sums:
+            f = f_buf[: x.size].reshape(x.shape)
+            np.multiply(x, x, out=f)
+            sums.sumsq += float(np.add.reduce(f, axis=None))
+            np.multiply(x, o, out=f)
+            sums.wt[r0:r1] += np.add.reduce(f, axis=1)
+            sums.nnz[r0:r1] += np.count_nonzero(ge, axis=1) + np.count_nonzero(le, axis=1)
+    return sums
+
+
+def _quantize_flat(x: np.ndarray, thr: np.ndarray, out: np.ndarray, with_sums: bool) -> _Sums:
+    import torch
+
+    n = x.size
+    c = min(n, CHUNK_ELEMENTS)
+    ge_buf, le_buf = np.empty(c, dtype=np.bool_), np.empty(c, dtype=np.bool_)
+    f_buf = np.empty(c, dtype=np.float32)
+    tf_buf = torch.from_numpy(f_buf)
+    xt = torch.from_numpy(x)
+    pos, neg = np.float32(thr), np.float32(-thr)
+    sumsq = wt = 0.0
+    nnz = 0
+    for a in range(0, n, c):
+        b = min(n, a + c)
+        xc, oc = x[a:b], out[a:b]
+        ge, le = ge_buf[: b - a], le_buf[: b - a]
+        np.greater_equal(xc, pos, out=ge)
+        np.less_equal(xc, neg, out=le)
+        np.subtract(ge.view(np.int8), le.view(np.int8), out=oc)
+        if with_sums:  # torch.dot: BLAS on this thread only (serial_torch), a fixed order
+            xtc = xt[a:b]
+            sumsq += float(torch.dot(xtc, xtc))
+            f = f_buf[: b - a]
+            np.copyto(f, oc, casting="unsafe")
+            wt += float(torch.dot(xtc, tf_buf[: b - a]))
+            nnz += int(np.count_nonzero(ge)) + int(np.count_nonzero(le))
+    return _Sums(sumsq, np.array([wt]), np.array([float(nnz)]))
+
+
 def ternarize(w: np.ndarray, group: GroupSize = "tensor", name: str = "tensor") -> Ternary:
     """Absmean-ternarize a float matrix [M, K]: s = mean|W| per group, t = clip(round(W/s))."""
+    return _ternarize(w, group, name, with_sums=False)[0]
+
+
+def ternarize_with_stats(w: np.ndarray, group: GroupSize = "tensor", name: str = "tensor") -> tuple[Ternary, TensorStats]:
+    """`ternarize` and the tensor's `TensorStats`, from the sums the quantizer accumulates."""
+    tern, sums = _ternarize(w, group, name, with_sums=True)
+    s = tern.scales.reshape(-1).astype(np.float64)
+    n = tern.values.size
+    err2 = sums.sumsq - 2.0 * float(np.dot(s, sums.wt)) + float(np.dot(s * s, sums.nnz))
+    rel = (max(err2, 0.0) ** 0.5) / (sums.sumsq ** 0.5) if sums.sumsq > 0 else 0.0
+    nnz = int(sums.nnz.sum())
+    return tern, _stats(name, tern, (n - nnz) / max(n, 1), rel)
+
+
+def _ternarize(w: np.ndarray, group: GroupSize, name: str, with_sums: bool) -> tuple[Ternary, _Sums]:
     if w.ndim != 2:
         raise UsageError(f"{name}: expected a 2-D weight, got shape {list(w.shape)}")
-    w = np.asarray(w, dtype=np.float32)
-    check_finite(w, name)
+    w = np.ascontiguousarray(w, dtype=np.float32)
     view, scale_shape = _group_view(w, group, name)
-    # float32 mean through torch: the same reduction BitNet's training code and transformers'
-    # online quantizer use, so bitconv picks their scale to the last bit, not a float64 neighbour
-    s = torch.from_numpy(view).abs().mean(dim=1).clamp_(min=SCALE_EPS).numpy()
-    q = np.divide(view, s[:, None])  # one float temporary; rint/clip work in place on it
-    np.rint(q, out=q)
-    np.clip(q, -1, 1, out=q)
-    t = q.astype(np.int8).reshape(w.shape)
-    return Ternary(values=t, scales=s.reshape(scale_shape), group=group)
+    with serial_torch():
+        s = absmean(view)
+        if not np.all(np.isfinite(s)):  # a NaN/Inf weight makes its group's sum non-finite
+            check_finite(w, name)
+        values = np.empty(w.shape, dtype=np.int8)
+        sums = _quantize(view, round_thresholds(s), values.reshape(view.shape), with_sums)
+    return Ternary(values=values, scales=s.reshape(scale_shape), group=group), sums
+
+
+def _stats(name: str, tern: Ternary, zero_fraction: float, rel: float | None) -> TensorStats:
+    s = tern.scales
+    return TensorStats(name=name, shape=tern.shape, scale_min=float(s.min()), scale_mean=float(s.mean()),
+                       scale_max=float(s.max()), zero_fraction=zero_fraction, rel_error=rel)
 
 
 def tensor_stats(name: str, tern: Ternary, source: np.ndarray | None) -> TensorStats:
-    """Scale summary, zero share and ‖W − s·t‖/‖W‖ (None when there is no float source)."""
+    """Scale summary, zero share and ‖W − s·t‖/‖W‖ (None when there is no float source).
+
+    Conversion gets these from `ternarize_with_stats`; this direct form serves tensors that
+    were already ternary (no source) and callers holding both arrays.
+    """
     rel = None
     if source is not None:
         w = np.asarray(source, dtype=np.float32)
         denom = float(np.linalg.norm(w.reshape(-1)))
         diff = float(np.linalg.norm((w - tern.dequantize()).reshape(-1)))
         rel = diff / denom if denom > 0 else 0.0
-    s = tern.scales
-    return TensorStats(
-        name=name,
-        shape=tern.shape,
-        scale_min=float(s.min()),
-        scale_mean=float(s.mean()),
-        scale_max=float(s.max()),
-        zero_fraction=float(np.count_nonzero(tern.values == 0)) / max(tern.values.size, 1),
-        rel_error=rel,
-    )
+    zeros = tern.values.size - int(np.count_nonzero(tern.values))
+    return _stats(name, tern, zeros / max(tern.values.size, 1), rel)

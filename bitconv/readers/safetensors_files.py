@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 from safetensors import safe_open
 
 from ..errors import CorruptFileError, InputError, SourceNotFoundError
 
 INDEX_NAME = "model.safetensors.index.json"
 _DTYPES = {"BF16": "bf16", "F16": "f16", "F32": "f32", "U8": "u8", "I8": "i8", "F64": "f64"}
+_NP_DTYPES = {"BF16": np.dtype("<u2"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "U8": np.dtype("u1"),
+              "I8": np.dtype("i1"), "F64": np.dtype("<f8")}
 
 
 def _safe_join(folder: Path, rel: str, index_path: Path) -> Path:
@@ -41,6 +42,7 @@ class ShardSet:
         self.folder = folder
         self._where: dict[str, Path] = {}
         self._handles: dict[Path, object] = {}
+        self._headers: dict[Path, tuple[int, dict]] = {}
         index = folder / INDEX_NAME
         if index.exists():
             try:
@@ -89,7 +91,7 @@ class ShardSet:
         h = self._handles.get(path)
         if h is None:
             try:
-                h = safe_open(str(path), framework="pt")
+                h = safe_open(str(path), framework="numpy")  # headers only: no torch import
             except Exception as exc:  # safetensors raises its own error type for bad headers
                 raise CorruptFileError(
                     f"{path}: not a readable safetensors file ({exc})",
@@ -111,20 +113,62 @@ class ShardSet:
         sl = self._open(self._where[name]).get_slice(name)
         return tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype(), sl.get_dtype().lower())
 
-    def get_torch(self, name: str) -> torch.Tensor:
+    def get_torch(self, name: str) -> "torch.Tensor":  # noqa: F821 - torch is imported where used
         path = self._where[name]
         try:
-            return self._open(path).get_tensor(name)
+            # a handle of its own: its memory map keeps every page read through it resident,
+            # so it is dropped (and the file unmapped) once this tensor is freed
+            return safe_open(str(path), framework="pt").get_tensor(name)
         except Exception as exc:
             raise CorruptFileError(f"{path}: cannot read tensor {name!r} ({exc})") from None
-        finally:
-            # The handle's memory map keeps every page read through it resident, so over a
-            # conversion RSS would grow to the size of the file. Dropping it unmaps the file
-            # once this tensor is freed; reopening costs one header parse.
-            self._handles.pop(path, None)
+
+    def _entries(self, path: Path) -> tuple[int, dict]:
+        """(start of the data buffer, the header's tensor entries) of one file, read once.
+
+        `safe_open` has validated this header (offsets inside the file, no overlaps)."""
+        cached = self._headers.get(path)
+        if cached is None:
+            self._open(path)  # validation
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n))
+            cached = (8 + n, header)
+            self._headers[path] = cached
+        return cached
+
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor's bytes as stored, memory-mapped (copy-on-write, nothing is read until
+        used): float32/float16/uint8/int8 arrays, bfloat16 as uint16. The map is released
+        with the array, so pages read through it do not accumulate over a conversion."""
+        path = self._where[name]
+        start, header = self._entries(path)
+        entry = header[name]
+        dt = _NP_DTYPES.get(entry["dtype"])
+        if dt is None:
+            raise CorruptFileError(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+        shape = tuple(int(d) for d in entry["shape"])
+        begin, end = (int(x) for x in entry["data_offsets"])
+        count = int(np.prod(shape, dtype=np.int64))
+        if count == 0:
+            return np.zeros(shape, dtype=dt)
+        try:
+            return np.memmap(path, dtype=dt, mode="c", offset=start + begin, shape=shape)
+        except (OSError, ValueError) as exc:
+            raise CorruptFileError(f"{path}: cannot read tensor {name!r} ({exc})") from None
 
     def get(self, name: str, dtype=np.float32) -> np.ndarray:
-        t = self.get_torch(name)
-        if t.is_floating_point():
-            return t.to(torch.float32).numpy().astype(dtype, copy=False)
-        return t.numpy()
+        """The tensor as a numpy array: floats as `dtype` (float32: the file's own bytes when
+        they already are float32, no copy), integers as stored."""
+        raw = self.raw(name)
+        kind = self._entries(self._where[name])[1][name]["dtype"]
+        if kind in ("BF16", "F16"):
+            import torch
+
+            t = torch.from_numpy(np.ascontiguousarray(raw))
+            t = t.view(torch.bfloat16) if kind == "BF16" else t
+            out = np.empty(raw.shape, dtype=np.float32)
+            torch.from_numpy(out).copy_(t)  # one vectorized widening pass, exact
+            return out if dtype == np.float32 else out.astype(dtype)
+        if kind in ("F32", "F64"):
+            return raw.astype(dtype, copy=False) if raw.dtype != np.dtype(dtype) else raw
+        return raw

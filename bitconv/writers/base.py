@@ -19,6 +19,11 @@ from ..readers.checkpoint import Checkpoint
 
 Payload = Union[Ternary, np.ndarray]
 
+
+class Encoded(list):
+    """A tensor already turned into the bytes its writer stores (one array per entry the
+    writer plans for it), by `Writer.encode` on a pipeline worker."""
+
 _WRITERS: dict[str, type["Writer"]] = {}
 
 
@@ -37,8 +42,19 @@ class Writer:
     def plan(self, ckpt: Checkpoint, output: Path, options: ConvertOptions) -> ConversionPlan:
         raise NotImplementedError
 
-    def write(self, tmp: Path, plan: ConversionPlan, tensors: Iterator[tuple[TensorPlan, Payload]]) -> None:
+    def encode(self, plan: ConversionPlan, tp: TensorPlan, payload: Payload) -> Encoded:
+        """The bytes stored for one tensor. Pure and thread-safe: `convert` runs it on the
+        pipeline's workers, so packing overlaps reading and writing."""
         raise NotImplementedError
+
+    def write(self, tmp: Path, plan: ConversionPlan,
+              tensors: Iterator[tuple[TensorPlan, Payload | Encoded]]) -> None:
+        """Stream the tensors (in plan order) into `tmp`; payloads not yet `Encoded` are
+        encoded here."""
+        raise NotImplementedError
+
+    def encoded(self, plan: ConversionPlan, tp: TensorPlan, payload: Payload | Encoded) -> Encoded:
+        return payload if isinstance(payload, Encoded) else self.encode(plan, tp, payload)
 
 
 def writer_formats() -> list[str]:

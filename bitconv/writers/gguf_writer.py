@@ -22,7 +22,7 @@ from ..quant import Ternary, check_finite
 from ..archs import Architecture, architecture_for
 from ..archs.llama import to_llama_rope_order
 from ..readers.checkpoint import Checkpoint
-from .base import Payload, Writer
+from .base import Encoded, Payload, Writer
 from .tokenizer import load_tokenizer
 
 QUANTIZATION_VERSION = 2
@@ -102,17 +102,19 @@ class GGUFWriter(Writer, format="gguf"):
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        permute = plan.arch == "llama"
         for tp, payload in tensors:
-            if isinstance(payload, Ternary):
-                if permute and kind_of(tp.name) in ("attn_q", "attn_k"):
-                    heads = hp.num_heads if kind_of(tp.name) == "attn_q" else hp.num_kv_heads
-                    payload = to_llama_rope_order(payload, heads)
-                data = (layout if tp.role == LINEAR else ternary_layouts[tp.out_type]).pack(payload, tp.name)
-            else:
-                data = float_to_bytes(payload, FLOAT_BY_NAME[tp.out_type])
-            w.write_tensor_data(data)
+            w.write_tensor_data(self.encoded(plan, tp, payload)[0])
         w.close()
+
+    def encode(self, plan: ConversionPlan, tp: TensorPlan, payload: Payload) -> Encoded:
+        if isinstance(payload, Ternary):
+            if plan.arch == "llama" and kind_of(tp.name) in ("attn_q", "attn_k"):
+                hp = plan.spec.hparams
+                heads = hp.num_heads if kind_of(tp.name) == "attn_q" else hp.num_kv_heads
+                payload = to_llama_rope_order(payload, heads)
+            layout = plan.layout if tp.role == LINEAR else get_layout(tp.out_type)  # token_embd/output as Q2_0
+            return Encoded([layout.pack(payload, tp.name)])
+        return Encoded([float_to_bytes(payload, FLOAT_BY_NAME[tp.out_type])])
 
 
 def _float_plan(src, out: str) -> TensorPlan:

@@ -50,7 +50,7 @@ from ..plan import ConversionPlan, ConvertOptions, TensorPlan
 from ..quant import GroupSize, Ternary
 from ..archs import Architecture, architecture_for
 from ..readers.checkpoint import Checkpoint
-from .base import Payload, Writer
+from .base import Encoded, Payload, Writer
 
 LINEAR_CLASS = "bitlinear"
 QUANTIZATION_CONFIG = {"quant_method": "bitnet", "linear_class": LINEAR_CLASS, "quantization_mode": "offline"}
@@ -286,7 +286,7 @@ class SafetensorsWriter(Writer, format="safetensors"):
             pending = {tp.name for tp in plan.tensors}
             for tp, payload in tensors:
                 ents = layout.entries[tp.name]
-                for entry, data in zip(ents, _encode(tp, payload, ents)):
+                for entry, data in zip(ents, self.encoded(plan, tp, payload)):
                     if data.nbytes != entry.nbytes:
                         raise ConversionError(f"{entry.name}: {data.nbytes} bytes to write, {entry.nbytes} planned")
                     f = handles[entry.shard]
@@ -306,6 +306,10 @@ class SafetensorsWriter(Writer, format="safetensors"):
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         for path in layout.copied:
             shutil.copyfile(path, tmp / path.name)
+
+
+    def encode(self, plan: ConversionPlan, tp: TensorPlan, payload: Payload) -> Encoded:
+        return Encoded(_encode(tp, payload, plan.layout.entries[tp.name]))
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,241 @@
+"""The fast conversion paths give exactly what the plain formulas give (issue 14), and the
+bytes do not depend on the thread count (issue 10 item 5).
+
+* The fused quantizer compares W with exact float32 thresholds instead of dividing,
+  rounding and clipping; it must agree with `clip(rint(W/s), -1, 1)` bit for bit,
+  including values placed exactly on and one ulp beside every rounding boundary.
+* Statistics come from sums the quantizer accumulates (‖W‖², Σ W·t, nnz) instead of a
+  dequantized copy; they must equal the direct computation.
+* Absmean runs on one intra-op thread; a conversion under OMP_NUM_THREADS=1 and with torch
+  on 2 threads and 1, 2 or 3 pipeline workers must write the same bytes.
+* `--help` and `inspect` do not import torch (the start-up budget of issue 14 item 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bitconv.convert import convert
+from bitconv.errors import BadWeightsError
+from bitconv.pipeline import ordered_map
+from bitconv.quant import (SCALE_EPS, _group_view, round_thresholds, serial_torch, tensor_stats, ternarize,
+                           ternarize_with_stats)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def reference_ternarize(w: np.ndarray, group) -> tuple[np.ndarray, np.ndarray]:
+    """The textbook formula, as bitconv computed it before the fused quantizer."""
+    view, scale_shape = _group_view(w, group, "w")
+    with serial_torch():
+        s = torch.from_numpy(view).abs().mean(dim=1).clamp_(min=SCALE_EPS).numpy()
+    q = np.clip(np.rint(np.divide(view, s[:, None])), -1, 1)
+    return q.astype(np.int8).reshape(w.shape), s.reshape(scale_shape)
+
+
+def boundary_weights(rng: np.random.Generator, shape: tuple[int, int], group) -> np.ndarray:
+    """Gaussian weights with, in every group, values exactly on ±T, one ulp inside, 0.5·s
+    and 1.5·s (ties of rint) - computed from the scales the weights themselves give."""
+    w = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+    view, _ = _group_view(w, group, "w")
+    for _ in range(3):  # planting values moves the scale a little; re-plant on the new scale
+        _, s = reference_ternarize(w, group)
+        s = s.reshape(-1)
+        t = round_thresholds(s)
+        inside = np.nextafter(t, np.float32(0))
+        cols = [t, inside, -t, -inside, np.float32(0.5) * s, np.float32(-0.5) * s, np.float32(1.5) * s, -t * 0]
+        for j, c in enumerate(cols):
+            view[:, j] = c
+    return w
+
+
+def test_round_thresholds_are_the_exact_boundary():
+    rng = np.random.default_rng(0)
+    s = np.concatenate([rng.random(50_000).astype(np.float32) * 3, np.float32([SCALE_EPS, 1.0, 0.75, 1e3])])
+    s = np.maximum(s, np.float32(SCALE_EPS)).astype(np.float32)
+    t = round_thresholds(s)
+    assert np.all(np.rint(np.divide(t, s)) >= 1)
+    below = np.nextafter(t, np.float32(0))
+    assert np.all(np.rint(np.divide(below, s)) == 0)
+    assert np.all(np.rint(np.divide(-t, s)) <= -1) and np.all(np.rint(np.divide(-below, s)) == 0)
+
+
+@pytest.mark.parametrize("group", ["tensor", "row", 64])
+@pytest.mark.parametrize("shape", [(96, 256), (300, 512), (17, 320)])
+def test_fused_quantizer_matches_the_formula_bit_for_bit(group, shape):
+    if group == 64 and shape[1] % 64:
+        pytest.skip("K not a multiple of the group")
+    rng = np.random.default_rng(hash((str(group), shape)) % 2**32)
+    w = boundary_weights(rng, shape, group)
+    want_t, want_s = reference_ternarize(w, group)
+    got = ternarize(w, group)
+    np.testing.assert_array_equal(got.values, want_t)
+    np.testing.assert_array_equal(got.scales, want_s)
+    assert got.values.dtype == np.int8 and got.scales.dtype == np.float32
+
+
+@pytest.mark.parametrize("group", ["tensor", "row", 128])
+def test_statistics_from_the_quantizer_equal_the_direct_ones(group):
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((384, 1024)) * 0.05).astype(np.float32)
+    w[::7] *= 4  # rows of different scale, so group scales differ
+    tern, st = ternarize_with_stats(w, group, "blk.0.ffn_up.weight")
+    direct = tensor_stats("blk.0.ffn_up.weight", tern, w)
+    np.testing.assert_array_equal(tern.values, ternarize(w, group).values)
+    assert st.rel_error == pytest.approx(direct.rel_error, rel=1e-6)
+    assert st.zero_fraction == direct.zero_fraction
+    assert (st.scale_min, st.scale_mean, st.scale_max) == (direct.scale_min, direct.scale_mean, direct.scale_max)
+    assert st.shape == (384, 1024) and 0.2 < st.rel_error < 0.8
+
+
+def test_all_zero_and_tiny_weights():
+    w = np.zeros((8, 256), dtype=np.float32)
+    tern, st = ternarize_with_stats(w)
+    assert not tern.values.any() and float(tern.scales) == np.float32(SCALE_EPS)
+    assert st.zero_fraction == 1.0 and st.rel_error == 0.0
+    w[0, 0] = 1e-30  # far below the clamped scale: still zero
+    assert not ternarize(w).values.any()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("group", ["tensor", "row"])
+def test_non_finite_weights_are_refused_by_name(bad, group):
+    w = np.ones((4, 256), dtype=np.float32)
+    w[2, 17] = bad
+    with pytest.raises(BadWeightsError, match="blk.1.attn_q.weight: 1 NaN/Inf"):
+        ternarize_with_stats(w, group, "blk.1.attn_q.weight")
+
+
+def test_scale_does_not_depend_on_torch_threads():
+    """A per-tensor absmean large enough for torch to split over threads (> 32768 values)."""
+    w = (np.random.default_rng(5).standard_normal((1024, 1024)) * 0.02).astype(np.float32)
+    before = torch.get_num_threads()
+    scales = []
+    try:
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            scales.append(ternarize(w).scales.tobytes())
+            assert torch.get_num_threads() == n  # restored after the serial block
+    finally:
+        torch.set_num_threads(before)
+    assert len(set(scales)) == 1
+
+
+def test_ordered_map_keeps_order_bounds_work_and_raises_in_place():
+    import threading
+    import time
+
+    running, peak = [0], [0]
+    lock = threading.Lock()
+
+    def job(i: int) -> int:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.002 * ((i * 7) % 5))  # finish out of order
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    assert list(ordered_map(job, range(40), workers=3, max_pending=3)) == [i * i for i in range(40)]
+    assert peak[0] <= 3
+    # a budget of 10 with cost 6 each: never two jobs at once
+    running[0] = peak[0] = 0
+    assert list(ordered_map(job, range(10), workers=3, cost=lambda i: 6, budget=10)) == [i * i for i in range(10)]
+    assert peak[0] == 1
+
+    def failing(i: int) -> int:
+        if i == 5:
+            raise ValueError("tensor 5")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="tensor 5"):
+        for x in ordered_map(failing, range(20), workers=2):
+            got.append(x)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def _sha(path: Path) -> str:
+    if path.is_dir():
+        return hashlib.sha256(b"".join(_sha(p).encode() + p.name.encode() for p in sorted(path.iterdir()))).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+CONVERT = """
+import sys, torch
+from bitconv.convert import convert
+if sys.argv[4] != "default":
+    torch.set_num_threads(int(sys.argv[4]))
+convert(sys.argv[1], sys.argv[2], layout=sys.argv[3], format="safetensors" if sys.argv[3] == "st" else "gguf")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["i2_s", "tl2", "st"])
+def test_output_bytes_do_not_depend_on_thread_count(ckpt_factory, tmp_path, layout):
+    """Issue 10 item 5: the same conversion with OMP_NUM_THREADS=1 and one pipeline worker,
+    with torch on 2 threads and 2 or 3 workers, writes identical bytes. The f32 source has
+    per-tensor absmeans over > 32768 values, which torch splits over threads when allowed;
+    i2_s, tl2 and safetensors store float32 scales, so one ulp would show."""
+    src = ckpt_factory("relu2", dtype="f32", seed=11)
+    runs = [({"OMP_NUM_THREADS": "1", "BITCONV_THREADS": "1"}, "default"),
+            ({"BITCONV_THREADS": "2"}, "2"),
+            ({"BITCONV_THREADS": "3"}, "2")]
+    digests = []
+    for i, (env_extra, torch_threads) in enumerate(runs):
+        out = tmp_path / (f"out{i}" + ("" if layout == "st" else ".gguf"))
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "BITCONV_THREADS")}
+        env.update(env_extra, PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+        subprocess.run([sys.executable, "-c", CONVERT, str(src), str(out), layout, torch_threads],
+                       env=env, check=True, capture_output=True)
+        digests.append(_sha(out))
+    assert len(set(digests)) == 1, digests
+    # and in this process, inline (no workers) equals the pipelined default
+    a, b = tmp_path / "inline.gguf", tmp_path / "piped.gguf"
+    if layout != "st":
+        from bitconv.convert import prepare_tensors  # noqa: F401 - the path both use
+        os.environ["BITCONV_THREADS"] = "1"
+        try:
+            convert(src, a, layout=layout)
+        finally:
+            del os.environ["BITCONV_THREADS"]
+        convert(src, b, layout=layout)
+        assert _sha(a) == _sha(b) == digests[0]
+
+
+NO_TORCH = """
+import sys
+from typer.testing import CliRunner
+from bitconv.cli import app
+r = CliRunner().invoke(app, sys.argv[1:])
+assert r.exit_code == 0, r.output
+heavy = sorted(m for m in ("torch", "transformers", "huggingface_hub") if m in sys.modules)
+print(",".join(heavy))
+"""
+
+
+@pytest.mark.parametrize("what", ["help", "inspect-gguf", "inspect-safetensors"])
+def test_help_and_inspect_do_not_import_heavy_libraries(silu_ckpt, tmp_path, what):
+    """Start-up (issue 14 item 2): torch alone takes seconds to import; `--help` and
+    `inspect` never need it."""
+    if what == "help":
+        args = ["--help"]
+    elif what == "inspect-gguf":
+        out = tmp_path / "m.gguf"
+        convert(silu_ckpt, out, layout="tq2_0")
+        args = ["inspect", str(out)]
+    else:
+        args = ["inspect", str(silu_ckpt)]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-c", NO_TORCH, *args], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "", f"{what} imported {p.stdout.strip()}"
