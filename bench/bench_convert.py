@@ -1,16 +1,31 @@
 #!/usr/bin/env python
-"""Whole-model conversion time and peak memory (issue 2 item 8). Prints a table.
+"""Conversion wall time against the I/O floor, and peak memory (issue 14). Prints a table.
 
-A seeded synthetic model much larger than its largest tensor is written once (bitconv.synth,
-bf16 by default); then every registered GGUF layout that accepts its shapes converts it, each
-in a fresh child process whose peak RSS (resource.getrusage(RUSAGE_CHILDREN).ru_maxrss, taken
-in a small launcher process that runs only that child) is measured
-and set against the model size and the largest tensor. A child that imports the same modules
-and converts nothing gives the baseline. If tensors are streamed, the growth over the baseline
-stays near a few copies of the largest tensor, not the model.
+Builds seeded random checkpoints shaped like 1bitLLM/bitnet_b1_58-large (hidden 1536,
+intermediate 4096, vocab 32002, tied), by default:
 
-    python bench/bench_convert.py                        # hidden 2048, ffn 5632, 8 layers, bf16
-    python bench/bench_convert.py --layers 2 --hidden 1024 --intermediate 2816 --layouts tq2_0
+* `f32`    24 layers, float32, 2.9 GB
+* `bf16`   34 layers, bfloat16, 2.0 GB (more layers, so that it is at least 2 GB too)
+* `packed` the f32 model converted once to a packed Hugging Face folder (already ternary)
+
+and converts each into every GGUF layout that accepts its shapes (and --format safetensors
+for the float models), each run in a fresh child process. Reported per row:
+
+* `convert s`: wall time of `bitconv.convert.convert()` inside the child, best of --repeat
+  (interpreter start and imports excluded; they are in `process s`);
+* `x floor`: that time over the I/O floor measured in this same run: reading the source
+  files once from the page cache (plain `readinto`) plus writing the output's size once
+  and `fsync`ing it - the least any converter that reads and writes the files must do;
+* `peak RSS`: the child's ru_maxrss (through a stdlib-only launcher, so it is not
+  inflated by this process).
+
+Everything is written to a temporary folder that is deleted at the end (unless
+--workdir is given). Timing on a shared machine is noisy: the load average is printed with
+the table; take the best of several runs.
+
+    python bench/bench_convert.py                                 # the default table (~10 min)
+    python bench/bench_convert.py --models f32 --layouts i2_s,tl2 --repeat 1
+    python bench/bench_convert.py --models f16:24                # fp16 source, 24 layers
 """
 
 from __future__ import annotations
@@ -25,92 +40,35 @@ import time
 from pathlib import Path
 
 MiB = 1024 * 1024
+SHAPE = dict(hidden=1536, intermediate=4096, heads=16, kv_heads=16, vocab=32002, family="silu", tie=True)
+DEFAULT_MODELS = "f32:24,bf16:34,packed"
 
 CHILD_CONVERT = """
 import json, sys, time
+t0 = time.perf_counter()
 from bitconv.convert import convert
+fmt = "safetensors" if sys.argv[3] == "safetensors" else "gguf"
 t = time.perf_counter()
-r = convert(sys.argv[1], sys.argv[2], layout=sys.argv[3], force=True)
-print(json.dumps({"seconds": time.perf_counter() - t, "output_bytes": r.output_bytes}))
+r = convert(sys.argv[1], sys.argv[2], layout=sys.argv[3] if fmt == "gguf" else "tq2_0", format=fmt, force=True)
+t1 = time.perf_counter()
+print(json.dumps({"seconds": t1 - t, "process": t1 - t0, "output_bytes": r.output_bytes}))
 """
-
-CHILD_BASELINE = """
-import json
-import bitconv.convert, bitconv.readers.hf_folder, bitconv.writers.gguf_writer, bitconv.pack  # noqa
-import gguf, numpy, safetensors, torch  # noqa
-print(json.dumps({"seconds": 0.0, "output_bytes": 0}))
-"""
-
-
-# Peak RSS is measured through a small launcher process: a child's ru_maxrss starts at the
-# high-water RSS of the process it was forked from (Linux carries it over fork and exec), so
-# measuring a direct child of a big process (pytest, or one that imported torch) reports that
-# process's size. The launcher only imports the standard library; its RUSAGE_CHILDREN then
-# holds the peak of the one measured grandchild.
-LAUNCHER = """
-import resource, subprocess, sys
-p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE)
-sys.stdout.buffer.write(p.stdout)
-r = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print("\\n@@MAXRSS", r * (1 if sys.platform == "darwin" else 1024))
-sys.exit(p.returncode)
-"""
-
-
-def run_child(code: str, *args: str) -> tuple[dict, int]:
-    """Run `python -c code args` in a fresh process; return (its last JSON line, its peak RSS in bytes)."""
-    env = dict(os.environ, TORCHDYNAMO_DISABLE="1", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
-    p = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-c", code, *args], env=env,
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"child failed ({p.returncode}):\n{p.stderr}")
-    lines = p.stdout.splitlines()
-    peak = int(next(ln for ln in reversed(lines) if ln.startswith("@@MAXRSS")).split()[1])
-    doc = next(ln for ln in reversed(lines) if ln.startswith("{"))
-    return json.loads(doc), peak
-
-
-def model_sizes(folder: Path) -> tuple[int, int, int, str]:
-    """(file bytes, float32 bytes of the whole model, float32 bytes of the largest tensor, its name).
-
-    Reads the safetensors headers with the standard library only: this process must stay
-    small, because a child's ru_maxrss starts at its parent's RSS (it is carried over fork
-    and exec), so everything heavy runs in children.
-    """
-    files = sorted(folder.glob("*.safetensors"))
-    total, largest, largest_name = 0, 0, ""
-    for f in files:
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            count = 1
-            for d in info["shape"]:
-                count *= d
-            total += 4 * count
-            if 4 * count > largest:
-                largest, largest_name = 4 * count, name
-    return sum(f.stat().st_size for f in files), total, largest, largest_name
-
 
 CHILD_MAKE = """
 import json, sys
 from bitconv.synth import make_checkpoint
-kw = json.loads(sys.argv[2])
-make_checkpoint(sys.argv[1], family="silu", tie=True, seed=0, **kw)
+make_checkpoint(sys.argv[1], seed=0, **json.loads(sys.argv[2]))
 print("{}")
 """
 
 CHILD_LAYOUTS = """
 import json, sys
+from pathlib import Path
 from bitconv.convert import build_options
 from bitconv.errors import BitconvError
 from bitconv.pack import layout_class, layout_names
 from bitconv.readers import open_source
 from bitconv.writers import get_writer
-from pathlib import Path
 
 folder = Path(sys.argv[1])
 wanted = [x for x in sys.argv[2].split(",") if x]
@@ -118,6 +76,9 @@ ckpt = open_source(folder)
 names = wanted or [n for n in layout_names() if layout_class(n).ggml_type is not None]
 ok, skipped = [], {}
 for name in names:
+    if name == "safetensors":
+        ok.append(name)
+        continue
     try:
         get_writer("gguf").plan(ckpt, folder / "x.gguf", build_options(layout=name))
         ok.append(name)
@@ -126,36 +87,114 @@ for name in names:
 print(json.dumps({"ok": ok, "skipped": skipped}))
 """
 
+# A child's ru_maxrss starts at the high-water RSS of the process it was forked from, so the
+# measured child is started by a launcher that imports only the standard library.
+LAUNCHER = """
+import resource, subprocess, sys, time
+t = time.perf_counter()
+p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE)
+wall = time.perf_counter() - t
+sys.stdout.buffer.write(p.stdout)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("\\n@@RUSAGE", r.ru_maxrss * (1 if sys.platform == "darwin" else 1024), r.ru_utime + r.ru_stime, wall)
+sys.exit(p.returncode)
+"""
 
-def make_model(folder: Path, args) -> Path:
-    if (folder / "config.json").exists():
-        return folder
+
+def run_child(code: str, *args: str) -> tuple[dict, int, float, float]:
+    """Run `python -c code args` fresh; return (its last JSON line, peak RSS bytes, CPU s, wall s)."""
+    env = dict(os.environ, TORCHDYNAMO_DISABLE="1", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    p = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-c", code, *args], env=env,
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"child failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    lines = p.stdout.splitlines()
+    _, peak, cpu, wall = next(ln for ln in reversed(lines) if ln.startswith("@@RUSAGE")).split()
+    doc = next(ln for ln in reversed(lines) if ln.startswith("{"))
+    return json.loads(doc), int(peak), float(cpu), float(wall)
+
+
+def source_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def read_once(files: list[Path], buf: bytearray) -> float:
+    """Seconds to read every file once, sequentially, into one reused buffer."""
+    view = memoryview(buf)
     t = time.perf_counter()
-    kw = dict(hidden=args.hidden, intermediate=args.intermediate, layers=args.layers, heads=args.heads,
-              kv_heads=args.heads, vocab=args.vocab, dtype=args.dtype)
-    run_child(CHILD_MAKE, str(folder), json.dumps(kw))
-    print(f"wrote the synthetic model in {time.perf_counter() - t:.1f} s: {folder}", file=sys.stderr)
-    return folder
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while fh.readinto(view):
+                pass
+    return time.perf_counter() - t
 
 
-def accepting_layouts(folder: Path, wanted: str) -> list[str]:
-    """Registered GGUF layouts whose plan accepts every tensor of the model (default options)."""
-    res, _ = run_child(CHILD_LAYOUTS, str(folder), wanted)
+def write_once(path: Path, nbytes: int, buf: bytearray) -> float:
+    """Seconds to write nbytes into a new file and fsync it."""
+    view = memoryview(buf)
+    t = time.perf_counter()
+    with open(path, "wb", buffering=0) as fh:
+        left = nbytes
+        while left > 0:
+            n = min(left, len(buf))
+            fh.write(view[:n])
+            left -= n
+        os.fsync(fh.fileno())
+    dt = time.perf_counter() - t
+    path.unlink()
+    return dt
+
+
+def floor_seconds(files: list[Path], out_bytes: int, workdir: Path, repeat: int) -> float:
+    """The I/O floor: read the source once (page cache warm) + write the output once with sync."""
+    buf = bytearray(16 * MiB)
+    read_once(files, buf)  # warm the page cache, as the conversions find it
+    best = min(read_once(files, buf) + write_once(workdir / "floor.bin", out_bytes, buf) for _ in range(repeat))
+    return best
+
+
+def make_model(workdir: Path, spec: str, built: dict[str, Path]) -> tuple[str, Path]:
+    """`f32:24` / `bf16:34` / `f16:24` -> a float model; `packed` -> the first float model as
+    a packed Hugging Face folder (converted with bitconv itself)."""
+    if spec == "packed":
+        base = next(iter(built.values()), None)
+        if base is None:
+            base = make_model(workdir, "f32:24", built)[1]
+        out = workdir / f"{base.name}-packed"
+        if not (out / "config.json").exists():
+            t = time.perf_counter()
+            run_child(CHILD_CONVERT, str(base), str(out), "safetensors")
+            print(f"packed {base.name} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        return f"packed ({base.name})", out
+    dtype, _, layers = spec.partition(":")
+    layers = int(layers or 24)
+    tag = f"large-{dtype}-l{layers}"
+    folder = workdir / tag
+    if not (folder / "config.json").exists():
+        t = time.perf_counter()
+        run_child(CHILD_MAKE, str(folder), json.dumps(dict(SHAPE, layers=layers, dtype=dtype)))
+        print(f"wrote {tag} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    built[tag] = folder
+    return tag, folder
+
+
+def targets(folder: Path, wanted: str, packed: bool) -> list[str]:
+    res, *_ = run_child(CHILD_LAYOUTS, str(folder), wanted)
     for name, why in res["skipped"].items():
         print(f"skipping {name}: {why}", file=sys.stderr)
-    return res["ok"]
+    ok = res["ok"]
+    if not wanted and not packed:
+        ok.append("safetensors")
+    return ok
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hidden", type=int, default=2048)
-    ap.add_argument("--intermediate", type=int, default=5632)
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--heads", type=int, default=16)
-    ap.add_argument("--vocab", type=int, default=512)
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "f16", "f32"])
-    ap.add_argument("--layouts", default="", help="comma-separated; default: every GGUF layout that accepts the shapes")
-    ap.add_argument("--workdir", type=Path, default=None, help="keep the model here (default: a temp dir)")
+    ap.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated (default {DEFAULT_MODELS})")
+    ap.add_argument("--layouts", default="", help="comma-separated GGUF layouts (and/or 'safetensors'); "
+                    "default: every GGUF layout that accepts the shapes, plus safetensors for float models")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per row; the best is reported")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the models here (default: a temp dir, deleted)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     args = ap.parse_args()
 
@@ -166,46 +205,53 @@ def main() -> None:
     else:
         workdir = args.workdir
         workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
     try:
-        tag = f"silu-h{args.hidden}-i{args.intermediate}-l{args.layers}-{args.dtype}"
-        folder = make_model(workdir / tag, args)
-        file_bytes, model_f32, largest_f32, largest_name = model_sizes(folder)
-        layouts = accepting_layouts(folder, args.layouts)
-        base, base_rss = run_child(CHILD_BASELINE)
-        rows = []
-        for layout in layouts:
-            out = workdir / f"{tag}-{layout}.gguf"
-            res, rss = run_child(CHILD_CONVERT, str(folder), str(out), layout)
-            growth = rss - base_rss
-            rows.append({
-                "layout": layout, "seconds": res["seconds"], "output_bytes": res["output_bytes"],
-                "peak_rss": rss, "baseline_rss": base_rss, "growth": growth,
-                "growth_per_largest_f32": growth / largest_f32, "growth_per_model_f32": growth / model_f32,
-                "mb_per_s": file_bytes / MiB / res["seconds"],
-            })
-            out.unlink(missing_ok=True)
+        built: dict[str, Path] = {}
+        for spec in [m.strip() for m in args.models.split(",") if m.strip()]:
+            tag, folder = make_model(workdir, spec, built)
+            files = source_files(folder)
+            src_bytes = sum(f.stat().st_size for f in files)
+            for target in targets(folder, args.layouts, spec == "packed"):
+                out = workdir / (f"out-{target}" + ("" if target == "safetensors" else ".gguf"))
+                best = None
+                for _ in range(args.repeat):
+                    res, rss, cpu, wall = run_child(CHILD_CONVERT, str(folder), str(out), target)
+                    if best is None or res["seconds"] < best[0]["seconds"]:
+                        best = (res, rss, cpu, wall)
+                res, rss, cpu, wall = best
+                floor = floor_seconds(files, res["output_bytes"], workdir, args.repeat)
+                rows.append({"model": tag, "source_bytes": src_bytes, "target": target,
+                             "seconds": res["seconds"], "process_seconds": wall, "cpu_seconds": cpu,
+                             "floor_seconds": floor, "x_floor": res["seconds"] / floor,
+                             "output_bytes": res["output_bytes"], "peak_rss": rss})
+                print(f"{tag} {target}: {res['seconds']:.2f} s, floor {floor:.2f} s, "
+                      f"peak {rss / MiB:.0f} MiB", file=sys.stderr)
+                if out.is_dir():
+                    import shutil
+
+                    shutil.rmtree(out)
+                else:
+                    out.unlink(missing_ok=True)
     finally:
         if tmp is not None:
             tmp.cleanup()
 
-    summary = {"model": tag, "source_bytes": file_bytes, "model_f32_bytes": model_f32,
-               "largest_tensor": largest_name, "largest_f32_bytes": largest_f32,
-               "model_over_largest": model_f32 / largest_f32, "baseline_rss": base_rss, "rows": rows}
+    load = os.getloadavg()
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps({"load_average": load, "cpus": os.cpu_count(), "rows": rows}, indent=2))
         return
-    print(f"model {tag}: {file_bytes / MiB:.0f} MiB on disk, {model_f32 / MiB:.0f} MiB as float32, "
-          f"{model_f32 / largest_f32:.1f}x its largest tensor ({largest_name}, {largest_f32 / MiB:.1f} MiB float32)")
-    print(f"baseline (imports only): peak RSS {base_rss / MiB:.0f} MiB")
-    head = f"{'layout':<8} {'time s':>7} {'MiB/s':>7} {'out MiB':>8} {'peak RSS MiB':>13} {'growth MiB':>11} " \
-           f"{'x largest':>10} {'x model':>8}"
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs; best of {args.repeat}")
+    head = (f"{'source':<22} {'GB':>5} {'target':<12} {'convert s':>9} {'floor s':>8} {'x floor':>8} "
+            f"{'process s':>10} {'CPU s':>6} {'peak RSS MiB':>13}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['layout']:<8} {r['seconds']:>7.2f} {r['mb_per_s']:>7.1f} {r['output_bytes'] / MiB:>8.1f} "
-              f"{r['peak_rss'] / MiB:>13.0f} {r['growth'] / MiB:>11.0f} {r['growth_per_largest_f32']:>10.2f} "
-              f"{r['growth_per_model_f32']:>8.3f}")
-    print("(growth = peak RSS - baseline; 'x largest' / 'x model' relative to float32 sizes)")
+        print(f"{r['model']:<22} {r['source_bytes'] / 1e9:>5.2f} {r['target']:<12} {r['seconds']:>9.2f} "
+              f"{r['floor_seconds']:>8.2f} {r['x_floor']:>8.2f} {r['process_seconds']:>10.2f} "
+              f"{r['cpu_seconds']:>6.1f} {r['peak_rss'] / MiB:>13.0f}")
+    print("(convert s: convert() inside a fresh process; process s: the whole process, imports included;\n"
+          " floor: read the source once from the page cache + write the output once with fsync, same run)")
 
 
 if __name__ == "__main__":

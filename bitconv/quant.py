@@ -17,6 +17,7 @@ bit for bit (tests compare both on adversarial inputs).
 
 from __future__ import annotations
 
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -147,8 +148,10 @@ def serial_torch() -> Iterator[None]:
     the one bitconv writes. The setting is per calling thread (OpenMP), so pipeline
     workers can use it concurrently.
     """
-    import torch
-
+    torch = sys.modules.get("torch")
+    if torch is None:  # nothing in this block has used torch yet; whatever imports it nests its own block
+        yield
+        return
     n = torch.get_num_threads()
     if n == 1:
         yield
@@ -165,7 +168,7 @@ def absmean(view: np.ndarray) -> np.ndarray:
     import torch
 
     with serial_torch():
-        a = _scratch_f32(view.size).view(view.shape)
+        a = torch.from_numpy(_scratch_f32(view.size).reshape(view.shape))
         torch.abs(torch.from_numpy(view), out=a)
         return a.mean(dim=1).clamp_(min=SCALE_EPS).numpy()
 
@@ -202,14 +205,13 @@ class _Sums:
 _scratch = threading.local()
 
 
-def _scratch_f32(n: int):
-    """A float32 torch buffer of n elements owned by this thread, reused across tensors
-    (a fresh multi-megabyte allocation costs more in page faults than the work done in it)."""
-    import torch
-
+def _scratch_f32(n: int) -> np.ndarray:
+    """A float32 buffer of n elements owned by this thread, reused across tensors (a fresh
+    multi-megabyte allocation costs more in page faults than the work done in it). numpy,
+    so torch sees a fresh view each time, inside or outside inference mode."""
     buf = getattr(_scratch, "f32", None)
-    if buf is None or buf.numel() < n:
-        buf = torch.empty(n, dtype=torch.float32)
+    if buf is None or buf.size < n:
+        buf = np.empty(n, dtype=np.float32)
         _scratch.f32 = buf
     return buf[:n]
 
