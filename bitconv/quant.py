@@ -148,10 +148,11 @@ def serial_torch() -> Iterator[None]:
     the one bitconv writes. The setting is per calling thread (OpenMP), so pipeline
     workers can use it concurrently.
     """
-    torch = sys.modules.get("torch")
-    if torch is None:  # nothing in this block has used torch yet; whatever imports it nests its own block
+    if "torch" not in sys.modules:  # nothing has used torch yet; whatever imports it nests its own block
         yield
         return
+    import torch  # waits for an import another thread may have under way
+
     n = torch.get_num_threads()
     if n == 1:
         yield
