@@ -7,8 +7,10 @@ largest tensor (its float32 copy, the ternarization temporaries, the packed byte
 below the model. Holding the model, or letting the safetensors memory maps keep every page
 read resident, would exceed both bounds.
 
-Measured here (2 shared cores, hidden 1024, ffn 2816, 6 layers, bf16 150 MB on disk):
-growth 50-80 MB, i.e. 4.5-7x the largest tensor's float32 size (11 MB), 0.2x the model.
+Measured here (2 shared cores, hidden 1024, ffn 2816, 18 layers, bf16 442 MiB on disk):
+growth 86 MiB, i.e. 7.8x the largest tensor's float32 size (11 MiB), 0.097x the model's
+(884 MiB). The bounds allow 3x that; the model is 80x its largest tensor so that they
+still fail a converter that holds the model (1x) or keeps the mapped bf16 pages (0.5x).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 MiB = 1024 * 1024
-# bounds: generous for allocator noise, still far from anything that holds the model
-MAX_GROWTH_PER_LARGEST_F32 = 10.0
-MAX_GROWTH_PER_MODEL_F32 = 0.4
+# bounds: 3x what was measured (7.8x, 0.097x), still far from anything that holds the model
+MAX_GROWTH_PER_LARGEST_F32 = 25.0
+MAX_GROWTH_PER_MODEL_F32 = 0.3
 
 # A child's ru_maxrss starts at the high-water RSS of the process it was forked from (pytest
 # with torch loaded), so the measured process is started by a small stdlib-only launcher whose
@@ -84,17 +86,17 @@ def f32_sizes(folder: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def big_ckpt(ckpt_factory) -> Path:
-    return ckpt_factory("silu", hidden=1024, intermediate=2816, layers=6, heads=8, kv_heads=8, vocab=512,
+    return ckpt_factory("silu", hidden=1024, intermediate=2816, layers=18, heads=8, kv_heads=8, vocab=512,
                         dtype="bf16", seed=21)
 
 
 @pytest.mark.parametrize("layout", ["tq2_0"])
 def test_peak_rss_follows_largest_tensor(big_ckpt, tmp_path, layout):
     model_f32, largest_f32 = f32_sizes(big_ckpt)
-    assert model_f32 > 20 * largest_f32  # the bounds below are meaningful only for such a model
+    assert model_f32 > 3 * MAX_GROWTH_PER_LARGEST_F32 * largest_f32  # the bounds are meaningful only for such a model
     _, base = peak_rss(BASELINE, big_ckpt)
     res, peak = peak_rss(CONVERT, big_ckpt, tmp_path / "m.gguf", layout)
-    assert res["linears"] == 6 * 7 and (tmp_path / "m.gguf").stat().st_size == res["bytes"]
+    assert res["linears"] == 18 * 7 and (tmp_path / "m.gguf").stat().st_size == res["bytes"]
     growth = peak - base
     print(f"\n{layout}: model {model_f32 / MiB:.0f} MiB float32 ({model_f32 / largest_f32:.1f}x its largest tensor, "
           f"{largest_f32 / MiB:.1f} MiB float32); baseline RSS {base / MiB:.0f} MiB, peak {peak / MiB:.0f} MiB, "

@@ -31,9 +31,10 @@ from bitconv.verify.metrics import compare_logits, perplexity  # noqa: E402
 DIMS = dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2, vocab=512)
 # Random models have near-uniform next-token distributions with tiny top-1 margins, and
 # 8-bit activation rounding turns the artifact's fp16 scales (rel. error ~3e-4) into a few
-# flipped activations per layer: measured top-1 agreement 0.97, mean KL ~1e-4 with
-# activation quantization, 1.0 and ~1e-7 without. The default 0.99 is for trained models.
-FAST = dict(tokens=384, ctx=96, min_top1=0.95)
+# flipped activations per layer: measured top-1 agreement 0.968 (silu) and 0.974 (llama),
+# mean KL 8.5e-5 with activation quantization, 1.0 and ~1e-7 without. The gate below
+# allows 3x the measured disagreement; the default 0.99 is for trained models.
+FAST = dict(tokens=384, ctx=96, min_top1=0.9)
 
 
 def _tame(folder: Path, scale: float = 0.05) -> Path:
@@ -64,12 +65,12 @@ def test_tq2_0_artifact_passes(models):
     rep = verify(models["tq"], models["silu"], **FAST)
     assert rep.passed, rep.failures
     assert rep.tokens == 4 * 95 and rep.sequences == 4 and rep.ctx == 96
-    assert abs(rep.ppl_change) < 2e-3
-    assert rep.top1_agreement >= 0.95
-    assert 0 <= rep.mean_kl < 1e-3
+    assert abs(rep.ppl_change) < 2e-3  # measured 5.2e-4
+    assert rep.top1_agreement >= 0.9  # measured 0.968
+    assert 0 <= rep.mean_kl < 1e-3  # measured 8.5e-5
     lin = [c for c in rep.tensors if c.role == "linear"]
     assert len(lin) == 14 and all(c.mismatched == 0 for c in lin)
-    assert all(c.rel_error < 1e-3 for c in lin)  # fp16 block scales only
+    assert all(c.rel_error < 1.5e-3 for c in lin)  # fp16 block scales only: measured max 3.7e-4
     assert rep.tokens_per_s > 0 and rep.artifact_layouts == ["tq2_0"]
     d = json.loads(json.dumps(rep.to_dict(), allow_nan=False))
     assert d["passed"] is True and d["tensors"][0]["name"]
