@@ -24,6 +24,8 @@ from bitconv.convert import convert  # noqa: E402
 from bitconv.readers import open_source  # noqa: E402
 from bitconv.synth import SANE_LOGIT_STD  # noqa: E402
 
+from ._metrics import mean_kl  # noqa: E402
+
 pytestmark = pytest.mark.judge
 
 N_TOKENS = 160
@@ -62,17 +64,6 @@ def token_ids(judge_ckpt) -> list[int]:
     ids = tok.encode(eval_text.read_text()[:4000]).ids
     assert len(ids) >= N_TOKENS
     return ids[:N_TOKENS]
-
-
-def mean_kl(ref: np.ndarray, got: np.ndarray) -> float:
-    """Mean KL(softmax(ref) || softmax(got)) over positions, in nats."""
-    def log_softmax(x):
-        x = np.asarray(x, dtype=np.float64)
-        m = x.max(-1, keepdims=True)
-        return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-    p, q = log_softmax(ref), log_softmax(got)
-    return float(np.mean((np.exp(p) * (p - q)).sum(-1)))
 
 
 def llama_logits(path: Path, ids: list[int]) -> np.ndarray:

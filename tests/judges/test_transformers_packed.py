@@ -47,6 +47,8 @@ from bitconv.pack.hf2bit import HF2Bit  # noqa: E402
 from bitconv.quant import ternarize  # noqa: E402
 from bitconv.synth import SANE_LOGIT_STD, make_checkpoint  # noqa: E402
 
+from ._metrics import mean_kl  # noqa: E402
+
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
@@ -128,17 +130,11 @@ def _logits(folder: Path, tokens: torch.Tensor, *, expect: str, dtype: torch.dty
         return model(tokens, use_cache=False).logits.float()
 
 
-def _mean_kl(ref: torch.Tensor, got: torch.Tensor) -> float:
-    """Mean KL(ref || got) over positions, in nats."""
-    p, q = torch.log_softmax(ref.double(), -1), torch.log_softmax(got.double(), -1)
-    return float((p.exp() * (p - q)).sum(-1).mean())
-
-
 def _compare(case: str, got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, float]:
     assert got.shape == ref.shape
     top1 = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
     rel = float(torch.linalg.vector_norm(got - ref) / torch.linalg.vector_norm(ref))
-    kl = _mean_kl(ref, got)
+    kl = mean_kl(ref, got)
     MEASURED[case] = (top1, rel, kl)
     print(f"\n{case}: top-1 {top1:.4f} >= {MIN_TOP1}, rel L2 {rel:.4f} <= {MAX_REL_L2}, KL {kl:.2e} <= {MAX_KL:.0e}")
     assert top1 >= MIN_TOP1, f"{case}: top-1 agreement {top1:.4f} < {MIN_TOP1}"
@@ -238,6 +234,6 @@ def test_judge_tells_models_apart(tmp_path):
     convert(src, out, format="safetensors")
     tokens = _tokens(71)
     got = _logits(out, tokens, expect="bitlinear")
-    kl = _mean_kl(_logits(other, tokens, expect="online"), got)
+    kl = mean_kl(_logits(other, tokens, expect="online"), got)
     print(f"\nanother model: KL {kl:.3f} > {APART} x {MAX_KL:.0e}")
     assert kl > APART * MAX_KL

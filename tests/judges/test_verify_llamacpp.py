@@ -28,16 +28,12 @@ from bitconv.synth import SANE_LOGIT_STD, make_checkpoint  # noqa: E402
 from bitconv.verify import make_windows, verify  # noqa: E402
 from bitconv.verify.forward import logits_for  # noqa: E402
 
+from ._metrics import log_softmax, mean_kl  # noqa: E402
+
 pytestmark = pytest.mark.judge
 TOKENS, CTX, VOCAB = 512, 128, 512
 MAX_KL = 3e-3  # measured 6.4e-4 between llama.cpp and bitconv's forward on the same file
 APART = 300  # another model's file must be at least this many MAX_KLs away (measured 3.67 = 1200x)
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
 def llamacpp_logprobs(gguf_path, windows) -> list[np.ndarray]:
@@ -48,7 +44,7 @@ def llamacpp_logprobs(gguf_path, windows) -> list[np.ndarray]:
         for w in windows:
             llm.reset()
             llm.eval(w)
-            out.append(_log_softmax(np.array(llm.scores[: len(w)])))
+            out.append(log_softmax(np.array(llm.scores[: len(w)])))
         return out
     finally:
         llm.close()
@@ -58,8 +54,10 @@ def mean_nll(logprobs: list[np.ndarray], windows) -> float:
     return float(np.mean([-lp[i, w[i + 1]] for lp, w in zip(logprobs, windows) for i in range(len(w) - 1)]))
 
 
-def mean_kl(p: list[np.ndarray], q: list[np.ndarray]) -> float:
-    return float(np.mean(np.concatenate([(np.exp(a) * (a - b)).sum(-1) for a, b in zip(p, q)])))
+def windows_kl(p: list[np.ndarray], q: list[np.ndarray]) -> float:
+    """Mean KL over every position of every window (each weighted by its length)."""
+    n = sum(len(a) for a in p)
+    return sum(mean_kl(a, b) * len(a) for a, b in zip(p, q)) / n
 
 
 def test_verify_perplexity_matches_llamacpp(tmp_path):
@@ -76,12 +74,12 @@ def test_verify_perplexity_matches_llamacpp(tmp_path):
     assert sum(len(w) - 1 for w in windows) == with_aq.tokens
 
     ln_a, ln_n = math.log(with_aq.artifact_perplexity), math.log(no_aq.artifact_perplexity)
-    ours = [_log_softmax(logits_for(open_source(art), np.asarray(w, dtype=np.int64)[None])[0].numpy())
+    ours = [log_softmax(logits_for(open_source(art), np.asarray(w, dtype=np.int64)[None])[0].numpy())
             for w in windows]
     lp_art, lp_wrong = llamacpp_logprobs(art, windows), llamacpp_logprobs(wrong, windows)
     ln_l = mean_nll(lp_art, windows)
     act_effect = abs(ln_a - ln_n)
-    kl_same, kl_wrong = mean_kl(lp_art, ours), mean_kl(lp_wrong, ours)
+    kl_same, kl_wrong = windows_kl(lp_art, ours), windows_kl(lp_wrong, ours)
     print(f"\nln ppl: verify {ln_a:.5f} (no act quant {ln_n:.5f}), llama.cpp {ln_l:.5f}, ln(vocab) "
           f"{math.log(VOCAB):.3f}; |llama.cpp - verify| {abs(ln_l - ln_a):.2e} <= {2 * act_effect + 5e-3:.2e}, "
           f"|llama.cpp - no act quant| {abs(ln_l - ln_n):.2e} <= {4 * act_effect + 5e-3:.2e}; "
