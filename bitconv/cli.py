@@ -386,6 +386,29 @@ def _render_kernel_check(out: Output, check) -> None:
 
 
 @app.command()
+def doctor(
+    file: Annotated[Path, typer.Argument(help="Any .gguf file (bitconv's or another tool's).")],
+    engine: Annotated[Optional[str], typer.Option(help="Check for this engine: llama.cpp or bitnet.cpp (default: the one the file's types point to).")] = None,
+    kernel_config: Annotated[Optional[Path], typer.Option(help="Check TL tiles against a bitnet.cpp build's include/kernel_config.ini.")] = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check a GGUF for what makes engines refuse or miscompute it. Exit 0 clean, 1 a problem, 2 unreadable."""
+    out = Output(_mode(json_, False))
+
+    def body() -> int:
+        from .doctor import doctor as run_doctor, render
+
+        report = run_doctor(file, engine=engine, kernel_config=kernel_config)
+        out.result(report.to_dict())
+        if out.human:
+            render(report, out.console)
+        return report.exit_code
+
+    _run(out, debug, body)
+
+
+@app.command()
 def verify(
     artifact: Annotated[str, typer.Argument(help="A GGUF file or packed safetensors folder written by bitconv.")],
     source: Annotated[str, typer.Option("--source", help="The model it was converted from (as for convert).")],

@@ -8,6 +8,8 @@ integers and sizes every packed type through its own layout classes.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 F32, F16, BF16 = 0, 1, 30
@@ -26,16 +28,45 @@ def type_name(ggml_type: int) -> str:
     from .pack import layout_for_ggml_type
 
     cls = layout_for_ggml_type(ggml_type)
-    return cls.name.upper() if cls is not None else f"type{ggml_type}"
+    if cls is not None:
+        return cls.name.upper()
+    other = upstream_type(ggml_type)
+    return other[0] if other is not None else f"type{ggml_type}"
+
+
+def upstream_type(ggml_type: int) -> tuple[str, int, int] | None:
+    """(name, block size, block bytes) of a type upstream llama.cpp defines and no bitconv
+    layout claims (Q8_0, Q6_K, ... as foreign files use for embeddings), else None.
+
+    Ids a bitconv layout claims (I2_S 36, TL1 38, TL2 39) keep bitconv's meaning here;
+    `bitconv doctor` reports the ids whose meaning depends on the engine.
+    """
+    from .pack import layout_for_ggml_type
+
+    if ggml_type in FLOAT_TYPES or layout_for_ggml_type(ggml_type) is not None:
+        return None
+    import gguf
+
+    try:
+        t = gguf.GGMLQuantizationType(ggml_type)
+    except ValueError:
+        return None
+    size = gguf.GGML_QUANT_SIZES.get(t)
+    return (t.name, size[0], size[1]) if size else None
 
 
 def tensor_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
     """Bytes of a tensor's data in the file. `shape` is bitconv's [M, K] (or [N] for vectors)."""
     if ggml_type in FLOAT_TYPES:
-        return int(np.prod(shape)) * FLOAT_TYPES[ggml_type][2]
+        return math.prod(int(d) for d in shape) * FLOAT_TYPES[ggml_type][2]
     from .pack import layout_for_ggml_type
 
     cls = layout_for_ggml_type(ggml_type)
+    if cls is None:
+        other = upstream_type(ggml_type)
+        n = math.prod(int(d) for d in shape)
+        if other is not None and shape and int(shape[-1]) % other[1] == 0:
+            return n // other[1] * other[2]
     if cls is None or len(shape) != 2:
         raise ValueError(f"unsupported GGML type {ggml_type} for shape {list(shape)}")
     return cls().nbytes((int(shape[0]), int(shape[1])))
@@ -64,3 +95,17 @@ def bytes_to_float(data: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> 
     if ggml_type == BF16:
         return (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
     raise ValueError(f"not a float type: {ggml_type}")
+
+
+def dequantize_upstream(data: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Bytes of an upstream quantized type (`upstream_type`) -> float32 of `shape`, by
+    gguf.quants, the reference implementation. Foreign files keep embeddings or the
+    output layer in such types (llama-quantize --token-embedding-type q6_k)."""
+    import gguf
+
+    info = upstream_type(ggml_type)
+    if info is None:
+        raise ValueError(f"not an upstream quantized type: {ggml_type}")
+    _, block, nbytes = info
+    rows = np.ascontiguousarray(data).reshape(-1).view(np.uint8).reshape(-1, int(shape[-1]) // block * nbytes)
+    return np.asarray(gguf.quants.dequantize(rows, gguf.GGMLQuantizationType(ggml_type)), dtype=np.float32).reshape(shape)

@@ -53,7 +53,7 @@ class GGUFTensorInfo:
     shape: tuple[int, ...]  # bitconv orientation: [M, K] for matrices (ggml ne reversed)
     ggml_type: int
     offset: int  # absolute offset in the file
-    nbytes: int
+    nbytes: int | None  # None: a type bitconv cannot size (only with strict=False)
     layout: str | None = None  # the reading of an id engines disagree on (type_ids.py)
 
     @property
@@ -70,10 +70,18 @@ class _Refused(Exception):
 
 
 class GGUFFile:
-    """Parsed GGUF: `kv` maps key -> (value, value type, array item type)."""
+    """Parsed GGUF: `kv` maps key -> (value, value type, array item type).
 
-    def __init__(self, path: str | Path) -> None:
+    `strict` (sources): every tensor must have a type bitconv can size and lie inside the
+    file. `strict=False` (doctor): tensors of unknown types get `nbytes=None` and nothing is
+    checked against the file size, so a damaged or foreign file can still be described.
+    `index` lists every tensor info in file order (duplicates included); `tensors` maps each
+    name to its first info.
+    """
+
+    def __init__(self, path: str | Path, *, strict: bool = True) -> None:
         self.path = Path(path)
+        self.strict = strict
         try:
             self.data = np.memmap(self.path, dtype=np.uint8, mode="r")
         except (OSError, ValueError) as exc:
@@ -83,7 +91,8 @@ class GGUFFile:
             self._parse()
         except _Refused as exc:
             raise exc.error from None
-        except (struct.error, IndexError, UnicodeDecodeError, ValueError, OverflowError, RecursionError) as exc:
+        except (struct.error, IndexError, UnicodeDecodeError, ValueError, OverflowError, RecursionError,
+                MemoryError) as exc:
             raise CorruptFileError(
                 f"{self.path}: not a readable GGUF file ({type(exc).__name__}: {exc})",
                 hint="the file is truncated or corrupt; write it again",
@@ -142,7 +151,7 @@ class GGUFFile:
         names: set[str] = set()
         for _ in range(n_tensors):
             name = self._string()
-            if name in names:
+            if name in names and self.strict:
                 raise ValueError(f"tensor name {name!r} appears twice")
             names.add(name)
             ndim = self._scalar("<I")
@@ -153,24 +162,32 @@ class GGUFFile:
                 raise ValueError(f"tensor {name!r} has dimensions {ne}, too large for any file")
             raw.append((name, tuple(reversed(ne)), self._scalar("<I"), self._scalar("<Q")))
         align = self.alignment()
-        start = (self._pos + align - 1) // align * align
+        self.data_start = start = (self._pos + align - 1) // align * align
+        self.index: list[GGUFTensorInfo] = []
         self.readings = self._resolve_ambiguous(raw, start, align)
         self.tensors: dict[str, GGUFTensorInfo] = {}
         for name, shape, t, off in raw:
             layout = self.readings[t][0] if t in self.readings else None
             try:
+                if layout is None and t in AMBIGUOUS:  # lenient: no reading fits, so no size either
+                    raise ValueError(t)
                 n = tensor_nbytes(t, shape) if layout is None else get_layout(layout).nbytes(shape)
             except ValueError:
-                raise ValueError(f"tensor {name!r} has GGML type {t}, which bitconv does not read") from None
-            if off % align:
+                if self.strict:
+                    raise ValueError(f"tensor {name!r} has GGML type {t}, which bitconv does not read") from None
+                n = None
+            if off % align and self.strict:
                 raise ValueError(f"tensor {name!r} starts at data offset {off}, not a multiple of the "
                                  f"alignment {align}")
             info = GGUFTensorInfo(name, shape, t, start + off, n, layout)
-            if info.offset + n > self.data.size:
+            if self.strict and info.offset + n > self.data.size:
                 raise ValueError(
                     f"tensor {name!r} ends at byte {info.offset + n} but the file has {self.data.size} bytes"
                 )
-            self.tensors[name] = info
+            self.index.append(info)
+            self.tensors.setdefault(name, info)
+        if not self.strict:  # doctor reports overlaps (and duplicates) as findings
+            return
         end = 0
         prev = None
         for info in sorted(self.tensors.values(), key=lambda i: (i.offset, i.nbytes)):
@@ -191,14 +208,16 @@ class GGUFFile:
 
         Each tensor's span runs to the next tensor's offset (or the end of the file)."""
         ends = sorted({off for *_, off in raw} | {self.data.size - start})
-        spans = {a: b - a for a, b in zip(ends, ends[1:])}
+        spans = {a: b - a for a, b in zip(ends, ends[1:])}  # an offset past the end has no span: 0
         meta = self.bitconv_metadata()
         out = {}
         for t in sorted({t for _, _, t, _ in raw} & set(AMBIGUOUS)):
             try:
-                out[t] = resolve(self.path, t, [(n, s, spans[o]) for n, s, tt, o in raw if tt == t], meta, align)
+                out[t] = resolve(self.path, t, [(n, s, spans.get(o, 0)) for n, s, tt, o in raw if tt == t], meta,
+                                 align)
             except InputError as exc:  # a typed refusal, not "corrupt"
-                raise _Refused(exc) from None
+                if self.strict:
+                    raise _Refused(exc) from None
         return out
 
     # -- access ------------------------------------------------------------------------
@@ -207,7 +226,14 @@ class GGUFFile:
 
     def raw(self, name: str) -> np.ndarray:
         info = self.tensors[name]
+        if info.nbytes is None or info.offset + info.nbytes > self.data.size:
+            raise CorruptFileError(f"{self.path}: tensor {name!r} ({info.type_name}) cannot be read",
+                                   hint="run `bitconv doctor` on the file for details")
         return self.data[info.offset:info.offset + info.nbytes]
+
+    def is_bitconv(self) -> bool:
+        """Whether bitconv wrote the file (its layouts are then described by bitconv.* keys)."""
+        return "bitconv.layout" in self.kv or "bitconv.version" in self.kv
 
     def bitconv_metadata(self) -> dict[str, Any]:
         out = {}
