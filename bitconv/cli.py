@@ -105,7 +105,8 @@ def convert(
     embedding_type: Annotated[str, typer.Option(help="token_embd type: auto (q2_0 when ternary in the source and --layout q2_0, else f16), f16, bf16, f32 or q2_0.")] = "auto",
     output_type: Annotated[str, typer.Option(help="output (lm_head) type: auto, f16, bf16, f32 or q2_0 (as --embedding-type).")] = "auto",
     i2s_variant: Annotated[str, typer.Option(help="I2_S code order: x86-act (default builds), x86-1x4, arm.")] = "x86-act",
-    kernel_config: Annotated[Optional[Path], typer.Option(help="Force the TL tile parameters of an existing bitnet.cpp build (its include/kernel_config.ini).")] = None,
+    kernel_config: Annotated[Optional[Path], typer.Option(help="Force the TL tile parameters of an existing bitnet.cpp build (its include/kernel_config.ini); also reads a TL GGUF source another tool wrote.")] = None,
+    source_i2s_variant: Annotated[Optional[str], typer.Option(help="I2_S code order of a GGUF source another tool wrote: x86-act (default) or arm (ARM builds since 2025).")] = None,
     emit_kernel_config: Annotated[Optional[Path], typer.Option(help="Write the TL tile parameters used, as a bitnet.cpp kernel_config.ini.")] = None,
     allow_engine_mismatch: Annotated[bool, typer.Option(help="Write even when the target engine would compute a different function (warns).")] = False,
     max_shard_size: Annotated[str, typer.Option(help="safetensors: largest shard, e.g. 5GB.")] = "5GB",
@@ -147,7 +148,7 @@ def convert(
                                   i2s_variant=i2s_variant, kernel_config=kernel_config,
                                   allow_engine_mismatch=allow_engine_mismatch,
                                   max_shard_size=parse_size(max_shard_size), name=name, revision=revision,
-                                  token=token, dry_run=True)
+                                  token=token, dry_run=True, source_i2s_variant=source_i2s_variant)
                 results.append(res)
                 if out.human:
                     _render_convert(out, res, True)
@@ -174,7 +175,7 @@ def convert(
                     progress=(lambda tp: bar.update(task, advance=1, description=tp.name)) if bar is not None else None,
                     group_size=group_size, embedding_type=embedding_type, output_type=output_type,
                     i2s_variant=i2s_variant, kernel_config=kernel_config, allow_engine_mismatch=allow_engine_mismatch,
-                    max_shard_size=parse_size(max_shard_size), name=name,
+                    max_shard_size=parse_size(max_shard_size), name=name, source_i2s_variant=source_i2s_variant,
                 )
             out.result(result.to_dict())
             if out.human:
@@ -208,7 +209,7 @@ def convert(
                 kernel_config=kernel_config, emit_kernel_config=emit_kernel_config,
                 allow_engine_mismatch=allow_engine_mismatch, max_shard_size=parse_size(max_shard_size),
                 name=name, revision=revision, token=token, force=force, dry_run=dry_run,
-                progress=on_tensor, on_plan=on_plan,
+                progress=on_tensor, on_plan=on_plan, source_i2s_variant=source_i2s_variant,
             )
         for w in result.plan.warnings[task.get("warned", 0):]:  # found while writing (e.g. the tokenizer's)
             out.warn(w)
@@ -410,7 +411,7 @@ def doctor(
 
 @app.command()
 def verify(
-    artifact: Annotated[str, typer.Argument(help="A GGUF file or packed safetensors folder written by bitconv.")],
+    artifact: Annotated[str, typer.Argument(help="A GGUF file (bitconv's or another tool's) or packed safetensors folder.")],
     source: Annotated[str, typer.Option("--source", help="The model it was converted from (as for convert).")],
     text: Annotated[Optional[Path], typer.Option(help="Evaluation text (default: the shipped eval text).")] = None,
     tokens: Annotated[int, typer.Option(help="Number of tokens to evaluate.")] = 2048,
@@ -425,6 +426,8 @@ def verify(
     dtype: Annotated[str, typer.Option(help="Activation dtype: float32, bfloat16 or float16.")] = "float32",
     score_from: Annotated[int, typer.Option(help="Skip this many positions of each window (llama.cpp scores from ctx/2).")] = 0,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of the source.")] = None,
+    kernel_config: Annotated[Optional[Path], typer.Option(help="Tiles of TL tensors in a GGUF another tool wrote (a bitnet.cpp kernel_config.ini).")] = None,
+    source_i2s_variant: Annotated[Optional[str], typer.Option(help="I2_S code order of a GGUF another tool wrote: x86-act (default) or arm.")] = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -439,7 +442,7 @@ def verify(
             artifact, source, text=text, tokens=tokens, ctx=ctx, device=device, act_quant=act_quant,
             reference=reference, max_ppl_increase=_fraction(max_ppl_increase), min_top1=min_top1,
             max_weight_error=max_weight_error, max_kl=max_kl, dtype=dtype, score_from=score_from,
-            revision=revision,
+            revision=revision, kernel_config=kernel_config, source_i2s_variant=source_i2s_variant,
         )
         data = report.to_dict()
         data["ok"] = bool(report.passed)

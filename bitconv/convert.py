@@ -21,7 +21,7 @@ from .pack import layout_class
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
 from .pipeline import ordered_map
 from .quant import TensorStats, check_finite, parse_group_size, serial_torch, tensor_stats, ternarize_with_stats
-from .readers import open_source
+from .readers import GGUFReadOptions, open_source
 from .readers.checkpoint import Checkpoint
 from .writers import get_writer
 from .writers.atomic import atomic_path, check_not_source, check_output
@@ -51,12 +51,15 @@ def convert(
     dry_run: bool = False,
     progress: ProgressFn | None = None,
     on_plan: Callable[[ConversionPlan], None] | None = None,
+    source_i2s_variant: str | None = None,
 ) -> ConversionResult:
     """Convert SOURCE (Hub id, folder, GGUF or `builtin:NAME`) into OUTPUT.
 
     Returns a `ConversionResult` with the plan, per-linear statistics (scale, zero share,
     relative error) and timing. With `dry_run`, nothing is read beyond headers and nothing
     is written. Raises a `BitconvError` subclass on bad input or a failed write.
+    A GGUF source another tool wrote is read with `source_i2s_variant` (its I2_S code
+    order) and `kernel_config` (the tiles of its TL tensors), which its bytes cannot tell.
     """
     output = Path(output)
     options = build_options(
@@ -72,7 +75,8 @@ def convert(
         check_output(output, force, local_source_paths(source, options))
     if options.emit_kernel_config is not None:
         check_emit_path(options.emit_kernel_config, output, local_source_paths(source, options))
-    ckpt = open_source(source, revision=revision, token=token)
+    ckpt = open_source(source, revision=revision, token=token,
+                       gguf_options=gguf_read_options(source_i2s_variant, kernel_config))
     if not dry_run:  # a Hub source's files are known only now; still nothing written yet
         check_not_source(output, checkpoint_paths(ckpt, options))
     if options.emit_kernel_config is not None:
@@ -218,6 +222,15 @@ def check_emit_path(path: Path, output: Path, sources: list[Path]) -> None:
         raise UsageError(f"{path}: --emit-kernel-config folder {parent} does not exist", hint="create it first")
     if path.is_dir():
         raise UsageError(f"{path}: --emit-kernel-config names a folder; give a file name")
+
+
+def gguf_read_options(i2s_variant: str | None, kernel_config: str | Path | None) -> GGUFReadOptions:
+    """How to read a foreign GGUF source; the variant name is checked like --i2s-variant."""
+    if i2s_variant is not None:
+        from .pack.i2s import I2S
+
+        i2s_variant = I2S(i2s_variant).variant
+    return GGUFReadOptions(i2s_variant=i2s_variant, kernel_config=Path(kernel_config) if kernel_config else None)
 
 
 def open_checkpoint(source: str | Path, revision: str | None = None, token: str | None = None) -> Checkpoint:

@@ -574,7 +574,7 @@ def doctor(path: str | Path, engine: str | None = None, kernel_config: str | Pat
         if check is check_type_ids and engine is None:
             c.engine = infer_engine(c)  # decided once the ambiguous type ids were read by size
     if kernel_config is not None:
-        findings.extend(kernel_config_findings(f, Path(kernel_config)))
+        findings.extend(kernel_config_findings(path, Path(kernel_config)))
     ft = f.get("general.file_type")
     return DoctorReport(
         path=str(path), engine=c.engine, engine_inferred=engine is None, arch=c.arch,
@@ -583,16 +583,34 @@ def doctor(path: str | Path, engine: str | None = None, kernel_config: str | Pat
     )
 
 
-def kernel_config_findings(f: GGUFFile, kernel_config: Path) -> list[Finding]:
-    """TL tiles of the file against a bitnet.cpp build's kernel_config.ini (bitconv.kernel_check)."""
+def kernel_config_findings(path: Path, kernel_config: Path) -> list[Finding]:
+    """TL tiles of the file against a bitnet.cpp build's kernel_config.ini, through
+    bitconv.kernel_check (issue 15): a tensor whose tiles differ from the build's, or whose
+    shape the build lacks, computes garbage there without any error."""
     try:
-        from . import kernel_check  # written for issue 15; wired here when both have landed
+        from .kernel_check import MISSING_SHAPE, UNKNOWN_TILES, check_kernel_config
     except ImportError:
         raise UsageError("--kernel-config needs bitconv.kernel_check, which this version does not have") from None
-    check = getattr(kernel_check, "doctor_findings", None)
-    if check is None:
-        raise UsageError("--kernel-config: bitconv.kernel_check has no doctor_findings()")
-    return [Finding(**x) if isinstance(x, dict) else x for x in check(f, kernel_config)]
+    from .errors import InputError
+
+    try:
+        result = check_kernel_config(path, kernel_config)
+    except InputError as exc:
+        if "no TL1/TL2 tensors" not in exc.message:
+            raise
+        return [Finding("kernel-config-not-applicable", "info", "--kernel-config", exc.message,
+                        "a kernel config only concerns TL1/TL2 files")]
+    out = []
+    for p in result.problems:
+        if p.reason == UNKNOWN_TILES:
+            out.append(Finding("tiles-unknown", "info", p.tensor, p.message(),
+                               "another tool wrote it: only the build it was made for can tell"))
+        else:
+            out.append(Finding("kernel-config-mismatch", "error", p.tensor, p.message(),
+                               "regenerate the kernels (bitconv convert --emit-kernel-config prints the codegen "
+                               "command) or convert again with --kernel-config" if p.reason != MISSING_SHAPE else
+                               "this build has no kernel for the shape: regenerate kernels for this model"))
+    return out
 
 
 def render(report: DoctorReport, console) -> None:

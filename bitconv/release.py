@@ -278,7 +278,10 @@ def release(
     if outdir.exists() and not outdir.is_dir():
         raise OutputExistsError(f"{outdir} exists and is not a folder; several outputs go into a folder")
     start = time.perf_counter()
-    ckpt = open_source(source, revision=revision, token=token)
+    from .convert import gguf_read_options
+
+    foreign = gguf_read_options(option_kwargs.pop("source_i2s_variant", None), option_kwargs.get("kernel_config"))
+    ckpt = open_source(source, revision=revision, token=token, gguf_options=foreign)
     check_not_source(outdir, checkpoint_paths(ckpt), what="output folder")
     created = [p for p in (outdir, *outdir.parents) if not p.exists()]
     try:

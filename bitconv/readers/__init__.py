@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import SourceNotFoundError
 from ..model import SourceInfo
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, GGUFReadOptions
 from .hub import looks_like_repo_id
 
 BUILTIN_PREFIX = "builtin:"
@@ -18,8 +18,11 @@ def builtin_models() -> list[str]:
     return sorted(p.name for p in DATA_DIR.iterdir() if (p / "config.json").exists()) if DATA_DIR.exists() else []
 
 
-def open_source(source: str | Path, revision: str | None = None, token: str | None = None) -> Checkpoint:
-    """Open SOURCE: `builtin:NAME`, a local folder or .gguf file, or a Hub repo id."""
+def open_source(source: str | Path, revision: str | None = None, token: str | None = None, *,
+                gguf_options: GGUFReadOptions | None = None) -> Checkpoint:
+    """Open SOURCE: `builtin:NAME`, a local folder or .gguf file, or a Hub repo id.
+
+    `gguf_options` tell how to read a GGUF another tool wrote (I2_S code order, TL tiles)."""
     text = str(source)
     if text.startswith(BUILTIN_PREFIX):
         name = text[len(BUILTIN_PREFIX):]
@@ -37,7 +40,7 @@ def open_source(source: str | Path, revision: str | None = None, token: str | No
             if path.suffix == ".gguf":
                 from .gguf_file import open_gguf
 
-                return open_gguf(path, SourceInfo("gguf", text, path))
+                return open_gguf(path, SourceInfo("gguf", text, path), gguf_options)
             raise SourceNotFoundError(f"{path}: a source is a model folder, a .gguf file or a Hub repo id")
         from .hf_folder import open_folder
 
@@ -51,4 +54,4 @@ def open_source(source: str | Path, revision: str | None = None, token: str | No
     raise SourceNotFoundError(f"{text}: no such file or folder, and not a Hub repo id (org/name)")
 
 
-__all__ = ["Checkpoint", "open_source", "builtin_models"]
+__all__ = ["Checkpoint", "GGUFReadOptions", "open_source", "builtin_models"]

@@ -23,6 +23,16 @@ def canonical_order(name: str) -> tuple:
     return (1, layer, _BLOCK_ORDER.get(kind_of(name), 99), name)
 
 
+@dataclass(frozen=True)
+class GGUFReadOptions:
+    """How to read a GGUF that another tool wrote, where the file itself cannot say:
+    its I2_S code order (x86-act or arm) and its TL tiles (a bitnet.cpp kernel_config.ini).
+    Files bitconv wrote record both and ignore these."""
+
+    i2s_variant: str | None = None
+    kernel_config: Path | None = None
+
+
 @dataclass
 class Checkpoint:
     spec: ModelSpec

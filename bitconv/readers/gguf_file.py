@@ -20,12 +20,12 @@ import numpy as np
 
 from ..config_values import MISSING
 from ..errors import CorruptFileError, InputError
-from ..ggml_types import FLOAT_TYPES, bytes_to_float, tensor_nbytes, type_name
+from ..ggml_types import FLOAT_TYPES, bytes_to_float, dequantize_upstream, tensor_nbytes, type_name, upstream_type
 from ..model import EMBEDDING, LINEAR, OUTPUT, ModelSpec, SourceInfo, SourceTensor, kind_of
 from ..pack import Layout, get_layout, layout_class, layout_for_ggml_type
-from ..quant import parse_group_size
+from ..quant import Ternary, parse_group_size
 from ..archs import architecture_for
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, GGUFReadOptions
 from ..validate import validate_checkpoint
 from .type_ids import AMBIGUOUS, resolve
 
@@ -255,18 +255,61 @@ def _meta_str(f: GGUFFile, key: str, default: str) -> str:
     return get_str({k: v for k, (v, _, _) in f.kv.items()}, key, str(f.path), default=default)
 
 
-def layout_for(f: GGUFFile, ggml_type: int) -> Layout:
-    """The layout instance that unpacks this file's tensors of `ggml_type`."""
+def layout_for(f: GGUFFile, ggml_type: int, options: GGUFReadOptions | None = None) -> Layout:
+    """The layout instance that unpacks this file's tensors of `ggml_type`.
+
+    Ids engines disagree on (39, 42) take the reading the file's byte sizes support
+    (type_ids.py). bitconv's files record the layout options (I2_S code order, TL tiles) as
+    bitconv.* keys. Other tools' files do not: their I2_S code order is taken from `options`
+    (default x86-act, the order of the official files and every x86 build), and their TL
+    tiles from the kernel config of the build that wrote them, without which they are refused.
+    """
+    options = options or GGUFReadOptions()
     reading = getattr(f, "readings", {}).get(ggml_type)
     cls = layout_class(reading[0]) if reading else layout_for_ggml_type(ggml_type)
     if cls is None:
         raise InputError(f"{f.path}: GGML type {ggml_type} is not a ternary layout bitconv reads")
     meta = f.bitconv_metadata()
     if cls.name == "i2_s":
-        return get_layout("i2_s", variant=meta.get("i2s_variant", "x86-act"))
+        return get_layout("i2_s", variant=meta.get("i2s_variant") or options.i2s_variant or "x86-act")
+    if cls.name in ("tl1", "tl2") and not meta.get("tiles"):
+        if options.kernel_config is None:
+            raise InputError(
+                f"{f.path}: its {cls.name.upper()} tensors were written by another tool, and their byte order "
+                "depends on tile parameters the file does not store",
+                hint="pass --kernel-config with the include/kernel_config.ini of the bitnet.cpp build the file "
+                     "was made for",
+            )
+        return get_layout(cls.name, kernel_config=options.kernel_config)
     if hasattr(cls, "from_metadata"):
         return cls.from_metadata(meta)
     return cls()
+
+
+def model_family(f: GGUFFile, arch: str) -> tuple[str, str]:
+    """(HF family, hidden activation) of the model in the file.
+
+    bitconv's files say so; other tools' files are read by their arch (`bitnet-b1.58` and
+    `bitnet-25` are relu² BitNetForCausalLM, `bitnet` the SiLU 1bitLLM family, `llama`
+    plain Llama) unless `<arch>.hidden_activation` says relu², as upstream's key does.
+    """
+    from ..config_values import get_str
+
+    kv = {key: value for key, (value, _, _) in f.kv.items()}
+    src = str(f.path)
+    fam = get_str(kv, "bitconv.family", src, default=None)
+    declared = get_str(kv, "bitconv.hidden_act", src, default=None) or get_str(
+        kv, f"{arch}.hidden_activation", src, default=None)
+    act = declared.lower() if declared else None
+    if act in ("relu_squared", "squared_relu", "relu^2"):
+        act = "relu2"
+    if fam is None:
+        if arch not in ARCH_FAMILY:
+            raise InputError(
+                f"{f.path}: GGUF arch {arch!r} is not one bitconv reads; supported: {', '.join(sorted(ARCH_FAMILY))}"
+            )
+        fam = "BitNetForCausalLM" if (arch == "bitnet" and act == "relu2") else ARCH_FAMILY[arch]
+    return fam, act or ("relu2" if fam == "BitNetForCausalLM" else "silu")
 
 
 def hparams_config(f: GGUFFile) -> tuple[str, dict[str, Any]]:
@@ -276,12 +319,7 @@ def hparams_config(f: GGUFFile) -> tuple[str, dict[str, Any]]:
     kv = {key: value for key, (value, _, _) in f.kv.items()}
     src = str(f.path)
     arch = get_str(kv, "general.architecture", src)
-    bfam = get_str(kv, "bitconv.family", src, default=None)
-    if arch not in ARCH_FAMILY and bfam is None:
-        raise InputError(
-            f"{f.path}: GGUF arch {arch!r} is not one bitconv reads; supported: {', '.join(sorted(ARCH_FAMILY))}"
-        )
-    family = bfam or ARCH_FAMILY[arch]
+    family, act = model_family(f, arch)
 
     def k(name: str, hf: str, default: Any = MISSING) -> int:
         return get_int(kv, f"{arch}.{name}", src, default=default, maximum=LIMITS.get(hf))
@@ -300,8 +338,6 @@ def hparams_config(f: GGUFFile) -> tuple[str, dict[str, Any]]:
         else:
             raise CorruptFileError(f"{f.path}: no vocabulary size ({arch}.vocab_size, tokenizer.ggml.tokens "
                                    "or token_embd.weight)")
-    act = get_str(kv, "bitconv.hidden_act", src, default=None) or get_str(
-        kv, f"{arch}.hidden_activation", src, default=None) or ("relu2" if family == "BitNetForCausalLM" else "silu")
     tie = get_bool(kv, "bitconv.tie_embeddings", src, default=None) if "bitconv.tie_embeddings" in kv else None
     if tie is None:
         tie = "output.weight" not in f.tensors
@@ -327,8 +363,35 @@ def hparams_config(f: GGUFFile) -> tuple[str, dict[str, Any]]:
     return arch, config
 
 
-def open_gguf(path: Path, source: SourceInfo) -> Checkpoint:
-    from ..archs.llama import from_llama_rope_order
+def exact_ternary(w: np.ndarray) -> Ternary | None:
+    """A float matrix whose values are exactly {-s, 0, +s} for one s -> its Ternary, else None.
+
+    Foreign files keep some linears in float although they hold ternary values: llama.cpp's
+    TQ converter leaves rows whose K is not a multiple of 256 in F16, bitnet.cpp's Llama
+    path labels F16 files I2_S, and F16/F32 exports of ternary models are common. Those
+    values are s·t already; absmean on them would shrink every weight by the zero share.
+    """
+    a = np.abs(w)
+    s = a.max() if a.size else 0.0
+    if not s > 0 or not np.isfinite(s):
+        return None
+    if not np.all((a == s) | (a == 0)):
+        return None
+    return Ternary(np.sign(w).astype(np.int8), np.float32(s), "tensor")
+
+
+_ROLES = {"token_embd": "embedding", "output": "output", "output_norm": "norm"}
+
+
+def open_gguf(path: Path, source: SourceInfo, options: GGUFReadOptions | None = None) -> Checkpoint:
+    """A GGUF as a source, bitconv's or another tool's (issue 13).
+
+    Ternary linears come back as their own values and scales (never re-quantized); float
+    linears that hold exact ternary values are recovered as such; q/k rows of `llama`
+    files are returned in Hugging Face order (the writer permutes again when it needs to);
+    embeddings/output in upstream quantized types (Q6_K, Q8_0, ...) are dequantized.
+    """
+    from ..archs.llama import _permute, from_llama_rope_order
 
     f = GGUFFile(path)
     arch, config = hparams_config(f)
@@ -337,37 +400,56 @@ def open_gguf(path: Path, source: SourceInfo) -> Checkpoint:
     group = parse_group_size(_meta_str(f, "bitconv.group_size", "tensor"))
     tensors: list[SourceTensor] = []
     layouts: dict[int, Layout] = {}
+
+    def qk_heads(name: str) -> int | None:
+        if arch != "llama":
+            return None
+        return {"attn_q": hp.num_heads, "attn_k": hp.num_kv_heads}.get(kind_of(name))
+
     for info in f.tensors.values():
         kind = kind_of(info.name)
-        role = {"token_embd": "embedding", "output": "output", "output_norm": "norm"}.get(
-            kind, "norm" if kind.endswith("norm") else LINEAR)
-        if info.ggml_type in FLOAT_TYPES:
-            def load(i=info):
-                if arch == "llama" and kind_of(i.name) in ("attn_q", "attn_k"):
-                    raise InputError(f"{path}: float q/k tensors in a llama GGUF are not supported as a source")
-                return np.array(bytes_to_float(f.raw(i.name), i.ggml_type, i.shape), dtype=np.float32)
+        role = _ROLES.get(kind, "norm" if kind.endswith("norm") else LINEAR)
+        if info.ggml_type in FLOAT_TYPES or upstream_type(info.ggml_type) is not None:
+            if role == LINEAR and info.ggml_type not in FLOAT_TYPES:
+                raise InputError(f"{path}: {info.name} is {info.type_name}, not a ternary layout or a float type",
+                                 hint="bitconv repacks ternary models; this file was quantized otherwise")
 
+            def load(i=info):
+                raw = f.raw(i.name)
+                if i.ggml_type in FLOAT_TYPES:
+                    w = np.array(bytes_to_float(raw, i.ggml_type, i.shape), dtype=np.float32)
+                else:
+                    w = dequantize_upstream(raw, i.ggml_type, i.shape)
+                heads = qk_heads(i.name)
+                return _permute(w, heads, True) if heads else w
+
+            if role == LINEAR and exact_ternary(load()) is not None:
+                # float storage of ternary values: keep them, never re-ternarize (decided on
+                # the whole tensor now, read again when written, so nothing stays in memory)
+                tensors.append(SourceTensor(info.name, info.shape, LINEAR, info.type_name.lower(), info.name,
+                                            _load_ternary=lambda ld=load: exact_ternary(ld()),
+                                            source_nbytes=info.nbytes, group="tensor"))
+                continue
             tensors.append(SourceTensor(info.name, info.shape, role, info.type_name.lower(), info.name,
                                         _load=load, source_nbytes=info.nbytes))
             continue
-        layout = layouts.setdefault(info.ggml_type, layout_for(f, info.ggml_type))
+        layout = layouts.get(info.ggml_type) or layouts.setdefault(info.ggml_type,
+                                                                   layout_for(f, info.ggml_type, options))
         t_role = role if role in (EMBEDDING, OUTPUT) else LINEAR  # a ternary token_embd/output (Q2_0)
 
         def load_t(i=info, lay=layout):
             kw = {} if lay.tensor_scale_only else {"group": group}
             tern = lay.unpack(np.asarray(f.raw(i.name)), i.shape, i.name, **kw)
-            if arch == "llama" and kind_of(i.name) in ("attn_q", "attn_k"):
-                heads = hp.num_heads if kind_of(i.name) == "attn_q" else hp.num_kv_heads
-                tern = from_llama_rope_order(tern, heads)
-            return tern
+            heads = qk_heads(i.name)
+            return from_llama_rope_order(tern, heads) if heads else tern
 
         tensors.append(SourceTensor(info.name, info.shape, t_role, layout.name, info.name,
                                     _load_ternary=load_t, source_nbytes=info.nbytes,
                                     group="tensor" if layout.tensor_scale_only else group))
     spec = ModelSpec(
         family=family.hf_names[0], name=_meta_str(f, "general.name", "") or path.stem, hparams=hp, source=source,
-        config=config, tokenizer_dir=None, packed=bool(layouts),
-        gguf_metadata={k: v for k, v in f.kv.items() if k.startswith("tokenizer.")},
+        config=config, tokenizer_dir=None, packed=bool(layouts) or any(t.is_ternary for t in tensors),
+        gguf_metadata=dict(f.kv),
     )
     ckpt = Checkpoint(spec=spec, tensors=tensors, files=[path])
     # A GGUF without output.weight uses token_embd as the output layer (llama.cpp does the same).

@@ -266,6 +266,8 @@ def verify(
     revision: str | None = None,
     token: str | None = None,
     progress: ProgressFn | None = None,
+    kernel_config: str | Path | None = None,
+    source_i2s_variant: str | None = None,
 ) -> VerifyReport:
     """Verify ARTIFACT against SOURCE on `tokens` tokens of `text` (default: the shipped
     bitconv/data/eval.txt) in windows of `ctx` tokens.
@@ -307,8 +309,11 @@ def verify(
     art_path = Path(str(artifact)).expanduser()
     if not art_path.exists():
         raise SourceNotFoundError(f"{artifact}: no such artifact (a .gguf file or a packed safetensors folder)")
-    art = open_source(art_path)
-    src = open_source(source, revision=revision, token=token)
+    from ..convert import gguf_read_options
+
+    foreign = gguf_read_options(source_i2s_variant, kernel_config)  # GGUFs other tools wrote
+    art = open_source(art_path, gguf_options=foreign)
+    src = open_source(source, revision=revision, token=token, gguf_options=foreign)
     _check_shapes(art, src)
 
     failures: list[str] = []

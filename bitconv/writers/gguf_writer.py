@@ -163,6 +163,37 @@ def _write_metadata(w: gguf.GGUFWriter, plan: ConversionPlan, layout: Layout) ->
     for key, value in sorted(layout.metadata().items()):
         w.add_string(f"bitconv.{key}", value if isinstance(value, str) else json.dumps(value, sort_keys=True))
     _write_tokenizer(w, plan)
+    if spec.gguf_metadata:
+        _carry_gguf_keys(w, spec.gguf_metadata, plan.arch)
+
+
+# general.* keys that describe the file being written, not the model: never carried over
+_OWN_KEYS = ("general.architecture", "general.file_type", "general.quantization_version", "general.alignment",
+             "general.name")
+
+
+def _carry_gguf_keys(w: gguf.GGUFWriter, kv: dict[str, Any], arch: str) -> None:
+    """GGUF sources: carry every model key the writer did not set itself, so hparams bitconv
+    does not model (rope scaling, key/value lengths, licence, base model) survive a repack.
+    `<source arch>.X` becomes `<target arch>.X`; bitconv.* keys of the source are dropped
+    (the new file gets its own)."""
+    written = set(w.kv_data[0])
+    src_arch = kv.get("general.architecture", (None,))[0]
+    for key in sorted(kv):
+        value, vtype, sub = kv[key]
+        if key.startswith(("tokenizer.", "bitconv.")) or key in _OWN_KEYS:
+            continue
+        if src_arch and key.startswith(src_arch + "."):
+            key = f"{arch}.{key[len(src_arch) + 1:]}"
+        elif not key.startswith("general."):
+            continue
+        if key in written:
+            continue
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(key, value, vtype, sub_type=sub)
+        else:
+            w.add_key_value(key, value, vtype)
+        written.add(key)
 
 
 def _write_tokenizer(w: gguf.GGUFWriter, plan: ConversionPlan) -> None:

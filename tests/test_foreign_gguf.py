@@ -1,0 +1,195 @@
+"""Foreign GGUFs as sources (issue 13, items 1 and 3): files written the way bitnet.cpp and
+llama.cpp write them are read back with their own ternary values and scales, whatever the
+target layout, with q/k rows un-permuted and re-permuted, hparams and tokenizer carried over."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+from foreign_gguf import llama_permute, model_from_checkpoint, random_model, write_bitnetcpp_i2s, write_llamacpp_tq
+
+from bitconv.convert import convert
+from bitconv.errors import InputError
+from bitconv.model import LINEAR
+from bitconv.readers import GGUFReadOptions, open_source
+from bitconv.readers.gguf_file import GGUFFile
+
+
+def linears(path, **opts) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    ck = open_source(path, gguf_options=GGUFReadOptions(**opts) if opts else None)
+    out = {}
+    for t in ck.tensors:
+        if t.role == LINEAR:
+            assert t.is_ternary, f"{t.name} must be read as ternary, not re-quantized"
+            tern = t.load_ternary()
+            out[t.name] = (tern.values, tern.scales)
+    return out
+
+
+def assert_same_model(got, model, *, fp16_scales: bool = False) -> None:
+    assert got.keys() == model.linears.keys()
+    for name, (t, s) in model.linears.items():
+        gt, gs = got[name]
+        assert np.array_equal(gt, t), f"{name}: ternary values differ"
+        expect = np.float32(np.float16(s)) if fp16_scales else np.float32(s)
+        assert np.all(gs == expect), f"{name}: scale {gs} != {expect}"
+
+
+@pytest.fixture(scope="module")
+def relu2_model():
+    return random_model(act="relu2", hidden=256, intermediate=512, layers=2, seed=7)
+
+
+@pytest.mark.parametrize("arch", ["bitnet-b1.58", "bitnet-25"])
+def test_bitnetcpp_i2s_with_garbage_tails_is_a_source(tmp_path, relu2_model, arch):
+    src = write_bitnetcpp_i2s(tmp_path / "official.gguf", relu2_model, arch=arch, seed=3)
+    f = GGUFFile(src)
+    tail = f.raw("blk.0.attn_q.weight")[-28:]
+    assert np.any(tail != 0), "the fixture must carry garbage after the scale, as bitnet.cpp writes it"
+    ck = open_source(src)
+    assert ck.spec.family == "BitNetForCausalLM" and ck.spec.hparams.hidden_act == "relu2"
+    assert ck.spec.hparams.tie_embeddings
+    assert_same_model(linears(src), relu2_model)
+    for layout in ("i2_s", "tl2"):
+        out = tmp_path / f"re-{layout}.gguf"
+        res = convert(src, out, layout=layout)
+        assert res.plan.arch == "bitnet-b1.58"
+        assert all(s.rel_error is None for s in res.stats), "never re-ternarized"
+        assert_same_model(linears(out), relu2_model)
+
+
+def test_arm_order_needs_its_variant(tmp_path, relu2_model):
+    src = write_bitnetcpp_i2s(tmp_path / "arm.gguf", relu2_model, variant="arm")
+    assert_same_model(linears(src, i2s_variant="arm"), relu2_model)
+    scrambled = linears(src)  # read as x86-act: the same codes in another order
+    assert not np.array_equal(scrambled["blk.0.attn_q.weight"][0], relu2_model.linears["blk.0.attn_q.weight"][0])
+    out = tmp_path / "x86.gguf"
+    convert(src, out, layout="i2_s", source_i2s_variant="arm")
+    assert_same_model(linears(out), relu2_model)
+    assert GGUFFile(out).get("bitconv.i2s_variant") == "x86-act"
+
+
+def test_silu_bitnet_i2s_to_tq2_0(tmp_path):
+    m = random_model(act="silu", seed=8)
+    src = write_bitnetcpp_i2s(tmp_path / "b.gguf", m, arch="bitnet")
+    out = tmp_path / "tq.gguf"
+    convert(src, out, layout="tq2_0")
+    assert_same_model(linears(out), m, fp16_scales=True)
+
+
+def test_llama_i2s_qk_unpermuted_and_permuted_again(tmp_path):
+    m = random_model(act="silu", tie=False, heads=4, kv_heads=2, seed=9)
+    src = write_bitnetcpp_i2s(tmp_path / "llama.gguf", m, arch="llama")
+    assert_same_model(linears(src), m)  # read in Hugging Face row order
+    out = tmp_path / "llama-tq2.gguf"
+    res = convert(src, out, layout="tq2_0")
+    assert res.plan.arch == "llama"
+    assert_same_model(linears(out), m, fp16_scales=True)
+    # on disk, the target's q/k rows are in llama.cpp's rope order again, as its converter writes them
+    r = gguf.GGUFReader(str(out))
+    t = next(x for x in r.tensors if x.name == "blk.0.attn_k.weight")
+    disk = gguf.quants.dequantize(np.asarray(t.data), gguf.GGMLQuantizationType.TQ2_0)
+    tv, s = m.linears["blk.0.attn_k.weight"]
+    assert np.array_equal(np.sign(disk).astype(np.int8), llama_permute(tv, m.hp["kv_heads"]))
+
+
+@pytest.mark.parametrize("qtype", ["tq2_0", "tq1_0"])
+@pytest.mark.parametrize("arch", ["bitnet", "llama"])
+def test_llamacpp_tq_files_with_f16_rows(tmp_path, qtype, arch):
+    # intermediate 384: ffn_down has K = 384, which llama.cpp's converter leaves in F16
+    m = random_model(act="silu", intermediate=384, tie=arch == "bitnet", seed=10)
+    src = write_llamacpp_tq(tmp_path / "tq.gguf", m, qtype=qtype, arch=arch)
+    f = GGUFFile(src)
+    assert f.tensors["blk.0.ffn_down.weight"].type_name == "F16"
+    assert f.tensors["blk.0.ffn_up.weight"].type_name == qtype.upper()
+    got = linears(src)
+    assert_same_model(got, m, fp16_scales=True)
+    out = tmp_path / "i2s.gguf"
+    res = convert(src, out, layout="i2_s", i2s_variant="arm", allow_engine_mismatch=arch == "llama")
+    assert all(s.rel_error is None for s in res.stats)
+    assert_same_model(linears(out), m, fp16_scales=True)
+
+
+def test_hparams_and_tokenizer_carried_over(tmp_path):
+    m = random_model(act="silu", seed=11)
+    src = write_llamacpp_tq(tmp_path / "tq.gguf", m, extra_kv={"general.license": "mit"})
+    out = tmp_path / "i2s.gguf"
+    convert(src, out, layout="tq1_0")
+    a, b = GGUFFile(src), GGUFFile(out)
+    for key in a.kv:
+        if key.startswith("tokenizer."):
+            assert b.kv[key][0] == a.kv[key][0], key
+    for suffix in ("context_length", "embedding_length", "feed_forward_length", "block_count",
+                   "attention.head_count", "attention.head_count_kv", "rope.freq_base",
+                   "attention.layer_norm_rms_epsilon", "rope.dimension_count", "vocab_size",
+                   "rope.scaling.type", "rope.scaling.factor"):
+        assert b.get(f"bitnet.{suffix}") == pytest.approx(a.get(f"bitnet.{suffix}")), suffix
+    assert b.get("general.license") == "mit"
+
+
+def test_foreign_tl2_needs_kernel_config(tmp_path, relu2_model):
+    from bitconv.pack.tiles import read_kernel_config
+    from bitconv.pack.tl2 import TL2
+    from bitconv.quant import Ternary
+
+    # bitnet.cpp's converter: TL2 bytes for the tiles of its kernel_config.ini, scale in the tail
+    first = tmp_path / "first.gguf"
+    ini = tmp_path / "kernel_config.ini"
+    convert(write_bitnetcpp_i2s(tmp_path / "i.gguf", relu2_model), first, layout="tl2", emit_kernel_config=ini)
+    lay = TL2(kernel_config=read_kernel_config(ini))
+    types = {n: (39, lay.pack(Ternary(t, np.float32(s)), n)) for n, (t, s) in relu2_model.linears.items()}
+    src = write_bitnetcpp_i2s(tmp_path / "tl2.gguf", relu2_model, types=types, file_type=39)
+    with pytest.raises(InputError, match="tile parameters the file does not store"):
+        open_source(src)
+    assert_same_model(linears(src, kernel_config=ini), relu2_model)
+    out = tmp_path / "i2s.gguf"
+    convert(src, out, layout="i2_s", kernel_config=ini)
+    assert_same_model(linears(out), relu2_model)
+
+
+def test_float_gguf_of_exact_ternary_model(tmp_path):
+    """An F16 export of a ternary model: values s·t are recovered, never absmean'd again."""
+    m = random_model(act="silu", seed=12)
+    types = {n: (1, m.dense(n).astype(np.float16).view(np.uint8).reshape(-1)) for n in m.linears}
+    src = write_bitnetcpp_i2s(tmp_path / "f16.gguf", m, arch="bitnet", types=types, file_type=1)
+    assert_same_model(linears(src), m, fp16_scales=True)
+    out = tmp_path / "tq.gguf"
+    res = convert(src, out, layout="tq2_0")
+    assert all(s.rel_error is None for s in res.stats)
+    assert_same_model(linears(out), m, fp16_scales=True)
+
+
+def test_float_gguf_of_latent_weights_is_ternarized(tmp_path):
+    m = random_model(act="silu", seed=13)
+    rng = np.random.default_rng(0)
+    types = {n: (0, (rng.standard_normal(m.linears[n][0].shape) * 0.02).astype(np.float32).view(np.uint8)
+                 .reshape(-1)) for n in m.linears}
+    src = write_bitnetcpp_i2s(tmp_path / "f32.gguf", m, arch="bitnet", types=types, file_type=0)
+    ck = open_source(src)
+    assert not any(t.is_ternary for t in ck.tensors if t.role == LINEAR)
+    res = convert(src, tmp_path / "tq.gguf", layout="tq2_0")
+    assert all(s.rel_error is not None and s.rel_error > 0 for s in res.stats)
+
+
+def test_quantized_embedding_is_dequantized(tmp_path):
+    m = random_model(act="silu", seed=14)
+    emb = m.floats["token_embd.weight"]
+    q = gguf.quants.quantize(emb, gguf.GGMLQuantizationType.Q8_0)
+    src = write_bitnetcpp_i2s(tmp_path / "q8.gguf", m, arch="bitnet", types={"token_embd.weight": (8, q.reshape(-1))})
+    got = open_source(src).get("token_embd.weight").load()
+    assert np.array_equal(got, gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0))
+
+
+def test_verify_repacked_against_foreign_source_codes_equal(tmp_path, ckpt_factory):
+    from bitconv.verify import verify
+
+    ckpt = ckpt_factory("llama", seed=2, tie=False)
+    m = model_from_checkpoint(ckpt)
+    src = write_bitnetcpp_i2s(tmp_path / "foreign.gguf", m, arch="llama", drop_kv=())
+    out = tmp_path / "repacked.gguf"
+    convert(src, out, layout="tq2_0")
+    rep = verify(out, src, tokens=256, ctx=128)
+    lin = [c for c in rep.tensors if c.role == LINEAR]
+    assert len(lin) == len(m.linears) and all(c.mismatched == 0 for c in lin)
+    assert rep.passed, rep.failures
