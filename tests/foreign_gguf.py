@@ -71,7 +71,7 @@ def model_from_checkpoint(folder: Path) -> Model:
 
 
 def random_model(*, hidden=256, intermediate=512, layers=1, heads=4, kv_heads=2, vocab=64, act="silu",
-                 tie=True, seed=0) -> Model:
+                 tie=True, seed=0, sub_norms=True) -> Model:
     """A small ternary model straight from numpy (doctor tests: nothing runs it)."""
     rng = np.random.default_rng(seed)
     hp = dict(hidden=hidden, intermediate=intermediate, layers=layers, heads=heads, kv_heads=kv_heads,
@@ -86,8 +86,9 @@ def random_model(*, hidden=256, intermediate=512, layers=1, heads=4, kv_heads=2,
         for k, shp in shapes.items():
             linears[f"blk.{i}.{k}.weight"] = (rng.integers(-1, 2, size=shp).astype(np.int8),
                                               float(rng.uniform(0.01, 0.03)))
-        for k, n in (("attn_norm", hidden), ("ffn_norm", hidden), ("attn_sub_norm", hidden),
-                     ("ffn_sub_norm", intermediate)):
+        norms = [("attn_norm", hidden), ("ffn_norm", hidden)]
+        norms += [("attn_sub_norm", hidden), ("ffn_sub_norm", intermediate)] if sub_norms else []
+        for k, n in norms:
             floats[f"blk.{i}.{k}.weight"] = (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
     if not tie:
         floats["output.weight"] = rng.standard_normal((vocab, hidden)).astype(np.float32)

@@ -79,7 +79,7 @@ def test_silu_bitnet_i2s_to_tq2_0(tmp_path):
 
 
 def test_llama_i2s_qk_unpermuted_and_permuted_again(tmp_path):
-    m = random_model(act="silu", tie=False, heads=4, kv_heads=2, seed=9)
+    m = random_model(act="silu", tie=False, heads=4, kv_heads=2, seed=9, sub_norms=False)
     src = write_bitnetcpp_i2s(tmp_path / "llama.gguf", m, arch="llama")
     assert_same_model(linears(src), m)  # read in Hugging Face row order
     out = tmp_path / "llama-tq2.gguf"
@@ -98,7 +98,7 @@ def test_llama_i2s_qk_unpermuted_and_permuted_again(tmp_path):
 @pytest.mark.parametrize("arch", ["bitnet", "llama"])
 def test_llamacpp_tq_files_with_f16_rows(tmp_path, qtype, arch):
     # intermediate 384: ffn_down has K = 384, which llama.cpp's converter leaves in F16
-    m = random_model(act="silu", intermediate=384, tie=arch == "bitnet", seed=10)
+    m = random_model(act="silu", intermediate=384, tie=arch == "bitnet", seed=10, sub_norms=arch == "bitnet")
     src = write_llamacpp_tq(tmp_path / "tq.gguf", m, qtype=qtype, arch=arch)
     f = GGUFFile(src)
     assert f.tensors["blk.0.ffn_down.weight"].type_name == "F16"
