@@ -309,9 +309,12 @@ def check_activation(c: _Ctx) -> Iterable[Finding]:
     """A relu² model under a graph that computes SiLU (BN#588: perplexity 99.8 instead of 17.1)."""
     act, why = _activation(c)
     if act == "relu2" and c.arch in SILU_ARCHES:
+        by_key = why.startswith(f"{c.arch}.hidden_activation")
         yield Finding("relu2-under-silu", "error", "general.architecture",
                       f"the model is relu² ({why}) but arch {c.arch!r} computes a SiLU-gated FFN",
-                      "repack for bitnet.cpp's relu² graph: bitconv convert FILE out.gguf --layout i2_s")
+                      "repack for bitnet.cpp's relu² graph: bitconv convert FILE out.gguf --layout i2_s" if by_key else
+                      "convert the original checkpoint for bitnet.cpp's relu² graph (bitconv convert MODEL out.gguf "
+                      "--layout i2_s writes arch bitnet-b1.58)")
     elif act == "silu" and c.arch in RELU2_ARCHES:
         yield Finding("silu-under-relu2", "error", "general.architecture",
                       f"the model is SiLU ({why}) but arch {c.arch!r} computes a relu² FFN",
@@ -504,7 +507,8 @@ def check_tokenizer(c: _Ctx) -> Iterable[Finding]:
         yield Finding("no-pre-tokenizer", "warning", "tokenizer.ggml.pre",
                       "missing: llama.cpp falls back to the 'default' pre-tokenizer (\"generation quality will be "
                       "degraded\"); Llama-3 vocabularies need 'llama-bpe'",
-                      "repack with bitconv convert (it writes the pre-tokenizer), or add the key with gguf-py")
+                      "convert from the model's folder (bitconv derives the key from tokenizer.json), or add it "
+                      "to this file with gguf-py")
     emb = f.tensors.get("token_embd.weight")
     n_tok = len(tokens)
     rows = int(emb.shape[0]) if emb is not None and len(emb.shape) >= 2 else None
