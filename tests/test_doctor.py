@@ -300,3 +300,34 @@ def test_cli_human_and_json(tmp_path, relu2):
     assert any(f["code"] == "scale-negative" and f["subject"] == Q for f in data["findings"])
     res = CliRunner().invoke(app, ["doctor", str(p), "--engine", "vllm"])
     assert res.exit_code == 2
+
+
+# -- --kernel-config (bitconv.kernel_check) ------------------------------------------------
+def test_kernel_config_matches_and_mismatches(tmp_path, silu_ckpt):
+    from bitconv.convert import convert
+    from bitconv.pack.tiles import TileConfig, read_kernel_config, write_kernel_config
+
+    out, ini = tmp_path / "tl2.gguf", tmp_path / "kernel_config.ini"
+    convert(silu_ckpt, out, layout="tl2", emit_kernel_config=ini)
+    assert [f.code for f in doctor(out, kernel_config=ini).findings] == ["type-id-ambiguous"]  # a warning only
+    build = read_kernel_config(ini)
+    build[(512, 256)] = TileConfig(256, 192, 32)
+    bad = tmp_path / "other.ini"
+    write_kernel_config(bad, build)
+    r = doctor(out, kernel_config=bad)
+    bad_tiles = [f for f in r.findings if f.code == "kernel-config-mismatch"]
+    assert {f.subject for f in bad_tiles} == {f"blk.{i}.{k}.weight" for i in (0, 1) for k in ("ffn_gate", "ffn_up")}
+    assert all(f.severity == "error" and "BM=256 BK=192" in f.message for f in bad_tiles) and r.exit_code == 1
+    res = CliRunner().invoke(app, ["doctor", str(out), "--kernel-config", str(bad), "--json"])
+    assert res.exit_code == 1 and any(f["code"] == "kernel-config-mismatch" for f in json.loads(res.stdout)["findings"])
+
+
+def test_kernel_config_on_foreign_tl_and_non_tl_files(tmp_path, silu, silu_ckpt):
+    from bitconv.convert import convert
+
+    ini = tmp_path / "kernel_config.ini"
+    convert(silu_ckpt, tmp_path / "x.gguf", layout="tl2", emit_kernel_config=ini)
+    r = doctor(_tl2_file(tmp_path, silu), kernel_config=ini)  # another tool's TL2: tiles unknown
+    assert r.exit_code == 0 and {f.code for f in r.findings} >= {"tiles-unknown"}
+    r = doctor(write_llamacpp_tq(tmp_path / "tq.gguf", silu), kernel_config=ini)
+    assert [(f.code, f.severity) for f in r.findings] == [("kernel-config-not-applicable", "info")]
