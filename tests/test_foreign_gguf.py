@@ -128,18 +128,19 @@ def test_hparams_and_tokenizer_carried_over(tmp_path):
     assert b.get("general.license") == "mit"
 
 
-def test_foreign_tl2_needs_kernel_config(tmp_path, relu2_model):
+@pytest.mark.parametrize("layout", ["tl1", "tl2"])
+def test_foreign_tl_needs_kernel_config(tmp_path, relu2_model, layout):
+    from bitconv.pack import get_layout
     from bitconv.pack.tiles import read_kernel_config
-    from bitconv.pack.tl2 import TL2
     from bitconv.quant import Ternary
 
-    # bitnet.cpp's converter: TL2 bytes for the tiles of its kernel_config.ini, scale in the tail
+    # bitnet.cpp's converter: TL bytes for the tiles of its kernel_config.ini, scale in the tail
     first = tmp_path / "first.gguf"
     ini = tmp_path / "kernel_config.ini"
-    convert(write_bitnetcpp_i2s(tmp_path / "i.gguf", relu2_model), first, layout="tl2", emit_kernel_config=ini)
-    lay = TL2(kernel_config=read_kernel_config(ini))
-    types = {n: (39, lay.pack(Ternary(t, np.float32(s)), n)) for n, (t, s) in relu2_model.linears.items()}
-    src = write_bitnetcpp_i2s(tmp_path / "tl2.gguf", relu2_model, types=types, file_type=39)
+    convert(write_bitnetcpp_i2s(tmp_path / "i.gguf", relu2_model), first, layout=layout, emit_kernel_config=ini)
+    lay = get_layout(layout, kernel_config=read_kernel_config(ini))
+    types = {n: (lay.ggml_type, lay.pack(Ternary(t, np.float32(s)), n)) for n, (t, s) in relu2_model.linears.items()}
+    src = write_bitnetcpp_i2s(tmp_path / "tl.gguf", relu2_model, types=types, file_type=lay.file_type)
     with pytest.raises(InputError, match="tile parameters the file does not store"):
         open_source(src)
     assert_same_model(linears(src, kernel_config=ini), relu2_model)
@@ -148,16 +149,24 @@ def test_foreign_tl2_needs_kernel_config(tmp_path, relu2_model):
     assert_same_model(linears(out), relu2_model)
 
 
-def test_float_gguf_of_exact_ternary_model(tmp_path):
-    """An F16 export of a ternary model: values s·t are recovered, never absmean'd again."""
+@pytest.mark.parametrize("ggml_type", [0, 1, 30])
+def test_float_gguf_of_exact_ternary_model(tmp_path, ggml_type):
+    """An F32/F16/BF16 export of a ternary model: values s·t are recovered, never absmean'd again."""
+    from bitconv.ggml_types import bytes_to_float, float_to_bytes
+
     m = random_model(act="silu", seed=12)
-    types = {n: (1, m.dense(n).astype(np.float16).view(np.uint8).reshape(-1)) for n in m.linears}
-    src = write_bitnetcpp_i2s(tmp_path / "f16.gguf", m, arch="bitnet", types=types, file_type=1)
-    assert_same_model(linears(src), m, fp16_scales=True)
-    out = tmp_path / "tq.gguf"
-    res = convert(src, out, layout="tq2_0")
+    types = {n: (ggml_type, float_to_bytes(m.dense(n), ggml_type)) for n in m.linears}
+    src = write_bitnetcpp_i2s(tmp_path / "float.gguf", m, arch="bitnet", types=types, file_type={0: 0, 1: 1, 30: 32}[ggml_type])
+    got = linears(src)
+    for name, (t, s) in m.linears.items():  # the scale as the float type stored it
+        stored = bytes_to_float(float_to_bytes(np.array([s], np.float32), ggml_type), ggml_type, (1,))[0]
+        assert np.array_equal(got[name][0], t) and got[name][1] == stored
+    out = tmp_path / "i2s.gguf"
+    res = convert(src, out, layout="i2_s")
     assert all(s.rel_error is None for s in res.stats)
-    assert_same_model(linears(out), m, fp16_scales=True)
+    assert linears(out).keys() == got.keys()
+    for name, (t, s) in linears(out).items():
+        assert np.array_equal(t, got[name][0]) and s == got[name][1]
 
 
 def test_float_gguf_of_latent_weights_is_ternarized(tmp_path):
@@ -193,3 +202,25 @@ def test_verify_repacked_against_foreign_source_codes_equal(tmp_path, ckpt_facto
     lin = [c for c in rep.tensors if c.role == LINEAR]
     assert len(lin) == len(m.linears) and all(c.mismatched == 0 for c in lin)
     assert rep.passed, rep.failures
+
+
+def test_cli_source_i2s_variant(tmp_path, relu2_model):
+    from typer.testing import CliRunner
+
+    from bitconv.cli import app
+
+    src = write_bitnetcpp_i2s(tmp_path / "arm.gguf", relu2_model, variant="arm")
+    out = tmp_path / "x86.gguf"
+    res = CliRunner().invoke(app, ["convert", str(src), str(out), "--layout", "i2_s", "--source-i2s-variant", "arm"])
+    assert res.exit_code == 0, res.output
+    assert_same_model(linears(out), relu2_model)
+    res = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "y.gguf"), "--source-i2s-variant", "mips"])
+    assert res.exit_code == 2 and "unknown I2_S variant" in res.output
+    tl = tmp_path / "tl.gguf"
+    from bitconv.pack.tl2 import TL2
+    from bitconv.quant import Ternary
+
+    types = {n: (39, TL2().pack(Ternary(t, np.float32(s)), n)) for n, (t, s) in relu2_model.linears.items()}
+    write_bitnetcpp_i2s(tl, relu2_model, types=types, file_type=39)
+    res = CliRunner().invoke(app, ["verify", str(out), "--source", str(tl), "--tokens", "32", "--ctx", "16"])
+    assert res.exit_code == 2 and "--kernel-config" in res.output
