@@ -224,3 +224,31 @@ def test_cli_source_i2s_variant(tmp_path, relu2_model):
     write_bitnetcpp_i2s(tl, relu2_model, types=types, file_type=39)
     res = CliRunner().invoke(app, ["verify", str(out), "--source", str(tl), "--tokens", "32", "--ctx", "16"])
     assert res.exit_code == 2 and "--kernel-config" in res.output
+
+
+def test_llamacpp_q2_0_file_is_a_source(tmp_path):
+    """llama-quantize Q2_0 (type 42, 64-blocks): read through the Q2_0 layout, repacked exactly."""
+    from foreign_gguf import q2_0_bytes
+
+    m = random_model(act="silu", seed=15)
+    types = {n: (42, q2_0_bytes(t, s)) for n, (t, s) in m.linears.items()}
+    src = write_bitnetcpp_i2s(tmp_path / "q2.gguf", m, arch="bitnet", types=types, file_type=41, drop_kv=())
+    assert_same_model(linears(src), m, fp16_scales=True)
+    out = tmp_path / "i2s.gguf"
+    res = convert(src, out, layout="i2_s")
+    assert all(s.rel_error is None for s in res.stats)
+    assert_same_model(linears(out), m, fp16_scales=True)
+
+
+def test_prism_group_128_under_type_42_is_refused_and_diagnosed(tmp_path):
+    from bitconv.doctor import doctor
+
+    m = random_model(act="silu", seed=16)
+    rng = np.random.default_rng(0)
+    types = {n: (42, rng.integers(0, 255, t.size // 128 * 34, dtype=np.uint8)) for n, (t, s) in m.linears.items()}
+    src = write_bitnetcpp_i2s(tmp_path / "prism.gguf", m, arch="bitnet", types=types, file_type=41, drop_kv=())
+    with pytest.raises(InputError, match="group-128"):
+        open_source(src)
+    r = doctor(src)
+    f = next(x for x in r.findings if x.code == "type-id-ambiguous")
+    assert "the bytes fit PrismML's older group-128" in f.message
