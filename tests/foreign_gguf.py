@@ -58,15 +58,15 @@ def model_from_checkpoint(folder: Path) -> Model:
         elif not (t.role == "output" and h.tie_embeddings):
             floats[t.name] = np.asarray(t.load(), dtype=np.float32)
     tok = load_tokenizer(ck.spec.tokenizer_dir, h.vocab_size, h.bos_token_id, h.eos_token_id)
+    sv = tok.special  # gguf.SpecialVocab, as llama.cpp's converter uses it
     kv = {"tokenizer.ggml.model": tok.model, "tokenizer.ggml.tokens": tok.tokens,
-          "tokenizer.ggml.token_type": tok.token_types, "tokenizer.ggml.merges": tok.merges,
+          "tokenizer.ggml.token_type": tok.token_types, "tokenizer.ggml.merges": list(sv.merges),
           "tokenizer.ggml.pre": "default"}
-    if tok.bos_id is not None:
-        kv["tokenizer.ggml.bos_token_id"] = tok.bos_id
-    if tok.eos_id is not None:
-        kv["tokenizer.ggml.eos_token_id"] = tok.eos_id
-    if tok.add_bos is not None:
-        kv["tokenizer.ggml.add_bos_token"] = bool(tok.add_bos)
+    for name, tid in sorted(sv.special_token_ids.items()):
+        if name in ("bos", "eos"):
+            kv[f"tokenizer.ggml.{name}_token_id"] = tid
+    if "bos" in sv.add_special_token:
+        kv["tokenizer.ggml.add_bos_token"] = bool(sv.add_special_token["bos"])
     return Model(hp, linears, floats, kv)
 
 
