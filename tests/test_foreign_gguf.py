@@ -252,3 +252,18 @@ def test_prism_group_128_under_type_42_is_refused_and_diagnosed(tmp_path):
     r = doctor(src)
     f = next(x for x in r.findings if x.code == "type-id-ambiguous")
     assert "the bytes fit PrismML's older group-128" in f.message
+
+
+def test_foreign_tl_with_stock_shapes_needs_no_kernel_config(tmp_path):
+    """Shapes the stock builds compile (bitnet_b1_58-large's) have known tiles: setup_env's presets."""
+    from bitconv.pack.tiles import PRESETS
+    from bitconv.pack.tl2 import TL2
+    from bitconv.quant import Ternary
+
+    m = random_model(act="silu", hidden=1536, intermediate=4096, heads=12, kv_heads=12, layers=1, seed=17)
+    preset = PRESETS["tl2"]
+    assert all(t.shape in preset for t, _ in m.linears.values())
+    lay = TL2(kernel_config=preset)
+    types = {n: (39, lay.pack(Ternary(t, np.float32(s)), n)) for n, (t, s) in m.linears.items()}
+    src = write_bitnetcpp_i2s(tmp_path / "large-tl2.gguf", m, arch="bitnet", types=types, file_type=39)
+    assert_same_model(linears(src), m)

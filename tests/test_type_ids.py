@@ -74,14 +74,20 @@ def test_foreign_q2_0_is_read_by_size(tmp_path):
 
 
 def test_tl2_under_42_is_read_as_bitnet_cpp_2026_tl2(tmp_path):
-    """bitnet.cpp's 2026 fork numbers TL2 as 42: TL2-sized tensors are unpacked as TL2."""
+    """bitnet.cpp's 2026 fork numbers TL2 as 42: TL2-sized tensors are unpacked as TL2
+    (with the tiles of the build that wrote them: another tool's file does not store them)."""
+    from bitconv.pack.tiles import choose_tiles, write_kernel_config
+    from bitconv.readers import GGUFReadOptions
+
     tensors = _packed("tl2", 42)
     path = write_gguf(tmp_path / "tl2-42.gguf", tensors)
+    ini = tmp_path / "kernel_config.ini"
+    write_kernel_config(ini, {s: choose_tiles("tl2", "t", s) for s in SHAPES})
     f = GGUFFile(path)
     assert f.readings[42][0] == "tl2" and "bitnet.cpp's 2026 fork" in f.readings[42][1]
     for name, shape, _, _ in tensors:
         assert f.tensors[name].type_name == "TL2"
-        back = layout_for(f, 42).unpack(np.asarray(f.raw(name)), shape, name)
+        back = layout_for(f, 42, GGUFReadOptions(kernel_config=ini)).unpack(np.asarray(f.raw(name)), shape, name)
         assert np.array_equal(back.values, _tern(shape, SHAPES.index(shape)).values)
     assert "TL2 of bitnet.cpp's 2026 fork" in inspect_path(path)["type_readings"]["42"]
 

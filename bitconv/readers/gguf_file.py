@@ -273,17 +273,32 @@ def layout_for(f: GGUFFile, ggml_type: int, options: GGUFReadOptions | None = No
     if cls.name == "i2_s":
         return get_layout("i2_s", variant=meta.get("i2s_variant") or options.i2s_variant or "x86-act")
     if cls.name in ("tl1", "tl2") and not meta.get("tiles"):
-        if options.kernel_config is None:
-            raise InputError(
-                f"{f.path}: its {cls.name.upper()} tensors were written by another tool, and their byte order "
-                "depends on tile parameters the file does not store",
-                hint="pass --kernel-config with the include/kernel_config.ini of the bitnet.cpp build the file "
-                     "was made for",
-            )
-        return get_layout(cls.name, kernel_config=options.kernel_config)
+        if options.kernel_config is not None:
+            return get_layout(cls.name, kernel_config=options.kernel_config)
+        return _stock_tiles_or_refuse(f, ggml_type, cls.name)
     if hasattr(cls, "from_metadata"):
         return cls.from_metadata(meta)
     return cls()
+
+
+def _stock_tiles_or_refuse(f: GGUFFile, ggml_type: int, name: str) -> Layout:
+    """Another tool's TL file without --kernel-config: its tiles are known only when every
+    shape is one the stock bitnet.cpp builds compile (setup_env's presets, FORMATS.md §5),
+    which is what the reference converter packed with; any other shape is refused."""
+    from ..pack.tiles import PRESETS
+
+    preset = PRESETS[name]
+    shapes = sorted({tuple(int(d) for d in i.shape) for i in f.tensors.values() if i.ggml_type == ggml_type})
+    unknown = [s for s in shapes if s not in preset]
+    if unknown:
+        raise InputError(
+            f"{f.path}: its {name.upper()} tensors were written by another tool, and their byte order depends on "
+            f"tile parameters the file does not store; shape(s) {', '.join(f'[{m}, {k}]' for m, k in unknown[:3])} "
+            "are not in the stock builds' presets",
+            hint="pass --kernel-config with the include/kernel_config.ini of the bitnet.cpp build the file was "
+                 "made for",
+        )
+    return get_layout(name, kernel_config={s: preset[s] for s in shapes})
 
 
 def model_family(f: GGUFFile, arch: str) -> tuple[str, str]:
