@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, SourceNotFoundError
+from .errors import CorruptFileError, InputError, SourceNotFoundError
 
 
 def inspect_path(path: str | Path) -> dict[str, Any]:
@@ -25,6 +24,8 @@ def _inspect_gguf(path: Path) -> dict[str, Any]:
 
     f = GGUFFile(path)
     arch = f.get("general.architecture")
+    if arch is not None and not isinstance(arch, str):
+        raise CorruptFileError(f"{path}: general.architecture must be a string, got {arch!r:.40}")
     hparams = {k[len(arch) + 1:]: v for k, (v, _, _) in f.kv.items() if arch and k.startswith(arch + ".")}
     general = {k: v for k, (v, _, _) in f.kv.items() if k.startswith("general.")}
     bitconv = f.bitconv_metadata()
@@ -35,7 +36,7 @@ def _inspect_gguf(path: Path) -> dict[str, Any]:
         # ids that engines disagree on (39, 42): the reading taken and why
         "type_readings": {str(t): why for t, (_, why) in sorted(f.readings.items())},
         "tokenizer": {"model": f.get("tokenizer.ggml.model"), "pre": f.get("tokenizer.ggml.pre"),
-                      "size": len(tokens) if tokens else 0},
+                      "size": len(tokens) if isinstance(tokens, list) else 0},
         "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.type_name, "bytes": t.nbytes}
                     for t in f.tensors.values()],
         "file_bytes": path.stat().st_size,
@@ -57,16 +58,20 @@ def _inspect_safetensors(path: Path) -> dict[str, Any]:
         tensors.append({"name": name, "shape": list(shape), "type": dtype.upper(), "bytes": size})
     config: dict[str, Any] = {}
     if (folder / "config.json").exists():
-        config = json.loads((folder / "config.json").read_text())
+        from .readers.hf_folder import read_config
+
+        config = read_config(folder)
     tok_size = 0
     if (folder / "tokenizer.json").exists():
-        tj = json.loads((folder / "tokenizer.json").read_text())
-        tok_size = len((tj.get("model") or {}).get("vocab") or {}) + len(tj.get("added_tokens") or [])
+        from .writers.tokenizer import _from_tokenizer_json
+
+        tok_size = len(_from_tokenizer_json(folder / "tokenizer.json").tokens)
+    archs = config.get("architectures")
     hp_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "vocab_size", "max_position_embeddings", "rope_theta", "rms_norm_eps",
                "hidden_act", "tie_word_embeddings")
     return {
-        "path": str(path), "format": "safetensors", "arch": (config.get("architectures") or [None])[0],
+        "path": str(path), "format": "safetensors", "arch": archs[0] if isinstance(archs, list) and archs else None,
         "hparams": {k: config[k] for k in hp_keys if k in config},
         "quantization_config": config.get("quantization_config"),
         "tokenizer": {"size": tok_size},

@@ -33,9 +33,11 @@ def read_config(folder: Path) -> dict[str, Any]:
             hint="a model folder needs the config.json that describes its architecture",
         )
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise CorruptFileError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(config, dict):
         raise CorruptFileError(f"{path}: expected a JSON object")
     return config
@@ -110,7 +112,9 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
     config = read_config(folder)
     arch = architecture_for(config, str(folder / "config.json"))
     hp = arch.hparams(config, str(folder / "config.json"))
-    qconfig = config.get("quantization_config") or {}
+    from ..config_values import get_dict
+
+    qconfig = get_dict(config, "quantization_config", str(folder / "config.json"))
     if qconfig and qconfig.get("quant_method") not in (None, "bitnet"):
         raise InputError(
             f"{folder / 'config.json'}: quantization method {qconfig.get('quant_method')!r} is not ternary; "

@@ -46,9 +46,13 @@ class ShardSet:
         index = folder / INDEX_NAME
         if index.exists():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             except (ValueError, KeyError, TypeError) as exc:
-                raise CorruptFileError(f"{index}: not a valid safetensors index ({exc})") from None
+                raise CorruptFileError(f"{index}: not a valid safetensors index ({type(exc).__name__}: {exc})",
+                                       hint="it must be an object with a weight_map of tensor name -> file") from None
+            if not isinstance(weight_map, dict):
+                raise CorruptFileError(f"{index}: weight_map must map tensor names to files, got a "
+                                       f"{type(weight_map).__name__}")
             for name, rel in weight_map.items():
                 if not isinstance(rel, str):
                     raise CorruptFileError(f"{index}: entry for {name!r} is not a file name")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ..errors import InputError, SourceNotFoundError, UsageError
+from ..errors import CorruptFileError, InputError, SourceNotFoundError, UsageError
 from ..model import LINEAR, LINEAR_KINDS, kind_of, layer_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -137,14 +137,18 @@ def load_tokenizer(*ckpts) -> tuple[Any, str, bool]:
         d = ck.spec.tokenizer_dir
         if d is not None and (Path(d) / "tokenizer.json").exists():
             path = Path(d) / "tokenizer.json"
-            tok = Tokenizer.from_file(str(path))
+            try:
+                tok = Tokenizer.from_file(str(path))
+            except Exception as exc:  # tokenizers raises its own untyped Exception for bad files
+                raise CorruptFileError(f"{path}: not a tokenizer the tokenizers library reads ({exc})") from None
             add_bos = None
             cfg = Path(d) / "tokenizer_config.json"
             if cfg.exists():
                 try:
-                    add_bos = json.loads(cfg.read_text()).get("add_bos_token")
-                except ValueError:
-                    pass
+                    cfg_data = json.loads(cfg.read_text())
+                except (ValueError, OSError):
+                    cfg_data = None
+                add_bos = cfg_data.get("add_bos_token") if isinstance(cfg_data, dict) else None
             if add_bos is None:  # the post-processor decides (Llama-3 adds <|begin_of_text|>)
                 add_bos = len(tok.encode("a").ids) > len(tok.encode("a", add_special_tokens=False).ids)
             return tok, str(path), bool(add_bos)
@@ -153,8 +157,15 @@ def load_tokenizer(*ckpts) -> tuple[Any, str, bool]:
             from tokenizers import decoders, models, pre_tokenizers
 
             tokens = _gguf_value(ck.spec, "tokenizer.ggml.tokens")
-            merges = [tuple(m.split(" ", 1)) for m in _gguf_value(ck.spec, "tokenizer.ggml.merges", [])]
-            tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+            merges = _gguf_value(ck.spec, "tokenizer.ggml.merges", [])
+            if not isinstance(tokens, list) or not isinstance(merges, list) or not all(
+                    isinstance(x, str) for x in [*tokens, *merges]):
+                raise CorruptFileError(f"{ck.spec.source.path}: tokenizer.ggml.tokens/merges must be string arrays")
+            merges = [tuple(m.split(" ", 1)) for m in merges]
+            try:
+                tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+            except Exception as exc:  # tokenizers' own untyped error for inconsistent merges
+                raise CorruptFileError(f"{ck.spec.source.path}: the GGUF vocabulary is not a valid BPE ({exc})") from None
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             tok.decoder = decoders.ByteLevel()
             add_bos = bool(_gguf_value(ck.spec, "tokenizer.ggml.add_bos_token", False))
@@ -332,7 +343,12 @@ def verify(
             raise SourceNotFoundError(f"the default evaluation text {DEFAULT_TEXT} is missing",
                                       hint="pass --text FILE")
         raise SourceNotFoundError(f"{text}: no such text file")
-    content = text_path.read_text(encoding="utf-8", errors="replace")
+    if not text_path.is_file():
+        raise InputError(f"{text_path}: --text must be a text file, not a folder")
+    try:
+        content = text_path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise InputError(f"{text_path}: cannot read the text ({exc.strerror or exc})") from None
     tok, tok_desc, add_bos = load_tokenizer(src, art)
     ids = tok.encode(content, add_special_tokens=False).ids
     bos = hs.bos_token_id if add_bos and hs.bos_token_id is not None else None

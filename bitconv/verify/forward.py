@@ -474,7 +474,10 @@ class LayerWeights:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"--device must be cpu or cuda (or cuda:N), got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available to torch",
                          hint="use --device cpu, or install a CUDA build of torch")

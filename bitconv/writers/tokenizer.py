@@ -123,6 +123,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(value, dict):
         raise CorruptFileError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
@@ -134,7 +136,7 @@ def detect_pre(tok: dict[str, Any]) -> str:
     text = json.dumps(pre)
     if _LLAMA3_REGEX_MARK in text:
         return "llama-bpe"
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+    if isinstance(pre, dict) and pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
         return "gpt-2"
     return "default"
 
@@ -154,13 +156,14 @@ def _too_many(path: Path, n: int, vocab_size: int) -> CorruptFileError:
 def _from_tokenizer_json(path: Path, folder: Path, vocab_size: int, engine: str) -> TokenizerData:
     tok = _read_json(path) or {}
     model = tok.get("model") or {}
+    if not isinstance(model, dict):
+        raise CorruptFileError(f"{path}: model must be an object, got a {type(model).__name__}")
     if model.get("type") != "BPE":
         raise CorruptFileError(
-            f"{path}: tokenizer model {model.get('type')!r} is not supported (byte-level BPE, or a "
+            f"{path}: tokenizer model {model.get('type')!r:.40} is not supported (byte-level BPE, or a "
             "SentencePiece tokenizer.model)"
         )
-    vocab: dict[str, int] = model.get("vocab") or {}
-    added = {a["id"]: a for a in tok.get("added_tokens", [])}
+    vocab, added = _checked_ids(path, model, tok, vocab_size)
     size = max([*vocab.values(), *added.keys()], default=-1) + 1
     if size > vocab_size:
         raise _too_many(folder, size, vocab_size)
@@ -179,6 +182,36 @@ def _from_tokenizer_json(path: Path, folder: Path, vocab_size: int, engine: str)
                          special=None)
 
 
+def _checked_ids(path: Path, model: dict[str, Any], tok: dict[str, Any],
+                 vocab_size: int) -> tuple[dict[str, int], dict[int, dict[str, Any]]]:
+    """model.vocab and added_tokens with every id an integer in [0, vocab_size), checked before
+    any list is sized by them (an id of 10**9 must not allocate a billion entries)."""
+    def check_id(i: Any, what: str) -> int:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
+            raise CorruptFileError(f"{path}: {what} has id {i!r:.40}; ids must be integers in [0, {vocab_size})",
+                                   hint="the tokenizer does not match the model's vocab_size")
+        return i
+
+    vocab = model.get("vocab") or {}
+    if not isinstance(vocab, dict):
+        raise CorruptFileError(f"{path}: model.vocab must map token strings to ids, got a {type(vocab).__name__}")
+    for text, i in vocab.items():
+        check_id(i, f"model.vocab token {text!r:.40}")
+    added_list = tok.get("added_tokens") or []
+    if not isinstance(added_list, list):
+        raise CorruptFileError(f"{path}: added_tokens must be a list, got a {type(added_list).__name__}")
+    added: dict[int, dict[str, Any]] = {}
+    for n, a in enumerate(added_list):
+        if not isinstance(a, dict) or "id" not in a or not isinstance(a.get("content"), str):
+            raise CorruptFileError(f"{path}: added_tokens[{n}] needs an integer id and a string content")
+        added[check_id(a["id"], f"added_tokens[{n}]")] = a
+    merges = model.get("merges") or []
+    if not isinstance(merges, list) or not all(
+            isinstance(m, str) or (isinstance(m, list) and all(isinstance(x, str) for x in m)) for m in merges):
+        raise CorruptFileError(f"{path}: model.merges must be a list of \"a b\" strings or [a, b] pairs")
+    return vocab, added
+
+
 # -- SentencePiece ----------------------------------------------------------------------
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     shift = result = 0
@@ -189,6 +222,8 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         if not b & 0x80:
             return result, pos
         shift += 7
+        if shift > 63:
+            raise ValueError(f"varint longer than 10 bytes at byte {pos}")
 
 
 def _fields(buf: bytes):
@@ -198,13 +233,14 @@ def _fields(buf: bytes):
         num, wire = key >> 3, key & 7
         if wire == 0:
             val, pos = _varint(buf, pos)
-        elif wire == 1:
-            val, pos = buf[pos:pos + 8], pos + 8
-        elif wire == 2:
-            n, pos = _varint(buf, pos)
+        elif wire in (1, 2, 5):
+            if wire == 2:
+                n, pos = _varint(buf, pos)
+            else:
+                n = 8 if wire == 1 else 4
+            if pos + n > len(buf):
+                raise ValueError(f"field {num} of {n} bytes at byte {pos} runs past the end (truncated)")
             val, pos = buf[pos:pos + n], pos + n
-        elif wire == 5:
-            val, pos = buf[pos:pos + 4], pos + 4
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")
         yield num, wire, val
@@ -220,16 +256,22 @@ def _read_pieces(path: Path) -> tuple[list[str], list[float], list[int]]:
             piece, score, kind = "", 0.0, NORMAL
             for n2, w2, v2 in _fields(val):
                 if n2 == 1:
+                    if w2 != 2:
+                        raise ValueError(f"piece {len(tokens)} is not a string")
                     piece = v2.decode("utf-8")
                 elif n2 == 2 and w2 == 5:
                     score = struct.unpack("<f", v2)[0]
                 elif n2 == 3:
-                    kind = int(v2)
+                    if w2 != 0 or not NORMAL <= v2 <= BYTE:
+                        raise ValueError(f"piece {len(tokens)} has type {v2!r:.20}, not 1..6")
+                    kind = v2
             tokens.append(piece)
             scores.append(score)
             types.append(_SPM_TYPES.get(kind, NORMAL))
-    except (IndexError, ValueError, UnicodeDecodeError) as exc:
+    except (IndexError, ValueError, UnicodeDecodeError, struct.error, TypeError) as exc:
         raise CorruptFileError(f"{path}: not a readable SentencePiece model ({exc})") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not tokens:
         raise CorruptFileError(f"{path}: SentencePiece model has no pieces")
     return tokens, scores, types
@@ -262,9 +304,13 @@ def _from_sentencepiece(path: Path, folder: Path, vocab_size: int, engine: str) 
             if isinstance(i, int) and 0 <= i < vocab_size:
                 tokens[i], scores[i], types[i] = text, -1000.0, USER_DEFINED
         decoder = (_read_json(folder / "tokenizer_config.json") or {}).get("added_tokens_decoder") or {}
+        if not isinstance(decoder, dict):
+            raise CorruptFileError(f"{folder / 'tokenizer_config.json'}: added_tokens_decoder must be an object")
         for key, entry in decoder.items():
             try:
                 i, text = int(key), entry["content"]
+                if not isinstance(text, str):
+                    raise TypeError(text)
             except (ValueError, KeyError, TypeError):
                 raise CorruptFileError(f"{folder / 'tokenizer_config.json'}: bad added_tokens_decoder entry "
                                        f"{key!r}") from None
