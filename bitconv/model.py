@@ -7,6 +7,7 @@ writing and verify deal with one vocabulary.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -108,14 +109,16 @@ class SourceTensor:
         return self._load_ternary()
 
 
+_BLOCK = re.compile(r"blk\.([0-9]{1,9})\.([^.]+)(\..*)?", re.S)
+
+
 def layer_of(name: str) -> int | None:
-    """`blk.7.attn_q.weight` -> 7; tensors outside the blocks -> None."""
-    if name.startswith("blk."):
-        return int(name.split(".")[1])
-    return None
+    """`blk.7.attn_q.weight` -> 7; tensors outside the blocks (or malformed names) -> None."""
+    m = _BLOCK.fullmatch(name)
+    return int(m.group(1)) if m else None
 
 
 def kind_of(name: str) -> str:
     """`blk.7.attn_q.weight` -> `attn_q`; `token_embd.weight` -> `token_embd`."""
-    parts = name.split(".")
-    return parts[2] if parts[0] == "blk" else parts[0]
+    m = _BLOCK.fullmatch(name)
+    return m.group(2) if m else name.split(".")[0]

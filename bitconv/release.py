@@ -459,67 +459,86 @@ def check_manifest(path: str | Path, source: str | Path | None = None) -> dict[s
 
     A local source is recorded by name only, so its files are checked when `source` says
     where that folder (or file) is now; without it they are left unchecked and a note says
-    so. Hub and builtin sources are found on their own (the Hub cache, the package)."""
+    so. Hub and builtin sources are found on their own (the Hub cache, the package).
+
+    The manifest is validated against its schema first, and every path in it must resolve
+    inside the manifest's folder (artifacts) or the source folder (see `manifest_safety`);
+    anything else is refused with exit 2 before a byte is hashed.
+    """
+    from .manifest_safety import load_manifest, member
+
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such manifest")
-    try:
-        m = json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    m = load_manifest(path)
     root = path.parent
+    # Every path is resolved and refused if unsafe before anything is hashed.
+    artifacts = [(a, member(root, a["path"], "artifact", path, folder=a.get("format") == "safetensors"))
+                 for a in m["artifacts"] if a.get("ok", True) and "sha256" in a]
+    src = m["source"]
+    src_root, note, allowed = _source_root(src, source, path)
+    notes = [note] if note else []
+    sources = [(f, member(src_root, f["path"], "source file", path, allowed=allowed) if src_root else None)
+               for f in (src["files"] if note is None else [])]
     problems: list[str] = []
     checked = 0
-    for a in m.get("artifacts", []):
-        if not a.get("ok", True) or "sha256" not in a:
-            continue
-        p = root / a["path"]
+    for a, p in artifacts:
         checked += 1
         if not p.exists():
             problems.append(f"missing artifact: {a['path']}")
             continue
+        if p.is_file() and "bytes" in a and p.stat().st_size != a["bytes"]:
+            problems.append(f"artifact changed: {a['path']} ({p.stat().st_size} bytes != {a['bytes']})")
+            continue
         digest = _hash_artifact(p)[0]
         if digest != a["sha256"]:
             problems.append(f"artifact changed: {a['path']} (sha256 {digest[:12]}… != {a['sha256'][:12]}…)")
-    src = m.get("source", {})
-    src_root, note = _source_root(src, source)
-    notes = [note] if note else []
-    for f in src.get("files", []) if note is None else []:
-        if src_root is None:
+    for f, p in sources:
+        if p is None:
             problems.append(f"source file not checkable here: {f['path']}")
             continue
-        p = src_root / f["path"]
         checked += 1
         if not p.exists():
             problems.append(f"missing source file: {p}")
-        elif _sha256(p) != f["sha256"]:
+        elif p.stat().st_size != f["bytes"] or _sha256(p) != f["sha256"]:
             problems.append(f"source file changed: {p}")
     return {"manifest": str(path), "checked": checked, "ok": not problems, "problems": problems,
             "source_checked": note is None and src_root is not None, "notes": notes}
 
 
-def _source_root(src: dict[str, Any], given: str | Path | None) -> tuple[Path | None, str | None]:
+def _source_root(src: dict[str, Any], given: str | Path | None,
+                 manifest: Path) -> tuple[Path | None, str | None, Path | None]:
     """(folder the recorded source files are relative to, or None; a note when the source is
-    deliberately left unchecked). `given` (check --source) wins over the manifest."""
+    deliberately left unchecked; where the source's symlinks may lead). `given` (check
+    --source) wins over the manifest. A folder the manifest names is checked not to be
+    the file system root; a builtin name may not leave the package's data folder."""
+    from .manifest_safety import member, source_root_ok
+
     if given is not None:
         p = Path(given).expanduser()
         if not p.exists():
             raise InputError(f"{p}: no such source folder or file", hint="pass the folder (or file) the release was converted from")
-        return (p if p.is_dir() else p.parent), None
+        return (p if p.is_dir() else p.parent), None, None
     kind, location = src.get("kind"), src.get("location") or ""
     if kind == "builtin":
-        from .readers import DATA_DIR
+        from .readers import BUILTIN_PREFIX, DATA_DIR
 
-        return DATA_DIR / location.split(":", 1)[1], None
+        name = location[len(BUILTIN_PREFIX):] if location.startswith(BUILTIN_PREFIX) else location
+        return member(DATA_DIR, name, "builtin model", manifest, folder=True), None, None
     if kind == "hub":
-        return _hub_snapshot(location, src.get("commit")), None
+        snap = _hub_snapshot(location, src.get("commit"))
+        return snap, None, (snap.parent.parent if snap is not None else None)  # snapshot files link into blobs/
     if kind in ("folder", "gguf"):
         legacy = Path(location)  # manifests before bitconv recorded local sources by name
-        if legacy.is_absolute() and legacy.exists():
-            return (legacy if legacy.is_dir() else legacy.parent), None
+        try:
+            usable = legacy.is_absolute() and legacy.exists()
+        except (OSError, ValueError):
+            usable = False
+        if usable:
+            root = legacy if legacy.is_dir() else legacy.parent
+            source_root_ok(root, manifest)
+            return root, None, None
         return None, (f"source files not checked: the manifest names the local source only as "
-                      f"{location!r}; pass --source PATH to check them")
-    return None, None
+                      f"{location[:80]!r}; pass --source PATH to check them"), None
+    return None, None, None
 
 
 def _hub_snapshot(repo: str | None, commit: str | None) -> Path | None:

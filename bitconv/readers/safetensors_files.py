@@ -58,7 +58,11 @@ class ShardSet:
                     raise CorruptFileError(f"{index}: entry for {name!r} is not a file name")
                 self._where[name] = _safe_join(folder, rel, index)
             for path in sorted(set(self._where.values())):
-                if not path.exists():
+                try:
+                    exists = path.is_file()
+                except (OSError, ValueError):  # a name too long or with a NUL byte
+                    exists = False
+                if not exists:
                     raise SourceNotFoundError(
                         f"{index}: shard {path.name} is listed but missing",
                         hint="the download is incomplete; fetch the model again",

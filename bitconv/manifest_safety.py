@@ -1,0 +1,152 @@
+"""`bitconv check` must not trust the manifest it checks.
+
+Why: a manifest is a file anyone can hand you. Before this module, an artifact path of
+`../../etc` or `/usr` was followed and hashed, a source root of `/` was walked, and a list
+where an object belongs crashed. Now the manifest is validated against its JSON schema
+before any path in it is touched, and every recorded path is resolved strictly inside the
+folder it is relative to: no absolute paths, no `..`, no symlink that leads out, no device,
+FIFO or socket where a file belongs. A violation is an `InputError` (exit 2) naming the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import CorruptFileError, InputError
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
+MAX_MANIFEST_BYTES = 64 << 20
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def schema_errors(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
+    """The subset of JSON Schema the manifest schema uses: type, enum, required, properties,
+    additionalProperties, items, pattern, minimum. One message per violation."""
+    errs: list[str] = []
+    types = schema.get("type")
+    if types is not None:
+        allowed = types if isinstance(types, list) else [types]
+        if not any(_is_type(value, t) for t in allowed):
+            return [f"{where} must be {' or '.join(allowed)}, got {_kind(value)}"]
+    if "enum" in schema and value not in schema["enum"]:
+        errs.append(f"{where} must be one of {', '.join(map(json.dumps, schema['enum']))}, got {_short(value)}")
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            if key not in value:
+                errs.append(f"{where} lacks required key {key!r}")
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, v in value.items():
+            if key in props:
+                errs += schema_errors(v, props[key], f"{where}.{key}")
+            elif isinstance(extra, dict):
+                errs += schema_errors(v, extra, f"{where}.{key}")
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, v in enumerate(value):
+            errs += schema_errors(v, schema["items"], f"{where}[{i}]")
+    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
+        errs.append(f"{where} does not match {schema['pattern']}: {_short(value)}")
+    if _is_type(value, "number") and "minimum" in schema and value < schema["minimum"]:
+        errs.append(f"{where} must be >= {schema['minimum']}, got {value}")
+    return errs
+
+
+def _is_type(value: Any, t: str) -> bool:
+    if t == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, _TYPES.get(t, object))
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    """Read and schema-validate a manifest; nothing it names has been touched yet."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such manifest") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: a manifest is a JSON file, this is not a regular file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise CorruptFileError(f"{path}: {st.st_size} bytes is too large for a bitconv manifest")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CorruptFileError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    errs = schema_errors(m, json.loads(SCHEMA_PATH.read_text()))
+    if errs:
+        more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+        raise CorruptFileError(f"{path}: not a bitconv manifest: {errs[0]}{more}",
+                               hint=f"it must follow {SCHEMA_PATH.name}")
+    return m
+
+
+def member(root: Path, rel: str, what: str, manifest: Path, *, allowed: Path | None = None,
+           folder: bool = False) -> Path:
+    """ROOT/REL for a path the manifest recorded, refusing anything that is not strictly inside.
+
+    `allowed` widens where symlinks may lead (a Hub snapshot's files link into the cache's
+    blobs folder). `folder`: the path may be a directory (a packed safetensors artifact).
+    A path that does not exist is returned as is; the caller reports it missing.
+    """
+    p = PurePosixPath(rel)
+    if (not rel or "\0" in rel or "\\" in rel or p.is_absolute() or re.match(r"^[A-Za-z]:", rel)
+            or ".." in p.parts or str(p) == "." or len(rel) > 4096
+            or any(len(os.fsencode(part)) > 255 for part in p.parts)):
+        raise InputError(f"{manifest}: {what} path {rel!r:.80} is not a plain path inside {root}; refusing it",
+                         hint="a manifest may only name files inside its own folder (or the source's)")
+    full = root / p
+    try:
+        if not os.path.lexists(full):
+            return full
+        real = full.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # too long, a symlink loop
+        raise InputError(f"{manifest}: {what} path {rel!r:.80} cannot be resolved ({exc})") from None
+    bounds = [root.resolve()] + ([allowed.resolve()] if allowed is not None else [])
+    if not any(real == b or b in real.parents for b in bounds):
+        raise InputError(f"{manifest}: {what} {rel!r:.80} leads outside {root} (to {real}); refusing to read it",
+                         hint="a symlink out of the folder is not part of the release")
+    mode = real.stat().st_mode
+    if not (stat.S_ISREG(mode) or (folder and stat.S_ISDIR(mode))):
+        raise InputError(f"{manifest}: {what} {rel!r:.80} is not a regular file; refusing to read it")
+    if stat.S_ISDIR(mode):
+        for dirpath, dirnames, filenames in os.walk(full):
+            for name in dirnames + filenames:
+                inner = Path(dirpath) / name
+                if inner.is_symlink() or not (inner.is_dir() or inner.is_file()):
+                    raise InputError(f"{manifest}: {what} {rel!r:.80} holds {inner.relative_to(full)}, "
+                                     "a symlink or special file; refusing to read it")
+    return full
+
+
+def source_root_ok(root: Path, manifest: Path) -> None:
+    """A recorded source root must be a real folder, never the file system root."""
+    try:
+        real = root.resolve()
+        is_file = real.exists() and not real.is_dir()
+    except (OSError, RuntimeError, ValueError) as exc:  # too long, a loop, a NUL byte
+        raise InputError(f"{manifest}: source folder {str(root)[:80]!r} cannot be resolved ({exc})") from None
+    if real == Path(real.anchor):
+        raise InputError(f"{manifest}: the source folder is the file system root {real}; refusing to read it",
+                         hint="pass --source with the folder the release was converted from")
+    if is_file:
+        raise InputError(f"{manifest}: source folder {root} is not a folder")
