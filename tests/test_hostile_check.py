@@ -25,6 +25,11 @@ def rel_seed(tmp_path_factory, ckpt_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def source_folder(ckpt_factory) -> Path:
+    return ckpt_factory("silu", seed=0)
+
+
 @pytest.fixture
 def rel(rel_seed, tmp_path) -> Path:
     d = tmp_path / "release"
@@ -107,9 +112,30 @@ def test_source_root_of_filesystem_root_refused(rel):
 
 
 @pytest.mark.parametrize("bad", ["../../../etc/passwd", "/etc/passwd", "a/../../b"])
-def test_source_file_path_leaving_the_source_refused(rel, bad):
+def test_source_file_path_leaving_the_source_refused(rel, source_folder, bad):
     m = _edit(rel, lambda m: m["source"]["files"][0].__setitem__("path", bad))
-    _check_refused(m, "source file", "refusing")
+    assert_refused(run_cli("check", m, "--source", source_folder), contains=("source file", "refusing"))
+
+
+def test_source_file_symlink_out_refused(rel, source_folder, copy_ckpt, tmp_path):
+    src = copy_ckpt(source_folder)
+    secret = tmp_path / "secret"
+    secret.write_text("s")
+    (src / "config.json").unlink()
+    (src / "config.json").symlink_to(secret)
+    assert_refused(run_cli("check", rel / MANIFEST_NAME, "--source", src), contains=("config.json", "leads outside"))
+
+
+def test_intact_source_checks_ok_with_source_option(rel, source_folder):
+    r = run_cli("check", rel / MANIFEST_NAME, "--source", source_folder, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["source_checked"] is True
+
+
+def test_legacy_absolute_source_root_is_used_and_checked(rel, source_folder):
+    m = _edit(rel, lambda m: m["source"].update(location=str(source_folder)))
+    r = run_cli("check", m, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["source_checked"] is True, r.output
 
 
 def test_builtin_name_with_traversal_refused(rel):

@@ -206,7 +206,8 @@ class GGUFFile:
     def _resolve_ambiguous(self, raw: list, start: int, align: int) -> dict[int, tuple[str, str]]:
         """Type id -> (layout, why) for the ids engines disagree on (readers/type_ids.py).
 
-        Each tensor's span runs to the next tensor's offset (or the end of the file)."""
+        Each tensor's span runs to the next tensor's offset (or the end of the file); a tensor
+        starting past the end has span 0 (the range check below then names it)."""
         ends = sorted({off for *_, off in raw} | {self.data.size - start})
         spans = {a: b - a for a, b in zip(ends, ends[1:])}  # an offset past the end has no span: 0
         meta = self.bitconv_metadata()
