@@ -63,9 +63,9 @@ def _inspect_safetensors(path: Path) -> dict[str, Any]:
         config = read_config(folder)
     tok_size = 0
     if (folder / "tokenizer.json").exists():
-        from .writers.tokenizer import _from_tokenizer_json
+        from .writers.tokenizer import tokenizer_json_size
 
-        tok_size = len(_from_tokenizer_json(folder / "tokenizer.json").tokens)
+        tok_size = tokenizer_json_size(folder / "tokenizer.json")
     archs = config.get("architectures")
     hp_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "vocab_size", "max_position_embeddings", "rope_theta", "rms_norm_eps",

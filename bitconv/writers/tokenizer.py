@@ -69,6 +69,8 @@ def load_tokenizer(folder: Path, vocab_size: int, bos: int | None, eos: int | No
     `bos`/`eos` (the model's hparams) fill in only what SpecialVocab did not find.
     """
     tj, tm = folder / "tokenizer.json", folder / "tokenizer.model"
+    if tj.exists() or tm.exists():
+        check_tokenizer_config(folder / "tokenizer_config.json")
     if tj.exists():
         data = _from_tokenizer_json(tj, folder, vocab_size, engine)
     elif tm.exists():
@@ -210,6 +212,37 @@ def _checked_ids(path: Path, model: dict[str, Any], tok: dict[str, Any],
             isinstance(m, str) or (isinstance(m, list) and all(isinstance(x, str) for x in m)) for m in merges):
         raise CorruptFileError(f"{path}: model.merges must be a list of \"a b\" strings or [a, b] pairs")
     return vocab, added
+
+
+def tokenizer_json_size(path: Path) -> int:
+    """Number of token ids a tokenizer.json defines (inspect), with the same checks as a conversion."""
+    from ..config_values import LIMITS
+
+    tok = _read_json(path) or {}
+    model = tok.get("model") or {}
+    if not isinstance(model, dict):
+        raise CorruptFileError(f"{path}: model must be an object, got a {type(model).__name__}")
+    vocab, added = _checked_ids(path, model, tok, LIMITS["vocab_size"])
+    return max([*vocab.values(), *added.keys()], default=-1) + 1
+
+
+def check_tokenizer_config(path: Path) -> None:
+    """tokenizer_config.json's fields a GGUF records, of the types they must have (SpecialVocab
+    would otherwise write "yes" as add_bos_token = true, or skip a numeric bos_token silently)."""
+    cfg = _read_json(path)
+    if not cfg:
+        return
+    for key in ("add_bos_token", "add_eos_token"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], bool):
+            raise CorruptFileError(f"{path}: {key} must be true or false, got {cfg[key]!r:.40}")
+    template = cfg.get("chat_template")
+    if template is not None and not isinstance(template, (str, list)):
+        raise CorruptFileError(f"{path}: chat_template must be a string, got {type(template).__name__}")
+    for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        tok = cfg.get(key)
+        tok = tok.get("content") if isinstance(tok, dict) else tok
+        if tok is not None and not isinstance(tok, str):
+            raise CorruptFileError(f"{path}: {key} must be a token string, got {tok!r:.40}")
 
 
 # -- SentencePiece ----------------------------------------------------------------------
