@@ -14,14 +14,17 @@ Rows:
 * transformers ternary (online) the same weights with quantization_config
                                {bitnet, autobitlinear, online}: ternarized on the fly, 8-bit
                                activations, bf16
-* bitconv, TQ2_0 GGUF          verify's forward on the converted artifact, streaming one
-                               layer at a time from the memory-mapped file (reading and
-                               decoding the weights is inside the timing)
+* bitconv, TQ2_0 GGUF          verify's forward on the converted artifact as verify runs it
+                               by default, streaming one layer at a time from the
+                               memory-mapped file (reading and decoding the weights is inside
+                               the timing); on the CPU verify's fast path: exact int8 GEMMs,
+                               float32 activations, bfloat16 head
+* bitconv --no-fast            (CPU) the same with verify --no-fast: float32 linears in
+                               transformers' operation order and a float32 head
 * bitconv, resident            (CUDA) the same with every layer kept 2-bit packed on the
                                GPU after a first pass: compute only, like transformers' rows
 * bitconv, int8 + bf16         (CPU) the streaming row with int_path=True (torch._int_mm,
-                               VNNI) and bf16 activations and head, like transformers' rows;
-                               verify's CPU default is float32 (its head dominates here)
+                               VNNI) and bf16 activations and head, like transformers' rows
 * bitconv, bf16 source         (--with-source) verify's source side: the float checkpoint,
                                ternarized with bitconv.quant.ternarize while streaming
 
@@ -156,13 +159,16 @@ def worker(args: argparse.Namespace) -> None:
         from bitconv.readers import open_source
         from bitconv.verify.forward import Runner, token_logprobs_and_stats
 
-        fast_cpu = args.worker == "bitconv-gguf-int"  # int8 GEMMs + bf16 activations/head, as transformers
-        dtype = torch.bfloat16 if (cuda or fast_cpu) else torch.float32
+        bf16_cpu = args.worker == "bitconv-gguf-int"  # int8 GEMMs + bf16 activations/head, as transformers
+        float_cpu = args.worker == "bitconv-gguf-float"  # the float path (transformers' operation order)
+        dtype = torch.bfloat16 if (cuda or bf16_cpu) else torch.float32
         src = args.gguf if args.worker.startswith("bitconv-gguf") else args.plain
         keep = args.worker == "bitconv-gguf-resident"
-        int_path = True if fast_cpu else None
+        # verify's CPU default (fast): exact int8 GEMMs, float32 activations, bfloat16 head
+        int_path = None if cuda else (not float_cpu)
+        head_dtype = None if (cuda or float_cpu) else torch.bfloat16
         runner = Runner(open_source(src), device=args.device, dtype=dtype, keep=keep,
-                        micro_batch=args.micro_batch, int_path=int_path)
+                        micro_batch=args.micro_batch, int_path=int_path, head_dtype=head_dtype)
 
         def run():
             return token_logprobs_and_stats(runner, tokens).logprobs
@@ -195,7 +201,8 @@ ROWS = {
     "hf-bf16": "transformers bf16 (plain)",
     "hf-ternary": "transformers ternary (online, bf16)",
     "hf-f32": "transformers f32 (plain)",
-    "bitconv-gguf": "bitconv verify forward, TQ2_0 GGUF, streaming",
+    "bitconv-gguf": "bitconv verify forward (default), TQ2_0, streaming",
+    "bitconv-gguf-float": "bitconv verify --no-fast (float32), TQ2_0, streaming",
     "bitconv-gguf-int": "bitconv forward, TQ2_0 GGUF, int8 + bf16",
     "bitconv-gguf-resident": "bitconv verify forward, resident 2-bit",
     "bitconv-source": "bitconv verify forward, bf16 source, streaming",
@@ -256,7 +263,7 @@ def main() -> None:
         rows = args.rows.split(",")
     else:
         rows = ["hf-bf16", "hf-ternary", "bitconv-gguf"]
-        rows += ["bitconv-gguf-resident"] if args.cuda else ["bitconv-gguf-int"]
+        rows += ["bitconv-gguf-resident"] if args.cuda else ["bitconv-gguf-float", "bitconv-gguf-int"]
         rows += ["bitconv-source"] if args.with_source else []
     import torch
 

@@ -425,6 +425,7 @@ def verify(
     max_kl: Annotated[Optional[float], typer.Option(help="Fail when mean KL(source || artifact) exceeds this.")] = None,
     dtype: Annotated[str, typer.Option(help="Activation dtype: float32, bfloat16 or float16.")] = "float32",
     score_from: Annotated[int, typer.Option(help="Skip this many positions of each window (llama.cpp scores from ctx/2).")] = 0,
+    fast: Annotated[Optional[bool], typer.Option("--fast/--no-fast", help="CPU: exact int8 GEMMs and a bfloat16 head (default with float32); --no-fast: transformers' float32 operation order, same metrics, slower.", show_default=False)] = None,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of the source.")] = None,
     kernel_config: Annotated[Optional[Path], typer.Option(help="Tiles of TL tensors in a GGUF another tool wrote (a bitnet.cpp kernel_config.ini).")] = None,
     source_i2s_variant: Annotated[Optional[str], typer.Option(help="I2_S code order of a GGUF another tool wrote: x86-act (default) or arm.")] = None,
@@ -442,7 +443,7 @@ def verify(
             artifact, source, text=text, tokens=tokens, ctx=ctx, device=device, act_quant=act_quant,
             reference=reference, max_ppl_increase=_fraction(max_ppl_increase), min_top1=min_top1,
             max_weight_error=max_weight_error, max_kl=max_kl, dtype=dtype, score_from=score_from,
-            revision=revision, kernel_config=kernel_config, source_i2s_variant=source_i2s_variant,
+            fast=fast, revision=revision, kernel_config=kernel_config, source_i2s_variant=source_i2s_variant,
         )
         data = report.to_dict()
         data["ok"] = bool(report.passed)

@@ -137,6 +137,7 @@ def check_finite(w: np.ndarray, name: str) -> None:
 
 
 CHUNK_ELEMENTS = 1 << 16  # ~256 KiB of float32 per chunk: the second pass stays in L2
+SCRATCH_KEEP_BYTES = 64 * 1024 * 1024  # a thread keeps its absmean buffer up to this size
 
 
 @contextmanager
@@ -213,7 +214,8 @@ def _scratch_f32(n: int) -> np.ndarray:
     buf = getattr(_scratch, "f32", None)
     if buf is None or buf.size < n:
         buf = np.empty(n, dtype=np.float32)
-        _scratch.f32 = buf
+        if 4 * n <= SCRATCH_KEEP_BYTES:  # larger ones are not kept alive between tensors
+            _scratch.f32 = buf
     return buf[:n]
 
 

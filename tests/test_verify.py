@@ -272,3 +272,20 @@ def test_cuda_path_matches_cpu(models, which):
         assert m["mean_kl"] < kl and m["top1_agreement"] >= 0.9, (dtype, m)
     rep = verify(models["tq"], models["silu"], device="cuda", **FAST)
     assert rep.passed, rep.failures
+
+
+@pytest.mark.parametrize("which", ["silu", "llama"])
+def test_fast_cpu_default_gives_the_float_paths_metrics(models, which):
+    """Issue 14 item 3: verify's CPU default (exact int8 GEMMs, bfloat16 head) reports what
+    it computed and gives the float path's perplexities within 0.1% (measured: ~2e-4 at most)."""
+    art = models["tq"] if which == "silu" else models["tq_llama"]
+    fast = verify(art, models[which], **FAST)
+    slow = verify(art, models[which], fast=False, **FAST)
+    assert fast.compute == "int8 linears (exact), float32 activations, bfloat16 head"
+    assert slow.compute.startswith("float32 linears (transformers' operation order)")
+    for a, b in ((fast.artifact_perplexity, slow.artifact_perplexity),
+                 (fast.source_perplexity, slow.source_perplexity)):
+        assert abs(a / b - 1) < 1e-3
+    assert abs(fast.ppl_change - slow.ppl_change) < 1e-3
+    assert fast.passed == slow.passed
+    assert json.loads(json.dumps(fast.to_dict()))["compute"] == fast.compute

@@ -93,6 +93,7 @@ class VerifyReport:
     passed: bool
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    compute: str = ""  # what the forward passes computed with (verify's `fast` path or the float path)
 
     @property
     def max_rel_error(self) -> float:
@@ -274,6 +275,7 @@ def verify(
     score_from: int = 0,
     dtype: str = "float32",
     micro_batch: int | None = None,
+    fast: bool | None = None,
     revision: str | None = None,
     token: str | None = None,
     progress: ProgressFn | None = None,
@@ -293,6 +295,11 @@ def verify(
     linear's error against the float weights. `score_from` skips the first positions of
     every window (llama.cpp's perplexity scores the second half: ctx // 2).
     `progress(stage, done, total)` is called per layer ("layer") and around the metrics.
+    `fast` (default: on for the CPU with float32 activations) computes every ternary linear
+    as an exact int8 GEMM (`x_q @ tᵀ` in int32, the same integers the float path forms, then
+    the float32 rescale) and the output projection in bfloat16 with float32 statistics; off,
+    linears run in transformers' float operation order with a float32 head. Both give the
+    same metrics (perplexity within 0.1%; measured ~1e-5 on the demo model).
     """
     import torch
 
@@ -367,7 +374,18 @@ def verify(
 
     # runners: the artifact, the source ternarized with the artifact's groups, optionally fp
     groups = {st.name: (st.group or "tensor") for st in art.tensors if st.role == LINEAR and st.is_ternary}
-    kw = dict(device=dev, dtype=tdtype, micro_batch=micro_batch)
+    kw: dict[str, Any] = dict(device=dev, dtype=tdtype, micro_batch=micro_batch)
+    compute = "int8 linears (exact), float32 activations" if dev.type == "cuda" else \
+        "float32 linears (transformers' operation order), float32 head"
+    if fast is None:
+        fast = dev.type == "cpu" and tdtype == torch.float32
+    if fast and dev.type == "cpu":
+        kw.update(int_path=True, head_dtype=torch.bfloat16)
+        compute = f"int8 linears (exact), {dtype_name} activations, bfloat16 head"
+    elif dev.type == "cpu":
+        compute = f"{dtype_name} linears (transformers' operation order), {dtype_name} head"
+    if not act_quant:
+        compute = compute.replace("int8 linears (exact)", f"{dtype_name} linears (no activation quantization)")
     r_art = Runner(art, act_quant=act_quant, reference="ternary", **kw)
     r_src = Runner(src, act_quant=act_quant, reference="ternary", groups=groups, **kw)
     r_fp = Runner(src, act_quant=False, reference="fp", **kw) if reference == "fp" else None
@@ -506,7 +524,7 @@ def verify(
         tensors=checks,
         thresholds={"max_ppl_increase": max_ppl_increase, "min_top1": min_top1,
                     "max_weight_error": max_weight_error, "max_kl": max_kl},
-        passed=not failures, failures=failures, notes=notes,
+        passed=not failures, failures=failures, notes=notes, compute=compute,
     )
 
 
@@ -549,6 +567,8 @@ def render_report(report: VerifyReport, console: "Console") -> None:
     summary.add_row("tokens scored", f"{report.tokens} ({report.sequences} x {report.ctx})", "", "")
     summary.add_row("artifact tokens/s", f"{report.tokens_per_s:,.0f}", "", "")
     summary.add_row("device / dtype", f"{report.device} / {report.dtype}", "", "")
+    if report.compute:
+        summary.add_row("compute", report.compute, "", "")
     summary.add_row("activation quant / reference", f"{'on' if report.act_quant else 'off'} / {report.reference}",
                     "", "")
     summary.add_row("time", f"{report.seconds:.1f} s", "", "")

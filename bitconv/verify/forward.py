@@ -500,13 +500,15 @@ class Runner:
     (default: on CUDA) computes ternary linears from int8 codes with `torch._int_mm`, q/k/v
     and gate/up fused, rescaling fused with what follows; without it linears run in
     transformers' float operation order (bit-identical logits on the CPU). `compile` (default: on CUDA when triton is there and
-    BITCONV_COMPILE is not 0) compiles the fused helpers.
+    BITCONV_COMPILE is not 0) compiles the fused helpers. `head_dtype` (default: `dtype`) is
+    the dtype of the output projection alone; verify's fast CPU path uses bfloat16 there.
     """
 
     def __init__(self, ckpt: Checkpoint, *, act_quant: bool = True, reference: str = "ternary",
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  groups: Groups = None, keep: bool = False, micro_batch: int | None = None,
-                 int_path: bool | None = None, compile: bool | None = None) -> None:
+                 int_path: bool | None = None, compile: bool | None = None,
+                 head_dtype: torch.dtype | None = None) -> None:
         if reference not in REFERENCES:
             raise UsageError(f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
         self.ckpt = ckpt
@@ -515,6 +517,8 @@ class Runner:
         self.reference = reference
         self.device = resolve_device(device)
         self.dtype = dtype
+        self.head_dtype = head_dtype or dtype  # the output projection's dtype (logits statistics stay float32)
+        self._head_cast: torch.Tensor | None = None
         self.groups = groups
         self.keep = keep
         self.micro_batch = micro_batch
@@ -693,18 +697,23 @@ class Runner:
         return self.hp.tie_embeddings or "output.weight" not in self.by_name
 
     def head(self) -> torch.Tensor:
-        """The output projection [vocab, hidden] on the device, in `dtype`."""
+        """The output projection [vocab, hidden] on the device, in `head_dtype`."""
         if self._head is None:
             if self.head_is_embedding():
                 self._head = self._embedding()
             else:
                 arr = self.load_raw("output.weight")
                 self._head = torch.from_numpy(np.asarray(arr, dtype=np.float32)).to(self.device, self.dtype)
-        return self._head
+        if self.head_dtype == self._head.dtype:
+            return self._head
+        if self._head_cast is None:  # kept apart: a tied head's float copy still serves embed()
+            self._head_cast = self._head.to(self.head_dtype)
+        return self._head_cast
 
     def release(self) -> None:
         """Drop cached weights and close the artifact file (the runner can still be used)."""
         self._head = None
+        self._head_cast = None
         self._cache.clear()
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
