@@ -72,6 +72,9 @@ def tensor_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
     return cls().nbytes((int(shape[0]), int(shape[1])))
 
 
+_BLOCK = 1 << 20
+
+
 def float_to_bytes(arr: np.ndarray, ggml_type: int) -> np.ndarray:
     """Float32 array -> the little-endian bytes of F32/F16/BF16 (BF16 rounds to nearest even)."""
     a = np.ascontiguousarray(arr, dtype=np.float32)
@@ -79,10 +82,13 @@ def float_to_bytes(arr: np.ndarray, ggml_type: int) -> np.ndarray:
         return a.reshape(-1).view(np.uint8)
     if ggml_type == F16:
         return a.astype(np.float16).reshape(-1).view(np.uint8)
-    if ggml_type == BF16:
-        bits = a.reshape(-1).view(np.uint32)
-        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-        return rounded.view(np.uint8)
+    if ggml_type == BF16:  # in blocks: whole-array temporaries would be 4 float32-sized copies
+        flat = a.reshape(-1)
+        out = np.empty(flat.size, dtype=np.uint16)
+        for i in range(0, flat.size, _BLOCK):
+            bits = flat[i:i + _BLOCK].view(np.uint32)
+            out[i:i + _BLOCK] = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        return out.view(np.uint8)
     raise ValueError(f"not a float type: {ggml_type}")
 
 
