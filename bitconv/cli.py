@@ -109,6 +109,7 @@ def convert(
     source_i2s_variant: Annotated[Optional[str], typer.Option(help="I2_S code order of a GGUF source another tool wrote: x86-act (default) or arm (ARM builds since 2025).")] = None,
     emit_kernel_config: Annotated[Optional[Path], typer.Option(help="Write the TL tile parameters used, as a bitnet.cpp kernel_config.ini.")] = None,
     allow_engine_mismatch: Annotated[bool, typer.Option(help="Write even when the target engine would compute a different function (warns).")] = False,
+    ternarize: Annotated[bool, typer.Option("--ternarize", help="Ternarize a float model that is not ternary (post-training absmean, lossy) instead of refusing it; verify --reference fp reports the cost.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="safetensors: largest shard, e.g. 5GB.")] = "5GB",
     name: Annotated[Optional[str], typer.Option(help="Model name stored in the output (general.name).")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision: branch, tag or commit.")] = None,
@@ -148,7 +149,8 @@ def convert(
                                   i2s_variant=i2s_variant, kernel_config=kernel_config,
                                   allow_engine_mismatch=allow_engine_mismatch,
                                   max_shard_size=parse_size(max_shard_size), name=name, revision=revision,
-                                  token=token, dry_run=True, source_i2s_variant=source_i2s_variant)
+                                  token=token, dry_run=True, source_i2s_variant=source_i2s_variant,
+                                  ternarize=ternarize)
                 results.append(res)
                 if out.human:
                     _render_convert(out, res, True)
@@ -176,6 +178,7 @@ def convert(
                     group_size=group_size, embedding_type=embedding_type, output_type=output_type,
                     i2s_variant=i2s_variant, kernel_config=kernel_config, allow_engine_mismatch=allow_engine_mismatch,
                     max_shard_size=parse_size(max_shard_size), name=name, source_i2s_variant=source_i2s_variant,
+                    ternarize=ternarize,
                 )
             out.result(result.to_dict())
             if out.human:
@@ -193,6 +196,8 @@ def convert(
             task = {}
 
             def on_plan(plan) -> None:
+                for n in plan.notes:
+                    out.info(f"[cyan]note:[/cyan] {n}")
                 for w in plan.warnings:
                     out.warn(w)
                 task["warned"] = len(plan.warnings)
@@ -210,6 +215,7 @@ def convert(
                 allow_engine_mismatch=allow_engine_mismatch, max_shard_size=parse_size(max_shard_size),
                 name=name, revision=revision, token=token, force=force, dry_run=dry_run,
                 progress=on_tensor, on_plan=on_plan, source_i2s_variant=source_i2s_variant,
+                ternarize=ternarize,
             )
         for w in result.plan.warnings[task.get("warned", 0):]:  # found while writing (e.g. the tokenizer's)
             out.warn(w)
@@ -258,11 +264,13 @@ def _render_convert(out: Output, result, dry_run: bool) -> None:
     _render_codegen(out, plan)
     if dry_run:
         t = Table(title=f"plan: {plan.output} (nothing written)")
-        for col in ("tensor", "shape", "type", "bytes"):
+        for col in ("tensor", "shape", "source", "type", "bytes"):
             t.add_column(col, justify="right" if col == "bytes" else "left")
         for tp in plan.tensors:
-            t.add_row(tp.name, "x".join(map(str, tp.shape)), tp.out_type, f"{tp.nbytes:,}")
+            t.add_row(tp.name, "x".join(map(str, tp.shape)), _source_cell(tp), tp.out_type, f"{tp.nbytes:,}")
         out.table(t)
+        kinds = plan.source_kinds()["counts"]
+        out.info("source tensors: " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
         out.info(f"tensor data: {_human_bytes(plan.total_bytes)} in {len(plan.tensors)} tensors")
         return
     stats = result.stats
@@ -282,6 +290,14 @@ def _render_convert(out: Output, result, dry_run: bool) -> None:
         out.info(f"mean relative error {summ['mean_rel_error']:.2%}, max {summ['max_rel_error']:.2%}, "
                  f"zeros {summ['mean_zero_fraction']:.1%}")
     out.info(f"[green]wrote[/green] {plan.output} ({_human_bytes(result.output_bytes)}) in {result.seconds:.1f} s")
+
+
+def _source_cell(tp) -> str:
+    """What the plan decided the source tensor is: kind (and its own scale group)."""
+    kind = tp.source_kind or ""
+    if kind in ("exact_ternary", "packed_ternary"):
+        kind += f" ({tp.source.group or 'tensor'})"
+    return kind
 
 
 def _render_release(out: Output, result) -> None:
@@ -417,7 +433,7 @@ def verify(
     tokens: Annotated[int, typer.Option(help="Number of tokens to evaluate.")] = 2048,
     ctx: Annotated[int, typer.Option(help="Context length of each evaluation window.")] = 512,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    act_quant: Annotated[bool, typer.Option("--act-quant/--no-act-quant", help="8-bit per-token activation quantization, as BitNet trains.")] = True,
+    act_quant: Annotated[Optional[bool], typer.Option("--act-quant/--no-act-quant", help="Force 8-bit per-token activation quantization on (or off) for both sides. Default: the artifact on; the source as its model runs (BitNet: on, a plain family: off).")] = None,
     reference: Annotated[str, typer.Option(help="ternary: source ternarized on the fly; fp: also report the unquantized model.")] = "ternary",
     max_ppl_increase: Annotated[str, typer.Option(help="Fail when artifact perplexity exceeds the source's by more than this (e.g. 1%).")] = "1%",
     min_top1: Annotated[float, typer.Option(help="Fail when top-1 agreement with the source is below this.")] = 0.99,

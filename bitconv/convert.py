@@ -23,6 +23,8 @@ from .pipeline import ordered_map
 from .quant import TensorStats, check_finite, parse_group_size, serial_torch, tensor_stats, ternarize_with_stats
 from .readers import GGUFReadOptions, open_source
 from .readers.checkpoint import Checkpoint
+from .exact_ternary import recover
+from .source_kind import SourceKind, decide_source_kinds
 from .writers import get_writer
 from .writers.atomic import atomic_path, check_not_source, check_output
 from .writers.base import Encoded, Payload
@@ -45,6 +47,7 @@ def convert(
     allow_engine_mismatch: bool = False,
     max_shard_size: int = 5 * 1000**3,
     name: str | None = None,
+    ternarize: bool = False,
     revision: str | None = None,
     token: str | None = None,
     force: bool = False,
@@ -60,13 +63,18 @@ def convert(
     is written. Raises a `BitconvError` subclass on bad input or a failed write.
     A GGUF source another tool wrote is read with `source_i2s_variant` (its I2_S code
     order) and `kernel_config` (the tiles of its TL tensors), which its bytes cannot tell.
+
+    Every source tensor's kind is decided first (`source_kind.decide_source_kinds`): float
+    weights of a model that is not a BitNet model must be exact ternary (their own t and
+    scales are kept), or the conversion is refused unless `ternarize` asks for
+    post-training ternarization on purpose.
     """
     output = Path(output)
     options = build_options(
         layout=layout, format=format, group_size=group_size, embedding_type=embedding_type,
         output_type=output_type, i2s_variant=i2s_variant, kernel_config=kernel_config,
         emit_kernel_config=emit_kernel_config, allow_engine_mismatch=allow_engine_mismatch,
-        max_shard_size=max_shard_size, name=name,
+        max_shard_size=max_shard_size, name=name, ternarize=ternarize,
     )
     writer = get_writer(options.format)
     if options.format == "gguf":
@@ -81,7 +89,9 @@ def convert(
         check_not_source(output, checkpoint_paths(ckpt, options))
     if options.emit_kernel_config is not None:
         check_emit_path(options.emit_kernel_config, output, checkpoint_paths(ckpt, options))
+    kind_notes = decide_source_kinds(ckpt, ternarize=options.ternarize)
     plan = writer.plan(ckpt, output, options)
+    plan.notes = kind_notes + plan.notes
     if on_plan is not None:
         on_plan(plan)
     if options.emit_kernel_config is not None:
@@ -102,7 +112,7 @@ def build_options(*, layout: str = "tq2_0", format: str = "gguf", group_size: st
                   embedding_type: str = "auto", output_type: str = "auto", i2s_variant: str = "x86-act",
                   kernel_config: str | Path | None = None, emit_kernel_config: str | Path | None = None,
                   allow_engine_mismatch: bool = False, max_shard_size: int = 5 * 1000**3,
-                  name: str | None = None) -> ConvertOptions:
+                  name: str | None = None, ternarize: bool = False) -> ConvertOptions:
     """Validate and normalize user-facing options (shared by convert and release)."""
     return ConvertOptions(
         layout=layout.lower().replace("-", "_"), format=format.lower(), group_size=parse_group_size(group_size),
@@ -111,6 +121,7 @@ def build_options(*, layout: str = "tq2_0", format: str = "gguf", group_size: st
         kernel_config=Path(kernel_config) if kernel_config else None,
         emit_kernel_config=Path(emit_kernel_config) if emit_kernel_config else None,
         allow_engine_mismatch=allow_engine_mismatch, max_shard_size=max_shard_size, name=name,
+        ternarize=ternarize,
     )
 
 
@@ -121,7 +132,9 @@ def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats], progress: Pr
     others as float32, or already `encode`d into the writer's bytes.
 
     Source tensors already ternary keep their own values and scales (absmean is not
-    idempotent); float linears are absmean-ternarized with the plan's group. Each tensor's
+    idempotent): packed ones as unpacked, exact-ternary floats recovered (and compared with
+    the floats they came from); BitNet latent (or --ternarize) float linears are
+    absmean-ternarized with the plan's group. Each tensor's
     read, ternarization, statistics and `encode` run as one job on the pipeline's workers
     (`bitconv.pipeline`), a few tensors ahead of the one being written; results and
     statistics arrive in plan order, so the bytes do not depend on the worker count.
@@ -153,6 +166,10 @@ def _float_bytes(tp: TensorPlan) -> int:
 def _prepare_one(tp: TensorPlan) -> tuple[Payload, TensorStats | None]:
     src = tp.source
     if tp.role == LINEAR:
+        if src.kind == SourceKind.EXACT:  # recovered from its floats and compared with them
+            w = src.load()
+            tern = recover(w, src.group)
+            return tern, tensor_stats(tp.name, tern, w)
         if src.is_ternary:
             tern = src.load_ternary()
             return tern, tensor_stats(tp.name, tern, None)

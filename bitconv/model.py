@@ -40,6 +40,9 @@ class HParams:
     hidden_act: str  # "relu2" | "silu"
     tie_embeddings: bool
     sub_norms: bool  # BitNet attn_sub_norm / ffn_sub_norm present
+    qk_norm: bool = False  # per-head RMSNorm of q and k before rope (Qwen3)
+    linear_norms: bool = False  # an RMSNorm before every ternary linear (use_rms_norm)
+    linear_norm_eps: float = 1e-6
     bos_token_id: int | None = None
     eos_token_id: int | None = None
 
@@ -93,6 +96,9 @@ class SourceTensor:
     _load_ternary: Callable[[], Ternary] | None = None
     source_nbytes: int = 0
     group: Any = None  # ternary sources: the group of their own scales ("tensor", "row", N)
+    _load_rows: Callable[[int, int], np.ndarray] | None = None  # rows [a, b) as float32 (cheap probes)
+    kind: Any = None  # a `source_kind.SourceKind`, decided once per checkpoint
+    detection: Any = None  # exact-ternary floats: the `exact_ternary.Detection` that found them
 
     @property
     def is_ternary(self) -> bool:
@@ -102,6 +108,12 @@ class SourceTensor:
         if self._load is not None:
             return self._load()
         return self.load_ternary().dequantize()
+
+    def load_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as float32, without reading the rest when the reader can."""
+        if self._load_rows is not None:
+            return self._load_rows(start, stop)
+        return self.load()[start:stop]
 
     def load_ternary(self) -> Ternary:
         if self._load_ternary is None:

@@ -25,6 +25,7 @@ class ConvertOptions:
     allow_engine_mismatch: bool = False
     max_shard_size: int = 5 * 1000**3
     name: str | None = None
+    ternarize: bool = False  # post-training ternarization of a float (non-BitNet) model, on purpose
 
     def recorded(self) -> dict[str, Any]:
         """The options that shape the output bytes (paths and flags that do not are left out)."""
@@ -37,6 +38,8 @@ class ConvertOptions:
             d["max_shard_size"] = self.max_shard_size
         if self.allow_engine_mismatch:
             d["allow_engine_mismatch"] = True
+        if self.ternarize:
+            d["ternarize"] = True
         return d
 
 
@@ -49,10 +52,24 @@ class TensorPlan:
     nbytes: int
     source: SourceTensor
     group: GroupSize | None = None  # linears: the scale group written
+    note: str | None = None  # what happened to it that the user must know (e.g. ternary written as float)
+
+    @property
+    def source_kind(self) -> str | None:
+        """The source tensor's kind (`source_kind.SourceKind` value), e.g. "exact_ternary"."""
+        return None if self.source.kind is None else str(self.source.kind)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "role": self.role, "type": self.out_type,
-                "bytes": self.nbytes, "source": self.source.source_name, "source_dtype": self.source.dtype}
+        d = {"name": self.name, "shape": list(self.shape), "role": self.role, "type": self.out_type,
+             "bytes": self.nbytes, "source": self.source.source_name, "source_dtype": self.source.dtype,
+             "source_kind": self.source_kind}
+        if self.source.kind is not None and str(self.source.kind) in ("exact_ternary", "packed_ternary"):
+            d["source_group"] = self.source.group or "tensor"
+        if self.group is not None:
+            d["group"] = self.group
+        if self.note:
+            d["note"] = self.note
+        return d
 
 
 @dataclass
@@ -67,6 +84,13 @@ class ConversionPlan:
     warnings: list[str] = field(default_factory=list)
     layout_metadata: dict[str, Any] = field(default_factory=dict)
     layout: Any = None  # the Layout instance that checked every tensor (holds the TL tiles it chose)
+    notes: list[str] = field(default_factory=list)  # what the plan found (source kinds), not warnings
+
+    def source_kinds(self) -> dict[str, Any]:
+        """{kind: count} and groups of the planned tensors' sources (GGUF metadata, manifest)."""
+        from .source_kind import kind_summary
+
+        return kind_summary(t.source for t in self.tensors)
 
     @property
     def total_bytes(self) -> int:
@@ -80,6 +104,7 @@ class ConversionPlan:
             "output": str(self.output), "format": self.format, "options": self.options.recorded(),
             "hparams": self.spec.hparams.to_dict(), "tensor_bytes": self.total_bytes,
             "tensors": [t.to_dict() for t in self.tensors], "warnings": list(self.warnings),
+            "notes": list(self.notes), "source_kinds": self.source_kinds(),
             "layout_metadata": self.layout_metadata,
         }
 

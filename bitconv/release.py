@@ -26,6 +26,7 @@ from .model import SourceInfo
 from .plan import ConversionPlan, ConvertOptions, TensorPlan
 from .quant import TensorStats
 from .readers import open_source
+from .source_kind import decide_source_kinds, kind_summary
 from .readers.checkpoint import Checkpoint
 from .writers import get_writer
 from .writers.atomic import atomic_path, check_not_source, check_output, cleanup_on_signals
@@ -283,6 +284,8 @@ def release(
     foreign = gguf_read_options(option_kwargs.pop("source_i2s_variant", None), option_kwargs.get("kernel_config"))
     ckpt = open_source(source, revision=revision, token=token, gguf_options=foreign)
     check_not_source(outdir, checkpoint_paths(ckpt), what="output folder")
+    # what each source tensor is, before any folder is made (a float model is refused here)
+    decide_source_kinds(ckpt, ternarize=bool(option_kwargs.get("ternarize")))
     created = [p for p in (outdir, *outdir.parents) if not p.exists()]
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -318,6 +321,7 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
         try:
             check_output(t.path, force, checkpoint_paths(ckpt, t.options))
             t.plan = get_writer(t.options.format).plan(ckpt, t.path, t.options)
+            t.plan.notes = list(ckpt.source_kind_notes) + t.plan.notes
         except BitconvError as exc:
             t.error, t.exit_code = str(exc), exc.exit_code
             first = first or (t, exc)
@@ -442,6 +446,7 @@ def build_manifest(ckpt: Checkpoint, targets: list[Target], outdir: Path, comman
         "source": {
             "kind": src.kind, "location": src.public_location, "revision": src.revision, "commit": src.commit,
             "family": ckpt.spec.family,
+            "tensor_kinds": kind_summary(ckpt.tensors),
             "files": [{"path": _rel(p, root), "sha256": _sha256(p), "bytes": p.stat().st_size}
                       for p in sorted(ckpt.files)],
         },

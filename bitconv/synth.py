@@ -19,7 +19,13 @@ FAMILIES = {
     "relu2": ("BitNetForCausalLM", "bitnet", "relu2", "self_attn.attn_sub_norm", "mlp.ffn_sub_norm"),
     "silu": ("BitnetForCausalLM", "bitnet", "silu", "self_attn.inner_attn_ln", "mlp.ffn_layernorm"),
     "llama": ("LlamaForCausalLM", "llama", "silu", None, None),
+    "qwen3": ("Qwen3ForCausalLM", "qwen3", "silu", None, None),
 }
+PLAIN_FAMILIES = ("llama", "qwen3")  # no BitNet graph of their own
+# The quantization_config that makes a plain family a BitNet model with latent weights
+# (transformers ternarizes them online): what `weights="latent"` gives llama / qwen3.
+BITNET_ONLINE = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
+_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 _TEXT = (
     "The quick brown fox jumps over the lazy dog. A ternary network stores each weight as "
@@ -50,6 +56,15 @@ class SynthConfig:
     # perplexities like e^150 on which engine comparisons ride on rounding (issue 9).
     logit_std: float | None = None
     quantization_config: dict | None = None
+    # "latent": BitNet latent floats (plain families get BITNET_ONLINE unless a
+    # quantization_config is given); "exact": every linear already s·t with `ternary_group`
+    # scales, no quantization_config (TriLM / Bonsai "unpacked"); "float": a plain float
+    # model that is not ternary (bitconv refuses it without --ternarize).
+    weights: str = "latent"
+    ternary_group: str | int = "tensor"
+    ternary_embeddings: str | int | None = None  # "exact": embedding (and lm_head) s·t with this group too
+    head_dim: int | None = None  # qwen3: head size other than hidden // heads
+    use_rms_norm: bool = False  # an RMSNorm inside every linear (quantization_config use_rms_norm)
 
 
 # The logit scale judge tests use (see `SynthConfig.logit_std`): ln(vocab) + ~2 nats.
@@ -78,7 +93,7 @@ def hf_weights(cfg: SynthConfig, device: str = "cpu") -> dict[str, torch.Tensor]
     """
     arch, _, _, attn_sub, ffn_sub = FAMILIES[cfg.family]
     g = torch.Generator(device).manual_seed(cfg.seed)
-    d = cfg.hidden // cfg.heads
+    d = cfg.head_dim or cfg.hidden // cfg.heads
     dt = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[cfg.dtype]
 
     def lin(m: int, k: int) -> torch.Tensor:
@@ -107,11 +122,33 @@ def hf_weights(cfg: SynthConfig, device: str = "cpu") -> dict[str, torch.Tensor]
         if attn_sub:
             w[p + attn_sub + ".weight"] = norm(cfg.hidden)
             w[p + ffn_sub + ".weight"] = norm(cfg.intermediate)
+        if cfg.family == "qwen3":
+            w[p + "self_attn.q_norm.weight"] = norm(d)
+            w[p + "self_attn.k_norm.weight"] = norm(d)
+        if cfg.use_rms_norm:
+            for name in [n for n in w if n.startswith(p) and n.endswith("_proj.weight")]:
+                w[name[: -len(".weight")] + ".rms_norm.weight"] = norm(w[name].shape[1])
     w["model.norm.weight"] = norm(cfg.hidden)
     if not cfg.tie:
         w["lm_head.weight"] = lin(cfg.vocab, cfg.hidden) if head_std is None else \
             (head_std * torch.randn(cfg.vocab, cfg.hidden, generator=g, device=device)).to(dt).cpu()
+    if cfg.weights == "exact":
+        _make_exact(w, cfg, dt)
     return w
+
+
+def _make_exact(w: dict[str, torch.Tensor], cfg: SynthConfig, dt: torch.dtype) -> None:
+    """Replace linears (and, if asked, the embedding / head) by s·t: their absmean
+    ternarization with the configured group, stored in the checkpoint's dtype."""
+    from .quant import ternarize
+
+    for name in list(w):
+        is_linear = name.endswith("_proj.weight") and any(f".{n}." in name for n in _LINEARS)
+        is_table = name in ("model.embed_tokens.weight", "lm_head.weight")
+        if is_linear or (is_table and cfg.ternary_embeddings is not None):
+            group = cfg.ternary_group if is_linear else cfg.ternary_embeddings
+            tern = ternarize(w[name].to(torch.float32).numpy(), group, name)
+            w[name] = torch.from_numpy(tern.dequantize()).to(dt)
 
 
 def hf_config(cfg: SynthConfig) -> dict:
@@ -125,8 +162,17 @@ def hf_config(cfg: SynthConfig) -> dict:
             {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[cfg.dtype],
         "attention_bias": False,
     }
-    if cfg.quantization_config:
-        c["quantization_config"] = cfg.quantization_config
+    if cfg.head_dim or cfg.family == "qwen3":  # Qwen3Config's own default head_dim is 128
+        c["head_dim"] = cfg.head_dim or cfg.hidden // cfg.heads
+    if cfg.family == "qwen3":
+        c["use_sliding_window"] = False
+    q = cfg.quantization_config
+    if q is None and cfg.weights == "latent" and cfg.family in PLAIN_FAMILIES:
+        q = dict(BITNET_ONLINE)
+    if q and cfg.use_rms_norm:
+        q = {**q, "use_rms_norm": True, "rms_norm_eps": 1e-6}
+    if q:
+        c["quantization_config"] = q
     return c
 
 

@@ -1,6 +1,6 @@
 """Architecture registry; importing this package registers every built-in family."""
 
-from . import bitnet, llama  # noqa: F401
+from . import bitnet, llama, qwen3  # noqa: F401
 from .base import (
     BITNET_CPP,
     LLAMA_CPP,

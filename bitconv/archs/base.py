@@ -20,6 +20,10 @@ _ARCHS: dict[str, type["Architecture"]] = {}
 LLAMA_CPP, BITNET_CPP = "llama.cpp", "bitnet.cpp"
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# transformers' BitNetQuantConfig(use_rms_norm=True): an RMSNorm inside every BitLinear,
+# `<linear>.rms_norm.weight`; bitconv names it `blk.N.<linear kind>_in_norm.weight`.
+INPUT_NORM_HF = ".rms_norm"
+INPUT_NORM_SUFFIX = "_in_norm"
 
 
 def register(*hf_names: str):
@@ -81,6 +85,11 @@ class Architecture:
     }
     ignored: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
     permute_qk_for_llama_arch: ClassVar[bool] = False
+    # A BitNet family: its float linears are latent weights ternarized by absmean at run
+    # time, with 8-bit activations (source_kind.is_bitnet_model).
+    bitnet_graph: ClassVar[bool] = False
+    # Per-head RMSNorm of q and k before rope (Qwen3): GGUF kinds attn_q_norm / attn_k_norm.
+    qk_norm: ClassVar[bool] = False
 
     # -- names ---------------------------------------------------------------------
     def map_name(self, hf_name: str) -> tuple[str, str] | None:
@@ -94,7 +103,22 @@ class Architecture:
             kind = self.layer_names[m.group(2)]
             role = NORM if kind.endswith("norm") else LINEAR
             return f"blk.{m.group(1)}.{kind}.weight", role
+        if m and m.group(2).endswith(INPUT_NORM_HF + ".weight"):  # use_rms_norm: `...q_proj.rms_norm.weight`
+            linear = self.layer_names.get(m.group(2)[: -len(INPUT_NORM_HF + ".weight")] + ".weight")
+            if linear is not None and not linear.endswith("norm"):
+                return f"blk.{m.group(1)}.{linear}{INPUT_NORM_SUFFIX}.weight", NORM
         raise KeyError(hf_name)
+
+    def hf_layer_name(self, kind: str) -> str | None:
+        """GGUF kind -> the HF suffix inside a layer (`attn_q_in_norm` -> `self_attn.q_proj.rms_norm.weight`)."""
+        for suffix, k in self.layer_names.items():
+            if k == kind:
+                return suffix
+        if kind.endswith(INPUT_NORM_SUFFIX):
+            linear = self.hf_layer_name(kind[: -len(INPUT_NORM_SUFFIX)])
+            if linear is not None:
+                return linear[: -len(".weight")] + INPUT_NORM_HF + ".weight"
+        return None
 
     # -- hyperparameters -----------------------------------------------------------
     def hparams(self, config: dict[str, Any], source: str = "config.json") -> HParams:
@@ -118,6 +142,8 @@ class Architecture:
         theta = get_float(config, "rope_theta", source, default=None)
         if theta is None:
             theta = get_float(rope, "rope_theta", f"{source}: rope_parameters", default=10000.0)
+        qconfig = get_dict(config, "quantization_config", source)
+        qsource = f"{source}: quantization_config"
         return HParams(
             vocab_size=get_int(config, "vocab_size", source),
             hidden_size=hidden,
@@ -132,6 +158,9 @@ class Architecture:
             hidden_act=self._activation(config),
             tie_embeddings=get_bool(config, "tie_word_embeddings", source, default=False),
             sub_norms=self.sub_norms,
+            qk_norm=self.qk_norm,
+            linear_norms=get_bool(qconfig, "use_rms_norm", qsource, default=False),
+            linear_norm_eps=get_float(qconfig, "rms_norm_eps", qsource, default=1e-6),
             bos_token_id=get_token_id(config, "bos_token_id", source),
             eos_token_id=get_token_id(config, "eos_token_id", source),
         )

@@ -8,6 +8,7 @@ from .base import BITNET_CPP, LLAMA_CPP, Architecture, register
 
 class _BitNetBase(Architecture):
     sub_norms = True
+    bitnet_graph = True
 
     def engine_problems(self, hp: HParams, engine: str, has_output: bool) -> list[str]:
         problems = []

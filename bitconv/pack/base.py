@@ -111,6 +111,22 @@ def get_layout(name: str, **options: Any) -> Layout:
         raise UsageError(f"layout {cls.name}: {exc}") from None
 
 
+def layouts_holding(shape: tuple[int, int], group: GroupSize) -> list[str]:
+    """GGUF layouts that can store a [M, K] ternary tensor with this scale group, as is
+    (refusal messages name them: a ternary source's own scales are never averaged)."""
+    _load_builtin()
+    out = []
+    for name, cls in sorted(_LAYOUTS.items()):
+        if cls.ggml_type is None:
+            continue
+        try:
+            cls().check("tensor", shape, group)
+        except (UsageError, LayoutError, TypeError, ValueError):
+            continue
+        out.append(name)
+    return out
+
+
 def layout_for_ggml_type(ggml_type: int) -> type[Layout] | None:
     _load_builtin()
     for cls in _LAYOUTS.values():

@@ -38,6 +38,8 @@ class Checkpoint:
     spec: ModelSpec
     tensors: list[SourceTensor]
     files: list[Path] = field(default_factory=list)  # every source file read, for provenance
+    source_kinds_decided: bool = False  # source_kind.decide_source_kinds ran (it runs once)
+    source_kind_notes: list[str] = field(default_factory=list)  # what it found, for plans and reports
 
     def __post_init__(self) -> None:
         self.tensors.sort(key=lambda t: canonical_order(t.name))

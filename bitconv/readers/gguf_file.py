@@ -44,7 +44,7 @@ _MAX_ARRAY_DEPTH = 8
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 
 ARCH_FAMILY = {"bitnet": "BitnetForCausalLM", "bitnet-b1.58": "BitNetForCausalLM",
-               "bitnet-25": "BitNetForCausalLM", "llama": "LlamaForCausalLM"}
+               "bitnet-25": "BitNetForCausalLM", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 @dataclass
@@ -373,7 +373,8 @@ def hparams_config(f: GGUFFile) -> tuple[str, dict[str, Any]]:
         "bos_token_id": get_int(kv, "tokenizer.ggml.bos_token_id", src, default=None, minimum=0),
         "eos_token_id": get_int(kv, "tokenizer.ggml.eos_token_id", src, default=None, minimum=0),
     }
-    head_dim = k("rope.dimension_count", "head_dim", None)
+    # the head size: llama.cpp reads key_length (qwen3 writes it), else the rope dimension
+    head_dim = k("attention.key_length", "head_dim", None) or k("rope.dimension_count", "head_dim", None)
     if head_dim is not None:
         config["head_dim"] = head_dim
     return arch, config

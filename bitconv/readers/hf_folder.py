@@ -19,6 +19,7 @@ from ..pack.hf2bit import HF2Bit
 from ..quant import Ternary
 from ..validate import validate_checkpoint
 from ..archs import Architecture, architecture_for
+from ..archs.base import INPUT_NORM_SUFFIX
 from .checkpoint import Checkpoint
 from .safetensors_files import ShardSet
 
@@ -146,8 +147,10 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
             tensors.append(SourceTensor(
                 name=name, shape=shape, role=role, dtype=dtype, source_name=hf_name,
                 _load=(lambda n=hf_name: shards.get(n)),
+                _load_rows=(lambda a, b, n=hf_name: shards.get_rows(n, a, b)),
                 source_nbytes=int(np.prod(shape)) * {"bf16": 2, "f16": 2, "f32": 4}[dtype],
             ))
+    _check_linear_norms(tensors, hp, folder / "config.json")
     spec = ModelSpec(
         family=arch.hf_names[0],
         name=model_name(config, source, folder),
@@ -163,6 +166,26 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
     ckpt = Checkpoint(spec=spec, tensors=tensors, files=files)
     validate_checkpoint(ckpt, set(arch.layer_names.values()))
     return ckpt
+
+
+def _check_linear_norms(tensors: list[SourceTensor], hp: HParams, config_path: Path) -> None:
+    """use_rms_norm: every ternary linear needs its input norm, and no other model has them."""
+    names = {t.name for t in tensors}
+    norms = [t for t in tensors if t.name.endswith(INPUT_NORM_SUFFIX + ".weight")]
+    if norms and not hp.linear_norms:
+        raise InputError(
+            f"{config_path}: the checkpoint has per-linear input norms ({norms[0].source_name}, ...) but its "
+            "quantization_config does not set use_rms_norm: true",
+            hint="transformers would ignore those tensors; fix the config or the checkpoint")
+    if hp.linear_norms:
+        for t in tensors:
+            if t.role == LINEAR:
+                want = t.name[: -len(".weight")] + INPUT_NORM_SUFFIX + ".weight"
+                if want not in names:
+                    raise InputError(
+                        f"{config_path}: quantization_config sets use_rms_norm but {t.source_name} has no "
+                        f"input norm ({t.source_name[: -len('.weight')]}.rms_norm.weight)",
+                        hint="the checkpoint is incomplete")
 
 
 def _packed_tensor(shards: ShardSet, hf_name: str, name: str, shape: tuple[int, ...], hp: HParams,

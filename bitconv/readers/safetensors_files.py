@@ -164,6 +164,17 @@ class ShardSet:
         except (OSError, ValueError) as exc:
             raise CorruptFileError(f"{path}: cannot read tensor {name!r} ({exc})") from None
 
+    def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a float tensor as float32; only those bytes are read."""
+        path = self._where[name]
+        try:
+            t = self._open(path).get_slice(name)[start:stop]
+        except Exception as exc:
+            raise CorruptFileError(f"{path}: cannot read tensor {name!r} ({exc})") from None
+        finally:
+            self._handles.pop(path, None)
+        return t.to(torch.float32).numpy()
+
     def get(self, name: str, dtype=np.float32) -> np.ndarray:
         """The tensor as a numpy array: floats as `dtype` (float32: the file's own bytes when
         they already are float32, no copy), integers as stored."""

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import CorruptFileError, InputError, SourceNotFoundError, UsageError
 from ..model import LINEAR, LINEAR_KINDS, kind_of, layer_of
+from ..source_kind import SourceKind, decide_source_kinds, source_act_quant
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -70,7 +71,8 @@ class VerifyReport:
     artifact_layouts: list[str]
     device: str
     dtype: str
-    act_quant: bool
+    act_quant: bool  # the artifact's activations quantized to 8 bits
+    source_act_quant: bool  # the source's (BitNet models: yes; a plain family: no)
     reference: str
     tokenizer: str
     text: str
@@ -266,7 +268,7 @@ def verify(
     tokens: int = 2048,
     ctx: int = 512,
     device: str = "cpu",
-    act_quant: bool = True,
+    act_quant: bool | None = None,
     reference: str = "ternary",
     max_ppl_increase: float = 0.01,
     min_top1: float = 0.99,
@@ -300,6 +302,13 @@ def verify(
     the float32 rescale) and the output projection in bfloat16 with float32 statistics; off,
     linears run in transformers' float operation order with a float32 head. Both give the
     same metrics (perplexity within 0.1%; measured ~1e-5 on the demo model).
+
+    The source side computes what the source model computes: every tensor's kind is decided
+    once (`source_kind`); BitNet latent weights are ternarized on the fly with 8-bit
+    activations, exact-ternary and packed weights are used as they are, and a plain family
+    (no bitnet quantization_config) runs without activation quantization, as transformers
+    runs it. `act_quant=None` (default) does that, with 8-bit activations on the artifact
+    (engines quantize a ternary file's activations); True/False forces both sides.
     """
     import torch
 
@@ -372,6 +381,19 @@ def verify(
     if score_from >= t - 1:
         raise UsageError(f"score_from {score_from} leaves nothing to score in windows of {t} tokens")
 
+    # what each source tensor is (exact ternary floats are recovered, BitNet latents absmean'd,
+    # floats of a plain model ternarized like --ternarize did), and how the source model runs:
+    # BitNet models quantize activations to 8 bits, a plain family runs in float
+    notes += decide_source_kinds(src, ternarize=True)
+    src_aq = source_act_quant(src) if act_quant is None else act_quant
+    art_aq = True if act_quant is None else act_quant  # every engine quantizes a ternary file's activations
+    if not src_aq:
+        notes.append(f"source: {src.spec.family} without a bitnet quantization_config runs in float without "
+                     "activation quantization (as transformers runs it); the artifact with 8-bit activations")
+    if any(st.role == LINEAR and st.kind == SourceKind.FLOAT for st in src.tensors):
+        notes.append("source: a float model that is not ternary; its linears are ternarized with the artifact's "
+                     "groups (what --ternarize wrote); --reference fp reports the float model itself")
+
     # runners: the artifact, the source ternarized with the artifact's groups, optionally fp
     groups = {st.name: (st.group or "tensor") for st in art.tensors if st.role == LINEAR and st.is_ternary}
     kw: dict[str, Any] = dict(device=dev, dtype=tdtype, micro_batch=micro_batch)
@@ -384,10 +406,10 @@ def verify(
         compute = f"int8 linears (exact), {dtype_name} activations, bfloat16 head"
     elif dev.type == "cpu":
         compute = f"{dtype_name} linears (transformers' operation order), {dtype_name} head"
-    if not act_quant:
+    if not art_aq:
         compute = compute.replace("int8 linears (exact)", f"{dtype_name} linears (no activation quantization)")
-    r_art = Runner(art, act_quant=act_quant, reference="ternary", **kw)
-    r_src = Runner(src, act_quant=act_quant, reference="ternary", groups=groups, **kw)
+    r_art = Runner(art, act_quant=art_aq, reference="ternary", **kw)
+    r_src = Runner(src, act_quant=src_aq, reference="ternary", groups=groups, **kw)
     r_fp = Runner(src, act_quant=False, reference="fp", **kw) if reference == "fp" else None
     notes += [f"artifact: {n}" for n in r_art.notes] + [f"source: {n}" for n in r_src.notes]
     if reference == "fp" and src.spec.packed:
@@ -514,7 +536,7 @@ def verify(
     return VerifyReport(
         artifact=str(artifact), source=str(source),
         artifact_layouts=sorted({st.dtype for st in art.tensors if st.role == LINEAR}),
-        device=str(dev), dtype=dtype_name, act_quant=act_quant, reference=reference,
+        device=str(dev), dtype=dtype_name, act_quant=art_aq, source_act_quant=src_aq, reference=reference,
         tokenizer=tok_desc, text=str(text_path), sequences=b, ctx=t, tokens=pair.tokens,
         source_perplexity=pair.source.perplexity, artifact_perplexity=pair.artifact.perplexity,
         ppl_change=pair.ppl_change, mean_kl=pair.mean_kl, max_kl=pair.kl_max, top1_agreement=pair.top1_agreement,
@@ -569,7 +591,9 @@ def render_report(report: VerifyReport, console: "Console") -> None:
     summary.add_row("device / dtype", f"{report.device} / {report.dtype}", "", "")
     if report.compute:
         summary.add_row("compute", report.compute, "", "")
-    summary.add_row("activation quant / reference", f"{'on' if report.act_quant else 'off'} / {report.reference}",
+    onoff = lambda b: "on" if b else "off"  # noqa: E731
+    summary.add_row("act. quant artifact / source / reference",
+                    f"{onoff(report.act_quant)} / {onoff(report.source_act_quant)} / {report.reference}",
                     "", "")
     summary.add_row("time", f"{report.seconds:.1f} s", "", "")
     console.print(summary)

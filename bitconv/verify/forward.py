@@ -3,7 +3,11 @@
 One graph covers every family bitconv reads (FORMATS.md §8): token embedding, RMSNorm,
 rotary embeddings (HF rotate-half convention), grouped-query attention with a causal
 mask, the BitNet sub-norms when present (attn_sub_norm before o_proj, ffn_sub_norm before
-down_proj), a relu² or SiLU gated FFN, and a tied (token_embd) or untied (output) head.
+down_proj), Qwen3's per-head q/k RMSNorm before rope (attn_q_norm / attn_k_norm), the
+RMSNorm inside every linear of a use_rms_norm model (`<linear>_in_norm`, applied to that
+linear's own input before its activation quantization, as transformers' BitLinear does), a
+relu² or SiLU gated FFN, and a tied (token_embd) or untied (output) head. Each piece runs
+only when the checkpoint has its tensors.
 
 Ternary linears compute as BitNet trains them (FORMATS.md §1): per token
 `γ = max|x|` (≥ 1e-5), `x_q = clip(round(x·127/γ), -128, 127)`, `y = (x_q @ tᵀ)·s·γ/127`.
@@ -66,6 +70,9 @@ _FFN_IN = ("ffn_gate", "ffn_up")
 LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 LAYER_NORMS = ("attn_norm", "ffn_norm")
 LAYER_SUB_NORMS = ("attn_sub_norm", "ffn_sub_norm")
+LAYER_QK_NORMS = ("attn_q_norm", "attn_k_norm")  # Qwen3: per-head RMSNorm of q and k before rope
+IN_NORM = "_in_norm"  # use_rms_norm: `attn_q_in_norm` is the RMSNorm inside attn_q (archs.base.INPUT_NORM_SUFFIX)
+LAYER_IN_NORMS = tuple(k + IN_NORM for k in LAYER_LINEARS)
 
 Groups = Union[GroupSize, Mapping[str, GroupSize], None]
 
@@ -417,13 +424,14 @@ class Linear:
 
     def __init__(self, *, weight: torch.Tensor | None = None, codes: torch.Tensor | None = None,
                  row_scale: torch.Tensor | None = None, k: int = 0, splits: list[int] | None = None,
-                 packed: bool = False) -> None:
+                 packed: bool = False, in_norm: torch.Tensor | None = None) -> None:
         self.weight = weight  # float/dtype [M, K] (CPU path, fp reference, K-block groups)
         self.codes = codes  # int8 [M, K], or uint8 2-bit packed when `packed`
         self.row_scale = row_scale  # float32 [M]
         self.k = k
         self.splits = splits
         self.packed = packed
+        self.in_norm = in_norm  # use_rms_norm: the RMSNorm weight applied to this linear's input
 
     @property
     def is_int(self) -> bool:
@@ -470,7 +478,8 @@ class LayerWeights:
     down: Linear | None = None
 
     def all_int(self) -> bool:
-        return all(isinstance(m, Linear) and m.is_int for m in (self.qkv, self.o, self.gate_up, self.down))
+        return all(isinstance(m, Linear) and m.is_int and m.in_norm is None
+                   for m in (self.qkv, self.o, self.gate_up, self.down))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -596,7 +605,7 @@ class Runner:
     def load_layer(self, i: int) -> dict[str, Payload]:
         """Raw tensors of decoder layer i (host memory; GPU-decoded layouts already on the device)."""
         out: dict[str, Payload] = {}
-        for kind in LAYER_LINEARS + LAYER_NORMS + LAYER_SUB_NORMS:
+        for kind in LAYER_LINEARS + LAYER_NORMS + LAYER_SUB_NORMS + LAYER_QK_NORMS + LAYER_IN_NORMS:
             name = f"blk.{i}.{kind}.weight"
             if name in self.by_name:
                 out[kind] = self.load_raw(name, on_device=self.cuda and kind in LAYER_LINEARS)
@@ -625,9 +634,17 @@ class Runner:
             return self._to_dev(TTernary.from_numpy(raw).dequantize(self.dtype))
         return self._to_dev(torch.from_numpy(raw), self.dtype)
 
-    def prepare_linears(self, names: list[str], raws: list[Payload]) -> list[Linear] | Linear:
-        """Linears sharing one input; on the int path fused into one int8 matrix."""
+    def prepare_linears(self, names: list[str], raws: list[Payload],
+                        in_norms: list[torch.Tensor | None] | None = None) -> list[Linear] | Linear:
+        """Linears sharing one input; on the int path fused into one int8 matrix. With
+        per-linear input norms (use_rms_norm) each keeps its own norm and is not fused."""
         terns = [self.as_ternary(n, r) if self.reference == "ternary" else None for n, r in zip(names, raws)]
+        if in_norms is not None and any(w is not None for w in in_norms):
+            out = []
+            for t, r, w in zip(terns, raws, in_norms):
+                wt = self._to_dev(t.dequantize(self.dtype)) if t is not None else self._float_weight(r)
+                out.append(Linear(weight=wt, k=wt.shape[1], in_norm=w))
+            return out if len(out) > 1 else out[0]
         if self.int_path and all(t is not None and t.row_scales() is not None for t in terns):
             parts = [self._to_dev(t.values) for t in terns]
             codes = torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -644,14 +661,15 @@ class Runner:
 
     def prepare_layer(self, i: int, raw: dict[str, Payload]) -> LayerWeights:
         lw = LayerWeights()
-        for kind in LAYER_NORMS + LAYER_SUB_NORMS:
+        for kind in LAYER_NORMS + LAYER_SUB_NORMS + LAYER_QK_NORMS + LAYER_IN_NORMS:
             if kind in raw:
                 lw.norms[kind] = self._to_dev(torch.from_numpy(np.asarray(raw[kind], dtype=np.float32)), self.dtype)
         n = lambda k: f"blk.{i}.{k}.weight"  # noqa: E731
-        lw.qkv = self.prepare_linears([n(k) for k in _ATTN], [raw[k] for k in _ATTN])
-        lw.o = self.prepare_linears([n("attn_output")], [raw["attn_output"]])
-        lw.gate_up = self.prepare_linears([n(k) for k in _FFN_IN], [raw[k] for k in _FFN_IN])
-        lw.down = self.prepare_linears([n("ffn_down")], [raw["ffn_down"]])
+        ins = lambda ks: [lw.norms.get(k + IN_NORM) for k in ks]  # noqa: E731
+        lw.qkv = self.prepare_linears([n(k) for k in _ATTN], [raw[k] for k in _ATTN], ins(_ATTN))
+        lw.o = self.prepare_linears([n("attn_output")], [raw["attn_output"]], ins(["attn_output"]))
+        lw.gate_up = self.prepare_linears([n(k) for k in _FFN_IN], [raw[k] for k in _FFN_IN], ins(_FFN_IN))
+        lw.down = self.prepare_linears([n("ffn_down")], [raw["ffn_down"]], ins(["ffn_down"]))
         return lw
 
     @contextmanager
@@ -750,9 +768,17 @@ class Runner:
         """Linears sharing input x [..., K]: quantize x once, return each output [..., M]."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        q = QInput(x2) if self.act_quant else None
-        outs = [y for m in (lin if isinstance(lin, list) else [lin]) for y in m(x2, q, self.dtype)]
-        del q
+        outs: list[torch.Tensor] = []
+        shared: QInput | None = None
+        for m in (lin if isinstance(lin, list) else [lin]):
+            if m.in_norm is not None:  # use_rms_norm: the linear normalizes its own input first
+                xm = rms_norm(x2, m.in_norm, self.hp.linear_norm_eps)
+                outs += m(xm, QInput(xm) if self.act_quant else None, self.dtype)
+                continue
+            if shared is None and self.act_quant:
+                shared = QInput(x2)
+            outs += m(x2, shared, self.dtype)
+        del shared
         return [y.reshape(*lead, y.shape[-1]) for y in outs]
 
     def _layer(self, x: torch.Tensor, lw: LayerWeights, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -764,8 +790,8 @@ class Runner:
         h = self.rms(x, lw.norms["attn_norm"])
         q, k, v = self._lin(lw.qkv, h)
         del h
-        q = q.view(b, t, hp.num_heads, d).transpose(1, 2)
-        k = k.view(b, t, hp.num_kv_heads, d).transpose(1, 2)
+        q = self._qk_norm(q.view(b, t, hp.num_heads, d), lw, "attn_q_norm").transpose(1, 2)
+        k = self._qk_norm(k.view(b, t, hp.num_kv_heads, d), lw, "attn_k_norm").transpose(1, 2)
         v = v.view(b, t, hp.num_kv_heads, d).transpose(1, 2)
         cos, sin = rope
         q = q * cos + _rotate_half(q) * sin
@@ -804,8 +830,8 @@ class Runner:
         del xq, sc
         nq, nk = hp.num_heads * d, hp.num_kv_heads * d
         cos, sin = rope
-        q = k.rope(y[:, :nq].view(b, t, hp.num_heads, d), cos, sin)
-        kk = k.rope(y[:, nq:nq + nk].view(b, t, hp.num_kv_heads, d), cos, sin)
+        q = k.rope(self._qk_norm(y[:, :nq].view(b, t, hp.num_heads, d), lw, "attn_q_norm"), cos, sin)
+        kk = k.rope(self._qk_norm(y[:, nq:nq + nk].view(b, t, hp.num_kv_heads, d), lw, "attn_k_norm"), cos, sin)
         v = y[:, nq + nk:].view(b, t, hp.num_kv_heads, d).transpose(1, 2)
         a = _attention(q, kk, v, hp.num_heads // hp.num_kv_heads)
         del q, kk, v, y
@@ -823,6 +849,11 @@ class Runner:
         dn = lw.down
         x2 = k.rescale_add(int_matmul(xq, dn.int_codes()), dn.row_scale, sc, x2)
         return x2.view(b, t, hid)
+
+    def _qk_norm(self, x: torch.Tensor, lw: LayerWeights, norm: str) -> torch.Tensor:
+        """Qwen3's per-head RMSNorm over head_dim of q or k ([b, t, heads, d]), if the layer has it."""
+        w = lw.norms.get(norm)
+        return x if w is None else self.rms(x, w)
 
     def _sub_norm_quant(self, x: torch.Tensor, lw: LayerWeights, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The int8 input of o_proj / down_proj: the BitNet sub-norm fused with the quantization, if present."""

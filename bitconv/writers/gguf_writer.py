@@ -23,6 +23,7 @@ from ..archs import Architecture, architecture_for
 from ..archs.llama import to_llama_rope_order
 from ..readers.checkpoint import Checkpoint
 from .base import Encoded, Payload, Writer
+from ..source_kind import check_own_group, refuse_linear_norms, ternary_written_as_float
 from .tokenizer import load_tokenizer
 
 QUANTIZATION_VERSION = 2
@@ -55,6 +56,7 @@ class GGUFWriter(Writer, format="gguf"):
         drop_output = arch == "bitnet"  # the `bitnet` graph has no output tensor (FORMATS.md §8)
         if drop_output and has_output:
             warnings.append("dropped output.weight: the 'bitnet' graph uses token_embd as the output layer")
+        refuse_linear_norms(ckpt)
         tensors: list[TensorPlan] = []
         for src in ckpt.tensors:
             if src.role == OUTPUT and (hp.tie_embeddings or drop_output):
@@ -63,7 +65,7 @@ class GGUFWriter(Writer, format="gguf"):
                 group = src.group if src.is_ternary else options.group_size
                 if src.is_ternary and group != options.group_size and options.group_size != "tensor":
                     warnings.append(f"{src.name}: kept the source's own {group} scales (already ternary)")
-                layout.check(src.name, src.shape, group)
+                check_own_group(layout, src, group)
                 tensors.append(TensorPlan(src.name, src.shape, LINEAR, layout.name,
                                           layout.nbytes(src.shape), src, group))
             elif src.role in (EMBEDDING, OUTPUT):
@@ -74,7 +76,11 @@ class GGUFWriter(Writer, format="gguf"):
                     tensors.append(TensorPlan(src.name, src.shape, src.role, out,
                                               get_layout(out).nbytes(src.shape), src, src.group or "tensor"))
                 else:
-                    tensors.append(_float_plan(src, out))
+                    tp = _float_plan(src, out)
+                    tp.note = ternary_written_as_float(src, out, flag)
+                    if tp.note:
+                        warnings.append(f"{src.name}: {tp.note}")
+                    tensors.append(tp)
             else:
                 tensors.append(_float_plan(src, "f32"))
         return ConversionPlan(spec=spec, output=output, format="gguf", options=options, tensors=tensors,
@@ -141,6 +147,10 @@ def _write_metadata(w: gguf.GGUFWriter, plan: ConversionPlan, layout: Layout) ->
     w.add_head_count_kv(hp.num_kv_heads)
     w.add_rope_freq_base(hp.rope_theta)
     w.add_rope_dimension_count(hp.head_dim)
+    if plan.arch == "qwen3" or hp.head_dim * hp.num_heads != hp.hidden_size:
+        # llama.cpp reads the head size from these (default: embedding_length / head_count)
+        w.add_key_length(hp.head_dim)
+        w.add_value_length(hp.head_dim)
     w.add_layer_norm_rms_eps(hp.rms_eps)
     w.add_vocab_size(hp.vocab_size)
     w.add_string(f"{plan.arch}.hidden_activation", hp.hidden_act)
@@ -152,8 +162,12 @@ def _write_metadata(w: gguf.GGUFWriter, plan: ConversionPlan, layout: Layout) ->
     w.add_string("bitconv.hidden_act", hp.hidden_act)
     w.add_bool("bitconv.tie_embeddings", bool(hp.tie_embeddings))
     w.add_string("bitconv.layout", layout.name)
-    w.add_string("bitconv.group_size", str(opts.group_size))
+    # the scale group the linears were written with (a ternary source keeps its own); readers
+    # collapse TQ block scales back into it
+    groups = {str(tp.group) for tp in plan.tensors if tp.role == LINEAR and tp.group is not None}
+    w.add_string("bitconv.group_size", groups.pop() if len(groups) == 1 else str(opts.group_size))
     w.add_string("bitconv.options", json.dumps(opts.recorded(), sort_keys=True))
+    w.add_string("bitconv.source.kinds", json.dumps(plan.source_kinds(), sort_keys=True))
     w.add_string("bitconv.source.kind", src.kind)
     w.add_string("bitconv.source.location", src.public_location)  # no private local path
     if src.revision:

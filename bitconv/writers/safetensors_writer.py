@@ -14,7 +14,11 @@ The folder is what transformers' bitnet quantizer loads with `from_pretrained`:
 * one `model.safetensors`, or `model-0000i-of-0000N.safetensors` shards and
   `model.safetensors.index.json` when the tensors exceed `max_shard_size`.
 
-Families: `BitNetForCausalLM` (relu²) and `LlamaForCausalLM` keep their architecture. The
+Families: `BitNetForCausalLM` (relu²), `LlamaForCausalLM` and `Qwen3ForCausalLM` keep
+their architecture (transformers' bitnet quantizer replaces every linear but lm_head with a
+BitLinear in any model class). A `use_rms_norm` source keeps its per-linear input norms
+(`...proj.rms_norm.weight`) and `use_rms_norm` / `rms_norm_eps` in the written
+quantization_config. The
 1bitLLM `BitnetForCausalLM` (SiLU) has no transformers class; its graph is transformers'
 `BitNetForCausalLM` with `hidden_act: silu` (BitNetMLP applies `ACT2FN[hidden_act]`), so it
 is written as that class, its sub-norms renamed `inner_attn_ln` -> `attn_sub_norm` and
@@ -51,6 +55,7 @@ from ..quant import GroupSize, Ternary
 from ..archs import Architecture, architecture_for
 from ..readers.checkpoint import Checkpoint
 from .base import Encoded, Payload, Writer
+from ..source_kind import kind_summary
 
 LINEAR_CLASS = "bitlinear"
 QUANTIZATION_CONFIG = {"quant_method": "bitnet", "linear_class": LINEAR_CLASS, "quantization_mode": "offline"}
@@ -68,6 +73,7 @@ OUTPUT_FAMILY = {
     "BitNetForCausalLM": ("BitNetForCausalLM", "bitnet"),
     "BitnetForCausalLM": ("BitNetForCausalLM", "bitnet"),  # 1bitLLM: runs as transformers' BitNet
     "LlamaForCausalLM": ("LlamaForCausalLM", "llama"),
+    "Qwen3ForCausalLM": ("Qwen3ForCausalLM", "qwen3"),
 }
 
 _FLOATS = ("bf16", "f16", "f32")
@@ -96,7 +102,7 @@ def hf_name(name: str, arch: Architecture) -> str:
     if layer is None:
         hf = names.get(name)
     else:
-        suffix = names.get(kind_of(name))
+        suffix = names.get(kind_of(name)) or arch.hf_layer_name(kind_of(name))
         hf = f"model.layers.{layer}.{suffix}" if suffix and name.endswith(".weight") else None
     if hf is None or arch.map_name(hf) is None or arch.map_name(hf)[0] != name:
         raise InputError(f"tensor {name!r} has no Hugging Face name in a {arch.hf_names[0]} model",
@@ -252,6 +258,7 @@ class SafetensorsWriter(Writer, format="safetensors"):
                             f"{'/'.join(distinct)} scales are read by bitconv (convert, verify) "
                             "but not by transformers")
         metadata = _metadata(ckpt, options, distinct)
+        metadata["bitconv.source.kinds"] = json.dumps(kind_summary(tp.source for tp in tensors), sort_keys=True)
         parts = _split_shards([entries[tp.name] for tp in tensors], options.max_shard_size)
         shards = []
         for i, part in enumerate(parts):
@@ -398,6 +405,9 @@ def _config(ckpt: Checkpoint, out_arch: str, model_type: str, tied: bool, groups
     cfg.setdefault("hidden_act", hp.hidden_act)
     cfg["tie_word_embeddings"] = tied
     q = dict(QUANTIZATION_CONFIG)
+    if hp.linear_norms:  # the per-linear input norms are written; transformers applies them with these
+        q["use_rms_norm"] = True
+        q["rms_norm_eps"] = hp.linear_norm_eps
     if groups and groups != ["tensor"]:
         q[GROUP_KEY] = _group_value(groups[0]) if len(groups) == 1 else "mixed"
     cfg["quantization_config"] = q

@@ -1,0 +1,86 @@
+"""llama.cpp is the judge for Qwen3 GGUFs (issue 11, item 3): it loads bitconv's `qwen3`
+TQ2_0 file (q/k norms, GQA, head_dim != hidden / heads, untied head) and its logits match
+bitconv's float forward pass of the same ternary weights.
+
+The source is an exact-ternary Qwen3 (row scales, as the "-unpacked" exports ship). llama.cpp
+quantizes activations per 256-block (q8_K) for TQ matmuls, so its logits differ slightly from
+a float pass without activation quantization, as for the BitNet judge in test_llamacpp.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+from bitconv.convert import convert  # noqa: E402
+from bitconv.readers import DATA_DIR, open_source  # noqa: E402
+from bitconv.readers.gguf_file import GGUFFile  # noqa: E402
+from bitconv.synth import make_checkpoint  # noqa: E402
+
+pytestmark = pytest.mark.judge
+
+N_TOKENS = 160
+MAX_REL_L2 = 0.07  # measured 0.022 (3x margin)
+MIN_TOP1 = 0.90  # measured 0.969
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("qwen3")
+    src = make_checkpoint(d / "src", family="qwen3", weights="exact", ternary_group="row", hidden=256,
+                          intermediate=512, layers=2, heads=4, kv_heads=2, head_dim=128, vocab=512, tie=False,
+                          embed_std=0.05, seed=12)
+    out = d / "qwen3-tq2_0.gguf"
+    convert(src, out, layout="tq2_0")
+    return src, out
+
+
+def _ids(src: Path) -> list[int]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+    ids = tok.encode((DATA_DIR / "eval.txt").read_text()[:4000]).ids
+    assert len(ids) >= N_TOKENS
+    return ids[:N_TOKENS]
+
+
+def test_qwen3_file_has_llama_cpp_names_and_hparams(qwen3):
+    _, path = qwen3
+    f = GGUFFile(path)
+    assert f.get("general.architecture") == "qwen3"
+    assert f.get("qwen3.attention.key_length") == 128 and f.get("qwen3.attention.value_length") == 128
+    assert f.get("qwen3.attention.head_count") == 4 and f.get("qwen3.attention.head_count_kv") == 2
+    assert f.get("qwen3.embedding_length") == 256
+    assert f.tensors["blk.0.attn_q_norm.weight"].shape == (128,)
+    assert f.tensors["blk.1.attn_k_norm.weight"].shape == (128,)
+    assert f.tensors["blk.0.attn_q.weight"].shape == (512, 256)
+    assert f.tensors["blk.0.attn_output.weight"].shape == (256, 512)
+    assert "output.weight" in f.tensors
+
+
+def test_llamacpp_runs_qwen3_tq2_0(qwen3):
+    from bitconv.verify.forward import logits_for
+
+    src, path = qwen3
+    ids = _ids(src)
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=256, n_batch=256, verbose=False,
+                          n_threads=2, seed=0)
+    try:
+        llm.eval(ids)
+        got = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+    ref = logits_for(open_source(path), np.asarray(ids, dtype=np.int64)[None], act_quant=False)[0].numpy()
+    assert got.shape == ref.shape == (N_TOKENS, 512) and np.isfinite(got).all()
+    rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    top1 = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+    # guard: the same file on reversed input is far away, so the comparison can tell models apart
+    rev = logits_for(open_source(path), np.asarray(ids[::-1], dtype=np.int64)[None], act_quant=False)[0].numpy()
+    far = float(np.linalg.norm(got - rev[::-1]) / np.linalg.norm(rev))
+    print(f"\nllama.cpp qwen3 tq2_0: relative L2 {rel:.4f}, top-1 {top1:.3f}; reversed input {far:.3f}")
+    assert rel <= MAX_REL_L2 and top1 >= MIN_TOP1
+    assert far > 10 * rel
