@@ -168,7 +168,7 @@ def _prepare_one(tp: TensorPlan) -> tuple[Payload, TensorStats | None]:
     if tp.role == LINEAR:
         if src.kind == SourceKind.EXACT:  # recovered from its floats and compared with them
             w = src.load()
-            tern = recover(w, src.group)
+            tern = recover(w, src.group, src.detection.exact)
             return tern, tensor_stats(tp.name, tern, w)
         if src.is_ternary:
             tern = src.load_ternary()

@@ -94,7 +94,7 @@ def mark_exact(st: SourceTensor, found: Detection) -> None:
     loader = st._load
 
     def load_ternary():
-        return recover(loader(), found.group)
+        return recover(loader(), found.group, found.exact)
 
     st._load_ternary = load_ternary
 
@@ -105,8 +105,8 @@ def not_ternary_error(ckpt: "Checkpoint", st: SourceTensor) -> InputError:
         f"{spec.source.location}: {st.source_name} is a {st.dtype} weight that is not ternary (no tensor, row or "
         f"32..256 block group holds only -a, 0, +a) and {spec.family} without a bitnet quantization_config is not "
         "a BitNet model: this is a float model, not a ternary one",
-        hint="pass --ternarize to ternarize it post-training on purpose "
-             "(then `bitconv verify --reference fp` reports what that costs)",
+        hint="pass --ternarize to ternarize it post-training on purpose; "
+             "`bitconv verify --reference fp` then reports what that costs",
     )
 
 
@@ -181,8 +181,10 @@ def _group_words(group) -> str:
     return f"group-{group}" if isinstance(group, int) else f"per-{group}"
 
 
-def _reason(exc: Exception) -> str:
+def _reason(layout, exc: Exception) -> str:
     """The rule a layout check broke, without the tensor name and the layout's own hint."""
+    if layout.tensor_scale_only:
+        return "it stores one scale per tensor"
     msg = getattr(exc, "message", str(exc))
     return msg.rsplit(": ", 1)[-1] if ": " in msg else msg
 
@@ -204,7 +206,7 @@ def check_own_group(layout, st: SourceTensor, group) -> None:
             "--format safetensors keeps them too"
         raise LayoutError(
             f"{st.name}: the source is {st.kind or 'ternary'} with its own {_group_words(group)} scales, which "
-            f"{layout.name} cannot hold ({_reason(exc)}); bitconv keeps a ternary source's scales "
+            f"{layout.name} cannot hold ({_reason(layout, exc)}); bitconv keeps a ternary source's scales "
             "and never averages them",
             hint=where,
         ) from None

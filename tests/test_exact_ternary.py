@@ -37,7 +37,7 @@ def test_every_group_is_found_and_recovered_exactly(group, dtype):
     assert found.group == group and found.exact and found.spread == 0.0
     assert np.array_equal(tern.dequantize(), w)  # 0 error: t and every scale recovered bit for bit
     assert np.array_equal(tern.values, np.sign(w).astype(np.int8))
-    assert 0.3 < found.zero_fraction < 0.37
+    assert np.array_equal(recover(w, group).scales, tern.scales)  # the mean path agrees on exact groups
 
 
 def test_absmean_would_shrink_what_recovery_keeps():
@@ -46,7 +46,9 @@ def test_absmean_would_shrink_what_recovery_keeps():
 
     w = _as(_ternary() * np.float32(0.05), "f16")
     assert ternarize(w).scale == pytest.approx(0.05 * (1 - np.mean(w == 0)), rel=1e-3)
-    assert recover(w, detect(w, "f16").group).scale == np.float16(0.05).astype(np.float32)
+    found = detect(w, "f16")
+    assert recover(w, found.group, found.exact).scale == np.float16(0.05).astype(np.float32)
+    assert recover(w, found.group).scale == np.float16(0.05).astype(np.float32)  # the mean agrees
 
 
 def test_float_weights_are_not_ternary():
@@ -76,7 +78,7 @@ def test_one_ulp_rounding_is_tolerated_and_reported():
     assert found is not None and found.group == "row" and not found.exact
     assert 0 < found.spread <= 2**-7
     assert "row" in found.describe() and "rounding" in found.describe()
-    tern = recover(w, found.group)
+    tern = recover(w, found.group, found.exact)
     assert np.linalg.norm(tern.dequantize() - w) / np.linalg.norm(w) < 2**-8
     # the same spread is far beyond float16's rounding: not ternary there
     assert detect(w, "f16") is None

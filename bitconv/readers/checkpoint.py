@@ -8,10 +8,11 @@ from pathlib import Path
 from ..model import LINEAR_KINDS, NORM_KINDS, ModelSpec, SourceTensor, kind_of, layer_of
 
 _BLOCK_ORDER = {k: i for i, k in enumerate(
-    ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_sub_norm", "attn_output",
+    ("attn_norm", "attn_q", "attn_k", "attn_q_norm", "attn_k_norm", "attn_v", "attn_sub_norm", "attn_output",
      "ffn_norm", "ffn_gate", "ffn_up", "ffn_sub_norm", "ffn_down")
 )}
-assert set(_BLOCK_ORDER) == set(LINEAR_KINDS) | set(NORM_KINDS)
+assert set(LINEAR_KINDS) | set(NORM_KINDS) <= set(_BLOCK_ORDER)
+_IN_NORM = "_in_norm"  # use_rms_norm: `attn_q_in_norm` sorts just before `attn_q`
 
 
 def canonical_order(name: str) -> tuple:
@@ -20,7 +21,10 @@ def canonical_order(name: str) -> tuple:
     if layer is None:
         head = {"token_embd": 0, "output_norm": 2, "output": 3}.get(kind_of(name), 4)
         return (head, 0, 0, name)
-    return (1, layer, _BLOCK_ORDER.get(kind_of(name), 99), name)
+    kind = kind_of(name)
+    if kind.endswith(_IN_NORM) and kind[: -len(_IN_NORM)] in _BLOCK_ORDER:
+        return (1, layer, _BLOCK_ORDER[kind[: -len(_IN_NORM)]] - 0.5, name)
+    return (1, layer, _BLOCK_ORDER.get(kind, 99), name)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_TEXT = DATA_DIR / "eval.txt"
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total): "layer" i/n, "metrics" 0/1 then 1/1
 
-_HP_COMPARED = ("num_heads", "num_kv_heads", "head_dim", "hidden_act", "rope_theta", "rms_eps", "sub_norms")
+_HP_COMPARED = ("num_heads", "num_kv_heads", "head_dim", "hidden_act", "rope_theta", "rms_eps", "sub_norms", "qk_norm",
+                "linear_norms")
 _DTYPES = {"float32": "float32", "f32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "f16": "float16", "fp16": "float16"}
 
