@@ -27,8 +27,12 @@ def expected_shapes(hp: HParams, layer_kinds: set[str]) -> dict[str, tuple[tuple
         "attn_q": ((q, h),), "attn_k": ((kv, h),), "attn_v": ((kv, h),), "attn_output": ((h, q),),
         "ffn_gate": ((ff, h),), "ffn_up": ((ff, h),), "ffn_down": ((h, ff),),
         "attn_sub_norm": tuple({(h,), (q,)}), "ffn_sub_norm": ((ff,),),
+        "attn_q_norm": ((hp.head_dim,),), "attn_k_norm": ((hp.head_dim,),),  # Qwen3: per-head q/k norms
     }
-    return {k: v for k, v in shapes.items() if k in layer_kinds}
+    out = {k: v for k, v in shapes.items() if k in layer_kinds}
+    if hp.linear_norms:  # use_rms_norm: an RMSNorm over each linear's input width (archs.base.INPUT_NORM_SUFFIX)
+        out.update({f"{k}_in_norm": ((shapes[k][0][1],),) for k in list(out) if len(shapes[k][0]) == 2})
+    return out
 
 
 def problems(ckpt: "Checkpoint", layer_kinds: set[str], *, output_required: bool) -> list[str]:

@@ -27,14 +27,15 @@ class Qwen3(Architecture):
         "self_attn.k_norm.weight": "attn_k_norm",
     }
 
-    def hparams(self, config: dict[str, Any]) -> HParams:
-        if config.get("use_sliding_window"):
+    def hparams(self, config: dict[str, Any], source: str = "config.json") -> HParams:
+        layer_types = config.get("layer_types") or []
+        if config.get("use_sliding_window") or (isinstance(layer_types, list) and "sliding_attention" in layer_types):
             raise UnsupportedArchitectureError(
-                "config.json: Qwen3 with use_sliding_window is not supported (bitconv's forward pass and the "
+                f"{source}: Qwen3 with sliding-window attention is not supported (bitconv's forward pass and the "
                 "GGUF keys it writes assume full attention in every layer)")
         if config.get("attention_bias"):
-            raise UnsupportedArchitectureError("config.json: Qwen3 with attention_bias is not supported")
-        return super().hparams(config)
+            raise UnsupportedArchitectureError(f"{source}: Qwen3 with attention_bias (q/k/v biases) is not supported")
+        return super().hparams(config, source)
 
     def gguf_arch(self, hp: HParams, engine: str) -> str:
         return "qwen3"
