@@ -231,3 +231,18 @@ def test_verify_runs_a_plain_family_as_it_runs_and_reports_ternarize_cost(ckpts,
     assert rep.passed, rep.failures  # the artifact is what --ternarize meant to write
     assert rep.fp_perplexity is not None and rep.fp_perplexity != pytest.approx(rep.source_perplexity, rel=1e-3)
     assert any("--reference fp reports the float model" in n for n in rep.notes)
+
+
+def test_bonsai_style_qwen3_keeps_ternary_embeddings_in_q2_0(ckpts, tmp_path):
+    """Exact-ternary Qwen3 with group-128 ternary embedding and head: with --layout q2_0
+    everything stays ternary (the embedding type `auto` picks q2_0) and reads back bit-exact."""
+    out = tmp_path / "m.gguf"
+    res = convert(ckpts["emb"], out, layout="q2_0")
+    types = {tp.name: tp.out_type for tp in res.plan.tensors}
+    assert types["token_embd.weight"] == "q2_0" and types["output.weight"] == "q2_0"
+    assert not res.plan.warnings and res.summary()["max_rel_error"] == 0.0
+    art, src = open_source(out), open_source(ckpts["emb"])
+    decide_source_kinds(src)
+    for name in ("token_embd.weight", "output.weight", "blk.1.ffn_down.weight"):
+        got = art.get(name).load_ternary().dequantize()
+        assert np.array_equal(got, src.get(name).load()), name
