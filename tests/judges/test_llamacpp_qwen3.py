@@ -28,6 +28,16 @@ MAX_REL_L2 = 0.07  # measured 0.022 (3x margin)
 MIN_TOP1 = 0.90  # measured 0.969
 
 
+def _llama_logits(path: Path, ids: list[int]) -> np.ndarray:
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=256, n_batch=256, verbose=False,
+                          n_threads=2, seed=0)
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
 @pytest.fixture(scope="module")
 def qwen3(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("qwen3")
@@ -67,13 +77,7 @@ def test_llamacpp_runs_qwen3_tq2_0(qwen3):
 
     src, path = qwen3
     ids = _ids(src)
-    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=256, n_batch=256, verbose=False,
-                          n_threads=2, seed=0)
-    try:
-        llm.eval(ids)
-        got = np.array(llm.scores[: len(ids)], dtype=np.float32)
-    finally:
-        llm.close()
+    got = _llama_logits(path, ids)
     ref = logits_for(open_source(path), np.asarray(ids, dtype=np.int64)[None], act_quant=False)[0].numpy()
     assert got.shape == ref.shape == (N_TOKENS, 512) and np.isfinite(got).all()
     rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
@@ -84,3 +88,23 @@ def test_llamacpp_runs_qwen3_tq2_0(qwen3):
     print(f"\nllama.cpp qwen3 tq2_0: relative L2 {rel:.4f}, top-1 {top1:.3f}; reversed input {far:.3f}")
     assert rel <= MAX_REL_L2 and top1 >= MIN_TOP1
     assert far > 10 * rel
+
+
+def test_llamacpp_runs_bonsai_style_qwen3_q2_0_with_ternary_embeddings(tmp_path):
+    """Row-scale linears and a group-128 ternary embedding and head, all written as Q2_0
+    (nothing dequantized): llama.cpp's logits match bitconv's float pass of the same file."""
+    from bitconv.verify.forward import logits_for
+
+    src = make_checkpoint(tmp_path / "src", family="qwen3", weights="exact", ternary_group="row",
+                          ternary_embeddings=128, hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2,
+                          head_dim=128, vocab=512, tie=False, embed_std=0.05, seed=13)
+    path = tmp_path / "bonsai-q2_0.gguf"
+    res = convert(src, path, layout="q2_0")
+    assert {tp.out_type for tp in res.plan.tensors if tp.role != "norm"} == {"q2_0"}
+    ids = _ids(src)
+    got = _llama_logits(path, ids)
+    ref = logits_for(open_source(path), np.asarray(ids, dtype=np.int64)[None], act_quant=False)[0].numpy()
+    rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    top1 = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+    print(f"\nllama.cpp qwen3 q2_0 (ternary embeddings): relative L2 {rel:.4f}, top-1 {top1:.3f}")
+    assert np.isfinite(got).all() and rel <= MAX_REL_L2 and top1 >= MIN_TOP1
