@@ -24,10 +24,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .quant import GroupSize, Ternary
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported where it is used (start-up time)
+    import torch
 
 # Block sizes along K tried after "tensor" and "row", coarsest first.
 CANDIDATE_BLOCKS = (256, 128, 64, 32)
@@ -66,7 +70,9 @@ _ABS = 0x7FFFFFFF  # float32 bits without the sign
 _INF_BITS = 0x7F800000
 
 
-def _as_torch(w) -> torch.Tensor:
+def _as_torch(w) -> "torch.Tensor":
+    import torch
+
     t = w if isinstance(w, torch.Tensor) else torch.from_numpy(np.asarray(w))
     return (t if t.dtype == torch.float32 else t.to(torch.float32)).contiguous()
 
@@ -75,6 +81,8 @@ def block_stats(w, rtol: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, int] 
     """(max |w|, min non-zero |w| (inf for all-zero blocks), unit width) per block of the
     finest unit, [M, K // unit] each; None as soon as a chunk shows a block whose
     magnitudes spread more than `rtol` (not ternary at any group)."""
+    import torch
+
     t = _as_torch(w)
     if t.dim() != 2 or t.numel() == 0:
         return None
@@ -147,6 +155,8 @@ def recover(w, group: GroupSize, exact: bool = False) -> Ternary:
     Otherwise the mean non-zero magnitude (float64 sums: exact, so independent of order and
     thread count). All-zero groups get the tensor's mean scale, so every scale stays finite
     and positive."""
+    import torch
+
     t = _as_torch(w)
     m, k = t.shape
     values = np.empty((m, k), dtype=np.int8)
