@@ -165,29 +165,26 @@ class ShardSet:
             raise CorruptFileError(f"{path}: cannot read tensor {name!r} ({exc})") from None
 
     def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of a float tensor as float32; only those bytes are read."""
-        path = self._where[name]
-        try:
-            t = self._open(path).get_slice(name)[start:stop]
-        except Exception as exc:
-            raise CorruptFileError(f"{path}: cannot read tensor {name!r} ({exc})") from None
-        finally:
-            self._handles.pop(path, None)
-        return t.to(torch.float32).numpy()
+        """Rows [start, stop) of a tensor as `get` returns it; only those pages of the map are read."""
+        kind = self._entries(self._where[name])[1][name]["dtype"]
+        return _widen(self.raw(name)[start:stop], kind, np.float32)
 
     def get(self, name: str, dtype=np.float32) -> np.ndarray:
         """The tensor as a numpy array: floats as `dtype` (float32: the file's own bytes when
         they already are float32, no copy), integers as stored."""
-        raw = self.raw(name)
-        kind = self._entries(self._where[name])[1][name]["dtype"]
-        if kind in ("BF16", "F16"):
-            import torch
+        return _widen(self.raw(name), self._entries(self._where[name])[1][name]["dtype"], dtype)
 
-            t = torch.from_numpy(np.ascontiguousarray(raw))
-            t = t.view(torch.bfloat16) if kind == "BF16" else t
-            out = np.empty(raw.shape, dtype=np.float32)
-            torch.from_numpy(out).copy_(t)  # one vectorized widening pass, exact
-            return out if dtype == np.float32 else out.astype(dtype)
-        if kind in ("F32", "F64"):
-            return raw.astype(dtype, copy=False) if raw.dtype != np.dtype(dtype) else raw
-        return raw
+
+def _widen(raw: np.ndarray, kind: str, dtype=np.float32) -> np.ndarray:
+    """Stored values -> floats as `dtype` (float32 bytes are returned as they are), integers as stored."""
+    if kind in ("BF16", "F16"):
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(raw))
+        t = t.view(torch.bfloat16) if kind == "BF16" else t
+        out = np.empty(raw.shape, dtype=np.float32)
+        torch.from_numpy(out).copy_(t)  # one vectorized widening pass, exact
+        return out if dtype == np.float32 else out.astype(dtype)
+    if kind in ("F32", "F64"):
+        return raw.astype(dtype, copy=False) if raw.dtype != np.dtype(dtype) else raw
+    return raw
