@@ -167,6 +167,8 @@ def worker(args: argparse.Namespace) -> None:
         # verify's CPU default (fast): exact int8 GEMMs, float32 activations, bfloat16 head
         int_path = None if cuda else (not float_cpu)
         head_dtype = None if (cuda or float_cpu) else torch.bfloat16
+        if not (cuda or float_cpu):
+            torch.set_flush_denormal(True)  # as verify's fast path runs its forward
         runner = Runner(open_source(src), device=args.device, dtype=dtype, keep=keep,
                         micro_batch=args.micro_batch, int_path=int_path, head_dtype=head_dtype)
 
