@@ -253,3 +253,15 @@ def test_verify_with_unreadable_tokenizer_json(artifact, copy_ckpt, tmp_path):
 def test_bad_options(silu_ckpt, outdir, args, expect):
     r = run_cli("convert", silu_ckpt, outdir / "m.gguf", *args)
     assert_refused(r, outdir=outdir, contains=(expect,), keep=set())
+
+
+def test_norm_in_a_type_gguf_py_cannot_dequantize(parts, tmp_path, outdir):
+    """Found by bench/fuzz.py (seed 1, case 5496): gguf.quants raised NotImplementedError."""
+    import gguf
+
+    kv, tensors, data, align = parts
+    tensors = [list(t) for t in tensors]
+    i = next(i for i, t in enumerate(tensors) if t[0] == "blk.0.attn_norm.weight")
+    tensors[i][2] = int(gguf.GGMLQuantizationType.Q1_0)
+    src = _write(tmp_path, kv, tensors, data, align)
+    _refused(src, outdir, "blk.0.attn_norm.weight", "Q1_0")

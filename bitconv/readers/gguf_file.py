@@ -436,7 +436,11 @@ def open_gguf(path: Path, source: SourceInfo, options: GGUFReadOptions | None = 
                 if i.ggml_type in FLOAT_TYPES:
                     w = np.array(bytes_to_float(raw, i.ggml_type, i.shape), dtype=np.float32)
                 else:
-                    w = dequantize_upstream(raw, i.ggml_type, i.shape)
+                    try:
+                        w = dequantize_upstream(raw, i.ggml_type, i.shape)
+                    except (NotImplementedError, ValueError) as exc:  # gguf-py lacks some types (Q1_0)
+                        raise InputError(f"{path}: {i.name} is {i.type_name}, which bitconv cannot dequantize "
+                                         f"({exc})", hint="store it as F16/F32 or a type gguf-py reads") from None
                 heads = qk_heads(i.name)
                 return _permute(w, heads, True) if heads else w
 
