@@ -24,6 +24,8 @@ from bitconv.convert import convert  # noqa: E402
 from bitconv.model import LINEAR  # noqa: E402
 from bitconv.readers import open_source  # noqa: E402
 
+from ._llamacpp import llama_logits  # noqa: E402
+
 pytestmark = pytest.mark.judge
 
 N_TOKENS = 160
@@ -62,13 +64,7 @@ def token_ids(files) -> list[int]:
 def test_llamacpp_runs_repacked_foreign_i2s(files, token_ids, layout):
     from bitconv.verify.forward import logits_for
 
-    llm = llama_cpp.Llama(model_path=str(files[layout]), logits_all=True, n_ctx=256, n_batch=256,
-                          verbose=False, n_threads=2, seed=0)
-    try:
-        llm.eval(token_ids)
-        got = np.array(llm.scores[:N_TOKENS], dtype=np.float32)
-    finally:
-        llm.close()
+    got = llama_logits(files[layout], token_ids[:N_TOKENS])
     ids = np.asarray(token_ids, dtype=np.int64)[None]
     ref = logits_for(open_source(files[layout]), ids, act_quant=False)[0].numpy()
     assert got.shape == ref.shape == (N_TOKENS, 512) and np.isfinite(got).all()

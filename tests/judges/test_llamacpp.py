@@ -24,6 +24,7 @@ from bitconv.convert import convert  # noqa: E402
 from bitconv.readers import open_source  # noqa: E402
 from bitconv.synth import SANE_LOGIT_STD  # noqa: E402
 
+from ._llamacpp import llama_logits  # noqa: E402
 from ._metrics import mean_kl  # noqa: E402
 
 pytestmark = pytest.mark.judge
@@ -66,15 +67,6 @@ def token_ids(judge_ckpt) -> list[int]:
     return ids[:N_TOKENS]
 
 
-def llama_logits(path: Path, ids: list[int]) -> np.ndarray:
-    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=256, n_batch=256, verbose=False,
-                          n_threads=2, seed=0)
-    try:
-        llm.eval(ids)
-        assert llm.n_tokens == len(ids)
-        return np.array(llm.scores[: len(ids)], dtype=np.float32)
-    finally:
-        llm.close()
 
 
 @pytest.mark.parametrize("layout", ["tq2_0", "tq1_0"])

@@ -21,6 +21,8 @@ from bitconv.readers import DATA_DIR, open_source  # noqa: E402
 from bitconv.readers.gguf_file import GGUFFile  # noqa: E402
 from bitconv.synth import make_checkpoint  # noqa: E402
 
+from ._llamacpp import llama_logits  # noqa: E402
+
 pytestmark = pytest.mark.judge
 
 N_TOKENS = 160
@@ -28,14 +30,6 @@ MAX_REL_L2 = 0.07  # measured 0.022 (3x margin)
 MIN_TOP1 = 0.90  # measured 0.969
 
 
-def _llama_logits(path: Path, ids: list[int]) -> np.ndarray:
-    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=256, n_batch=256, verbose=False,
-                          n_threads=2, seed=0)
-    try:
-        llm.eval(ids)
-        return np.array(llm.scores[: len(ids)], dtype=np.float32)
-    finally:
-        llm.close()
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +71,7 @@ def test_llamacpp_runs_qwen3_tq2_0(qwen3):
 
     src, path = qwen3
     ids = _ids(src)
-    got = _llama_logits(path, ids)
+    got = llama_logits(path, ids)
     ref = logits_for(open_source(path), np.asarray(ids, dtype=np.int64)[None], act_quant=False)[0].numpy()
     assert got.shape == ref.shape == (N_TOKENS, 512) and np.isfinite(got).all()
     rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
@@ -102,7 +96,7 @@ def test_llamacpp_runs_bonsai_style_qwen3_q2_0_with_ternary_embeddings(tmp_path)
     res = convert(src, path, layout="q2_0")
     assert {tp.out_type for tp in res.plan.tensors if tp.role != "norm"} == {"q2_0"}
     ids = _ids(src)
-    got = _llama_logits(path, ids)
+    got = llama_logits(path, ids)
     ref = logits_for(open_source(path), np.asarray(ids, dtype=np.int64)[None], act_quant=False)[0].numpy()
     rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
     top1 = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
