@@ -433,7 +433,7 @@ def verify(
     tokens: Annotated[int, typer.Option(help="Number of tokens to evaluate.")] = 2048,
     ctx: Annotated[int, typer.Option(help="Context length of each evaluation window.")] = 512,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    act_quant: Annotated[Optional[bool], typer.Option("--act-quant/--no-act-quant", help="Force 8-bit per-token activation quantization on (or off) for both sides. Default: the artifact on; the source as its model runs (BitNet: on, a plain family: off).")] = None,
+    act_quant: Annotated[Optional[bool], typer.Option("--act-quant/--no-act-quant", help="Force 8-bit per-token activation quantization on (or off) for both sides. Default: both sides as the source model runs (BitNet models and ternary GGUFs: on; a plain family: off), so only the conversion is measured.")] = None,
     reference: Annotated[str, typer.Option(help="ternary: source ternarized on the fly; fp: also report the unquantized model.")] = "ternary",
     max_ppl_increase: Annotated[str, typer.Option(help="Fail when artifact perplexity exceeds the source's by more than this (e.g. 1%).")] = "1%",
     min_top1: Annotated[float, typer.Option(help="Fail when top-1 agreement with the source is below this.")] = 0.99,

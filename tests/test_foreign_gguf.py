@@ -169,6 +169,36 @@ def test_float_gguf_of_exact_ternary_model(tmp_path, ggml_type):
         assert np.array_equal(t, got[name][0]) and s == got[name][1]
 
 
+@pytest.mark.parametrize("group", [128, "row"])
+def test_float_gguf_of_group_scaled_exact_ternary_keeps_its_group(tmp_path, group):
+    """An F16 GGUF whose linears are s·t with group-128 (or per-row) scales: the reader finds
+    the group (bitconv.exact_ternary), and Q2_0 keeps codes and every group's scale exactly."""
+    from bitconv.ggml_types import float_to_bytes
+
+    m = random_model(act="silu", seed=15)
+    rng = np.random.default_rng(5)
+    want, types = {}, {}
+    for n, (t, _) in m.linears.items():
+        rows, k = t.shape
+        cols = 1 if group == "row" else k // group
+        s = rng.uniform(0.01, 0.1, (rows, cols)).astype(np.float16).astype(np.float32)
+        want[n] = (t, s)
+        types[n] = (1, float_to_bytes(t * np.repeat(s, k // cols, axis=1), 1))
+    src = write_bitnetcpp_i2s(tmp_path / "f16.gguf", m, arch="bitnet", types=types, file_type=1)
+    ck = open_source(src)
+    assert {t.group for t in ck.tensors if t.role == LINEAR} == {group}
+    out = tmp_path / "q2.gguf"
+    res = convert(src, out, layout="q2_0")
+    assert all(s.rel_error is None for s in res.stats), "never re-ternarized"
+    for path in (src, out):
+        got = open_source(path)
+        for n, (t, s) in want.items():
+            tern = got.get(n).load_ternary()
+            assert tern.group == group, f"{path.name} {n}: group {tern.group}"
+            assert np.array_equal(tern.values, t), f"{path.name} {n}: codes differ"
+            assert np.array_equal(np.asarray(tern.scales, np.float32).reshape(s.shape), s), f"{path.name} {n}: scales"
+
+
 def test_float_gguf_of_latent_weights_is_ternarized(tmp_path):
     m = random_model(act="silu", seed=13)
     rng = np.random.default_rng(0)

@@ -216,12 +216,14 @@ def test_verify_runs_a_plain_family_as_it_runs_and_reports_ternarize_cost(ckpts,
     model's perplexity with --reference fp."""
     from bitconv.verify import verify
 
-    fast = dict(tokens=256, ctx=64, min_top1=0.9)
+    fast = dict(tokens=256, ctx=64)
     art = tmp_path / "row.gguf"
     convert(ckpts["row"], art, layout="tq2_0")
-    rep = verify(art, ckpts["row"], **fast)
+    rep = verify(art, ckpts["row"], **fast)  # default gates: the weights are carried over exactly
     assert rep.passed, rep.failures
-    assert rep.source_act_quant is False and rep.act_quant is True
+    # both sides as the source model runs: only the conversion is measured
+    assert rep.source_act_quant is False and rep.act_quant is False
+    assert rep.top1_agreement == 1.0 and rep.artifact_perplexity == pytest.approx(rep.source_perplexity, rel=1e-4)
     assert all(c.mismatched == 0 and c.rel_error < 1e-3 for c in rep.tensors if c.role == "linear")
     assert any("without activation quantization" in n for n in rep.notes)
 
@@ -246,3 +248,21 @@ def test_bonsai_style_qwen3_keeps_ternary_embeddings_in_q2_0(ckpts, tmp_path):
     for name in ("token_embd.weight", "output.weight", "blk.1.ffn_down.weight"):
         got = art.get(name).load_ternary().dequantize()
         assert np.array_equal(got, src.get(name).load()), name
+
+
+def test_verify_bonsai_style_qwen3_q2_0_passes_default_gates(ckpts, tmp_path):
+    """`bitconv verify` of a Bonsai-style Qwen3 Q2_0 file (exact-ternary source, weights carried
+    over exactly) against its source passes the default gates: the artifact runs with the
+    source's activation semantics (float for a plain family), so an 8-bit activation effect
+    is not charged to the conversion. --act-quant quantizes both sides and still passes."""
+    out = tmp_path / "bonsai-q2_0.gguf"
+    convert(ckpts["emb"], out, layout="q2_0")
+    r = CliRunner().invoke(app, ["verify", str(out), "--source", str(ckpts["emb"]), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["passed"] and d["act_quant"] is False and d["source_act_quant"] is False
+    assert d["top1_agreement"] == 1.0
+    r = CliRunner().invoke(app, ["verify", str(out), "--source", str(ckpts["emb"]), "--act-quant", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["passed"] and d["act_quant"] is True and d["source_act_quant"] is True

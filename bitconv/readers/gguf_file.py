@@ -20,10 +20,11 @@ import numpy as np
 
 from ..config_values import MISSING
 from ..errors import CorruptFileError, InputError
+from ..exact_ternary import detect, recover
 from ..ggml_types import FLOAT_TYPES, bytes_to_float, dequantize_upstream, tensor_nbytes, type_name, upstream_type
 from ..model import EMBEDDING, LINEAR, OUTPUT, ModelSpec, SourceInfo, SourceTensor, kind_of
 from ..pack import Layout, get_layout, layout_class, layout_for_ggml_type
-from ..quant import Ternary, parse_group_size
+from ..quant import parse_group_size
 from ..archs import architecture_for
 from .checkpoint import Checkpoint, GGUFReadOptions
 from ..validate import validate_checkpoint
@@ -380,23 +381,6 @@ def hparams_config(f: GGUFFile) -> tuple[str, dict[str, Any]]:
     return arch, config
 
 
-def exact_ternary(w: np.ndarray) -> Ternary | None:
-    """A float matrix whose values are exactly {-s, 0, +s} for one s -> its Ternary, else None.
-
-    Foreign files keep some linears in float although they hold ternary values: llama.cpp's
-    TQ converter leaves rows whose K is not a multiple of 256 in F16, bitnet.cpp's Llama
-    path labels F16 files I2_S, and F16/F32 exports of ternary models are common. Those
-    values are s·t already; absmean on them would shrink every weight by the zero share.
-    """
-    a = np.abs(w)
-    s = a.max() if a.size else 0.0
-    if not s > 0 or not np.isfinite(s):
-        return None
-    if not np.all((a == s) | (a == 0)):
-        return None
-    return Ternary(np.sign(w).astype(np.int8), np.float32(s), "tensor")
-
-
 _ROLES = {"token_embd": "embedding", "output": "output", "output_norm": "norm"}
 
 
@@ -444,12 +428,15 @@ def open_gguf(path: Path, source: SourceInfo, options: GGUFReadOptions | None = 
                 heads = qk_heads(i.name)
                 return _permute(w, heads, True) if heads else w
 
-            if role == LINEAR and exact_ternary(load()) is not None:
-                # float storage of ternary values: keep them, never re-ternarize (decided on
-                # the whole tensor now, read again when written, so nothing stays in memory)
+            found = detect(load(), info.type_name.lower()) if role == LINEAR else None
+            if found is not None:
+                # float storage of ternary values (llama.cpp leaves rows whose K is not a multiple
+                # of 256 in F16, bitnet.cpp labels F16 files I2_S, F16/F32/BF16 exports of ternary
+                # models): keep t and the scales of the group that holds them (bitconv.exact_ternary),
+                # never re-ternarize; decided on the whole tensor now, read again when written
                 tensors.append(SourceTensor(info.name, info.shape, LINEAR, info.type_name.lower(), info.name,
-                                            _load_ternary=lambda ld=load: exact_ternary(ld()),
-                                            source_nbytes=info.nbytes, group="tensor"))
+                                            _load_ternary=lambda ld=load, g=found: recover(ld(), g.group, g.exact),
+                                            source_nbytes=info.nbytes, group=found.group, detection=found))
                 continue
             tensors.append(SourceTensor(info.name, info.shape, role, info.type_name.lower(), info.name,
                                         _load=load, source_nbytes=info.nbytes))

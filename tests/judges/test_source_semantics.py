@@ -128,7 +128,7 @@ def test_verify_source_side_is_what_transformers_computes(built, name, tmp_path)
     assert rep.source_perplexity == pytest.approx(hf_ppl, rel=PPL_REL)
     assert top1 >= MIN_TOP1
     assert rep.source_act_quant == bool(kw.get("use_rms_norm"))  # only the BitNet model quantizes activations
-    # and the artifact is close to it (engines quantize the artifact's activations)
+    # and the artifact is close to it (it runs with the source's activation semantics)
     assert abs(rep.ppl_change) < 0.05
 
 
