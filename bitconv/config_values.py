@@ -8,12 +8,28 @@ model never reaches, or a `CorruptFileError` naming the file and key (exit 2).
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 from .errors import CorruptFileError
 
 MISSING = object()
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object (config.json, tokenizer files): any failure is one
+    `CorruptFileError` naming the file, never a bare ValueError or a list where a dict is used."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # includes UnicodeDecodeError
+        raise CorruptFileError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not isinstance(value, dict):
+        raise CorruptFileError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 # Bounds far above any real model, low enough that nothing sized by them can exhaust memory
 # before the shapes are checked against the tensors actually in the files.

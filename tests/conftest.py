@@ -109,3 +109,11 @@ def hf_float_weights() -> Callable[[Path], dict[str, np.ndarray]]:
         return out
 
     return read
+
+
+@pytest.fixture
+def outdir(tmp_path) -> Path:
+    """An empty folder for outputs, beside (never inside) the sources a test builds."""
+    d = tmp_path / "out"
+    d.mkdir()
+    return d

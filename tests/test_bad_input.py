@@ -50,13 +50,6 @@ def assert_bad_input(result, outdir: Path, *must_contain: str, code: int = 2, ke
     return line
 
 
-@pytest.fixture
-def outdir(tmp_path) -> Path:
-    d = tmp_path / "out"
-    d.mkdir()
-    return d
-
-
 def _rewrite(folder: Path, edit) -> None:
     path = folder / "model.safetensors"
     weights = load_file(str(path))

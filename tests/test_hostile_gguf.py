@@ -33,13 +33,6 @@ def parts(seed_gguf):
     return gguf_parts(seed_gguf)
 
 
-@pytest.fixture
-def outdir(tmp_path) -> Path:
-    d = tmp_path / "out"
-    d.mkdir()
-    return d
-
-
 def _kv(kv, key, vtype, value, sub=None):
     out = [x for x in kv if x[0] != key]
     if vtype is not None:

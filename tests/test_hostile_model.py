@@ -17,13 +17,6 @@ from safetensors.torch import load_file, save_file
 from hostile_helpers import assert_refused, run_cli, tree_digest
 
 
-@pytest.fixture
-def outdir(tmp_path) -> Path:
-    d = tmp_path / "out"
-    d.mkdir()
-    return d
-
-
 def _edit_json(path: Path, edit) -> None:
     data = json.loads(path.read_text())
     data = edit(data) or data

@@ -27,13 +27,6 @@ from hostile_helpers import assert_refused, run_cli, temp_leftovers, tree_digest
 
 
 @pytest.fixture
-def outdir(tmp_path) -> Path:
-    d = tmp_path / "out"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
 def src(silu_ckpt, copy_ckpt) -> Path:
     return copy_ckpt(silu_ckpt)
 

@@ -7,13 +7,13 @@ their own ternary values and scales and never re-quantized.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import BadWeightsError, CorruptFileError, InputError, SourceNotFoundError
+from ..config_values import read_json_object
+from ..errors import BadWeightsError, InputError, SourceNotFoundError
 from ..model import LINEAR, HParams, ModelSpec, SourceInfo, SourceTensor, kind_of
 from ..pack.hf2bit import HF2Bit
 from ..quant import Ternary
@@ -33,14 +33,7 @@ def read_config(folder: Path) -> dict[str, Any]:
             f"{folder}: no config.json",
             hint="a model folder needs the config.json that describes its architecture",
         )
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise CorruptFileError(f"{path}: not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise CorruptFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if not isinstance(config, dict):
-        raise CorruptFileError(f"{path}: expected a JSON object")
+    config = read_json_object(path)
     return config
 
 

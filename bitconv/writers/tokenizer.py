@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config_values import read_json_object
 from ..errors import CorruptFileError
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -119,17 +120,7 @@ def _special_vocab(folder: Path, bpe: bool, n_vocab: int, warnings: list[str]) -
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptFileError(f"{path}: not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise CorruptFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if not isinstance(value, dict):
-        raise CorruptFileError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
+    return read_json_object(path) if path.exists() else None
 
 
 def detect_pre(tok: dict[str, Any]) -> str:
