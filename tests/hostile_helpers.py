@@ -60,3 +60,13 @@ def assert_refused(result, *, outdir: Path | None = None, src: Path | None = Non
     if src is not None and before is not None:
         assert tree_digest(src) == before, "the source changed"
     return line
+
+
+def rewrite_weights(folder: Path, edit) -> None:
+    """Apply `edit` to the dict of tensors in folder/model.safetensors and save it back."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    weights = load_file(str(path))
+    edit(weights)
+    save_file(weights, str(path), metadata={"format": "pt"})

@@ -17,8 +17,9 @@ from pathlib import Path
 import gguf
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
+
+from hostile_helpers import rewrite_weights
 
 from bitconv.cli import app
 from bitconv.convert import convert
@@ -48,13 +49,6 @@ def assert_bad_input(result, outdir: Path, *must_contain: str, code: int = 2, ke
     left = {p.name for p in outdir.iterdir()}
     assert left == set(keep), f"left behind in the output folder: {sorted(left - set(keep))}"
     return line
-
-
-def _rewrite(folder: Path, edit) -> None:
-    path = folder / "model.safetensors"
-    weights = load_file(str(path))
-    edit(weights)
-    save_file(weights, str(path), metadata={"format": "pt"})
 
 
 def test_missing_config_json(silu_ckpt, copy_ckpt, outdir):
@@ -144,7 +138,7 @@ def test_nan_weight_names_tensor(silu_ckpt, copy_ckpt, outdir):
     def edit(w):
         w["model.layers.1.mlp.down_proj.weight"][3, 7] = float("nan")
 
-    _rewrite(src, edit)
+    rewrite_weights(src, edit)
     r = run_cli("convert", src, outdir / "m.gguf")
     assert_bad_input(r, outdir, "blk.1.ffn_down.weight", "NaN")
 
@@ -155,7 +149,7 @@ def test_inf_weight_names_tensor(silu_ckpt, copy_ckpt, outdir):
     def edit(w):
         w["model.layers.0.self_attn.k_proj.weight"][0, 0] = float("inf")
 
-    _rewrite(src, edit)
+    rewrite_weights(src, edit)
     r = run_cli("convert", src, outdir / "m.gguf")
     assert_bad_input(r, outdir, "blk.0.attn_k.weight", "Inf")
 
@@ -166,7 +160,7 @@ def test_inf_in_norm_names_tensor(silu_ckpt, copy_ckpt, outdir):
     def edit(w):
         w["model.norm.weight"][5] = float("-inf")
 
-    _rewrite(src, edit)
+    rewrite_weights(src, edit)
     r = run_cli("convert", src, outdir / "m.gguf", "--layout", "tq1_0")
     assert_bad_input(r, outdir, "output_norm.weight", "Inf")
 
@@ -277,6 +271,6 @@ def test_unknown_tensor_in_checkpoint(silu_ckpt, copy_ckpt, outdir):
     def edit(w):
         w["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(256, dtype=torch.bfloat16)
 
-    _rewrite(src, edit)
+    rewrite_weights(src, edit)
     r = run_cli("convert", src, outdir / "m.gguf")
     assert_bad_input(r, outdir, "model.layers.0.self_attn.q_proj.bias")

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
-from hostile_helpers import assert_refused, run_cli, tree_digest
+from hostile_helpers import assert_refused, rewrite_weights, run_cli, tree_digest
 
 
 def _edit_json(path: Path, edit) -> None:
@@ -27,13 +26,6 @@ def _set(key, value):
     def edit(d):
         d[key] = value
     return edit
-
-
-def _weights(folder: Path, edit) -> None:
-    p = folder / "model.safetensors"
-    w = load_file(str(p))
-    edit(w)
-    save_file(w, str(p), metadata={"format": "pt"})
 
 
 def _convert_refused(src: Path, outdir: Path, *contains, fmt: str = "gguf"):
@@ -127,19 +119,19 @@ def test_vocab_disagrees_with_embedding(silu_ckpt, copy_ckpt, outdir):
 
 def test_missing_linear_in_one_layer(silu_ckpt, copy_ckpt, outdir):
     src = copy_ckpt(silu_ckpt)
-    _weights(src, lambda w: w.pop("model.layers.1.mlp.up_proj.weight"))
+    rewrite_weights(src, lambda w: w.pop("model.layers.1.mlp.up_proj.weight"))
     _convert_refused(src, outdir, "blk.1.ffn_up.weight", "missing")
 
 
 def test_missing_norm_in_one_layer(silu_ckpt, copy_ckpt, outdir):
     src = copy_ckpt(silu_ckpt)
-    _weights(src, lambda w: w.pop("model.layers.0.input_layernorm.weight"))
+    rewrite_weights(src, lambda w: w.pop("model.layers.0.input_layernorm.weight"))
     _convert_refused(src, outdir, "blk.0.attn_norm.weight", "missing")
 
 
 def test_missing_embedding(silu_ckpt, copy_ckpt, outdir):
     src = copy_ckpt(silu_ckpt)
-    _weights(src, lambda w: w.pop("model.embed_tokens.weight"))
+    rewrite_weights(src, lambda w: w.pop("model.embed_tokens.weight"))
     _convert_refused(src, outdir, "token_embd.weight", "missing")
 
 
@@ -151,34 +143,34 @@ def test_untied_config_without_lm_head(silu_ckpt, copy_ckpt, outdir):
 
 def test_q_proj_shape_disagrees_with_config(silu_ckpt, copy_ckpt, outdir):
     src = copy_ckpt(silu_ckpt)
-    _weights(src, lambda w: w.__setitem__("model.layers.0.self_attn.q_proj.weight",
+    rewrite_weights(src, lambda w: w.__setitem__("model.layers.0.self_attn.q_proj.weight",
                                           torch.randn(128, 256, dtype=torch.bfloat16)))
     _convert_refused(src, outdir, "model.layers.0.self_attn.q_proj.weight", "[128, 256]", "[256, 256]")
 
 
 def test_empty_linear_refused(silu_ckpt, copy_ckpt, outdir):
     src = copy_ckpt(silu_ckpt)
-    _weights(src, lambda w: w.__setitem__("model.layers.0.self_attn.v_proj.weight",
+    rewrite_weights(src, lambda w: w.__setitem__("model.layers.0.self_attn.v_proj.weight",
                                           torch.zeros(0, 256, dtype=torch.bfloat16)))
     _convert_refused(src, outdir, "v_proj", "[0, 256]")
 
 
 def test_one_dimensional_linear_refused(silu_ckpt, copy_ckpt, outdir):
     src = copy_ckpt(silu_ckpt)
-    _weights(src, lambda w: w.__setitem__("model.layers.0.mlp.down_proj.weight",
+    rewrite_weights(src, lambda w: w.__setitem__("model.layers.0.mlp.down_proj.weight",
                                           torch.zeros(256 * 512, dtype=torch.bfloat16)))
     _convert_refused(src, outdir, "down_proj", "shape")
 
 
 def test_norm_of_wrong_length(silu_ckpt, copy_ckpt, outdir):
     src = copy_ckpt(silu_ckpt)
-    _weights(src, lambda w: w.__setitem__("model.norm.weight", torch.ones(255, dtype=torch.bfloat16)))
+    rewrite_weights(src, lambda w: w.__setitem__("model.norm.weight", torch.ones(255, dtype=torch.bfloat16)))
     _convert_refused(src, outdir, "model.norm.weight", "[255]")
 
 
 def test_extra_layer_beyond_config(silu_ckpt, copy_ckpt, outdir):
     src = copy_ckpt(silu_ckpt)
-    _weights(src, lambda w: w.__setitem__("model.layers.7.input_layernorm.weight",
+    rewrite_weights(src, lambda w: w.__setitem__("model.layers.7.input_layernorm.weight",
                                           torch.ones(256, dtype=torch.bfloat16)))
     _convert_refused(src, outdir, "model.layers.7.input_layernorm.weight", "num_hidden_layers is 2")
 

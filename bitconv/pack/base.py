@@ -76,6 +76,24 @@ class Layout:
             hint=hint,
         )
 
+    def _check_blocks(self, name: str, shape: tuple[int, int], group: GroupSize, block: int, label: str) -> None:
+        """The rule of llama.cpp's block types (TQ, Q2_0): K whole blocks of `block` values, and a
+        scale group made of whole blocks that divides K, because each block holds one scale."""
+        k = shape[1]
+        if k % block:
+            raise self._fail(
+                name, shape, f"K={k} is not a multiple of {block} (llama.cpp's {label} block size)",
+                hint=f"use --layout i2_s or tl2 (bitnet.cpp), or a model whose widths are multiples of {block}",
+            )
+        if group not in ("tensor", "row") and int(group) % block:
+            raise self._fail(
+                name, shape, f"--group-size {group} is not a multiple of {block}; a {label} block holds one scale",
+                hint=f"use --group-size tensor, row, or a multiple of {block}",
+            )
+        if group not in ("tensor", "row") and k % int(group):
+            raise self._fail(name, shape, f"K={k} is not a multiple of --group-size {group}",
+                             hint="use a group size that divides every linear's input width, or 'row'")
+
     def _check_data(self, data: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
         data = np.asarray(data).reshape(-1).view(np.uint8)
         if data.size != self.nbytes(shape):

@@ -98,20 +98,7 @@ class Q2_0(Layout, name="q2_0"):
     description = "llama.cpp mainline 2-bit, 2.25 bpw (CPU, CUDA, Metal, Vulkan in stock llama.cpp)"
 
     def check(self, name: str, shape: tuple[int, int], group: GroupSize) -> None:
-        m, k = shape
-        if k % QK:
-            raise self._fail(
-                name, shape, f"K={k} is not a multiple of {QK} (llama.cpp's Q2_0 block size)",
-                hint="use --layout i2_s or tl2 (bitnet.cpp), or a model whose widths are multiples of 64",
-            )
-        if group not in ("tensor", "row") and int(group) % QK:
-            raise self._fail(
-                name, shape, f"--group-size {group} is not a multiple of {QK}; a Q2_0 block holds one scale",
-                hint="use --group-size tensor, row, or a multiple of 64",
-            )
-        if group not in ("tensor", "row") and k % int(group):
-            raise self._fail(name, shape, f"K={k} is not a multiple of --group-size {group}",
-                             hint="use a group size that divides every linear's input width, or 'row'")
+        self._check_blocks(name, shape, group, QK, "Q2_0")
 
     def nbytes(self, shape: tuple[int, int]) -> int:
         m, k = shape

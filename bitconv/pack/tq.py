@@ -21,20 +21,7 @@ class _TQ(Layout):
     codes_bytes: int  # bytes of codes per 256-value block
 
     def check(self, name: str, shape: tuple[int, int], group: GroupSize) -> None:
-        m, k = shape
-        if k % QK:
-            raise self._fail(
-                name, shape, f"K={k} is not a multiple of {QK} (llama.cpp's TQ block size)",
-                hint="use --layout i2_s or tl2 (bitnet.cpp), or a model whose widths are multiples of 256",
-            )
-        if group not in ("tensor", "row") and int(group) % QK:
-            raise self._fail(
-                name, shape, f"--group-size {group} is not a multiple of {QK}; a TQ block holds one scale",
-                hint="use --group-size tensor, row, or a multiple of 256",
-            )
-        if group not in ("tensor", "row") and k % int(group):
-            raise self._fail(name, shape, f"K={k} is not a multiple of --group-size {group}",
-                             hint="use a group size that divides every linear's input width, or 'row'")
+        self._check_blocks(name, shape, group, QK, "TQ")
 
     def nbytes(self, shape: tuple[int, int]) -> int:
         m, k = shape
