@@ -120,6 +120,8 @@ def decide_source_kinds(ckpt: "Checkpoint", *, ternarize: bool = False) -> list[
     bitnet = is_bitnet_model(ckpt.spec)
     notes: list[str] = []
     for st in ckpt.tensors:
+        if st.kind == SourceKind.EXACT:  # a reader that had to decode the floats already found it
+            continue
         if st.role == LINEAR:
             if st.is_ternary:
                 st.kind = SourceKind.PACKED

@@ -41,6 +41,17 @@ def relu2_model():
     return random_model(act="relu2", hidden=256, intermediate=512, layers=2, seed=7)
 
 
+def assert_nothing_lost(res) -> None:
+    """Never re-ternarized: a packed linear has no weight error to report, and an exact-ternary
+    float linear is recovered with a relative error of exactly 0 against its floats."""
+    kinds = {t["name"]: t["source_kind"] for t in res.plan.to_dict()["tensors"]}
+    for st in res.stats:
+        if kinds[st.name] == "exact_ternary":
+            assert st.rel_error == 0.0, (st.name, st.rel_error)
+        else:
+            assert kinds[st.name] == "packed_ternary" and st.rel_error is None, (st.name, kinds[st.name], st.rel_error)
+
+
 @pytest.mark.parametrize("arch", ["bitnet-b1.58", "bitnet-25"])
 def test_bitnetcpp_i2s_with_garbage_tails_is_a_source(tmp_path, relu2_model, arch):
     src = write_bitnetcpp_i2s(tmp_path / "official.gguf", relu2_model, arch=arch, seed=3)
@@ -107,7 +118,7 @@ def test_llamacpp_tq_files_with_f16_rows(tmp_path, qtype, arch):
     assert_same_model(got, m, fp16_scales=True)
     out = tmp_path / "i2s.gguf"
     res = convert(src, out, layout="i2_s", i2s_variant="arm", allow_engine_mismatch=arch == "llama")
-    assert all(s.rel_error is None for s in res.stats)
+    assert_nothing_lost(res)
     assert_same_model(linears(out), m, fp16_scales=True)
 
 
@@ -163,7 +174,7 @@ def test_float_gguf_of_exact_ternary_model(tmp_path, ggml_type):
         assert np.array_equal(got[name][0], t) and got[name][1] == stored
     out = tmp_path / "i2s.gguf"
     res = convert(src, out, layout="i2_s")
-    assert all(s.rel_error is None for s in res.stats)
+    assert_nothing_lost(res)
     assert linears(out).keys() == got.keys()
     for name, (t, s) in linears(out).items():
         assert np.array_equal(t, got[name][0]) and s == got[name][1]
@@ -189,7 +200,9 @@ def test_float_gguf_of_group_scaled_exact_ternary_keeps_its_group(tmp_path, grou
     assert {t.group for t in ck.tensors if t.role == LINEAR} == {group}
     out = tmp_path / "q2.gguf"
     res = convert(src, out, layout="q2_0")
-    assert all(s.rel_error is None for s in res.stats), "never re-ternarized"
+    assert_nothing_lost(res)
+    kinds = {t["source_kind"] for t in res.plan.to_dict()["tensors"] if t["role"] == LINEAR}
+    assert kinds == {"exact_ternary"}, kinds
     for path in (src, out):
         got = open_source(path)
         for n, (t, s) in want.items():

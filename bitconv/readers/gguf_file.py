@@ -20,7 +20,8 @@ import numpy as np
 
 from ..config_values import MISSING
 from ..errors import CorruptFileError, InputError
-from ..exact_ternary import detect, recover
+from ..exact_ternary import detect
+from ..source_kind import mark_exact
 from ..ggml_types import FLOAT_TYPES, bytes_to_float, dequantize_upstream, tensor_nbytes, type_name, upstream_type
 from ..model import EMBEDDING, LINEAR, OUTPUT, ModelSpec, SourceInfo, SourceTensor, kind_of
 from ..pack import Layout, get_layout, layout_class, layout_for_ggml_type
@@ -434,9 +435,10 @@ def open_gguf(path: Path, source: SourceInfo, options: GGUFReadOptions | None = 
                 # of 256 in F16, bitnet.cpp labels F16 files I2_S, F16/F32/BF16 exports of ternary
                 # models): keep t and the scales of the group that holds them (bitconv.exact_ternary),
                 # never re-ternarize; decided on the whole tensor now, read again when written
-                tensors.append(SourceTensor(info.name, info.shape, LINEAR, info.type_name.lower(), info.name,
-                                            _load_ternary=lambda ld=load, g=found: recover(ld(), g.group, g.exact),
-                                            source_nbytes=info.nbytes, group=found.group, detection=found))
+                st = SourceTensor(info.name, info.shape, LINEAR, info.type_name.lower(), info.name,
+                                  _load=load, source_nbytes=info.nbytes)
+                mark_exact(st, found)
+                tensors.append(st)
                 continue
             tensors.append(SourceTensor(info.name, info.shape, role, info.type_name.lower(), info.name,
                                         _load=load, source_nbytes=info.nbytes))
