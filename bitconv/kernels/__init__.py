@@ -1,0 +1,30 @@
+"""Compiled inner loops (numba) for the conversion's hot paths (issue 14).
+
+Why numba: a conversion walks ~10^9 weights; numpy needs one pass over memory per
+operation (abs, compare, subtract, multiply, sum, shift, or ...) and holds the GIL between
+them, so a two-worker pipeline ran at 1.2 cores. A numba kernel does all of a tensor's
+work in one or two passes and releases the GIL (`nogil=True`), so the workers really run
+in parallel.
+
+Rules every kernel module here follows:
+* it is imported lazily, inside the function that needs it, never by `bitconv.cli`,
+  `inspect` or `--help` (start-up budget), and only `bitconv.kernels.jit` decorates;
+* it is deterministic: integer work is exact, and float sums use a fixed order (explicit
+  lanes and blocks; numba never reassociates without `fastmath`, which is never used);
+* it computes exactly what the numpy formula it replaces computes; the numpy formula
+  stays in the tests as the reference, compared byte for byte;
+* compiled code is cached on disk (`cache=True`: `__pycache__` beside the module, or
+  numba's user cache dir where that is read-only; NUMBA_CACHE_DIR overrides), so only the
+  first conversion on a machine pays the compile time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`numba.njit` with the project's settings: no GIL, cached, no fastmath."""
+    import numba
+
+    return numba.njit(nogil=True, cache=True, fastmath=False)(fn)
