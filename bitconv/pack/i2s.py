@@ -14,8 +14,9 @@ fork's ggml_nbytes is `M*K/4 + 32`, so the tail is part of the tensor data.
 The helpers at the bottom (`ternary_codes`, `scale_tail`, `read_scale`, the pair-code
 tables) are shared by the TL1/TL2 packers, which store their scale the same way.
 
-Speed: every step is a whole-array numpy operation; the 2-bit fields of eight bytes are
-combined at once through uint64 views (no value exceeds its byte, so lanes never carry).
+Speed: pack and unpack are one compiled pass each (bitconv.kernels.i2s, byte-wide SIMD,
+values validated on the fly); the numpy formulas they replace are kept as the reference in
+tests/reference_packing.py and compared byte for byte.
 """
 
 from __future__ import annotations
@@ -32,9 +33,6 @@ TAIL = 32  # bytes after the codes: float32 scale, then zeros
 VARIANTS: dict[str, int] = {"x86-act": 128, "arm": 64, "x86-1x4": 4}  # block size / rows per byte
 
 _U64 = np.dtype("<u8")
-_LO2 = np.uint64(0x0303030303030303)
-_B55 = np.uint64(0x5555555555555555)
-_SHIFTS = np.array([6, 4, 2, 0], dtype=np.uint64)
 
 
 class I2S(Layout, name="i2_s"):
@@ -93,44 +91,30 @@ class I2S(Layout, name="i2_s"):
         return m * k // g, g // 4
 
     def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
+        from ..kernels.i2s import i2s_pack
+
         m, k = tern.shape
         self.check(name, (m, k), tern.group)
-        q = ternary_codes(tern.values, name)
+        values = int8_values(tern.values, name)
         ngroups, lane = self._groups((m, k))
+        n4 = m * k // 4
         out = np.empty(self.nbytes((m, k)), dtype=np.uint8)
-        out[m * k // 4:] = scale_tail(tern.scale)
-        codes = out[: m * k // 4]
-        if lane % 8 == 0:  # eight bytes at a time; fields never exceed their byte
-            q4 = q.reshape(-1).view(_U64).reshape(ngroups, 4, lane // 8)
-            dst = codes.view(_U64).reshape(ngroups, lane // 8)
-        else:
-            q4 = q.reshape(ngroups, 4, lane)
-            dst = codes.reshape(ngroups, lane)
-        u = q4.dtype.type
-        np.left_shift(q4[:, 0], u(6), out=dst)
-        dst |= q4[:, 1] << u(4)
-        dst |= q4[:, 2] << u(2)
-        dst |= q4[:, 3]
+        if not i2s_pack(values.reshape(-1).view(np.uint8), out[:n4], ngroups, lane):
+            raise _bad_values(name)
+        out[n4:] = scale_tail(tern.scale)
         return out
 
     def unpack(self, data: np.ndarray, shape: tuple[int, int], name: str = "tensor") -> Ternary:
+        from ..kernels.i2s import i2s_unpack
+
         self.check(name, shape, "tensor")  # the code order is only defined on whole blocks
         data = self._check_data(data, shape, name)
         m, k = shape
         n4 = m * k // 4
-        codes = data[:n4]
         ngroups, lane = self._groups((m, k))
-        if lane % 8 == 0:
-            d = codes.view(_U64).reshape(ngroups, 1, lane // 8)
-            if np.any(d & (d >> np.uint64(1)) & _B55):
-                raise CorruptFileError(f"{name}: I2_S data holds the invalid 2-bit code 3")
-            q = (d >> _SHIFTS.reshape(1, 4, 1)) & _LO2
-        else:
-            d = codes.reshape(ngroups, 1, lane)
-            if np.any(d & (d >> 1) & 0x55):
-                raise CorruptFileError(f"{name}: I2_S data holds the invalid 2-bit code 3")
-            q = (d >> _SHIFTS.astype(np.uint8).reshape(1, 4, 1)) & np.uint8(3)
-        values = (q.reshape(-1).view(np.int8) - np.int8(1)).reshape(m, k)
+        values = np.empty((m, k), dtype=np.int8)
+        if not i2s_unpack(np.ascontiguousarray(data[:n4]), values.reshape(-1).view(np.uint8), ngroups, lane):
+            raise CorruptFileError(f"{name}: I2_S data holds the invalid 2-bit code 3")
         return Ternary(values, np.float32(read_scale(data, n4, name)), "tensor")
 
 
@@ -150,6 +134,20 @@ def ternary_codes(values: np.ndarray, name: str) -> np.ndarray:
     if q.size and q.max() > 2:
         raise _bad_values(name)
     return q
+
+
+def int8_values(values: np.ndarray, name: str) -> np.ndarray:
+    """The values as a C-contiguous int8 [M, K] array (no copy when they already are one).
+
+    int8 input is validated by the kernels on the fly; any other dtype (rare: tests, foreign
+    callers) is range-checked here before the narrowing cast.
+    """
+    v = np.asarray(values)
+    if v.dtype != np.int8:
+        if v.size and (v.min() < -1 or v.max() > 1):
+            raise _bad_values(name)
+        v = v.astype(np.int8)
+    return np.ascontiguousarray(v)
 
 
 def _bad_values(name: str) -> Exception:

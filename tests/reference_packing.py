@@ -1,0 +1,76 @@
+"""The vectorized numpy formulas of the bitnet.cpp packers (I2_S, TL1, TL2), kept as the reference.
+
+These are the packers bitconv shipped before the numba kernels (bitconv/kernels/i2s.py,
+tl.py): whole-array numpy operations that are easy to read next to FORMATS.md §2-4. They
+were checked against the golden vectors and the loop transcriptions in test_pack_bitnet.py,
+and test_pack_kernels.py now pins the kernels to them byte for byte on many more shapes.
+
+Only the byte formulas live here: no shape checks, no scale tail (the tests build that),
+no error types (callers get plain bools or assertions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_U64 = np.dtype("<u8")
+_LO2 = np.uint64(0x0303030303030303)
+_B55 = np.uint64(0x5555555555555555)
+_SHIFTS = np.array([6, 4, 2, 0], dtype=np.uint64)
+
+I2S_LANES = {"x86-act": 32, "arm": 16}  # bytes per block; x86-1x4 uses K (4 rows per group)
+
+
+def codes(values: np.ndarray) -> np.ndarray:
+    """`q = t + 1` as uint8 [M, K] (the values must already be in {-1, 0, 1})."""
+    v = np.ascontiguousarray(values, dtype=np.int8)
+    assert v.size == 0 or (v.min() >= -1 and v.max() <= 1)
+    return v.view(np.uint8) + np.uint8(1)
+
+
+def i2s_groups(shape: tuple[int, int], variant: str) -> tuple[int, int]:
+    m, k = shape
+    if variant == "x86-1x4":
+        return m // 4, k
+    lane = I2S_LANES[variant]
+    return m * k // (4 * lane), lane
+
+
+# -- I2_S --------------------------------------------------------------------------------------
+
+def i2s_pack(values: np.ndarray, variant: str) -> np.ndarray:
+    """The M*K/4 code bytes (no scale tail)."""
+    m, k = values.shape
+    q = codes(values)
+    ngroups, lane = i2s_groups((m, k), variant)
+    out = np.empty(m * k // 4, dtype=np.uint8)
+    if lane % 8 == 0:  # eight bytes at a time; fields never exceed their byte
+        q4 = q.reshape(-1).view(_U64).reshape(ngroups, 4, lane // 8)
+        dst = out.view(_U64).reshape(ngroups, lane // 8)
+    else:
+        q4 = q.reshape(ngroups, 4, lane)
+        dst = out.reshape(ngroups, lane)
+    u = q4.dtype.type
+    np.left_shift(q4[:, 0], u(6), out=dst)
+    dst |= q4[:, 1] << u(4)
+    dst |= q4[:, 2] << u(2)
+    dst |= q4[:, 3]
+    return out
+
+
+def i2s_unpack(code_bytes: np.ndarray, shape: tuple[int, int], variant: str) -> np.ndarray | None:
+    """int8 [M, K], or None when a byte holds the invalid code 3."""
+    m, k = shape
+    ngroups, lane = i2s_groups((m, k), variant)
+    c = np.ascontiguousarray(code_bytes, dtype=np.uint8)
+    if lane % 8 == 0:
+        d = c.view(_U64).reshape(ngroups, 1, lane // 8)
+        if np.any(d & (d >> np.uint64(1)) & _B55):
+            return None
+        q = (d >> _SHIFTS.reshape(1, 4, 1)) & _LO2
+    else:
+        d = c.reshape(ngroups, 1, lane)
+        if np.any(d & (d >> 1) & 0x55):
+            return None
+        q = (d >> _SHIFTS.astype(np.uint8).reshape(1, 4, 1)) & np.uint8(3)
+    return (q.reshape(-1).view(np.int8) - np.int8(1)).reshape(m, k)

@@ -1,0 +1,140 @@
+"""The compiled packers (bitconv/kernels/i2s.py, tl.py) equal the numpy reference byte for byte.
+
+tests/reference_packing.py holds the numpy formulas bitconv shipped before the kernels
+(themselves pinned to the golden vectors and the loop transcriptions in
+test_pack_bitnet.py). Here the layouts, now running the kernels, are compared with that
+reference on many shapes, every variant and tile configuration kind, random and
+adversarial values, and corrupt inputs, which must still raise the same typed errors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference_packing as ref
+from bitconv.errors import BadWeightsError, CorruptFileError
+from bitconv.pack.i2s import I2S
+from bitconv.quant import Ternary
+
+SCALE = np.float32(0.0421875)
+
+
+def tail_of(scale: float) -> np.ndarray:
+    t = np.zeros(32, np.uint8)
+    t[:4] = np.array([scale], "<f4").view(np.uint8)
+    return t
+
+
+def value_patterns(rng: np.random.Generator, m: int, k: int) -> list[np.ndarray]:
+    """Random values, the constant matrices, and random values with constant rows and columns."""
+    rand = rng.integers(-1, 2, size=(m, k), dtype=np.int8)
+    mixed = rand.copy()
+    if m >= 3:
+        mixed[0], mixed[m // 2], mixed[-1] = -1, 0, 1
+    if k >= 3:
+        mixed[:, 0], mixed[:, k // 2], mixed[:, -1] = 1, -1, 0
+    alternating = np.resize(np.array([-1, 1, 0, 1, -1, -1, 0], np.int8), (m, k))
+    return [rand, mixed, alternating] + [np.full((m, k), v, np.int8) for v in (-1, 0, 1)]
+
+
+BAD_VALUES = (2, -2, 127, -128, 3, 64)
+
+
+def bad_positions(rng: np.random.Generator, m: int, k: int) -> list[tuple[int, int]]:
+    return [(0, 0), (m - 1, k - 1), (int(rng.integers(m)), int(rng.integers(k)))]
+
+
+# -- I2_S ----------------------------------------------------------------------------------------
+
+def i2s_shapes(variant: str) -> list[tuple[int, int]]:
+    if variant == "x86-1x4":  # M % 4, any K (odd widths included)
+        return [(4, 1), (4, 3), (8, 12), (12, 37), (64, 256), (256, 1536), (1536, 4096 + 4), (4, 4096)]
+    block = 128 if variant == "x86-act" else 64
+    return [(1, block), (3, 2 * block), (5, 64 * 3 if variant == "arm" else 128), (7, 5 * block),
+            (64, 256), (256, 1536), (1536, 4096), (33, 17 * block)]
+
+
+@pytest.mark.parametrize("variant", ["x86-act", "arm", "x86-1x4"])
+def test_i2s_kernels_equal_reference(variant: str) -> None:
+    rng = np.random.default_rng(len(variant))
+    layout = I2S(variant)
+    for m, k in i2s_shapes(variant):
+        for t in value_patterns(rng, m, k):
+            data = layout.pack(Ternary(t, SCALE), "w")
+            n4 = m * k // 4
+            assert data.shape == (layout.nbytes((m, k)),) and data.dtype == np.uint8
+            np.testing.assert_array_equal(data[:n4], ref.i2s_pack(t, variant))
+            np.testing.assert_array_equal(data[n4:], tail_of(SCALE))
+            back = layout.unpack(data, (m, k), "w")
+            assert back.values.dtype == np.int8 and back.values.flags.c_contiguous
+            np.testing.assert_array_equal(back.values, t)
+            assert back.scales == SCALE
+
+
+@pytest.mark.parametrize("variant", ["x86-act", "arm", "x86-1x4"])
+def test_i2s_unpack_equals_reference_on_arbitrary_bytes(variant: str) -> None:
+    """Any byte stream: valid ones decode like the reference; the code 3 anywhere is refused."""
+    rng = np.random.default_rng(7)
+    layout = I2S(variant)
+    m, k = (8, 12) if variant == "x86-1x4" else (6, 256)
+    n4 = m * k // 4
+    every_valid = np.array([b for b in range(256) if not (b & (b >> 1) & 0x55)], np.uint8)
+    codes = rng.choice(every_valid, size=n4)
+    data = np.concatenate([codes, tail_of(SCALE)])
+    np.testing.assert_array_equal(layout.unpack(data, (m, k), "w").values, ref.i2s_unpack(codes, (m, k), variant))
+    for b in sorted(set(range(256)) - set(every_valid.tolist())):
+        bad = data.copy()
+        bad[int(rng.integers(n4))] = b
+        assert ref.i2s_unpack(bad[:n4], (m, k), variant) is None
+        with pytest.raises(CorruptFileError, match="code 3"):
+            layout.unpack(bad, (m, k), "w")
+
+
+@pytest.mark.parametrize("variant", ["x86-act", "arm", "x86-1x4"])
+def test_i2s_pack_refuses_values_outside_ternary(variant: str) -> None:
+    rng = np.random.default_rng(3)
+    m, k = (8, 12) if variant == "x86-1x4" else (4, 256)
+    for bad in BAD_VALUES:
+        for pos in bad_positions(rng, m, k):
+            t = rng.integers(-1, 2, size=(m, k), dtype=np.int8)
+            t[pos] = bad
+            with pytest.raises(BadWeightsError, match="w: ternary values"):
+                I2S(variant).pack(Ternary(t, SCALE), "w")
+    # wider integer and float inputs are range-checked before the cast
+    with pytest.raises(BadWeightsError):
+        I2S(variant).pack(Ternary(np.full((m, k), 300, np.int16), SCALE), "w")
+    t = rng.integers(-1, 2, size=(m, k), dtype=np.int8)
+    for dtype in (np.int16, np.int32, np.float32):
+        np.testing.assert_array_equal(I2S(variant).pack(Ternary(t.astype(dtype), SCALE), "w"),
+                                      I2S(variant).pack(Ternary(t, SCALE), "w"))
+
+
+def test_i2s_accepts_strided_and_read_only_inputs() -> None:
+    rng = np.random.default_rng(11)
+    t = rng.integers(-1, 2, size=(8, 512), dtype=np.int8)
+    view = t[:, ::2]  # not contiguous
+    layout = I2S("x86-act")
+    data = layout.pack(Ternary(view, SCALE), "w")
+    np.testing.assert_array_equal(data[: 8 * 256 // 4], ref.i2s_pack(np.ascontiguousarray(view), "x86-act"))
+    ro = data.copy()
+    ro.flags.writeable = False
+    np.testing.assert_array_equal(layout.unpack(ro, (8, 256), "w").values, view)
+    # a strided byte view of the data (every second byte of a wider buffer)
+    wide = np.zeros(2 * data.size, np.uint8)
+    wide[::2] = data
+    np.testing.assert_array_equal(layout.unpack(wide[::2], (8, 256), "w").values, view)
+
+
+def test_layouts_import_numba_only_when_packing() -> None:
+    """`bitconv --help` / `inspect` import the layout registry; numba must wait for pack()."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bitconv.pack import get_layout, layout_names; layout_names(); "
+            "[get_layout(n) for n in ('i2_s', 'tl1', 'tl2')]; "
+            "assert 'numba' not in sys.modules, 'numba imported early'; "
+            "import numpy as np; from bitconv.quant import Ternary; "
+            "get_layout('i2_s').pack(Ternary(np.zeros((1, 128), np.int8), np.float32(1)), 'w'); "
+            "assert 'numba' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
