@@ -173,7 +173,8 @@ def _prepare_one(tp: TensorPlan) -> tuple[Payload, TensorStats | None]:
         if src.is_ternary:
             tern = src.load_ternary()
             return tern, tensor_stats(tp.name, tern, None)
-        return ternarize_with_stats(src.load(), tp.group, tp.name)
+        raw = src.load_raw()  # bf16 arrives as its bits and is widened inside the first pass
+        return ternarize_with_stats(raw, tp.group, tp.name, bf16_bits=raw.dtype == np.uint16)
     if tp.out_type in TERNARY_EMBEDDING_TYPES:  # a ternary embedding/output, kept as it is
         return src.load_ternary(), None
     arr = src.load()

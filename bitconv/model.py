@@ -99,6 +99,7 @@ class SourceTensor:
     _load_rows: Callable[[int, int], np.ndarray] | None = None  # rows [a, b) as float32 (cheap probes)
     kind: Any = None  # a `source_kind.SourceKind`, decided once per checkpoint
     detection: Any = None  # exact-ternary floats: the `exact_ternary.Detection` that found them
+    _load_raw: Callable[[], np.ndarray] | None = None  # the values as stored (see load_raw)
 
     @property
     def is_ternary(self) -> bool:
@@ -108,6 +109,15 @@ class SourceTensor:
         if self._load is not None:
             return self._load()
         return self.load_ternary().dequantize()
+
+    def load_raw(self) -> np.ndarray:
+        """The float values as the file stores them, not widened: float32 or float16 arrays,
+        bfloat16 as its uint16 bits (mapped, where the reader maps the file). Ternarization
+        widens them itself, in the same pass as its first walk over the weights; readers
+        that have no cheaper form give `load()`'s float32."""
+        if self._load_raw is not None:
+            return self._load_raw()
+        return self.load()
 
     def load_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as float32, without reading the rest when the reader can."""

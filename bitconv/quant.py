@@ -4,11 +4,10 @@
 Absmean is not idempotent, so weights that are already ternary on disk never come through
 here: readers hand them over as `Ternary` directly.
 
-Speed (issue 14): the weights are walked twice. Pass one is torch's float32 `abs().mean()`
-per group (the reduction BitNet and transformers use, run on one intra-op thread so its
-summation order, and so every scale bit, does not depend on the thread count). Pass two
-goes over the matrix in cache-sized row chunks and, per chunk, compares W with the exact
-float32 thresholds `±T` of each group (`rint(W/s)` is +1 exactly when `W >= T`, see
+Speed (issue 14): the weights are walked twice, each time by one compiled kernel
+(`bitconv.kernels.quant`, no GIL held): pass one sums |W| per group in a fixed order
+(bfloat16 sources are widened to float32 in the same walk); pass two compares W with the
+exact float32 thresholds `±T` of each group (`rint(W/s)` is +1 exactly when `W >= T`, see
 `round_thresholds`), writes the int8 values and accumulates what the statistics need:
 `‖W‖²`, `Σ W·t` and the non-zero count, from which `‖W − s·t‖² = ‖W‖² − 2·s·Σ W·t + s²·nnz`
 follows without a dequantized copy. The values are the ones `clip(rint(W/s), -1, 1)` gives,
@@ -136,20 +135,19 @@ def check_finite(w: np.ndarray, name: str) -> None:
         )
 
 
-CHUNK_ELEMENTS = 1 << 16  # ~256 KiB of float32 per chunk: the second pass stays in L2
-SCRATCH_KEEP_BYTES = 64 * 1024 * 1024  # a thread keeps its absmean buffer up to this size
+SCRATCH_KEEP_BYTES = 256 * 1024 * 1024  # a thread keeps its widening buffer up to this size
 
 
 @contextmanager
 def serial_torch() -> Iterator[None]:
     """Run torch on one intra-op thread in this block (this thread only; restored after).
 
-    A float reduction split over threads adds its partial sums in another order, so a
-    scale could differ by an ulp between `OMP_NUM_THREADS=1` and 2; the serial order is
-    the one bitconv writes. The setting is per calling thread (OpenMP), so pipeline
-    workers can use it concurrently.
+    The pipeline's workers are the conversion's parallelism; a torch op inside a job (a
+    reader that decodes with torch, exact-ternary recovery) must not start its own pool on
+    top of them. The setting is per calling thread (OpenMP), so workers can use it
+    concurrently. Nothing here imports torch: where nothing has, there is nothing to pin.
     """
-    if "torch" not in sys.modules:  # nothing has used torch yet; whatever imports it nests its own block
+    if "torch" not in sys.modules:
         yield
         return
     import torch  # waits for an import another thread may have under way
@@ -166,13 +164,21 @@ def serial_torch() -> Iterator[None]:
 
 
 def absmean(view: np.ndarray) -> np.ndarray:
-    """float32 mean |x| of each row of a 2-D float32 view, clamped at SCALE_EPS (torch, serial)."""
-    import torch
+    """float32 mean |x| of each row of a 2-D float32 view, clamped at SCALE_EPS.
 
-    with serial_torch():
-        a = torch.from_numpy(_scratch_f32(view.size).reshape(view.shape))
-        torch.abs(torch.from_numpy(view), out=a)
-        return a.mean(dim=1).clamp_(min=SCALE_EPS).numpy()
+    The sum has a fixed order (`bitconv.kernels.quant`: float32 lanes inside blocks of
+    1024, float64 above), so the scale is the same on every machine, thread count and
+    library version; it is within an ulp of the exact mean.
+    """
+    from .kernels.quant import abs_sums
+
+    view = np.ascontiguousarray(view, dtype=np.float32)
+    return _scales(abs_sums(view), view.shape[1])
+
+
+def _scales(sums: np.ndarray, length: int) -> np.ndarray:
+    s = (sums / float(length)).astype(np.float32)
+    return np.maximum(s, np.float32(SCALE_EPS))
 
 
 def round_thresholds(s: np.ndarray) -> np.ndarray:
@@ -197,7 +203,7 @@ def round_thresholds(s: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Sums:
-    """What pass two accumulates for the statistics (float64, per group)."""
+    """What the quantizing pass accumulates for the statistics (float64, per group)."""
 
     sumsq: float = 0.0  # ‖W‖²
     wt: np.ndarray | None = None  # Σ W·t per group
@@ -209,8 +215,7 @@ _scratch = threading.local()
 
 def _scratch_f32(n: int) -> np.ndarray:
     """A float32 buffer of n elements owned by this thread, reused across tensors (a fresh
-    multi-megabyte allocation costs more in page faults than the work done in it). numpy,
-    so torch sees a fresh view each time, inside or outside inference mode."""
+    multi-megabyte allocation costs more in page faults than the work done in it)."""
     buf = getattr(_scratch, "f32", None)
     if buf is None or buf.size < n:
         buf = np.empty(n, dtype=np.float32)
@@ -219,71 +224,20 @@ def _scratch_f32(n: int) -> np.ndarray:
     return buf[:n]
 
 
-def _quantize(view: np.ndarray, thr: np.ndarray, out: np.ndarray, with_sums: bool) -> _Sums:
-    """Pass two over a [G, L] float32 view with thresholds thr [G]: int8 values into `out`
-    (same shape), chunk by chunk, plus the sums the statistics need."""
-    g, length = view.shape
-    if g == 1:  # one group: walk the flat run in chunks with a scalar threshold
-        return _quantize_flat(view.reshape(-1), thr.reshape(()), out.reshape(-1), with_sums)
-    sums = _Sums(0.0, np.zeros(g), np.zeros(g))
-    step = max(1, CHUNK_ELEMENTS // length)
-    n = min(step, g) * length
-    ge_buf, le_buf = np.empty(n, dtype=np.bool_), np.empty(n, dtype=np.bool_)
-    f_buf = np.empty(n, dtype=np.float32)
-    for r0 in range(0, g, step):
-        r1 = min(g, r0 + step)
-        x, o, t = view[r0:r1], out[r0:r1], thr[r0:r1, None]
-        ge, le = ge_buf[: x.size].reshape(x.shape), le_buf[: x.size].reshape(x.shape)
-        np.greater_equal(x, t, out=ge)
-        np.less_equal(x, -t, out=le)
-        np.subtract(ge.view(np.int8), le.view(np.int8), out=o)
-        if with_sums:
-            f = f_buf[: x.size].reshape(x.shape)
-            np.multiply(x, x, out=f)
-            sums.sumsq += float(np.add.reduce(f, axis=None))
-            np.multiply(x, o, out=f)
-            sums.wt[r0:r1] += np.add.reduce(f, axis=1)
-            sums.nnz[r0:r1] += np.count_nonzero(ge, axis=1) + np.count_nonzero(le, axis=1)
-    return sums
+def ternarize(w: np.ndarray, group: GroupSize = "tensor", name: str = "tensor", *,
+              bf16_bits: bool = False) -> Ternary:
+    """Absmean-ternarize a float matrix [M, K]: s = mean|W| per group, t = clip(round(W/s)).
+
+    `w` is float32, float16, or (with `bf16_bits`) the uint16 bits of bfloat16 weights, as
+    a reader maps them from the file; they are widened to float32 exactly, once."""
+    return _ternarize(w, group, name, bf16_bits)[0]
 
 
-def _quantize_flat(x: np.ndarray, thr: np.ndarray, out: np.ndarray, with_sums: bool) -> _Sums:
-    import torch
-
-    n = x.size
-    c = min(n, CHUNK_ELEMENTS)
-    ge_buf, le_buf = np.empty(c, dtype=np.bool_), np.empty(c, dtype=np.bool_)
-    f_buf = np.empty(c, dtype=np.float32)
-    tf_buf = torch.from_numpy(f_buf)
-    xt = torch.from_numpy(x)
-    pos, neg = np.float32(thr), np.float32(-thr)
-    sumsq = wt = 0.0
-    nnz = 0
-    for a in range(0, n, c):
-        b = min(n, a + c)
-        xc, oc = x[a:b], out[a:b]
-        ge, le = ge_buf[: b - a], le_buf[: b - a]
-        np.greater_equal(xc, pos, out=ge)
-        np.less_equal(xc, neg, out=le)
-        np.subtract(ge.view(np.int8), le.view(np.int8), out=oc)
-        if with_sums:  # torch.dot: BLAS on this thread only (serial_torch), a fixed order
-            xtc = xt[a:b]
-            sumsq += float(torch.dot(xtc, xtc))
-            f = f_buf[: b - a]
-            np.copyto(f, oc, casting="unsafe")
-            wt += float(torch.dot(xtc, tf_buf[: b - a]))
-            nnz += int(np.count_nonzero(ge)) + int(np.count_nonzero(le))
-    return _Sums(sumsq, np.array([wt]), np.array([float(nnz)]))
-
-
-def ternarize(w: np.ndarray, group: GroupSize = "tensor", name: str = "tensor") -> Ternary:
-    """Absmean-ternarize a float matrix [M, K]: s = mean|W| per group, t = clip(round(W/s))."""
-    return _ternarize(w, group, name, with_sums=False)[0]
-
-
-def ternarize_with_stats(w: np.ndarray, group: GroupSize = "tensor", name: str = "tensor") -> tuple[Ternary, TensorStats]:
-    """`ternarize` and the tensor's `TensorStats`, from the sums the quantizer accumulates."""
-    tern, sums = _ternarize(w, group, name, with_sums=True)
+def ternarize_with_stats(w: np.ndarray, group: GroupSize = "tensor", name: str = "tensor", *,
+                         bf16_bits: bool = False) -> tuple[Ternary, TensorStats]:
+    """`ternarize` and the tensor's `TensorStats`, from the sums the quantizer accumulates:
+    ‖W − s·t‖² = ‖W‖² − 2·Σ_g s_g·Σ W·t + Σ_g s_g²·nnz_g, no dequantized copy."""
+    tern, sums = _ternarize(w, group, name, bf16_bits)
     s = tern.scales.reshape(-1).astype(np.float64)
     n = tern.values.size
     err2 = sums.sumsq - 2.0 * float(np.dot(s, sums.wt)) + float(np.dot(s * s, sums.nnz))
@@ -292,18 +246,42 @@ def ternarize_with_stats(w: np.ndarray, group: GroupSize = "tensor", name: str =
     return tern, _stats(name, tern, (n - nnz) / max(n, 1), rel)
 
 
-def _ternarize(w: np.ndarray, group: GroupSize, name: str, with_sums: bool) -> tuple[Ternary, _Sums]:
+def _float32_view(w: np.ndarray, bf16_bits: bool, name: str) -> tuple[np.ndarray, bool]:
+    """float32 weights (the source's own bytes when they already are), and whether the
+    bf16 widening is left to the fused first pass."""
+    if bf16_bits:
+        if w.dtype != np.uint16:
+            raise UsageError(f"{name}: bfloat16 bits must be uint16, got {w.dtype}")
+        return np.ascontiguousarray(w), True
+    if w.dtype == np.float32:
+        return np.ascontiguousarray(w), False
+    out = _scratch_f32(w.size).reshape(w.shape)
+    np.copyto(out, w, casting="unsafe")  # float16/float64 -> float32: numpy's SIMD conversion
+    return out, False
+
+
+def _ternarize(w: np.ndarray, group: GroupSize, name: str, bf16_bits: bool) -> tuple[Ternary, _Sums]:
+    from .kernels.quant import abs_sums, quantize, widen_bf16_abs_sums
+
     if w.ndim != 2:
         raise UsageError(f"{name}: expected a 2-D weight, got shape {list(w.shape)}")
-    w = np.ascontiguousarray(w, dtype=np.float32)
-    view, scale_shape = _group_view(w, group, name)
-    with serial_torch():
-        s = absmean(view)
-        if not np.all(np.isfinite(s)):  # a NaN/Inf weight makes its group's sum non-finite
-            check_finite(w, name)
-        values = np.empty(w.shape, dtype=np.int8)
-        sums = _quantize(view, round_thresholds(s), values.reshape(view.shape), with_sums)
-    return Ternary(values=values, scales=s.reshape(scale_shape), group=group), sums
+    w, widen = _float32_view(w, bf16_bits, name)
+    if widen:
+        f32 = _scratch_f32(w.size).reshape(w.shape)
+        bits_view, scale_shape = _group_view(w, group, name)
+        view = f32.reshape(bits_view.shape)
+        sums = widen_bf16_abs_sums(bits_view, view)
+    else:
+        view, scale_shape = _group_view(w, group, name)
+        sums = abs_sums(view)
+    s = _scales(sums, view.shape[1])
+    if not np.all(np.isfinite(sums)):  # a NaN/Inf weight makes its group's sum non-finite
+        check_finite(view, name)
+    values = np.empty(w.shape, dtype=np.int8)
+    g = view.shape[0]
+    wt, nnz = np.empty(g, dtype=np.float64), np.empty(g, dtype=np.int64)
+    sumsq = quantize(view, round_thresholds(s), values.reshape(view.shape), wt, nnz)
+    return Ternary(values=values, scales=s.reshape(scale_shape), group=group), _Sums(sumsq, wt, nnz)
 
 
 def _stats(name: str, tern: Ternary, zero_fraction: float, rel: float | None) -> TensorStats:

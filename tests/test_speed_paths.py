@@ -32,11 +32,30 @@ from bitconv.quant import (SCALE_EPS, _group_view, round_thresholds, serial_torc
 REPO = Path(__file__).resolve().parents[1]
 
 
+def reference_abs_sum(row: np.ndarray) -> float:
+    """Σ|x| in the documented order (bitconv.kernels.quant): element i in block i // 128 and
+    lane i % 16; in a block each lane adds its values in float32 in index order (cumsum is
+    sequential); each lane adds its block partials into a float64 total in block order;
+    the group's sum adds the 16 lane totals in lane order."""
+    a = np.abs(row.astype(np.float32))
+    lanes = [0.0] * 16
+    for b in range(0, a.size, 128):
+        block = a[b:b + 128]
+        for j in range(16):
+            part = block[j::16]
+            lanes[j] += float(np.cumsum(part, dtype=np.float32)[-1]) if part.size else 0.0
+    total = 0.0
+    for lane in lanes:
+        total += lane
+    return total
+
+
 def reference_ternarize(w: np.ndarray, group) -> tuple[np.ndarray, np.ndarray]:
-    """The textbook formula, as bitconv computed it before the fused quantizer."""
+    """The textbook formula: s = mean|W| per group (summed in the documented order, float32
+    mean, clamped), t = clip(rint(W / s), -1, 1)."""
     view, scale_shape = _group_view(w, group, "w")
-    with serial_torch():
-        s = torch.from_numpy(view).abs().mean(dim=1).clamp_(min=SCALE_EPS).numpy()
+    sums = np.array([reference_abs_sum(r) for r in view])
+    s = np.maximum((sums / view.shape[1]).astype(np.float32), np.float32(SCALE_EPS))
     q = np.clip(np.rint(np.divide(view, s[:, None])), -1, 1)
     return q.astype(np.int8).reshape(w.shape), s.reshape(scale_shape)
 
@@ -69,7 +88,7 @@ def test_round_thresholds_are_the_exact_boundary():
 
 
 @pytest.mark.parametrize("group", ["tensor", "row", 64])
-@pytest.mark.parametrize("shape", [(96, 256), (300, 512), (17, 320)])
+@pytest.mark.parametrize("shape", [(96, 256), (300, 512), (17, 320), (13, 1001)])
 def test_fused_quantizer_matches_the_formula_bit_for_bit(group, shape):
     if group == 64 and shape[1] % 64:
         pytest.skip("K not a multiple of the group")
@@ -114,19 +133,46 @@ def test_non_finite_weights_are_refused_by_name(bad, group):
         ternarize_with_stats(w, group, "blk.1.attn_q.weight")
 
 
-def test_scale_does_not_depend_on_torch_threads():
-    """A per-tensor absmean large enough for torch to split over threads (> 32768 values)."""
-    w = (np.random.default_rng(5).standard_normal((1024, 1024)) * 0.02).astype(np.float32)
+def test_scale_is_within_an_ulp_of_the_exact_mean_and_ignores_torch_threads():
+    """The fixed-order sum is within an ulp of the exact mean (as torch's own float32 mean
+    is, in its order), and torch's thread setting has nothing to do with it."""
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((1024, 1536)) * 0.02).astype(np.float32)
+    w[::3] *= 7
+    s = ternarize(w, "row").scales.reshape(-1)
+    exact = (np.abs(w).astype(np.float64).sum(axis=1) / w.shape[1]).astype(np.float32)
+    assert np.all(np.abs(s.view(np.int32) - exact.view(np.int32)) <= 1)
     before = torch.get_num_threads()
     scales = []
     try:
         for n in (1, 2, 4):
             torch.set_num_threads(n)
             scales.append(ternarize(w).scales.tobytes())
-            assert torch.get_num_threads() == n  # restored after the serial block
+            assert torch.get_num_threads() == n
     finally:
         torch.set_num_threads(before)
     assert len(set(scales)) == 1
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+@pytest.mark.parametrize("group", ["tensor", "row", 128])
+def test_half_precision_sources_give_what_their_float32_widening_gives(dtype, group):
+    """float16 and bfloat16 weights are widened exactly, once (bf16 inside the first pass):
+    the result must equal ternarizing the float32 widening."""
+    rng = np.random.default_rng(11)
+    w = (rng.standard_normal((257, 384)) * 0.03).astype(np.float32)
+    if dtype == "f16":
+        raw = w.astype(np.float16)
+        wide = raw.astype(np.float32)
+        got, st = ternarize_with_stats(raw, group, "w")
+    else:
+        raw = (w.view(np.uint32) >> 16).astype(np.uint16)
+        wide = (raw.astype(np.uint32) << 16).view(np.float32)
+        got, st = ternarize_with_stats(raw, group, "w", bf16_bits=True)
+    want, want_st = ternarize_with_stats(wide, group, "w")
+    np.testing.assert_array_equal(got.values, want.values)
+    np.testing.assert_array_equal(got.scales, want.scales)
+    assert st == want_st
 
 
 def test_ordered_map_keeps_order_bounds_work_and_raises_in_place():

@@ -177,14 +177,12 @@ class ShardSet:
 
 def _widen(raw: np.ndarray, kind: str, dtype=np.float32) -> np.ndarray:
     """Stored values -> floats as `dtype` (float32 bytes are returned as they are), integers as stored."""
-    if kind in ("BF16", "F16"):
-        import torch
+    if kind == "BF16":
+        from ..kernels.floats import widen_bf16
 
-        t = torch.from_numpy(np.ascontiguousarray(raw))
-        t = t.view(torch.bfloat16) if kind == "BF16" else t
         out = np.empty(raw.shape, dtype=np.float32)
-        torch.from_numpy(out).copy_(t)  # one vectorized widening pass, exact
+        widen_bf16(np.ascontiguousarray(raw).reshape(-1), out.reshape(-1))  # exact: the bits, shifted
         return out if dtype == np.float32 else out.astype(dtype)
-    if kind in ("F32", "F64"):
+    if kind in ("F16", "F32", "F64"):
         return raw.astype(dtype, copy=False) if raw.dtype != np.dtype(dtype) else raw
     return raw

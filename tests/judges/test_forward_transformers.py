@@ -9,7 +9,7 @@ renamed. Llama runs as LlamaForCausalLM with the same quantization config.
 
 One known difference is not the graph's: transformers computes the absmean scale with a
 float32 mean and dequantizes as t / (1/s); bitconv's `ternarize` (what convert writes)
-takes a float64 mean and s·t. Both round to float32, so about a third of the tensors get a
+takes a fixed-order mean (bitconv.kernels.quant) and s·t. Both round to float32, so about a third of the tensors get a
 scale 1 ulp apart, which moves a linear's output by ~1e-7 relative. That is enough to
 flip an occasional activation across an 8-bit rounding boundary, and a flipped k/v entry
 shifts every later position a little (FORMATS.md §5: activation rounding magnifies tiny
@@ -103,7 +103,7 @@ def _assert_close(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 @pytest.fixture
 def bitconv_weight_quant(monkeypatch):
-    """transformers' online WeightQuant with bitconv's absmean ternarization (float64 mean, s·t)."""
+    """transformers' online WeightQuant with bitconv's absmean ternarization (fixed-order mean, s·t)."""
     from transformers.integrations.bitnet import WeightQuant
 
     def forward(ctx, weight):
