@@ -74,3 +74,78 @@ def i2s_unpack(code_bytes: np.ndarray, shape: tuple[int, int], variant: str) -> 
             return None
         q = (d >> _SHIFTS.astype(np.uint8).reshape(1, 4, 1)) & np.uint8(3)
     return (q.reshape(-1).view(np.int8) - np.int8(1)).reshape(m, k)
+
+
+# -- pair codes (TL1, and TL2's two-weight tail) --------------------------------------------------
+
+# A byte holds the codes of two pairs, `(3*t0 + t1 + 4) << 4 | (3*t2 + t3 + 4)`, which for
+# q = t + 1 is 48*q0 + 16*q1 + 3*q2 + q3: multiplying the little-endian uint32 word
+# q0 | q1<<8 | q2<<16 | q3<<24 by this constant puts exactly that sum in the top byte.
+PAIR_MUL = np.uint32(48 << 24 | 16 << 16 | 3 << 8 | 1)
+
+
+def pair_bytes(q: np.ndarray) -> np.ndarray:
+    """Codes uint8 [M, K] (C-contiguous, K % 4 == 0) -> pair-code bytes uint8 [M, K/4]."""
+    m, k = q.shape
+    w = np.ascontiguousarray(q).reshape(-1).view("<u4").reshape(m, k // 4)
+    w = w * PAIR_MUL
+    w >>= np.uint32(24)
+    return w.astype(np.uint8)
+
+
+def _pair_decode_table() -> np.ndarray:
+    """byte -> its four ternary values as one little-endian uint32 of int8s (0 if invalid)."""
+    lut = np.zeros(256, dtype="<u4")
+    for b in range(256):
+        hi, lo = b >> 4, b & 15
+        if hi <= 8 and lo <= 8:
+            vals = np.array([hi // 3 - 1, hi % 3 - 1, lo // 3 - 1, lo % 3 - 1], dtype=np.int8)
+            lut[b] = vals.view("<u4")[0]
+    return lut
+
+
+PAIR_LUT = _pair_decode_table()
+
+
+def nibbles_above(raw: np.ndarray, limit: int) -> bool:
+    """Whether any 4-bit field of `raw` exceeds `limit`."""
+    raw = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1)
+    return bool(np.any(((raw >> 4) > limit) | ((raw & 15) > limit)))
+
+
+def pair_values(b: np.ndarray) -> np.ndarray:
+    """Pair-code bytes uint8 [M, K/4] (validated by the caller) -> ternary int8 [M, K]."""
+    m, k4 = b.shape
+    return PAIR_LUT[np.ascontiguousarray(b)].reshape(-1).view(np.int8).reshape(m, 4 * k4)
+
+
+# -- TL1 -------------------------------------------------------------------------------------------
+
+# axes of the reshaped [M, K/4] byte grid: (i0, i2, i4, i7, i1, i3, i5) -> emission order
+_TL1_TO_FILE = (0, 4, 1, 5, 2, 6, 3)
+_TL1_FROM_FILE = (0, 2, 4, 6, 1, 3, 5)
+
+
+def _tl1_grid(shape: tuple[int, int], BM: int, BK: int, bm: int) -> tuple[int, ...]:
+    m, k = shape
+    by = 256 // bm
+    return (m // BM, BM // bm, bm // 16, 16, k // BK, BK // by, by // 4)
+
+
+def tl1_pack(values: np.ndarray, BM: int, BK: int, bm: int) -> np.ndarray:
+    """The M*K/4 code bytes (no scale tail)."""
+    m, k = values.shape
+    b = pair_bytes(codes(values))  # [M, K/4]: columns 4c..4c+3 of row m
+    grid = _tl1_grid((m, k), BM, BK, bm)
+    return np.ascontiguousarray(b.reshape(grid).transpose(_TL1_TO_FILE)).reshape(-1)
+
+
+def tl1_unpack(code_bytes: np.ndarray, shape: tuple[int, int], BM: int, BK: int, bm: int) -> np.ndarray | None:
+    """int8 [M, K], or None when a pair code is above 8."""
+    m, k = shape
+    raw = np.ascontiguousarray(code_bytes, dtype=np.uint8)
+    if nibbles_above(raw, 8):
+        return None
+    grid = _tl1_grid((m, k), BM, BK, bm)
+    b = raw.reshape(tuple(grid[i] for i in _TL1_TO_FILE)).transpose(_TL1_FROM_FILE).reshape(m, k // 4)
+    return pair_values(b)

@@ -15,6 +15,8 @@ import pytest
 import reference_packing as ref
 from bitconv.errors import BadWeightsError, CorruptFileError
 from bitconv.pack.i2s import I2S
+from bitconv.pack.tiles import TL1_PRESETS, TileConfig
+from bitconv.pack.tl1 import TL1
 from bitconv.quant import Ternary
 
 SCALE = np.float32(0.0421875)
@@ -110,6 +112,13 @@ def test_i2s_pack_refuses_values_outside_ternary(variant: str) -> None:
                                       I2S(variant).pack(Ternary(t, SCALE), "w"))
 
 
+def unaligned(data: np.ndarray) -> np.ndarray:
+    """The same bytes at an odd address (a tensor's data inside a file need not be aligned)."""
+    buf = np.zeros(data.size + 1, np.uint8)
+    buf[1:] = data
+    return buf[1:]
+
+
 def test_i2s_accepts_strided_and_read_only_inputs() -> None:
     rng = np.random.default_rng(11)
     t = rng.integers(-1, 2, size=(8, 512), dtype=np.int8)
@@ -124,6 +133,93 @@ def test_i2s_accepts_strided_and_read_only_inputs() -> None:
     wide = np.zeros(2 * data.size, np.uint8)
     wide[::2] = data
     np.testing.assert_array_equal(layout.unpack(wide[::2], (8, 256), "w").values, view)
+    np.testing.assert_array_equal(layout.unpack(unaligned(data), (8, 256), "w").values, view)
+
+
+@pytest.mark.parametrize("name", ["tl1", "tl2"])
+def test_tl_accept_strided_read_only_and_unaligned_inputs(name: str) -> None:
+    from bitconv.pack import get_layout
+
+    rng = np.random.default_rng(12)
+    t = rng.integers(-1, 2, size=(64, 512), dtype=np.int8)
+    view = t[:, ::2]
+    layout = get_layout(name)
+    data = layout.pack(Ternary(view, SCALE), "w")
+    np.testing.assert_array_equal(data, layout.pack(Ternary(np.ascontiguousarray(view), SCALE), "w"))
+    ro = data.copy()
+    ro.flags.writeable = False
+    for d in (ro, unaligned(data)):
+        np.testing.assert_array_equal(layout.unpack(d, (64, 256), "w").values, view)
+
+
+
+# -- TL1 -----------------------------------------------------------------------------------------
+
+def tl1_cases() -> list[tuple[int, int, TileConfig]]:
+    """Every stock tile config on a small shape, the stock shapes that are cheap to check,
+    and odd configs: tiny BK (a byte-loop path), bm 64 with BK 16, one tile, many tiles."""
+    cases = [(2 * c.BM, 3 * c.BK, c) for c in sorted(set(TL1_PRESETS.values()), key=TileConfig.as_list)]
+    cases += [(m, k, TL1_PRESETS[(m, k)]) for m, k in [(1536, 4096), (1536, 1536), (4096, 1536)]]
+    cases += [(m, k, TileConfig(bm_, bk, bmm)) for m, k, bm_, bk, bmm in [
+        (64, 64, 32, 64, 32), (64, 128, 64, 64, 64), (96, 192, 32, 64, 32), (128, 256, 128, 128, 64),
+        (64, 48, 32, 16, 32), (192, 128, 64, 32, 64), (32, 8, 32, 8, 32), (64, 4, 64, 4, 64),
+        (32, 256, 32, 256, 32), (320, 96, 160, 32, 32), (128, 8 * 36, 64, 8 * 36, 32)]]
+    rng = np.random.default_rng(5)
+    for _ in range(12):
+        bmm = int(rng.choice([32, 64]))
+        bm_ = bmm * int(rng.integers(1, 5))
+        bk = 256 // bmm * int(rng.integers(1, 9))
+        cases.append((bm_ * int(rng.integers(1, 4)), bk * int(rng.integers(1, 5)), TileConfig(bm_, bk, bmm)))
+    return cases
+
+
+@pytest.mark.parametrize("m,k,cfg", tl1_cases(), ids=lambda x: str(getattr(x, "as_list", lambda: x)()))
+def test_tl1_kernels_equal_reference(m: int, k: int, cfg: TileConfig) -> None:
+    rng = np.random.default_rng(m * 7 + k)
+    layout = TL1(tiles={(m, k): cfg})
+    patterns = value_patterns(rng, m, k) if m * k <= 1 << 20 else value_patterns(rng, m, k)[:2]
+    for t in patterns:
+        data = layout.pack(Ternary(t, SCALE), "w")
+        n = m * k // 4
+        assert data.shape == (layout.nbytes((m, k)),) and data.dtype == np.uint8
+        np.testing.assert_array_equal(data[:n], ref.tl1_pack(t, cfg.BM, cfg.BK, cfg.bm))
+        np.testing.assert_array_equal(data[n:], tail_of(SCALE))
+        back = layout.unpack(data, (m, k), "w")
+        assert back.values.dtype == np.int8 and back.values.flags.c_contiguous
+        np.testing.assert_array_equal(back.values, t)
+        assert back.scales == SCALE
+
+
+@pytest.mark.parametrize("m,k,cfg", [(64, 256, TileConfig(64, 128, 32)), (64, 128, TileConfig(64, 64, 64)),
+                                     (32, 48, TileConfig(32, 16, 32))])
+def test_tl1_unpack_equals_reference_on_arbitrary_bytes(m: int, k: int, cfg: TileConfig) -> None:
+    """Valid pair-code bytes at random decode like the reference; a nibble above 8 is refused."""
+    rng = np.random.default_rng(8)
+    layout = TL1(tiles={(m, k): cfg})
+    n = m * k // 4
+    every_valid = np.array([b for b in range(256) if b >> 4 <= 8 and b & 15 <= 8], np.uint8)
+    raw = rng.choice(every_valid, size=n)
+    data = np.concatenate([raw, tail_of(SCALE)])
+    expect = ref.tl1_unpack(raw, (m, k), cfg.BM, cfg.BK, cfg.bm)
+    np.testing.assert_array_equal(layout.unpack(data, (m, k), "w").values, expect)
+    np.testing.assert_array_equal(ref.tl1_pack(expect, cfg.BM, cfg.BK, cfg.bm), raw)
+    for b in sorted(set(range(256)) - set(every_valid.tolist())):
+        bad = data.copy()
+        bad[int(rng.integers(n))] = b
+        assert ref.tl1_unpack(bad[:n], (m, k), cfg.BM, cfg.BK, cfg.bm) is None
+        with pytest.raises(CorruptFileError, match="pair code above 8"):
+            layout.unpack(bad, (m, k), "w")
+
+
+def test_tl1_pack_refuses_values_outside_ternary() -> None:
+    rng = np.random.default_rng(4)
+    for m, k, cfg in [(64, 256, TileConfig(64, 128, 32)), (32, 48, TileConfig(32, 16, 32))]:
+        for bad in BAD_VALUES:
+            for pos in bad_positions(rng, m, k):
+                t = rng.integers(-1, 2, size=(m, k), dtype=np.int8)
+                t[pos] = bad
+                with pytest.raises(BadWeightsError, match="w: ternary values"):
+                    TL1(tiles={(m, k): cfg}).pack(Ternary(t, SCALE), "w")
 
 
 def test_layouts_import_numba_only_when_packing() -> None:

@@ -100,7 +100,7 @@ class I2S(Layout, name="i2_s"):
         n4 = m * k // 4
         out = np.empty(self.nbytes((m, k)), dtype=np.uint8)
         if not i2s_pack(values.reshape(-1).view(np.uint8), out[:n4], ngroups, lane):
-            raise _bad_values(name)
+            raise bad_values(name)
         out[n4:] = scale_tail(tern.scale)
         return out
 
@@ -128,11 +128,11 @@ def ternary_codes(values: np.ndarray, name: str) -> np.ndarray:
     v = np.asarray(values)
     if v.dtype != np.int8:
         if v.size and (v.min() < -1 or v.max() > 1):
-            raise _bad_values(name)
+            raise bad_values(name)
         v = v.astype(np.int8)
     q = v.view(np.uint8) + np.uint8(1)  # -1 -> 0 (wraps), 0 -> 1, 1 -> 2; fresh C array
     if q.size and q.max() > 2:
-        raise _bad_values(name)
+        raise bad_values(name)
     return q
 
 
@@ -145,12 +145,12 @@ def int8_values(values: np.ndarray, name: str) -> np.ndarray:
     v = np.asarray(values)
     if v.dtype != np.int8:
         if v.size and (v.min() < -1 or v.max() > 1):
-            raise _bad_values(name)
+            raise bad_values(name)
         v = v.astype(np.int8)
     return np.ascontiguousarray(v)
 
 
-def _bad_values(name: str) -> Exception:
+def bad_values(name: str) -> Exception:
     from ..errors import BadWeightsError
 
     return BadWeightsError(f"{name}: ternary values must be -1, 0 or 1")

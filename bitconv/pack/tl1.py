@@ -5,9 +5,10 @@ Pairs of weights along K become a code `3*t0 + t1 + 4` (0..8), two pair codes pe
 `m = i0*BM + i2*bm + i4*16 + i7`, pair `p = i1*(BK/2) + i3*(by/2) + i5*2 + i6`, bytes in
 the order (i0, i1, i2, i3, i4, i5, i7) with i6 combined inside the byte, `by = 256/bm`.
 Because i6 is the lowest pair digit, one byte always holds four consecutive columns
-`4c..4c+3` of one row, so packing is: make those bytes for the whole [M, K/4] grid at once,
-then one transpose of the (row, column) index digits into the emission order. Unpacking
-is the inverse transpose and a 256-entry table.
+`4c..4c+3` of one row, so packing is: make those bytes row by row, then transpose them
+into the emission order (bitconv.kernels.tl, one compiled pass; the numpy formula, a
+reshape/transpose of the index digits, is the reference in tests/reference_packing.py).
+Unpacking runs the same steps backwards.
 Data = `M*K/4` code bytes, then the 32-byte tail with the float32 scale (the engine reads
 it at offset `M*K/4`, which is where the tail starts).
 """
@@ -18,13 +19,8 @@ import numpy as np
 
 from ..errors import CorruptFileError
 from ..quant import Ternary
-from .i2s import TAIL, nibbles_above, pair_bytes, pair_values, read_scale, scale_tail, ternary_codes
-from .tiles import TileConfig, TiledLayout
-
-# axes of the reshaped [M, K/4] byte grid: (i0, i2, i4, i7, i1, i3, i5) -> emission order
-_TO_FILE = (0, 4, 1, 5, 2, 6, 3)
-# axes of the file's byte run: (i0, i1, i2, i3, i4, i5, i7) -> back to (i0, i2, i4, i7, i1, i3, i5)
-_FROM_FILE = (0, 2, 4, 6, 1, 3, 5)
+from .i2s import TAIL, bad_values, int8_values, read_scale, scale_tail
+from .tiles import TiledLayout
 
 
 class TL1(TiledLayout, name="tl1"):
@@ -39,32 +35,29 @@ class TL1(TiledLayout, name="tl1"):
         m, k = shape
         return m * k // 4 + TAIL
 
-    @staticmethod
-    def _grid(shape: tuple[int, int], cfg: TileConfig) -> tuple[int, ...]:
-        """The [M, K/4] byte grid split into its index digits (i0, i2, i4, i7, i1, i3, i5)."""
-        m, k = shape
-        by = 256 // cfg.bm
-        return (m // cfg.BM, cfg.BM // cfg.bm, cfg.bm // 16, 16, k // cfg.BK, cfg.BK // by, by // 4)
-
     def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
+        from ..kernels.tl import tl1_pack
+
         m, k = tern.shape
         self.check(name, (m, k), tern.group)
         cfg = self.tiles_for(name, (m, k))
-        b = pair_bytes(ternary_codes(tern.values, name))  # [M, K/4]: columns 4c..4c+3 of row m
-        grid = self._grid((m, k), cfg)
+        values = int8_values(tern.values, name)
+        n = m * k // 4
         out = np.empty(self.nbytes((m, k)), dtype=np.uint8)
-        dst = out[: m * k // 4].reshape(tuple(grid[i] for i in _TO_FILE))
-        np.copyto(dst, b.reshape(grid).transpose(_TO_FILE))
-        out[m * k // 4:] = scale_tail(tern.scale)
+        if not tl1_pack(values.reshape(-1).view(np.uint8), out[:n], m, k, cfg.BM, cfg.BK, cfg.bm):
+            raise bad_values(name)
+        out[n:] = scale_tail(tern.scale)
         return out
 
     def unpack(self, data: np.ndarray, shape: tuple[int, int], name: str = "tensor") -> Ternary:
+        from ..kernels.tl import tl1_unpack
+
         data = self._check_data(data, shape, name)
         m, k = shape
         cfg = self.tiles_for(name, (m, k))
         n = m * k // 4
-        if nibbles_above(data[:n], 8):
+        values = np.empty((m, k), dtype=np.int8)
+        if not tl1_unpack(np.ascontiguousarray(data[:n]), values.reshape(-1).view(np.uint8), m, k,
+                          cfg.BM, cfg.BK, cfg.bm):
             raise CorruptFileError(f"{name}: TL1 data holds a pair code above 8")
-        grid = self._grid((m, k), cfg)
-        b = data[:n].reshape(tuple(grid[i] for i in _TO_FILE)).transpose(_FROM_FILE).reshape(m, k // 4)
-        return Ternary(pair_values(b), np.float32(read_scale(data, n, name)), "tensor")
+        return Ternary(values, np.float32(read_scale(data, n, name)), "tensor")
