@@ -3,14 +3,20 @@
 Both use blocks of 256 values along K with an fp16 scale `d` at the end of each block.
 `d` is the group scale of the block (0 for an all-zero block, as gguf.quants writes it),
 so per-tensor, per-row and K-groups that are whole multiples of 256 can all be stored.
+
+Packing and unpacking are numba kernels (bitconv/kernels/tq.py, one call per tensor); the
+numpy formulas they replaced are the reference in tests/reference_packing_tq.py.
 """
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import numpy as np
 
 from ..quant import GroupSize, Ternary
 from .base import Layout
+from .kernel_args import bad_values_error, block_scale_bits, ternary_bytes
 
 QK = 256
 
@@ -27,43 +33,30 @@ class _TQ(Layout):
         m, k = shape
         return m * (k // QK) * (self.codes_bytes + 2)
 
-    # block-level codec, implemented per type on [n_blocks, 256] uint8 codes (0, 1, 2)
-    def _encode(self, q: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def _decode(self, qs: np.ndarray) -> np.ndarray:
+    def _kernels(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """(pack, unpack) numba kernels, imported here so importing a layout never imports numba."""
         raise NotImplementedError
 
     def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
         m, k = tern.shape
         self.check(name, (m, k), tern.group)
-        nb = m * (k // QK)
-        t = tern.values.reshape(nb, QK)
-        q = (t + 1).astype(np.uint8)
-        d = np.broadcast_to(block_scales(tern), (m, k // QK)).reshape(nb).astype(np.float16)
-        d = np.where(np.any(t != 0, axis=1), d, np.float16(0))
-        out = np.empty((nb, self.codes_bytes + 2), dtype=np.uint8)
-        out[:, : self.codes_bytes] = self._encode(q)
-        out[:, self.codes_bytes :] = d.view(np.uint8).reshape(nb, 2)
-        return out.reshape(-1)
+        u = ternary_bytes(tern.values, name)
+        sc, per = block_scale_bits(tern, QK, name)
+        out = np.empty(m * (k // QK) * (self.codes_bytes + 2), dtype=np.uint8)
+        if self._kernels()[0](u.reshape(-1), m, k, sc, per, out) > 2:
+            raise bad_values_error(name)
+        return out
 
     def unpack(self, data: np.ndarray, shape: tuple[int, int], name: str = "tensor",
                group: GroupSize = "tensor") -> Ternary:
         data = self._check_data(data, shape, name)
         m, k = shape
-        blocks = data.reshape(m * (k // QK), self.codes_bytes + 2)
-        t = self._decode(np.ascontiguousarray(blocks[:, : self.codes_bytes])).astype(np.int8) - 1
-        d = np.ascontiguousarray(blocks[:, self.codes_bytes :]).view(np.float16).astype(np.float32)
-        return collapse_block_scales(t.reshape(m, k), d.reshape(m, k // QK), group, name)
-
-
-def block_scales(tern: Ternary, qk: int = QK) -> np.ndarray:
-    """The scale of every qk-block (256 for TQ), shape broadcastable to [M, K/qk]."""
-    m, k = tern.shape
-    if tern.group == "tensor" or tern.group == "row":
-        return tern.scales if tern.scales.ndim else tern.scales.reshape(1, 1)
-    per = int(tern.group) // qk
-    return np.repeat(tern.scales, per, axis=1)
+        nb = m * (k // QK)
+        values = np.empty((m, k), dtype=np.int8)
+        dbits = np.empty(nb, dtype=np.uint16)
+        self._kernels()[1](np.ascontiguousarray(data), nb, values.reshape(-1).view(np.uint8), dbits)
+        d = dbits.view(np.float16).astype(np.float32).reshape(m, k // QK)
+        return collapse_block_scales(values, d, group, name)
 
 
 def collapse_block_scales(values: np.ndarray, d: np.ndarray, group: GroupSize, name: str,
@@ -118,20 +111,10 @@ class TQ2_0(_TQ, name="tq2_0"):
     codes_bytes = 64
     description = "llama.cpp ternary, 2.06 bpw (runs in upstream llama.cpp)"
 
-    def _encode(self, q: np.ndarray) -> np.ndarray:
-        q = q.reshape(-1, 2, 4, 32)
-        return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(-1, 64)
+    def _kernels(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        from ..kernels.tq import tq2_0_pack, tq2_0_unpack
 
-    def _decode(self, qs: np.ndarray) -> np.ndarray:
-        b = qs.reshape(-1, 2, 1, 32)
-        shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
-        return ((b >> shifts) & 3).reshape(-1, QK)
-
-
-_POW5 = np.array([81, 27, 9, 3, 1], dtype=np.uint16)
-_POW4 = np.array([81, 27, 9, 3], dtype=np.uint16)
-_MUL5 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
-_MUL4 = np.array([1, 3, 9, 27], dtype=np.uint8)
+        return tq2_0_pack, tq2_0_unpack
 
 
 class TQ1_0(_TQ, name="tq1_0"):
@@ -143,22 +126,7 @@ class TQ1_0(_TQ, name="tq1_0"):
     codes_bytes = 52
     description = "llama.cpp ternary, 1.69 bpw (runs in upstream llama.cpp)"
 
-    def _encode(self, q: np.ndarray) -> np.ndarray:
-        n = q.shape[0]
-        q = q.astype(np.uint16)
-        qs0 = np.einsum("nfj,f->nj", q[:, :160].reshape(n, 5, 32), _POW5)
-        qs1 = np.einsum("nfj,f->nj", q[:, 160:240].reshape(n, 5, 16), _POW5)
-        qh = np.einsum("nfj,f->nj", q[:, 240:].reshape(n, 4, 4), _POW4)
-        packed = np.concatenate([qs0, qs1, qh], axis=1).astype(np.uint16)
-        return ((packed * 256 + 242) // 243).astype(np.uint8)
+    def _kernels(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        from ..kernels.tq import tq1_0_pack, tq1_0_unpack
 
-    def _decode(self, qs: np.ndarray) -> np.ndarray:
-        n = qs.shape[0]
-
-        def digits(b: np.ndarray, mul: np.ndarray) -> np.ndarray:
-            x = (b[:, None, :] * mul[None, :, None]).astype(np.uint8)  # wraps mod 256 on purpose
-            return ((x.astype(np.uint16) * 3) >> 8).reshape(n, -1)
-
-        return np.concatenate(
-            [digits(qs[:, :32], _MUL5), digits(qs[:, 32:48], _MUL5), digits(qs[:, 48:52], _MUL4)], axis=1
-        ).astype(np.uint8)
+        return tq1_0_pack, tq1_0_unpack

@@ -71,9 +71,8 @@ def unpack_hf_linear(codes_packed: np.ndarray, scale: np.ndarray, m: int, name: 
                      reciprocal: bool) -> Ternary:
     """Packed uint8 + weight_scale -> Ternary, refusing invalid codes and scales by name."""
     k = codes_packed.shape[1]
-    codes = HF2Bit().unpack_codes(codes_packed, m)
-    if np.any(codes == 3):
-        bad = int(np.count_nonzero(codes == 3))
+    values, bad = HF2Bit().unpack_values(codes_packed, m)  # one kernel pass; it counts code 3
+    if bad:
         raise BadWeightsError(
             f"{name}: {bad} packed code(s) equal 3, which is not a ternary code (0, 1, 2 mean -1, 0, +1)",
             hint="the checkpoint is corrupt or not in the Hugging Face bitnet format",
@@ -90,7 +89,7 @@ def unpack_hf_linear(codes_packed: np.ndarray, scale: np.ndarray, m: int, name: 
     s = (1.0 / scale) if reciprocal else scale
     if group == "tensor":
         s = s.reshape(())
-    return Ternary(codes.astype(np.int8) - 1, s.astype(np.float32), group)
+    return Ternary(values, s.astype(np.float32), group)
 
 
 def model_name(config: dict[str, Any], source: SourceInfo, folder: Path) -> str:

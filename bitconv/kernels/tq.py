@@ -1,0 +1,157 @@
+"""TQ1_0 / TQ2_0 pack and unpack kernels (llama.cpp's ternary block types, FORMATS.md §6).
+
+One call per tensor. Values arrive as the uint8 view of the int8 ternary values, flat and
+C-contiguous, so that code `q = t + 1` is a wrapping uint8 add (-1 -> 0, 0 -> 1, 1 -> 2)
+and any other value becomes a code above 2, which the kernels report instead of packing a
+valid-looking wrong code. Every inner loop has a fixed trip count over one 256-value block,
+which LLVM turns into vector code: each block is taken as a slice first, so indices are
+loop counters LLVM knows are non-negative (indexing the whole array with computed offsets
+keeps numba's negative-index wraparound and compiles to scalar gathers, ten times slower).
+
+Scales: `sc` holds the fp16 bits of the tensor's group scales as a [Ms, Gs] uint16 array
+(Ms = 1 for a per-tensor scale, else M; Gs groups per row); block `c` of row `r` takes
+`sc[r or 0, c // per]`. An all-zero block stores d = 0, as gguf.quants writes it.
+
+The numpy formulas these replace are kept as the reference in tests/reference_packing_tq.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import jit
+
+QK = 256
+TQ2_BYTES = 66  # 64 code bytes, fp16 d
+TQ1_BYTES = 54  # 32 + 16 + 4 code bytes, fp16 d
+
+
+@jit
+def tq2_0_pack(u, m, k, sc, per, out):
+    """uint8 view of int8 values [M*K] -> TQ2_0 blocks [nb*66]; returns the largest code
+    seen (> 2: a value outside {-1, 0, 1}; the output is then not meaningful)."""
+    nbr = k // QK
+    ms = sc.shape[0]
+    one = np.uint8(1)
+    mx = np.uint8(0)
+    for r in range(m):
+        rs = r if ms > 1 else 0
+        for g in range(nbr // per):
+            s = sc[rs, g]
+            for c in range(g * per, (g + 1) * per):
+                b = r * nbr + c
+                ub = u[b * QK:(b + 1) * QK]
+                ob = out[b * TQ2_BYTES:(b + 1) * TQ2_BYTES]
+                nz = np.uint8(0)
+                for h in range(2):
+                    for j in range(32):
+                        a = 128 * h + j
+                        c0 = np.uint8(ub[a] + one)
+                        c1 = np.uint8(ub[a + 32] + one)
+                        c2 = np.uint8(ub[a + 64] + one)
+                        c3 = np.uint8(ub[a + 96] + one)
+                        nz |= np.uint8((c0 ^ one) | (c1 ^ one) | (c2 ^ one) | (c3 ^ one))
+                        mx = max(mx, max(max(c0, c1), max(c2, c3)))
+                        ob[32 * h + j] = np.uint8(c0 | (c1 << 2) | (c2 << 4) | (c3 << 6))
+                d = s if nz != 0 else np.uint16(0)
+                ob[64] = np.uint8(d & 0xFF)
+                ob[65] = np.uint8(d >> 8)
+    return mx
+
+
+@jit
+def tq2_0_unpack(data, nb, vals, dbits):
+    """TQ2_0 blocks [nb*66] -> int8 values [nb*256] (as uint8 bytes) and the fp16 bits of d [nb].
+    Every 2-bit code decodes (code 3 gives +2, as the numpy decoder)."""
+    for b in range(nb):
+        ib = data[b * TQ2_BYTES:(b + 1) * TQ2_BYTES]
+        ob = vals[b * QK:(b + 1) * QK]
+        for h in range(2):
+            for j in range(32):
+                x = ib[32 * h + j]
+                o = 128 * h + j
+                ob[o] = np.uint8((x & 3) + 255)
+                ob[o + 32] = np.uint8(((x >> 2) & 3) + 255)
+                ob[o + 64] = np.uint8(((x >> 4) & 3) + 255)
+                ob[o + 96] = np.uint8((x >> 6) + 255)
+        dbits[b] = np.uint16(ib[64]) | (np.uint16(ib[65]) << 8)
+
+
+@jit
+def _tq1_byte(c0, c1, c2, c3, c4):
+    """Five codes (uint16, 0..2) -> one TQ1_0 byte: the base-3 number scaled to 0..255, rounded up."""
+    x = np.uint16(81) * c0 + np.uint16(27) * c1 + np.uint16(9) * c2 + np.uint16(3) * c3 + c4
+    return np.uint8((x * np.uint16(256) + np.uint16(242)) // np.uint16(243))
+
+
+@jit
+def tq1_0_pack(u, m, k, sc, per, out):
+    """uint8 view of int8 values [M*K] -> TQ1_0 blocks [nb*54]; returns the largest code seen.
+
+    Byte j < 32 holds values 32f + j (f = 0..4), byte 32 + j < 48 values 160 + 16f + j,
+    byte 48 + j < 52 values 240 + 4f + j (four digits; the fifth is 0)."""
+    nbr = k // QK
+    ms = sc.shape[0]
+    one = np.uint8(1)
+    mx = np.uint8(0)
+    for r in range(m):
+        rs = r if ms > 1 else 0
+        for g in range(nbr // per):
+            s = sc[rs, g]
+            for c in range(g * per, (g + 1) * per):
+                b = r * nbr + c
+                ub = u[b * QK:(b + 1) * QK]
+                ob = out[b * TQ1_BYTES:(b + 1) * TQ1_BYTES]
+                nz = np.uint8(0)
+                for j in range(32):
+                    c0, c1, c2 = np.uint8(ub[j] + one), np.uint8(ub[32 + j] + one), np.uint8(ub[64 + j] + one)
+                    c3, c4 = np.uint8(ub[96 + j] + one), np.uint8(ub[128 + j] + one)
+                    nz |= np.uint8((c0 ^ one) | (c1 ^ one) | (c2 ^ one) | (c3 ^ one) | (c4 ^ one))
+                    mx = max(mx, max(max(max(c0, c1), max(c2, c3)), c4))
+                    ob[j] = _tq1_byte(np.uint16(c0), np.uint16(c1), np.uint16(c2), np.uint16(c3), np.uint16(c4))
+                for j in range(16):
+                    c0, c1, c2 = np.uint8(ub[160 + j] + one), np.uint8(ub[176 + j] + one), np.uint8(ub[192 + j] + one)
+                    c3, c4 = np.uint8(ub[208 + j] + one), np.uint8(ub[224 + j] + one)
+                    nz |= np.uint8((c0 ^ one) | (c1 ^ one) | (c2 ^ one) | (c3 ^ one) | (c4 ^ one))
+                    mx = max(mx, max(max(max(c0, c1), max(c2, c3)), c4))
+                    ob[32 + j] = _tq1_byte(np.uint16(c0), np.uint16(c1), np.uint16(c2), np.uint16(c3), np.uint16(c4))
+                for j in range(4):
+                    c0, c1, c2, c3 = (np.uint8(ub[240 + j] + one), np.uint8(ub[244 + j] + one),
+                                      np.uint8(ub[248 + j] + one), np.uint8(ub[252 + j] + one))
+                    nz |= np.uint8((c0 ^ one) | (c1 ^ one) | (c2 ^ one) | (c3 ^ one))
+                    mx = max(mx, max(max(c0, c1), max(c2, c3)))
+                    ob[48 + j] = _tq1_byte(np.uint16(c0), np.uint16(c1), np.uint16(c2), np.uint16(c3), np.uint16(0))
+                d = s if nz != 0 else np.uint16(0)
+                ob[52] = np.uint8(d & 0xFF)
+                ob[53] = np.uint8(d >> 8)
+    return mx
+
+
+@jit
+def _tq1_digits(x, ob, n, j, five):
+    """The base-3 digits of TQ1_0 byte x, minus 1, to ob[f·n + j]: digit f is
+    (x·3^f mod 256)·3 >> 8."""
+    mul = np.uint8(1)
+    for f in range(5 if five else 4):
+        y = np.uint16(np.uint8(x * mul))
+        ob[f * n + j] = np.uint8(((y * np.uint16(3)) >> 8) + 255)
+        mul = np.uint8(mul * np.uint8(3))
+
+
+@jit
+def tq1_0_unpack(data, nb, vals, dbits):
+    """TQ1_0 blocks [nb*54] -> int8 values [nb*256] (as uint8 bytes) and the fp16 bits of d [nb].
+    Every byte decodes to digits 0..2, so no code is invalid."""
+    for b in range(nb):
+        ib = data[b * TQ1_BYTES:(b + 1) * TQ1_BYTES]
+        ob = vals[b * QK:(b + 1) * QK]
+        o0 = ob[0:160]
+        for j in range(32):
+            _tq1_digits(ib[j], o0, 32, j, True)
+        o1 = ob[160:240]
+        for j in range(16):
+            _tq1_digits(ib[32 + j], o1, 16, j, True)
+        o2 = ob[240:256]
+        for j in range(4):
+            _tq1_digits(ib[48 + j], o2, 4, j, False)
+        dbits[b] = np.uint16(ib[52]) | (np.uint16(ib[53]) << 8)
