@@ -114,6 +114,15 @@ def run_child(code: str, *args: str) -> tuple[dict, int, float, float]:
     return json.loads(doc), int(peak), float(cpu), float(wall)
 
 
+def remove(out: Path) -> None:
+    if out.is_dir():
+        import shutil
+
+        shutil.rmtree(out)
+    else:
+        out.unlink(missing_ok=True)
+
+
 def source_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
 
@@ -216,6 +225,7 @@ def main() -> None:
                 out = workdir / (f"out-{target}" + ("" if target == "safetensors" else ".gguf"))
                 best = None
                 for _ in range(args.repeat):
+                    remove(out)  # a fresh file each run, as the floor writes one (replacing costs an unlink)
                     res, rss, cpu, wall = run_child(CHILD_CONVERT, str(folder), str(out), target)
                     if best is None or res["seconds"] < best[0]["seconds"]:
                         best = (res, rss, cpu, wall)
@@ -227,12 +237,7 @@ def main() -> None:
                              "output_bytes": res["output_bytes"], "peak_rss": rss})
                 print(f"{tag} {target}: {res['seconds']:.2f} s, floor {floor:.2f} s, "
                       f"peak {rss / MiB:.0f} MiB", file=sys.stderr)
-                if out.is_dir():
-                    import shutil
-
-                    shutil.rmtree(out)
-                else:
-                    out.unlink(missing_ok=True)
+                remove(out)
     finally:
         if tmp is not None:
             tmp.cleanup()

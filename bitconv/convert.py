@@ -19,7 +19,7 @@ from .errors import OutputExistsError, UsageError
 from .model import LINEAR
 from .pack import layout_class
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
-from .pipeline import ordered_map
+from .pipeline import OrderedMap, ordered_map
 from .quant import TensorStats, check_finite, parse_group_size, serial_torch, tensor_stats, ternarize_with_stats
 from .readers import GGUFReadOptions, open_source
 from .readers.checkpoint import Checkpoint
@@ -101,8 +101,11 @@ def convert(
     start = time.perf_counter()
     stats: list[TensorStats] = []
     with atomic_path(output, force=force) as tmp:
-        writer.write(tmp, plan, prepare_tensors(plan, stats, progress,
-                                                encode=lambda tp, payload: writer.encode(plan, tp, payload)))
+        tensors = prepare_tensors(plan, stats, progress, encode=lambda tp, payload: writer.encode(plan, tp, payload))
+        try:
+            writer.write(tmp, plan, tensors)
+        finally:
+            tensors.close()
     size = sum(p.stat().st_size for p in output.rglob("*")) if output.is_dir() else output.stat().st_size
     return ConversionResult(plan=plan, written=True, stats=stats, seconds=time.perf_counter() - start,
                             output_bytes=size)
@@ -127,9 +130,10 @@ def build_options(*, layout: str = "tq2_0", format: str = "gguf", group_size: st
 
 def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats], progress: ProgressFn | None = None,
                     encode: Callable[[TensorPlan, Payload], Encoded] | None = None,
-                    workers: int | None = None) -> Iterator[tuple[TensorPlan, Payload | Encoded]]:
-    """Yield each planned tensor ready for a writer, in plan order: linears as Ternary,
-    others as float32, or already `encode`d into the writer's bytes.
+                    workers: int | None = None) -> "PreparedTensors":
+    """Each planned tensor ready for a writer, in plan order: linears as Ternary, others as
+    float32, or already `encode`d into the writer's bytes. Work starts at once (see
+    `PreparedTensors`).
 
     Source tensors already ternary keep their own values and scales (absmean is not
     idempotent): packed ones as unpacked, exact-ternary floats recovered (and compared with
@@ -146,13 +150,36 @@ def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats], progress: Pr
                 payload = encode(tp, payload)
         return tp, payload, stat
 
-    for tp, payload, stat in ordered_map(job, plan.tensors, workers=workers, max_pending=PIPELINE_AHEAD,
-                                         cost=_float_bytes, budget=PIPELINE_BUDGET):
+    return PreparedTensors(ordered_map(job, plan.tensors, workers=workers, max_pending=PIPELINE_AHEAD,
+                                       cost=_float_bytes, budget=PIPELINE_BUDGET), stats, progress)
+
+
+class PreparedTensors(Iterator[tuple[TensorPlan, "Payload | Encoded"]]):
+    """The pipeline's results as (tensor plan, payload) in plan order. The workers start
+    when this is made, so a writer's header and tokenizer serialization overlap with the
+    first tensors; statistics are appended in plan order and `progress` is told about a
+    tensor once the writer comes back for the next. `close()` stops the workers (a
+    writer that fails half way, or convert's `finally`)."""
+
+    def __init__(self, results: OrderedMap, stats: list[TensorStats], progress: ProgressFn | None) -> None:
+        self._results, self._stats, self._progress = results, stats, progress
+        self._last: TensorPlan | None = None
+
+    def __iter__(self) -> "PreparedTensors":
+        return self
+
+    def __next__(self) -> tuple[TensorPlan, Payload | Encoded]:
+        if self._last is not None and self._progress is not None:
+            self._progress(self._last)
+        self._last = None
+        tp, payload, stat = next(self._results)
         if stat is not None:
-            stats.append(stat)
-        yield tp, payload
-        if progress is not None:
-            progress(tp)
+            self._stats.append(stat)
+        self._last = tp
+        return tp, payload
+
+    def close(self) -> None:
+        self._results.close()
 
 
 PIPELINE_AHEAD = 4  # tensors submitted ahead of the one being written

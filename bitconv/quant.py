@@ -17,7 +17,6 @@ bit for bit (tests compare both on adversarial inputs).
 from __future__ import annotations
 
 import sys
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Union
@@ -135,9 +134,6 @@ def check_finite(w: np.ndarray, name: str) -> None:
         )
 
 
-SCRATCH_KEEP_BYTES = 256 * 1024 * 1024  # a thread keeps its widening buffer up to this size
-
-
 @contextmanager
 def serial_torch() -> Iterator[None]:
     """Run torch on one intra-op thread in this block (this thread only; restored after).
@@ -210,26 +206,13 @@ class _Sums:
     nnz: np.ndarray | None = None  # non-zeros per group
 
 
-_scratch = threading.local()
-
-
-def _scratch_f32(n: int) -> np.ndarray:
-    """A float32 buffer of n elements owned by this thread, reused across tensors (a fresh
-    multi-megabyte allocation costs more in page faults than the work done in it)."""
-    buf = getattr(_scratch, "f32", None)
-    if buf is None or buf.size < n:
-        buf = np.empty(n, dtype=np.float32)
-        if 4 * n <= SCRATCH_KEEP_BYTES:  # larger ones are not kept alive between tensors
-            _scratch.f32 = buf
-    return buf[:n]
-
-
 def ternarize(w: np.ndarray, group: GroupSize = "tensor", name: str = "tensor", *,
               bf16_bits: bool = False) -> Ternary:
     """Absmean-ternarize a float matrix [M, K]: s = mean|W| per group, t = clip(round(W/s)).
 
     `w` is float32, float16, or (with `bf16_bits`) the uint16 bits of bfloat16 weights, as
-    a reader maps them from the file; they are widened to float32 exactly, once."""
+    a reader maps them from the file; half-precision values are widened to float32 exactly,
+    in registers, never into a copy."""
     return _ternarize(w, group, name, bf16_bits)[0]
 
 
@@ -246,37 +229,41 @@ def ternarize_with_stats(w: np.ndarray, group: GroupSize = "tensor", name: str =
     return tern, _stats(name, tern, (n - nnz) / max(n, 1), rel)
 
 
-def _float32_view(w: np.ndarray, bf16_bits: bool, name: str) -> tuple[np.ndarray, bool]:
-    """float32 weights (the source's own bytes when they already are), and whether the
-    bf16 widening is left to the fused first pass."""
+def _kernel_view(w: np.ndarray, bf16_bits: bool, name: str) -> np.ndarray:
+    """What the kernels read: float32 as it is (the source's own mapped bytes), bfloat16
+    and float16 as their 16-bit patterns (uint16 / int16, `kernels.floats`), widened in
+    registers; anything else (float64) converted to float32 once."""
+    from .kernels.floats import as_bits16
+
     if bf16_bits:
         if w.dtype != np.uint16:
             raise UsageError(f"{name}: bfloat16 bits must be uint16, got {w.dtype}")
-        return np.ascontiguousarray(w), True
-    if w.dtype == np.float32:
-        return np.ascontiguousarray(w), False
-    out = _scratch_f32(w.size).reshape(w.shape)
-    np.copyto(out, w, casting="unsafe")  # float16/float64 -> float32: numpy's SIMD conversion
-    return out, False
+        return np.ascontiguousarray(w)
+    if w.dtype == np.float16:
+        return as_bits16(np.ascontiguousarray(w), bf16=False)
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def _widened(view: np.ndarray) -> np.ndarray:
+    """float32 values of a kernel view (for error reports, not the hot path)."""
+    if view.dtype == np.uint16:
+        return (view.astype(np.uint32) << 16).view(np.float32)
+    if view.dtype == np.int16:
+        return view.view(np.float16).astype(np.float32)
+    return view
 
 
 def _ternarize(w: np.ndarray, group: GroupSize, name: str, bf16_bits: bool) -> tuple[Ternary, _Sums]:
-    from .kernels.quant import abs_sums, quantize, widen_bf16_abs_sums
+    from .kernels.quant import abs_sums, quantize
 
     if w.ndim != 2:
         raise UsageError(f"{name}: expected a 2-D weight, got shape {list(w.shape)}")
-    w, widen = _float32_view(w, bf16_bits, name)
-    if widen:
-        f32 = _scratch_f32(w.size).reshape(w.shape)
-        bits_view, scale_shape = _group_view(w, group, name)
-        view = f32.reshape(bits_view.shape)
-        sums = widen_bf16_abs_sums(bits_view, view)
-    else:
-        view, scale_shape = _group_view(w, group, name)
-        sums = abs_sums(view)
+    w = _kernel_view(w, bf16_bits, name)
+    view, scale_shape = _group_view(w, group, name)
+    sums = abs_sums(view)
     s = _scales(sums, view.shape[1])
     if not np.all(np.isfinite(sums)):  # a NaN/Inf weight makes its group's sum non-finite
-        check_finite(view, name)
+        check_finite(_widened(view), name)
     values = np.empty(w.shape, dtype=np.int8)
     g = view.shape[0]
     wt, nnz = np.empty(g, dtype=np.float64), np.empty(g, dtype=np.int64)

@@ -402,18 +402,21 @@ def _write_all(ckpt: Checkpoint, targets: list[Target], force: bool, stats: list
     order = _union(ckpt, targets)
     union_plan = ConversionPlan(spec=ckpt.spec, output=targets[0].path, format="multi",
                                 options=targets[0].options, tensors=order)
+    prepared = prepare_tensors(union_plan, stats, progress)
     try:
-        for tp, payload in prepare_tensors(union_plan, stats, progress):
+        for tp, payload in prepared:
             for i, m in enumerate(by_source):
                 own = m.get(tp.source.name)
                 if own is not None:
                     send(i, (own, payload))
     except BaseException as exc:
+        prepared.close()
         for i in range(len(targets)):
             send(i, exc)
         for th in threads:
             th.join()
         raise
+    prepared.close()
     for i in range(len(targets)):
         send(i, _DONE)
     for th in threads:

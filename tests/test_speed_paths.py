@@ -287,3 +287,19 @@ def test_help_and_inspect_do_not_import_heavy_libraries(silu_ckpt, tmp_path, wha
     p = subprocess.run([sys.executable, "-c", NO_TORCH, *args], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "", f"{what} imported {p.stdout.strip()}"
+
+
+def test_kernels_read_every_16_bit_float_pattern_exactly():
+    """All 65536 bfloat16 and float16 bit patterns, widened in registers by the kernels'
+    loader, equal numpy's widening (NaNs stay NaN; their payload bits are not a value)."""
+    from bitconv.kernels.floats import as_bits16, widen
+
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    out = np.empty(bits.size, dtype=np.float32)
+    widen(as_bits16(bits, bf16=True), out)
+    np.testing.assert_array_equal(out.view(np.uint32), (bits.astype(np.uint32) << 16))
+    widen(as_bits16(bits.view(np.float16), bf16=False), out)
+    want = bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(out), nan)
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), want[~nan].view(np.uint32))

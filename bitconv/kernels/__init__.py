@@ -15,7 +15,11 @@ Rules every kernel module here follows:
   stays in the tests as the reference, compared byte for byte;
 * compiled code is cached on disk (`cache=True`: `__pycache__` beside the module, or
   numba's user cache dir where that is read-only; NUMBA_CACHE_DIR overrides), so only the
-  first conversion on a machine pays the compile time.
+  first conversion on a machine pays the compile time. numba keys a cached kernel on
+  its own file only: a kernel that calls a jitted helper of another module keeps its old
+  machine code when only the helper's file changes. Installs rewrite every file, so this
+  bites only while editing: keep shared helpers tiny and stable (`floats.to_f32`), and
+  delete `bitconv/kernels/__pycache__` after changing one.
 """
 
 from __future__ import annotations

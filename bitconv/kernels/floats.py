@@ -1,15 +1,67 @@
-"""Float format conversions numpy has no single pass for."""
+"""Float formats inside kernels: a weight is read as float32 from float32, bfloat16 or
+float16 storage, exactly, in registers, so no widened copy of a tensor is ever made.
+
+Half-precision weights reach a kernel as their 16-bit patterns, and the pattern's integer
+type says which format it is: **uint16 = bfloat16, int16 = float16** (numba has no
+float16 arithmetic). `as_bits16` makes those views; `to_f32(x[i])` inside a kernel
+compiles to the matching conversion for each array type (bfloat16: shift into the high
+half; float16: LLVM's `fpext half`, vcvtph2ps on x86), nothing for float32.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
 
 from . import jit
 
 
+def as_bits16(raw: np.ndarray, bf16: bool) -> np.ndarray:
+    """The view a kernel takes for 16-bit floats: bfloat16 bits as uint16, float16 as int16."""
+    return raw.view(np.uint16 if bf16 else np.int16)
+
+
+@intrinsic
+def _u32_as_f32(typingctx, u):
+    if u != types.uint32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _i16_half_to_f32(typingctx, h):
+    if h != types.int16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.int16), codegen
+
+
+def to_f32(v):  # pragma: no cover - replaced inside kernels by the overload below
+    raise NotImplementedError("to_f32 is only callable inside numba kernels")
+
+
+@overload(to_f32, inline="always")
+def _to_f32(v):
+    if v == types.float32:
+        return lambda v: v
+    if v == types.uint16:  # bfloat16 bits
+        return lambda v: _u32_as_f32(np.uint32(np.uint32(v) << np.uint32(16)))
+    if v == types.int16:  # float16 bits
+        return lambda v: _i16_half_to_f32(v)
+    return None
+
+
 @jit
-def widen_bf16(u, out):
-    """bfloat16 bits (uint16, 1-D) -> float32 `out` (1-D), exactly: the bits shifted up 16."""
-    bits = out.view(np.uint32)
+def widen(u, out):
+    """1-D float32 / bfloat16 bits (uint16) / float16 bits (int16) -> float32 `out`, exactly."""
     for i in range(u.size):
-        bits[i] = np.uint32(u[i]) << 16
+        out[np.uint64(i)] = to_f32(u[np.uint64(i)])

@@ -10,6 +10,9 @@ Lanes let LLVM use SIMD registers without reordering any addition (no fastmath),
 float64 above the block keeps the float32 mean within an ulp of the exact one (as
 torch's float32 `abs().mean()` is, in torch's own order).
 
+Half-precision weights are read in registers (`floats.to_f32`), so a bfloat16 or float16
+tensor is never widened into a float32 copy: both passes read 2 bytes per weight.
+
 Implementation notes: indices are unsigned (`np.uint64`) so numba emits no negative-index
 wraparound, which otherwise stops LLVM from vectorizing; the block loop has a constant
 trip count. Both are worth ~4x here.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import jit
+from .floats import to_f32
 
 LANES = 16
 BLOCK = 128  # 8 values per lane per block
@@ -32,14 +36,15 @@ def _abs_blocks(xr, stop, lane, acc):
         lane[:] = 0
         for i in range(blk, blk + BLOCK, LANES):
             for j in range(LANES):
-                lane[j] += abs(xr[np.uint64(i + j)])
+                lane[j] += abs(to_f32(xr[np.uint64(i + j)]))
         for j in range(LANES):
             acc[j] += np.float64(lane[j])
 
 
 @jit
 def abs_sums(x):
-    """Per row of a C-contiguous float32 [G, L] view: Σ|x| in the order above (float64[G])."""
+    """Per row of a C-contiguous [G, L] view of float32, bfloat16 bits (uint16) or float16
+    bits (int16, see `floats`): Σ|x| in the order above (float64[G])."""
     g, n = x.shape
     out = np.empty(g, np.float64)
     lane = np.zeros(LANES, np.float32)
@@ -52,57 +57,14 @@ def abs_sums(x):
         _abs_blocks(xr, full, lane, acc)
         if full < n:
             pad[:] = 0
-            pad[: n - full] = xr[full:]
+            for i in range(n - full):
+                pad[i] = to_f32(xr[full + i])
             _abs_blocks(pad, BLOCK, lane, acc)
         s = 0.0
         for j in range(LANES):
             s += acc[j]
         out[r] = s
     return out
-
-
-@jit
-def _widen_bf16_blocks(ur, xr, stop, lane, acc):
-    """bf16 bits -> float32 for the full blocks of ur[0:stop], adding |x| as `_abs_blocks`."""
-    bits = xr.view(np.uint32)
-    for blk in range(0, stop, BLOCK):
-        lane[:] = 0
-        for i in range(blk, blk + BLOCK, LANES):
-            for j in range(LANES):
-                k = np.uint64(i + j)
-                bits[k] = np.uint32(ur[k]) << 16
-            for j in range(LANES):
-                lane[j] += abs(xr[np.uint64(i + j)])
-        for j in range(LANES):
-            acc[j] += np.float64(lane[j])
-
-
-@jit
-def widen_bf16_abs_sums(u, out):
-    """bfloat16 bits [G, L] (uint16) -> float32 `out` [G, L] (exact), and `abs_sums(out)`
-    in the same walk (widening and the first pass over the weights are one)."""
-    g, n = u.shape
-    sums = np.empty(g, np.float64)
-    lane = np.zeros(LANES, np.float32)
-    acc = np.zeros(LANES, np.float64)
-    upad = np.zeros(BLOCK, np.uint16)
-    xpad = np.zeros(BLOCK, np.float32)
-    full = n // BLOCK * BLOCK
-    for r in range(g):
-        ur = u[r]
-        xr = out[r]
-        acc[:] = 0
-        _widen_bf16_blocks(ur, xr, full, lane, acc)
-        if full < n:
-            upad[:] = 0
-            upad[: n - full] = ur[full:]
-            _widen_bf16_blocks(upad, xpad, BLOCK, lane, acc)
-            xr[full:] = xpad[: n - full]
-        s = 0.0
-        for j in range(LANES):
-            s += acc[j]
-        sums[r] = s
-    return sums
 
 
 @jit
@@ -116,7 +78,7 @@ def _quantize_blocks(xr, qr, stop, t, sq, sw, cnt, sq64, sw64):
         for i in range(blk, blk + BLOCK, LANES):
             for j in range(LANES):
                 k = np.uint64(i + j)
-                v = xr[k]
+                v = to_f32(xr[k])
                 p = v >= t
                 m = v <= mt
                 qr[k] = np.int8(p) - np.int8(m)
@@ -130,7 +92,8 @@ def _quantize_blocks(xr, qr, stop, t, sq, sw, cnt, sq64, sw64):
 
 @jit
 def quantize(x, thr, q, wt, nnz):
-    """t = (x >= T) - (x <= -T) per row of float32 [G, L] into int8 `q` [G, L], with T =
+    """t = (x >= T) - (x <= -T) per row of [G, L] (float32 or 16-bit patterns, as `abs_sums`)
+    into int8 `q` [G, L], with T =
     thr[g] > 0; fills wt[g] = Σ|x| over t ≠ 0 (= Σ x·t) and nnz[g]; returns ‖x‖² (float64).
     Sums follow the module's lane/block order (zero padding adds nothing and codes 0)."""
     g, n = x.shape
@@ -153,7 +116,8 @@ def quantize(x, thr, q, wt, nnz):
         _quantize_blocks(xr, qr, full, t, sq, sw, cnt, sq64, sw64)
         if full < n:
             xpad[:] = 0
-            xpad[: n - full] = xr[full:]
+            for i in range(n - full):
+                xpad[i] = to_f32(xr[full + i])
             _quantize_blocks(xpad, qpad, BLOCK, t, sq, sw, cnt, sq64, sw64)
             qr[full:] = qpad[: n - full]
         a = 0.0

@@ -178,10 +178,10 @@ class ShardSet:
 def _widen(raw: np.ndarray, kind: str, dtype=np.float32) -> np.ndarray:
     """Stored values -> floats as `dtype` (float32 bytes are returned as they are), integers as stored."""
     if kind == "BF16":
-        from ..kernels.floats import widen_bf16
+        from ..kernels.floats import as_bits16, widen
 
         out = np.empty(raw.shape, dtype=np.float32)
-        widen_bf16(np.ascontiguousarray(raw).reshape(-1), out.reshape(-1))  # exact: the bits, shifted
+        widen(as_bits16(np.ascontiguousarray(raw).reshape(-1), bf16=True), out.reshape(-1))  # exact, one pass
         return out if dtype == np.float32 else out.astype(dtype)
     if kind in ("F16", "F32", "F64"):
         return raw.astype(dtype, copy=False) if raw.dtype != np.dtype(dtype) else raw
