@@ -149,3 +149,114 @@ def tl1_unpack(code_bytes: np.ndarray, shape: tuple[int, int], BM: int, BK: int,
     grid = _tl1_grid((m, k), BM, BK, bm)
     b = raw.reshape(tuple(grid[i] for i in _TL1_TO_FILE)).transpose(_TL1_FROM_FILE).reshape(m, k // 4)
     return pair_values(b)
+
+
+# -- TL2 -------------------------------------------------------------------------------------------
+
+# magnitudes [M, K3/6] as (i0, i2, chunk_hi, chunk_lo, e, i1, i3) -> (i0, i1, i2, i3, chunk_lo, chunk_hi, e);
+# the two-weight tail [M, K2/4] uses the same digits with BK=32.
+_MAG_TO_FILE = (0, 5, 1, 6, 3, 2, 4)
+_MAG_FROM_FILE = tuple(int(i) for i in np.argsort(_MAG_TO_FILE))
+# signs [M, K3/3] as (i0, i2, h, b, i1, i3, jj) -> (i0, i1, i2, i3, b, jj, h): bit 15-(2jj+h) of word b
+_SGN_TO_FILE = (0, 4, 1, 5, 3, 6, 2)
+_SGN_FROM_FILE = tuple(int(i) for i in np.argsort(_SGN_TO_FILE))
+
+
+def _triple_decode_table() -> np.ndarray:
+    """(magnitude byte << 2 | sign0 << 1 | sign1) -> the six int8 values of its two triples."""
+    lut = np.zeros((1024, 8), dtype=np.int8)
+    for idx in range(1024):
+        mb, s0, s1 = idx >> 2, (idx >> 1) & 1, idx & 1
+        for j, (mag, s) in enumerate(((mb >> 4, s0), (mb & 15, s1))):
+            if mag > 13:
+                continue
+            w = (-mag if s else mag) + 13
+            lut[idx, 3 * j:3 * j + 3] = (w // 9 - 1, w // 3 % 3 - 1, w % 3 - 1)
+    return lut.view("<u8").reshape(1024)
+
+
+_TRIPLE_LUT = _triple_decode_table()
+
+
+def tl2_parts(shape: tuple[int, int], BK: int) -> tuple[int, int, int, int]:
+    """(K3, K2, magnitude bytes, sign bytes)."""
+    m, k = shape
+    k2 = k % BK
+    k3 = k - k2
+    return k3, k2, k3 * m // 6, k3 * m // 24
+
+
+def _mag_grid(m: int, ncols: int, BM: int, BK: int, per_byte: int) -> tuple[int, ...]:
+    return (m // BM, BM // 32, 2, 2, 8, ncols // BK, BK // per_byte)
+
+
+def _sgn_grid(m: int, k3: int, BM: int, BK: int) -> tuple[int, ...]:
+    return (m // BM, BM // 32, 2, 16, k3 // BK, BK // 24, 8)
+
+
+def tl2_pack(values: np.ndarray, BM: int, BK: int) -> np.ndarray:
+    """Magnitudes, signs and the two-weight tail: the first tl2_real_size bytes of the data."""
+    m, k = values.shape
+    k3, k2, nmag, nsgn = tl2_parts((m, k), BK)
+    q = codes(values)
+    out = np.zeros(nmag + nsgn + m * k2 // 4, dtype=np.uint8)
+
+    qt = q[:, :k3].reshape(m, k3 // 3, 3)
+    v = qt[:, :, 0] * np.uint8(9)
+    v += qt[:, :, 1] * np.uint8(3)
+    v += qt[:, :, 2]
+    v = v.view(np.int8)
+    v -= np.int8(13)
+    mag = np.abs(v).view(np.uint8)  # [M, K3/3], 0..13
+    mb = mag[:, 0::2] << np.uint8(4)
+    mb |= mag[:, 1::2]  # [M, K3/6]: byte of triples 2c, 2c+1
+    grid = _mag_grid(m, k3, BM, BK, 6)
+    np.copyto(out[:nmag].reshape(tuple(grid[i] for i in _MAG_TO_FILE)), mb.reshape(grid).transpose(_MAG_TO_FILE))
+
+    sgn = (v < 0).view(np.uint8)  # [M, K3/3]
+    sgrid = _sgn_grid(m, k3, BM, BK)
+    bits = sgn.reshape(sgrid).transpose(_SGN_TO_FILE).reshape(-1, 16, 16)  # (.., word b, bit a)
+    words = np.packbits(bits, axis=-1)  # [.., 16, 2]: bits a=0..7 then 8..15, MSB first
+    out[nmag:nmag + nsgn].reshape(-1, 16, 2)[...] = words[:, :, ::-1]  # uint16 little-endian
+
+    if k2:
+        tb = pair_bytes(np.ascontiguousarray(q[:, k3:]))  # [M, K2/4]
+        tgrid = _mag_grid(m, k2, BM, 32, 4)
+        start = nmag + nsgn
+        np.copyto(out[start:start + m * k2 // 4].reshape(tuple(tgrid[i] for i in _MAG_TO_FILE)),
+                  tb.reshape(tgrid).transpose(_MAG_TO_FILE))
+    return out
+
+
+def tl2_unpack(data: np.ndarray, shape: tuple[int, int], BM: int, BK: int) -> np.ndarray | None:
+    """int8 [M, K] from the first tl2_real_size bytes, or None on a magnitude above 13 or a
+    tail pair code above 8."""
+    m, k = shape
+    k3, k2, nmag, nsgn = tl2_parts((m, k), BK)
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    values = np.empty((m, k), dtype=np.int8)
+    if nibbles_above(data[:nmag], 13):
+        return None
+    grid = _mag_grid(m, k3, BM, BK, 6)
+    mb = data[:nmag].reshape(tuple(grid[i] for i in _MAG_TO_FILE)).transpose(_MAG_FROM_FILE).reshape(m, k3 // 6)
+
+    words = data[nmag:nmag + nsgn].reshape(-1, 16, 2)[:, :, ::-1]
+    bits = np.unpackbits(words, axis=-1)  # [.., word b, bit a]
+    sgrid = _sgn_grid(m, k3, BM, BK)
+    sgn = bits.reshape(tuple(sgrid[i] for i in _SGN_TO_FILE)).transpose(_SGN_FROM_FILE).reshape(m, k3 // 6, 2)
+
+    idx = mb.astype(np.uint16) << np.uint16(2)
+    idx |= sgn[:, :, 0] << np.uint8(1)
+    idx |= sgn[:, :, 1]
+    six = _TRIPLE_LUT[idx].view(np.int8).reshape(m, k3 // 6, 8)
+    values[:, :k3].reshape(m, k3 // 6, 6)[...] = six[:, :, :6]
+
+    if k2:
+        start = nmag + nsgn
+        raw = data[start:start + m * k2 // 4]
+        if nibbles_above(raw, 8):
+            return None
+        tgrid = _mag_grid(m, k2, BM, 32, 4)
+        tb = raw.reshape(tuple(tgrid[i] for i in _MAG_TO_FILE)).transpose(_MAG_FROM_FILE)
+        values[:, k3:] = pair_values(tb.reshape(m, k2 // 4))
+    return values

@@ -15,8 +15,9 @@ import pytest
 import reference_packing as ref
 from bitconv.errors import BadWeightsError, CorruptFileError
 from bitconv.pack.i2s import I2S
-from bitconv.pack.tiles import TL1_PRESETS, TileConfig
+from bitconv.pack.tiles import TL1_PRESETS, TL2_PRESETS, TileConfig, tl2_padded_size, tl2_real_size, validate_tiles
 from bitconv.pack.tl1 import TL1
+from bitconv.pack.tl2 import TL2
 from bitconv.quant import Ternary
 
 SCALE = np.float32(0.0421875)
@@ -110,6 +111,103 @@ def test_i2s_pack_refuses_values_outside_ternary(variant: str) -> None:
     for dtype in (np.int16, np.int32, np.float32):
         np.testing.assert_array_equal(I2S(variant).pack(Ternary(t.astype(dtype), SCALE), "w"),
                                       I2S(variant).pack(Ternary(t, SCALE), "w"))
+
+
+
+# -- TL2 -----------------------------------------------------------------------------------------
+
+def tl2_cases() -> list[tuple[int, int, TileConfig]]:
+    """Every stock tile config on small shapes with and without a two-weight tail, the stock
+    shapes that are cheap to check, and odd configs: BK 24/48 (a byte-loop path), BK 144 and
+    240, several tail tiles, one tile."""
+    cases = []
+    for c in sorted(set(TL2_PRESETS.values()), key=TileConfig.as_list):
+        cases += [(c.BM, 2 * c.BK, c), (2 * c.BM, 2 * c.BK + 64, c)]
+    cases += [(m, k, TL2_PRESETS[(m, k)]) for m, k in [(1536, 4096), (1536, 1536), (4096, 1536)]]
+    cases += [(m, k, TileConfig(bm_, bk, 32)) for m, k, bm_, bk in [
+        (32, 96, 32, 96), (64, 128, 32, 96), (64, 160, 64, 96), (32, 192, 32, 192), (64, 224, 32, 192),
+        (32, 352, 32, 192), (96, 288, 32, 96), (32, 72, 32, 24), (64, 80, 32, 48), (128, 256, 64, 96),
+        (64, 144 * 3 + 128, 64, 144), (32, 240 + 224, 32, 240), (96, 48 * 5 + 32, 96, 48), (32, 24, 32, 24)]]
+    rng = np.random.default_rng(6)
+    for _ in range(12):
+        bk = int(rng.choice([24, 48, 96, 144, 192, 240]))
+        bm_ = 32 * int(rng.integers(1, 5))
+        k2 = 32 * int(rng.integers(0, (bk - 1) // 32 + 1))
+        cases.append((bm_ * int(rng.integers(1, 4)), bk * int(rng.integers(1, 4)) + k2, TileConfig(bm_, bk, 32)))
+    for m, k, c in cases:
+        validate_tiles("tl2", "w", (m, k), c)
+    return cases
+
+
+@pytest.mark.parametrize("m,k,cfg", tl2_cases(), ids=lambda x: str(getattr(x, "as_list", lambda: x)()))
+def test_tl2_kernels_equal_reference(m: int, k: int, cfg: TileConfig) -> None:
+    rng = np.random.default_rng(m * 7 + k)
+    layout = TL2(tiles={(m, k): cfg})
+    real = tl2_real_size((m, k), cfg.BK)
+    body = -(-tl2_padded_size((m, k)) // 32) * 32
+    patterns = value_patterns(rng, m, k) if m * k <= 1 << 20 else value_patterns(rng, m, k)[:2]
+    for t in patterns:
+        data = layout.pack(Ternary(t, SCALE), "w")
+        assert data.shape == (layout.nbytes((m, k)),) and data.dtype == np.uint8
+        np.testing.assert_array_equal(data[:real], ref.tl2_pack(t, cfg.BM, cfg.BK))
+        assert not data[real:body].any()
+        np.testing.assert_array_equal(data[body:], tail_of(SCALE))
+        back = layout.unpack(data, (m, k), "w")
+        assert back.values.dtype == np.int8 and back.values.flags.c_contiguous
+        np.testing.assert_array_equal(back.values, t)
+        assert back.scales == SCALE
+
+
+@pytest.mark.parametrize("m,k,cfg", [(64, 288 + 64, TileConfig(64, 96, 32)), (32, 192 + 160, TileConfig(32, 192, 32)),
+                                     (32, 48 + 32, TileConfig(32, 48, 32))])
+def test_tl2_unpack_equals_reference_on_arbitrary_bytes(m: int, k: int, cfg: TileConfig) -> None:
+    """Any signs (negative zeros included) and valid magnitudes/pair codes decode like the
+    reference; a magnitude above 13 or a tail pair code above 8 is refused with its own message."""
+    rng = np.random.default_rng(9)
+    layout = TL2(tiles={(m, k): cfg})
+    k3, k2, nmag, nsgn = ref.tl2_parts((m, k), cfg.BK)
+    real = tl2_real_size((m, k), cfg.BK)
+    valid_mag = np.array([b for b in range(256) if b >> 4 <= 13 and b & 15 <= 13], np.uint8)
+    valid_pair = np.array([b for b in range(256) if b >> 4 <= 8 and b & 15 <= 8], np.uint8)
+    raw = np.concatenate([rng.choice(valid_mag, size=nmag), rng.integers(0, 256, size=nsgn, dtype=np.uint8),
+                          rng.choice(valid_pair, size=real - nmag - nsgn)])
+    raw[nmag:nmag + 8] = 0xFF  # signs set on zero magnitudes too
+    raw[:4] = 0
+    data = np.zeros(layout.nbytes((m, k)), np.uint8)
+    data[:real] = raw
+    data[-32:] = tail_of(SCALE)
+    expect = ref.tl2_unpack(raw, (m, k), cfg.BM, cfg.BK)
+    np.testing.assert_array_equal(layout.unpack(data, (m, k), "w").values, expect)
+    bad_mags = sorted(set(range(256)) - set(valid_mag.tolist()))
+    bad_pairs = sorted(set(range(256)) - set(valid_pair.tolist()))
+    for b in bad_mags:
+        bad = data.copy()
+        bad[int(rng.integers(nmag))] = b
+        assert ref.tl2_unpack(bad[:real], (m, k), cfg.BM, cfg.BK) is None
+        with pytest.raises(CorruptFileError, match="magnitude above 13"):
+            layout.unpack(bad, (m, k), "w")
+    for b in bad_pairs:
+        bad = data.copy()
+        bad[nmag + nsgn + int(rng.integers(real - nmag - nsgn))] = b
+        assert ref.tl2_unpack(bad[:real], (m, k), cfg.BM, cfg.BK) is None
+        with pytest.raises(CorruptFileError, match="pair code above 8"):
+            layout.unpack(bad, (m, k), "w")
+    bad = data.copy()
+    bad[0], bad[real - 1] = 0xEE, 0xFF  # both: the magnitude is reported, as before
+    with pytest.raises(CorruptFileError, match="magnitude above 13"):
+        layout.unpack(bad, (m, k), "w")
+
+
+def test_tl2_pack_refuses_values_outside_ternary() -> None:
+    rng = np.random.default_rng(10)
+    for m, k, cfg in [(64, 288 + 64, TileConfig(64, 96, 32)), (32, 48 + 32, TileConfig(32, 48, 32))]:
+        k3 = k - k % cfg.BK
+        for bad in BAD_VALUES:
+            for pos in bad_positions(rng, m, k) + [(1, k3 - 1), (2, k3)]:  # last triple, first tail value
+                t = rng.integers(-1, 2, size=(m, k), dtype=np.int8)
+                t[pos] = bad
+                with pytest.raises(BadWeightsError, match="w: ternary values"):
+                    TL2(tiles={(m, k): cfg}).pack(Ternary(t, SCALE), "w")
 
 
 def unaligned(data: np.ndarray) -> np.ndarray:

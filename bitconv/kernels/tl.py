@@ -196,3 +196,266 @@ def tl1_unpack(data: np.ndarray, values: np.ndarray, m: int, k: int, BM: int, BK
                     dst[4 * c + 2] = np.uint8(l3 - one)
                     dst[4 * c + 3] = np.uint8(lo - three * l3 - one)
     return top <= 8
+
+
+# -- TL2 ---------------------------------------------------------------------------------------------
+# Sub-tile (i0, i2) = 32 rows. For each three-weight tile i1 the file holds, in three regions:
+# magnitudes: run ((i0*n1 + i1)*BM/32 + i2) of BK/6 columns x 32 bytes; column c's 32 bytes are
+#   the magnitude bytes of rows 0-7, 16-23, 8-15, 24-31 (row chunk r//8 -> position chunk 0, 2, 1, 3);
+# signs: run of BK/24 groups x 16 little-endian uint16 words; word b of group g has, at bit
+#   15 - (2*jj + h), the sign of triple g*8 + jj of row h*16 + b;
+# two-weight tail (after all magnitudes and signs): per tail tile of 32 columns, 8 pair-byte
+#   columns x 32 bytes in the magnitudes' row order.
+
+_BITS_MSB_FIRST = np.uint64(0x8040201008040201)  # 8 bytes of 0/1 -> one byte, byte 0 at bit 7
+_S56 = np.uint64(56)
+
+
+def _spread_table() -> np.ndarray:
+    """byte -> uint16 with bit i moved to bit 2*i (interleaves two sign bytes into a word)."""
+    out = np.zeros(256, np.uint16)
+    for a in range(256):
+        out[a] = sum(((a >> i) & 1) << (2 * i) for i in range(8))
+    return out
+
+
+_SPREAD = _spread_table()
+
+
+def _triple_table() -> np.ndarray:
+    """(magnitude byte << 2 | sign0 << 1 | sign1) -> the six int8 values of its two triples in
+    bytes 0..5 of a little-endian uint64; bytes 6-7 are 0xFF when a magnitude is above 13."""
+    lut = np.zeros((1024, 8), np.uint8)
+    for idx in range(1024):
+        mb, s0, s1 = idx >> 2, (idx >> 1) & 1, idx & 1
+        for j, (mag, s) in enumerate(((mb >> 4, s0), (mb & 15, s1))):
+            if mag > 13:
+                lut[idx, 6:] = 0xFF
+                continue
+            w = (-mag if s else mag) + 13
+            lut[idx, 3 * j:3 * j + 3] = np.array([w // 9 - 1, w // 3 % 3 - 1, w % 3 - 1]).astype(np.uint8)
+    return lut.view("<u8").reshape(1024)
+
+
+_TRIPLES = _triple_table()
+_S48 = np.uint64(48)
+
+
+@jit
+def _chunk_pos(rb: int) -> int:
+    """Position chunk of row chunk rb (rows 8rb..8rb+7) inside a column's 32 bytes: 0, 2, 1, 3."""
+    return ((rb & 1) << 1) | (rb >> 1)
+
+
+@jit
+def _compact_even(x: int) -> int:
+    """Bits 0, 2, .., 14 of a 16-bit word -> bits 0..7 (inverse of _SPREAD)."""
+    x &= 0x5555
+    x = (x | (x >> 1)) & 0x3333
+    x = (x | (x >> 2)) & 0x0F0F
+    return (x | (x >> 4)) & 0x00FF
+
+
+@jit
+def tl2_pack(values: np.ndarray, out: np.ndarray, m: int, k: int, BM: int, BK: int) -> bool:
+    """values: uint8 view of int8 [m*k]; out: uint8, the tl2_real_size bytes (magnitudes, signs,
+    tail). False on a value outside {-1, 0, 1}."""
+    k2 = k % BK
+    k3 = k - k2
+    n1 = k3 // BK
+    nt = k2 // 32
+    nsub = BM // 32
+    c6 = k3 // 6  # magnitude bytes per row
+    c3 = k3 // 3  # triples (sign bytes in scratch) per row
+    c4 = k2 // 4  # tail pair bytes per row
+    bk6 = BK // 6
+    ngrp = BK // 24
+    nmag = c6 * m
+    nsgn = c3 * m // 8
+    mags = np.empty(32 * c6 + 8, np.uint8)
+    signs = np.empty(32 * c3 + 8, np.uint8)
+    pairs = np.empty(32 * c4 + 8, np.uint8)
+    wide = bk6 % 8 == 0
+    m64 = mags.view(np.uint64)
+    s64 = signs.view(np.uint64)
+    p64 = pairs.view(np.uint64)
+    o64 = out.view(np.uint64)
+    o16 = out.view(np.uint16)
+    w6 = c6 // 8
+    w3 = c3 // 8
+    top = np.uint8(0)
+    one = np.uint8(1)
+    thirteen = np.uint8(13)
+    for i0 in range(m // BM):
+        for i2 in range(nsub):
+            row0 = i0 * BM + i2 * 32
+            for r in range(32):
+                src = values[(row0 + r) * k:(row0 + r) * k + k3]
+                dm = mags[r * c6:(r + 1) * c6]
+                ds = signs[r * c3:(r + 1) * c3]
+                for c in range(c6):
+                    q0 = np.uint8(src[6 * c] + one)
+                    q1 = np.uint8(src[6 * c + 1] + one)
+                    q2 = np.uint8(src[6 * c + 2] + one)
+                    q3 = np.uint8(src[6 * c + 3] + one)
+                    q4 = np.uint8(src[6 * c + 4] + one)
+                    q5 = np.uint8(src[6 * c + 5] + one)
+                    top = max(top, max(max(max(q0, q1), max(q2, q3)), max(q4, q5)))
+                    w0 = np.uint8(q0 * np.uint8(9) + q1 * np.uint8(3) + q2)  # t-triple + 13
+                    w1 = np.uint8(q3 * np.uint8(9) + q4 * np.uint8(3) + q5)
+                    a0 = np.uint8(w0 - thirteen) if w0 >= thirteen else np.uint8(thirteen - w0)
+                    a1 = np.uint8(w1 - thirteen) if w1 >= thirteen else np.uint8(thirteen - w1)
+                    dm[c] = np.uint8((a0 << 4) | a1)
+                    ds[2 * c] = np.uint8(w0 < thirteen)
+                    ds[2 * c + 1] = np.uint8(w1 < thirteen)
+                if c4:
+                    tsrc = values[(row0 + r) * k + k3:(row0 + r + 1) * k]
+                    dt = pairs[r * c4:(r + 1) * c4]
+                    for c in range(c4):
+                        q0 = np.uint8(tsrc[4 * c] + one)
+                        q1 = np.uint8(tsrc[4 * c + 1] + one)
+                        q2 = np.uint8(tsrc[4 * c + 2] + one)
+                        q3 = np.uint8(tsrc[4 * c + 3] + one)
+                        top = max(top, max(max(q0, q1), max(q2, q3)))
+                        dt[c] = np.uint8(q0 * np.uint8(48) + q1 * np.uint8(16) + q2 * np.uint8(3) + q3)
+            for i1 in range(n1):
+                tile = (i0 * n1 + i1) * nsub + i2
+                run = tile * bk6 * 32
+                if wide:
+                    for rb in range(4):
+                        pos = run + _chunk_pos(rb) * 8
+                        for cb in range(bk6 // 8):
+                            s = rb * 8 * w6 + i1 * (bk6 // 8) + cb
+                            b = transpose8(m64[s], m64[s + w6], m64[s + 2 * w6], m64[s + 3 * w6],
+                                           m64[s + 4 * w6], m64[s + 5 * w6], m64[s + 6 * w6], m64[s + 7 * w6])
+                            for j in range(8):
+                                o64[(pos + (cb * 8 + j) * 32) >> 3] = b[j]
+                else:
+                    for r in range(32):
+                        pos = run + _chunk_pos(r >> 3) * 8 + (r & 7)
+                        for c in range(bk6):
+                            out[pos + c * 32] = mags[r * c6 + i1 * bk6 + c]
+                sbase = (nmag + tile * ngrp * 32) >> 1
+                for g in range(ngrp):
+                    col = (i1 * ngrp + g)  # uint64 column of the scratch signs: 8 triples
+                    for b in range(16):
+                        hi = (s64[b * w3 + col] * _BITS_MSB_FIRST) >> _S56
+                        lo = (s64[(16 + b) * w3 + col] * _BITS_MSB_FIRST) >> _S56
+                        o16[sbase + g * 16 + b] = np.uint16((_SPREAD[hi] << 1) | _SPREAD[lo])
+            for it in range(nt):
+                run = nmag + nsgn + ((i0 * nt + it) * nsub + i2) * 256
+                for rb in range(4):
+                    pos = run + _chunk_pos(rb) * 8
+                    s = rb * 8 * nt + it
+                    b = transpose8(p64[s], p64[s + nt], p64[s + 2 * nt], p64[s + 3 * nt],
+                                   p64[s + 4 * nt], p64[s + 5 * nt], p64[s + 6 * nt], p64[s + 7 * nt])
+                    for j in range(8):
+                        o64[(pos + j * 32) >> 3] = b[j]
+    return top <= 2
+
+
+@jit
+def tl2_unpack(data: np.ndarray, values: np.ndarray, m: int, k: int, BM: int, BK: int) -> int:
+    """data: uint8, the tl2_real_size bytes; values: uint8 view of the int8 output.
+
+    Returns 0, or 1 for a triple magnitude above 13, or 2 for a tail pair code above 8.
+    """
+    k2 = k % BK
+    k3 = k - k2
+    n1 = k3 // BK
+    nt = k2 // 32
+    nsub = BM // 32
+    c6 = k3 // 6
+    c3 = k3 // 3
+    c4 = k2 // 4
+    bk6 = BK // 6
+    ngrp = BK // 24
+    nmag = c6 * m
+    nsgn = c3 * m // 8
+    mags = np.empty(32 * c6 + 8, np.uint8)
+    signs = np.empty(32 * (c3 // 8), np.uint8)  # per row, one byte per 8 triples (triple 0 at bit 7)
+    pairs = np.empty(32 * c4 + 8, np.uint8)
+    wide = bk6 % 8 == 0
+    m64 = mags.view(np.uint64)
+    p64 = pairs.view(np.uint64)
+    d64 = data.view(np.uint64)
+    d16 = data.view(np.uint16)
+    v64 = values.view(np.uint64)
+    w6 = c6 // 8
+    w3 = c3 // 8
+    bad = np.uint64(0)
+    top_pair = np.uint8(0)
+    one = np.uint8(1)
+    two = np.uint64(2)
+    three = np.uint64(3)
+    four = np.uint64(4)
+    six = np.uint64(6)
+    for i0 in range(m // BM):
+        for i2 in range(nsub):
+            row0 = i0 * BM + i2 * 32
+            for i1 in range(n1):
+                tile = (i0 * n1 + i1) * nsub + i2
+                run = tile * bk6 * 32
+                if wide:
+                    for rb in range(4):
+                        pos = run + _chunk_pos(rb) * 8
+                        for cb in range(bk6 // 8):
+                            p = (pos + cb * 8 * 32) >> 3  # file words of 8 columns, 32 bytes apart
+                            a = transpose8(d64[p], d64[p + 4], d64[p + 8], d64[p + 12],
+                                           d64[p + 16], d64[p + 20], d64[p + 24], d64[p + 28])
+                            s = rb * 8 * w6 + i1 * (bk6 // 8) + cb
+                            for j in range(8):
+                                m64[s + j * w6] = a[j]
+                else:
+                    for r in range(32):
+                        pos = run + _chunk_pos(r >> 3) * 8 + (r & 7)
+                        for c in range(bk6):
+                            mags[r * c6 + i1 * bk6 + c] = data[pos + c * 32]
+                sbase = (nmag + tile * ngrp * 32) >> 1
+                for g in range(ngrp):
+                    col = i1 * ngrp + g
+                    for b in range(16):
+                        word = d16[sbase + g * 16 + b]
+                        signs[b * w3 + col] = np.uint8(_compact_even(word >> 1))  # rows 0-15: odd bits
+                        signs[(16 + b) * w3 + col] = np.uint8(_compact_even(word))  # rows 16-31: even bits
+            for it in range(nt):
+                run = nmag + nsgn + ((i0 * nt + it) * nsub + i2) * 256
+                for rb in range(4):
+                    p = (run + _chunk_pos(rb) * 8) >> 3
+                    a = transpose8(d64[p], d64[p + 4], d64[p + 8], d64[p + 12],
+                                   d64[p + 16], d64[p + 20], d64[p + 24], d64[p + 28])
+                    s = rb * 8 * nt + it
+                    for j in range(8):
+                        p64[s + j * nt] = a[j]
+            for r in range(32):
+                # 8 triples = 24 values = three aligned uint64 words of the row (K % 8 == 0)
+                dst = v64[((row0 + r) * k) >> 3:((row0 + r) * k + k3) >> 3]
+                sm = mags[r * c6:(r + 1) * c6]
+                ss = signs[r * w3:(r + 1) * w3]
+                for g in range(w3):
+                    a = np.uint64(ss[g])
+                    x0 = _TRIPLES[(np.uint64(sm[4 * g]) << two) | ((a >> six) & three)]
+                    x1 = _TRIPLES[(np.uint64(sm[4 * g + 1]) << two) | ((a >> four) & three)]
+                    x2 = _TRIPLES[(np.uint64(sm[4 * g + 2]) << two) | ((a >> two) & three)]
+                    x3 = _TRIPLES[(np.uint64(sm[4 * g + 3]) << two) | (a & three)]
+                    bad |= x0 | x1 | x2 | x3
+                    dst[3 * g] = x0 | (x1 << _S48)
+                    dst[3 * g + 1] = (x1 >> _S16) | (x2 << _S32)
+                    dst[3 * g + 2] = (x2 >> _S32) | (x3 << _S16)
+                if c4:
+                    tdst = values[(row0 + r) * k + k3:(row0 + r + 1) * k]
+                    sp = pairs[r * c4:(r + 1) * c4]
+                    for c in range(c4):
+                        b = sp[c]
+                        hi = np.uint8(b >> 4)
+                        lo = np.uint8(b & np.uint8(15))
+                        top_pair = max(top_pair, max(hi, lo))
+                        h3 = np.uint8((hi * np.uint8(11)) >> 5)
+                        l3 = np.uint8((lo * np.uint8(11)) >> 5)
+                        tdst[4 * c] = np.uint8(h3 - one)
+                        tdst[4 * c + 1] = np.uint8(hi - np.uint8(3) * h3 - one)
+                        tdst[4 * c + 2] = np.uint8(l3 - one)
+                        tdst[4 * c + 3] = np.uint8(lo - np.uint8(3) * l3 - one)
+    if bad >> _S48:
+        return 1
+    return 2 if top_pair > 8 else 0

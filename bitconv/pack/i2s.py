@@ -11,8 +11,8 @@ recorded in the file's metadata:
 The codes are followed by a 32-byte tail whose first 4 bytes are the float32 LE scale: the
 fork's ggml_nbytes is `M*K/4 + 32`, so the tail is part of the tensor data.
 
-The helpers at the bottom (`ternary_codes`, `scale_tail`, `read_scale`, the pair-code
-tables) are shared by the TL1/TL2 packers, which store their scale the same way.
+The helpers at the bottom (`int8_values`, `bad_values`, `scale_tail`, `read_scale`) are
+shared by the TL1/TL2 packers, which store their scale the same way.
 
 Speed: pack and unpack are one compiled pass each (bitconv.kernels.i2s, byte-wide SIMD,
 values validated on the fly); the numpy formulas they replace are kept as the reference in
@@ -32,7 +32,6 @@ from .base import Layout
 TAIL = 32  # bytes after the codes: float32 scale, then zeros
 VARIANTS: dict[str, int] = {"x86-act": 128, "arm": 64, "x86-1x4": 4}  # block size / rows per byte
 
-_U64 = np.dtype("<u8")
 
 
 class I2S(Layout, name="i2_s"):
@@ -120,22 +119,6 @@ class I2S(Layout, name="i2_s"):
 
 # -- shared by the bitnet.cpp layouts ----------------------------------------------------------
 
-def ternary_codes(values: np.ndarray, name: str) -> np.ndarray:
-    """`q = t + 1` as a C-contiguous uint8 [M, K] array, refusing anything outside {-1, 0, 1}.
-
-    Checked here because a stray value would otherwise become a valid-looking wrong code.
-    """
-    v = np.asarray(values)
-    if v.dtype != np.int8:
-        if v.size and (v.min() < -1 or v.max() > 1):
-            raise bad_values(name)
-        v = v.astype(np.int8)
-    q = v.view(np.uint8) + np.uint8(1)  # -1 -> 0 (wraps), 0 -> 1, 1 -> 2; fresh C array
-    if q.size and q.max() > 2:
-        raise bad_values(name)
-    return q
-
-
 def int8_values(values: np.ndarray, name: str) -> np.ndarray:
     """The values as a C-contiguous int8 [M, K] array (no copy when they already are one).
 
@@ -169,63 +152,3 @@ def read_scale(data: np.ndarray, offset: int, name: str) -> float:
     if not np.isfinite(s):
         raise CorruptFileError(f"{name}: the scale in the tensor's tail is not finite ({s})")
     return s
-
-
-# Pair codes (TL1 and TL2's two-weight tail): a byte holds the codes of two pairs,
-# `(3*t0 + t1 + 4) << 4 | (3*t2 + t3 + 4)`, which for q = t + 1 is 48*q0 + 16*q1 + 3*q2 + q3.
-# Multiplying the little-endian uint32 word q0 | q1<<8 | q2<<16 | q3<<24 by this constant
-# puts exactly that sum in the top byte (the lower byte sums stay below 256, so no carries).
-PAIR_MUL = np.uint32(48 << 24 | 16 << 16 | 3 << 8 | 1)
-
-
-def pair_bytes(q: np.ndarray) -> np.ndarray:
-    """Codes uint8 [M, K] (C-contiguous, K % 4 == 0) -> pair-code bytes uint8 [M, K/4]."""
-    m, k = q.shape
-    w = q.reshape(-1).view("<u4").reshape(m, k // 4)
-    w = w * PAIR_MUL
-    w >>= np.uint32(24)
-    return w.astype(np.uint8)
-
-
-def _pair_decode_table() -> np.ndarray:
-    """byte -> its four ternary values as one little-endian uint32 of int8s (0 if invalid)."""
-    lut = np.zeros(256, dtype="<u4")
-    for b in range(256):
-        hi, lo = b >> 4, b & 15
-        if hi <= 8 and lo <= 8:
-            vals = np.array([hi // 3 - 1, hi % 3 - 1, lo // 3 - 1, lo % 3 - 1], dtype=np.int8)
-            lut[b] = vals.view("<u4")[0]
-    return lut
-
-
-PAIR_LUT = _pair_decode_table()
-
-
-def lanes(raw: np.ndarray) -> np.ndarray:
-    """A 1-D uint8 array seen as uint64 words when its length allows (8x fewer operations)."""
-    raw = np.ascontiguousarray(raw).reshape(-1)
-    return raw.view(_U64) if raw.size % 8 == 0 else raw
-
-
-def nibbles_above(raw: np.ndarray, limit: int) -> bool:
-    """Whether any 4-bit field of `raw` exceeds `limit` (8 for pair codes, 13 for TL2 magnitudes).
-
-    Bitwise on whole words: for 8 a nibble is too big when bit 3 and any lower bit are set;
-    for 13 when bits 3, 2 and 1 are all set (14 and 15).
-    """
-    x = lanes(raw)
-    t = x.dtype.type
-    high = t(0x8888888888888888 if x.dtype == _U64 else 0x88)
-    if limit == 8:
-        bad = x & ((x << t(1)) | (x << t(2)) | (x << t(3))) & high
-    elif limit == 13:
-        bad = x & (x << t(1)) & (x << t(2)) & high
-    else:  # pragma: no cover - only the two limits above exist
-        raise ValueError(limit)
-    return bool(np.any(bad))
-
-
-def pair_values(b: np.ndarray) -> np.ndarray:
-    """Pair-code bytes uint8 [M, K/4] (validated by the caller) -> ternary int8 [M, K]."""
-    m, k4 = b.shape
-    return PAIR_LUT[np.ascontiguousarray(b)].reshape(-1).view(np.int8).reshape(m, 4 * k4)
