@@ -80,8 +80,12 @@ def float_to_bytes(arr: np.ndarray, ggml_type: int) -> np.ndarray:
     a = np.ascontiguousarray(arr, dtype=np.float32)
     if ggml_type == F32:
         return a.reshape(-1).view(np.uint8)
-    if ggml_type == F16:
-        return a.astype(np.float16).reshape(-1).view(np.uint8)
+    if ggml_type == F16:  # one compiled pass; rounds exactly as numpy's astype(float16)
+        from .kernels.floats import narrow_f16
+
+        out = np.empty(a.size, dtype=np.int16)
+        narrow_f16(a.reshape(-1), out)
+        return out.view(np.uint8)
     if ggml_type == BF16:  # in blocks: whole-array temporaries would be 4 float32-sized copies
         flat = a.reshape(-1)
         out = np.empty(flat.size, dtype=np.uint16)

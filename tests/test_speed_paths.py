@@ -266,7 +266,7 @@ from typer.testing import CliRunner
 from bitconv.cli import app
 r = CliRunner().invoke(app, sys.argv[1:])
 assert r.exit_code == 0, r.output
-heavy = sorted(m for m in ("torch", "transformers", "huggingface_hub") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "transformers", "huggingface_hub", "numba") if m in sys.modules)
 print(",".join(heavy))
 """
 
@@ -303,3 +303,29 @@ def test_kernels_read_every_16_bit_float_pattern_exactly():
     nan = np.isnan(want)
     np.testing.assert_array_equal(np.isnan(out), nan)
     np.testing.assert_array_equal(out[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+def test_float16_output_rounds_as_numpy_does():
+    """F16 tensors are written by a compiled pass (`kernels.floats.narrow_f16`); it must give
+    numpy's astype(float16) bits: every float16 value, every midpoint between neighbours and
+    one float32 ulp either side (ties to even), overflow, subnormals and random patterns."""
+    from bitconv.ggml_types import F16, float_to_bytes
+    from bitconv.kernels.floats import count_nonfinite
+
+    rng = np.random.default_rng(0)
+    h = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    f = h.astype(np.float32)
+    fin = np.isfinite(f) & (np.abs(f) < np.float32(65504))
+    with np.errstate(over="ignore"):
+        nxt = np.nextafter(h[fin], np.float16(np.inf)).astype(np.float32)
+    mid = ((f[fin].astype(np.float64) + nxt.astype(np.float64)) / 2).astype(np.float32)
+    x = np.concatenate([f, mid, np.nextafter(mid, np.float32(np.inf)), np.nextafter(mid, np.float32(-np.inf)),
+                        rng.integers(0, 2**32, size=2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+                        np.float32([65504, 65519.99, 65520, 1e-8, 2.98e-8, 5.96e-8, -0.0, np.inf, -np.inf, np.nan])])
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = x.astype(np.float16)
+    got = float_to_bytes(x, F16).view(np.float16)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got[~nan].view(np.uint16), want[~nan].view(np.uint16))
+    assert count_nonfinite(x) == int(np.count_nonzero(~np.isfinite(x)))

@@ -65,3 +65,35 @@ def widen(u, out):
     """1-D float32 / bfloat16 bits (uint16) / float16 bits (int16) -> float32 `out`, exactly."""
     for i in range(u.size):
         out[np.uint64(i)] = to_f32(u[np.uint64(i)])
+
+
+@intrinsic
+def _f32_to_f16_bits(typingctx, x):
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):  # IEEE round to nearest even (vcvtps2ph)
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.int16(types.float32), codegen
+
+
+@jit
+def narrow_f16(x, out):
+    """1-D weights as `widen` reads them -> float16 bits in int16 `out`, rounded to nearest
+    even as numpy's `astype(np.float16)` does; returns how many inputs were not finite."""
+    bad = 0
+    for i in range(x.size):
+        v = to_f32(x[np.uint64(i)])
+        bad += not np.isfinite(v)
+        out[np.uint64(i)] = _f32_to_f16_bits(v)
+    return bad
+
+
+@jit
+def count_nonfinite(x):
+    """How many of the 1-D weights (as `widen` reads them) are NaN or infinite."""
+    bad = 0
+    for i in range(x.size):
+        bad += not np.isfinite(to_f32(x[np.uint64(i)]))
+    return bad
