@@ -9,8 +9,10 @@ functions of each phase:
                source is memory-mapped, pages come in during the first pass over the
                tensor, which is counted under ternarize
 * ternarize  - absmean, thresholds and the quantizing pass (`bitconv.quant`), statistics excluded
-* statistics - the per-tensor statistics (the sums inside the quantizing pass, or
-               `tensor_stats` in code that computes them from a dequantized copy)
+* statistics - the per-tensor statistics (`tensor_stats` in code that computes them from a
+               dequantized copy; torch.dot/count_nonzero calls of the numpy quantizer;
+               since the numba quantizer they are sums inside its one pass, which
+               cProfile cannot separate: they count under ternarize)
 * pack       - `Layout.pack` and float conversion of the other tensors
 * write      - writing bytes to the output file
 
@@ -34,7 +36,7 @@ from pathlib import Path
 
 PHASES = {
     # (file suffix, function name) -> phase; cumulative time of the outermost match counts
-    "read": [("model.py", "load"), ("model.py", "load_ternary")],
+    "read": [("model.py", "load"), ("model.py", "load_ternary"), ("model.py", "load_raw")],
     "statistics": [("quant.py", "tensor_stats")],
     "ternarize": [("quant.py", "ternarize"), ("quant.py", "ternarize_with_stats")],
     "pack": [("pack/", "pack"), ("ggml_types.py", "float_to_bytes"), ("safetensors_writer.py", "_encode")],
