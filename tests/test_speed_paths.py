@@ -329,3 +329,47 @@ def test_float16_output_rounds_as_numpy_does():
     np.testing.assert_array_equal(np.isnan(got), nan)
     np.testing.assert_array_equal(got[~nan].view(np.uint16), want[~nan].view(np.uint16))
     assert count_nonfinite(x) == int(np.count_nonzero(~np.isfinite(x)))
+
+
+def test_metadata_arrays_pack_as_gguf_packs_them(silu_ckpt, tmp_path, monkeypatch):
+    """Long metadata arrays (a vocabulary) are packed in one step; the bytes must be what
+    gguf's own writer gives, element by element, and bad arrays must fail the same way."""
+    import random
+
+    import gguf
+
+    import bitconv.writers.gguf_writer as gw
+
+    rng = random.Random(0)
+    T = gguf.GGUFValueType
+    cases = [
+        (["tok%d" % i for i in range(100)] + ["é漢字\n", ""], None),
+        ([rng.uniform(-1e3, 1e3) for _ in range(100)] + [0.1, -0.0, 3.4e38, float("nan")], None),
+        ([rng.randint(-2**31, 2**31 - 1) for _ in range(100)], None),
+        ([rng.randint(0, 2**32 - 1) for _ in range(100)], T.UINT32),
+        ([1, 2, 3] * 30, T.INT8),
+        ([True, False] * 40, None),
+        ([1.0] * 70 + [1e39], None),  # float32 overflow: struct.pack raises
+        ([2**31] * 70, None),  # int32 overflow
+        ([1, "a"] * 40, None),  # mixed: gguf refuses
+    ]
+    base, fast = gguf.GGUFWriter(path=None, arch="llama"), gw.ArrayPackingGGUFWriter(path=None, arch="llama")
+    for val, sub in cases:
+        for add_vtype in (True, False):
+            def pack(w):
+                try:
+                    return w._pack_val(val, T.ARRAY, add_vtype, sub)
+                except Exception as exc:  # the same exception type must come out
+                    return type(exc)
+            assert pack(fast) == pack(base), (val[:3], sub)
+    # a whole file: identical bytes with gguf's stock writer
+    a, b = tmp_path / "fast.gguf", tmp_path / "stock.gguf"
+    hits = []
+    orig = gw.ArrayPackingGGUFWriter._pack_array
+    monkeypatch.setattr(gw.ArrayPackingGGUFWriter, "_pack_array",
+                        lambda self, val, sub: hits.append(len(val)) or orig(self, val, sub))
+    convert(silu_ckpt, a, layout="tq2_0")
+    assert hits and max(hits) >= 256  # the vocabulary went through the fast path
+    monkeypatch.setattr(gw, "ArrayPackingGGUFWriter", gguf.GGUFWriter)
+    convert(silu_ckpt, b, layout="tq2_0")
+    assert a.read_bytes() == b.read_bytes()
