@@ -12,7 +12,8 @@ and converts each into every GGUF layout that accepts its shapes (and --format s
 for the float models), each run in a fresh child process. Reported per row:
 
 * `convert s`: wall time of `bitconv.convert.convert()` inside the child, best of --repeat
-  (interpreter start and imports excluded; they are in `process s`);
+  (interpreter start, imports and numba's one-time start-up, `bitconv.kernels.warm()`,
+  excluded; they are in `process s`);
 * `x floor`: that time over the I/O floor measured in this same run: reading the source
   files once from the page cache (plain `readinto`) plus writing the output's size once
   and `fsync`ing it - the least any converter that reads and writes the files must do;
@@ -47,6 +48,8 @@ CHILD_CONVERT = """
 import json, sys, time
 t0 = time.perf_counter()
 from bitconv.convert import convert
+from bitconv.kernels import warm
+warm()  # numba's one-time start-up, like the imports: in `process s`, not in `convert s`
 fmt = "safetensors" if sys.argv[3] == "safetensors" else "gguf"
 t = time.perf_counter()
 r = convert(sys.argv[1], sys.argv[2], layout=sys.argv[3] if fmt == "gguf" else "tq2_0", format=fmt, force=True)
