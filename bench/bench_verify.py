@@ -17,8 +17,10 @@ Rows:
 * bitconv, TQ2_0 GGUF          verify's forward on the converted artifact as verify runs it
                                by default, streaming one layer at a time from the
                                memory-mapped file (reading and decoding the weights is inside
-                               the timing); on the CPU verify's fast path: exact int8 GEMMs,
-                               float32 activations, bfloat16 head
+                               the timing); on the CPU verify's fast path: exact int8 GEMMs
+                               (torch._int_mm), float32 activations (RMSNorm + 8-bit
+                               quantization, rescales, rope as fused numba row kernels), the
+                               head in bfloat16 math with float32 output
 * bitconv --no-fast            (CPU) the same with verify --no-fast: float32 linears in
                                transformers' operation order and a float32 head
 * bitconv, resident            (CUDA) the same with every layer kept 2-bit packed on the
@@ -164,13 +166,16 @@ def worker(args: argparse.Namespace) -> None:
         dtype = torch.bfloat16 if (cuda or bf16_cpu) else torch.float32
         src = args.gguf if args.worker.startswith("bitconv-gguf") else args.plain
         keep = args.worker == "bitconv-gguf-resident"
-        # verify's CPU default (fast): exact int8 GEMMs, float32 activations, bfloat16 head
+        # verify's CPU default (fast): exact int8 GEMMs, float32 activations with fused row
+        # kernels, the head in bfloat16 math with float32 output (bf16 row: a bfloat16 head)
         int_path = None if cuda else (not float_cpu)
-        head_dtype = None if (cuda or float_cpu) else torch.bfloat16
+        head_dtype = torch.bfloat16 if bf16_cpu else None
+        head_math = "bf16" if not (cuda or float_cpu or bf16_cpu) else None
         if not (cuda or float_cpu):
             torch.set_flush_denormal(True)  # as verify's fast path runs its forward
         runner = Runner(open_source(src), device=args.device, dtype=dtype, keep=keep,
-                        micro_batch=args.micro_batch, int_path=int_path, head_dtype=head_dtype)
+                        micro_batch=args.micro_batch, int_path=int_path, head_dtype=head_dtype,
+                        head_math=head_math)
 
         def run():
             return token_logprobs_and_stats(runner, tokens).logprobs

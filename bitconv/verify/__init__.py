@@ -332,7 +332,7 @@ def verify(
     import torch
 
     from ..readers import open_source
-    from .forward import REFERENCES, Runner, resolve_device
+    from .forward import REFERENCES, Runner, bf16_math_supported, resolve_device
     from .metrics import compare
 
     t_start = time.perf_counter()
@@ -424,8 +424,13 @@ def verify(
     if fast is None:
         fast = dev.type == "cpu" and tdtype == torch.float32
     if fast and dev.type == "cpu":
-        kw.update(int_path=True, head_dtype=torch.bfloat16)
-        compute = f"int8 linears (exact), {dtype_name} activations, bfloat16 head"
+        kw.update(int_path=True)
+        if tdtype == torch.float32 and bf16_math_supported():
+            kw.update(head_math="bf16")
+            compute = f"int8 linears (exact), {dtype_name} activations, head in bfloat16 with float32 output"
+        else:
+            kw.update(head_dtype=torch.bfloat16)
+            compute = f"int8 linears (exact), {dtype_name} activations, bfloat16 head"
     elif dev.type == "cpu":
         compute = f"{dtype_name} linears (transformers' operation order), {dtype_name} head"
     if not art_aq:

@@ -141,6 +141,11 @@ def _tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group:
             host = torch.from_numpy(blocks)
     d = np.ascontiguousarray(blocks[:, 64:]).view(np.float16).astype(np.float32).reshape(m, k // 256)
     tern = collapse_block_scales(np.empty((m, 0), np.int8), d, group, "tensor")
+    if torch.device(device).type == "cpu" and put is None:  # one fused pass (numba), rows over the threads
+        from . import cpu_kernels
+
+        values = cpu_kernels.tq2_0_values(blocks, m, k)
+        return TTernary(values, torch.from_numpy(np.array(tern.scales, np.float32)), tern.group)
     put = put or (lambda t: _h2d(t, device))
     raw_dev = put(host)  # the contiguous bytes, scales included: one copy
     shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=raw_dev.device).view(1, 1, 4, 1)
@@ -317,8 +322,10 @@ def _k_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 def _k_logprob(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(target) and argmax of a chunk of logits (any float dtype), float32 statistics."""
     lf = logits.to(torch.float32)
-    lse = torch.logsumexp(lf, dim=-1)
-    return lf.gather(1, targets[:, None]).squeeze(1) - lse, lf.argmax(dim=-1)
+    mx, top = lf.max(dim=-1)  # the max and its (first) index in one pass
+    mx = mx.masked_fill(mx.isinf(), 0.0)  # then torch.logsumexp's own steps, bit for bit
+    lse = torch.log(torch.exp(lf - mx[:, None]).sum(-1)) + mx
+    return lf.gather(1, targets[:, None]).squeeze(1) - lse, top
 
 
 class _Kernels:
@@ -510,14 +517,16 @@ class Runner:
     and gate/up fused, rescaling fused with what follows; without it linears run in
     transformers' float operation order (bit-identical logits on the CPU). `compile` (default: on CUDA when triton is there and
     BITCONV_COMPILE is not 0) compiles the fused helpers. `head_dtype` (default: `dtype`) is
-    the dtype of the output projection alone; verify's fast CPU path uses bfloat16 there.
+    the dtype of the output projection alone; `head_math="bf16"` runs a float32 head with
+    bfloat16 inputs and float32 accumulation and output (verify's fast CPU path; ignored
+    where torch cannot).
     """
 
     def __init__(self, ckpt: Checkpoint, *, act_quant: bool = True, reference: str = "ternary",
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  groups: Groups = None, keep: bool = False, micro_batch: int | None = None,
                  int_path: bool | None = None, compile: bool | None = None,
-                 head_dtype: torch.dtype | None = None) -> None:
+                 head_dtype: torch.dtype | None = None, head_math: str | None = None) -> None:
         if reference not in REFERENCES:
             raise UsageError(f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
         self.ckpt = ckpt
@@ -528,11 +537,17 @@ class Runner:
         self.dtype = dtype
         self.head_dtype = head_dtype or dtype  # the output projection's dtype (logits statistics stay float32)
         self._head_cast: torch.Tensor | None = None
+        # "bf16": the float32 head GEMM runs with bfloat16 inputs and float32 accumulation and
+        # output (oneDNN's bf16 math mode, AMX on recent x86); None: plain `head_dtype` math
+        self.head_math = head_math if (head_math is None or bf16_math_supported()) else None
         self.groups = groups
         self.keep = keep
         self.micro_batch = micro_batch
         self.cuda = self.device.type == "cuda"
         self.int_path = self.cuda if int_path is None else int_path
+        # the int path on the CPU in float32 runs its element-wise work as fused row kernels
+        self.fused_cpu = (not self.cuda and self.int_path and dtype == torch.float32
+                          and os.environ.get("BITCONV_VERIFY_FUSED", "1") != "0")
         self.k = _Kernels(_want_compile(self.device, compile))
         self.by_name: dict[str, SourceTensor] = {t.name: t for t in ckpt.tensors}
         self._cache: dict[int, LayerWeights] = {}
@@ -608,7 +623,7 @@ class Runner:
         for kind in LAYER_LINEARS + LAYER_NORMS + LAYER_SUB_NORMS + LAYER_QK_NORMS + LAYER_IN_NORMS:
             name = f"blk.{i}.{kind}.weight"
             if name in self.by_name:
-                out[kind] = self.load_raw(name, on_device=self.cuda and kind in LAYER_LINEARS)
+                out[kind] = self.load_raw(name, on_device=(self.cuda or self.fused_cpu) and kind in LAYER_LINEARS)
         return out
 
     # -- preparing weights ---------------------------------------------------------------
@@ -647,7 +662,10 @@ class Runner:
             return out if len(out) > 1 else out[0]
         if self.int_path and all(t is not None and t.row_scales() is not None for t in terns):
             parts = [self._to_dev(t.values) for t in terns]
-            codes = torch.cat(parts) if len(parts) > 1 else parts[0]
+            if len(parts) > 1 and not self.cuda:  # one memcpy per part; torch.cat splits it over threads
+                codes = torch.from_numpy(np.concatenate([p.numpy() for p in parts]))
+            else:
+                codes = torch.cat(parts) if len(parts) > 1 else parts[0]
             rows = torch.cat([self._to_dev(t.row_scales()) for t in terns])
             if self.keep:
                 codes = _pack2(codes)
@@ -756,7 +774,9 @@ class Runner:
 
     def run_layer(self, x: torch.Tensor, lw: LayerWeights, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """One decoder layer over a batch [B, T, H] (micro-batched over B if asked)."""
-        layer = self._layer_int if (self.act_quant and lw.all_int()) else self._layer
+        layer = self._layer
+        if self.act_quant and lw.all_int():
+            layer = self._layer_int_cpu if self.fused_cpu else self._layer_int
         mb = self.micro_batch or x.shape[0]
         if mb >= x.shape[0]:
             return layer(x, lw, rope)
@@ -850,6 +870,52 @@ class Runner:
         x2 = k.rescale_add(int_matmul(xq, dn.int_codes()), dn.row_scale, sc, x2)
         return x2.view(b, t, hid)
 
+    def _layer_int_cpu(self, x: torch.Tensor, lw: LayerWeights, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """`_layer_int` on the CPU in float32: the same operations, with every RMSNorm +
+        quantization and every rescale (+ residual add, + relu² gating) one fused row
+        kernel (`cpu_kernels`), so the layer is its GEMMs, attention and a few passes."""
+        from . import cpu_kernels as ck
+
+        hp = self.hp
+        b, t, hid = x.shape
+        d, eps = hp.head_dim, hp.rms_eps
+        x2 = x.reshape(b * t, hid).contiguous()
+        xq, sc = ck.rms_quant(x2, lw.norms["attn_norm"], eps)
+        qkv = lw.qkv
+        y = ck.rescale(int_matmul(xq, qkv.int_codes()), qkv.row_scale, sc)
+        del xq, sc
+        nq, nk = hp.num_heads * d, hp.num_kv_heads * d
+        cos, sin = rope
+        if "attn_q_norm" in lw.norms or "attn_k_norm" in lw.norms or cos.dtype != torch.float32:
+            q = _k_rope(self._qk_norm(y[:, :nq].view(b, t, hp.num_heads, d), lw, "attn_q_norm"), cos, sin)
+            kk = _k_rope(self._qk_norm(y[:, nq:nq + nk].view(b, t, hp.num_kv_heads, d), lw, "attn_k_norm"), cos, sin)
+        else:
+            q = ck.rope(y, 0, hp.num_heads, d, b, t, cos, sin)
+            kk = ck.rope(y, nq, hp.num_kv_heads, d, b, t, cos, sin)
+        v = y[:, nq + nk:].view(b, t, hp.num_kv_heads, d).transpose(1, 2)
+        a = _attention(q, kk, v, hp.num_heads // hp.num_kv_heads)
+        del q, kk, v, y
+        a = a.transpose(1, 2).reshape(b * t, nq).contiguous()
+        xq, sc = ck.rms_quant(a, lw.norms.get("attn_sub_norm"), eps)
+        del a
+        o = lw.o
+        x2 = ck.rescale_add(int_matmul(xq, o.int_codes()), o.row_scale, sc, x2)  # a new tensor: x stays as it was
+        xq, sc = ck.rms_quant(x2, lw.norms["ffn_norm"], eps)
+        gu, m = lw.gate_up, hp.intermediate_size
+        acc = int_matmul(xq, gu.int_codes())
+        if hp.hidden_act == "relu2":
+            h = ck.rescale_relu2(acc, gu.row_scale, sc, m)
+        else:
+            y = ck.rescale(acc, gu.row_scale, sc)
+            h = F.silu(y[:, :m]).mul_(y[:, m:])
+            del y
+        del acc
+        xq, sc = ck.rms_quant(h, lw.norms.get("ffn_sub_norm"), eps)
+        del h
+        dn = lw.down
+        ck.rescale_add(int_matmul(xq, dn.int_codes()), dn.row_scale, sc, x2, out=x2)
+        return x2.view(b, t, hid)
+
     def _qk_norm(self, x: torch.Tensor, lw: LayerWeights, norm: str) -> torch.Tensor:
         """Qwen3's per-head RMSNorm over head_dim of q or k ([b, t, heads, d]), if the layer has it."""
         w = lw.norms.get(norm)
@@ -894,7 +960,8 @@ class Runner:
         w = self.head()
         rows = rows or max(1, self.chunk_elements // w.shape[0])
         for s in range(0, hidden.shape[0], rows):
-            y = F.linear(hidden[s:s + rows].to(w.dtype), w)
+            with fp32_matmul_math(self.head_math):
+                y = F.linear(hidden[s:s + rows].to(w.dtype), w)
             yield s, (y.to(torch.float32) if float32 else y)
 
     @torch.inference_mode()
@@ -905,6 +972,31 @@ class Runner:
         for s, chunk in self.logit_chunks(h.reshape(b * t, hd)):
             out[s:s + chunk.shape[0]] = chunk.cpu()
         return out.reshape(b, t, -1)
+
+
+def bf16_math_supported() -> bool:
+    """Whether this torch lets float32 CPU matmuls run in oneDNN's bf16 math mode
+    (`torch.backends.mkldnn.matmul.fp32_precision`, torch >= 2.9)."""
+    try:
+        return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.matmul.fp32_precision is not None
+    except AttributeError:
+        return False
+
+
+@contextmanager
+def fp32_matmul_math(math_mode: str | None):
+    """Float32 matmuls in this block use `math_mode` ("bf16": inputs rounded to bfloat16,
+    float32 accumulation and output); None leaves torch's setting alone."""
+    if math_mode is None:
+        yield
+        return
+    mm = torch.backends.mkldnn.matmul
+    before = mm.fp32_precision
+    mm.fp32_precision = math_mode
+    try:
+        yield
+    finally:
+        mm.fp32_precision = before
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,237 @@
+"""Fused row kernels (numba) for verify's CPU default path.
+
+Why: on the CPU the int8 GEMMs are fast (oneDNN, AMX/VNNI); the time went into the
+element-wise work around them, which torch runs as one pass over memory (and often one
+fresh allocation) per operation: RMSNorm (square, mean, multiply, weight), the 8-bit
+activation quantizer (abs, max, scale, round, clamp, cast) and the rescale of every int32
+GEMM result (cast, times s, divided by 127/γ, then the residual add or the relu² gating).
+Each kernel here does all of one token row's work while the row is in cache, and the rows
+are split over the torch threads (`nogil`), so a layer makes a few passes instead of ~40.
+
+Numerics: float32 throughout, as the torch formulas they replace. The rescales
+(`acc·s/(127/γ)`, then `+ x` or `relu(g)²·u`) are the same float32 operations in the same
+order, so their results are bit-identical. RMSNorm sums squares in 16 float32 lanes (a
+fixed order, so any thread count gives the same bytes), where torch uses its own
+vectorized order: the normalized values differ in the last bit now and then, which can
+move an activation across an 8-bit rounding boundary, like any float reordering. verify's
+tests hold the resulting perplexity to the float path's within the documented bound.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import jit
+
+LANES = 16
+
+
+@jit
+def _rms_quant_rows(x, w, eps, use_norm, r0, r1, xq, scale):  # pragma: no cover - compiled
+    """Rows r0..r1 of x [N, K] float32: optional RMSNorm (weight w [K]), then per-row absmax
+    8-bit quantization into xq int8 [N, K]; scale[i] = 127/max(γ, 1e-5)."""
+    k = x.shape[1]
+    tmp = np.empty(k, np.float32)
+    lanes = np.empty(LANES, np.float32)
+    kk = k - k % LANES
+    for i in range(r0, r1):
+        row = x[i]
+        if use_norm:
+            lanes[:] = 0
+            for j0 in range(0, kk, LANES):
+                for l in range(LANES):
+                    v = row[j0 + l]
+                    lanes[l] += v * v
+            s = np.float32(0.0)
+            for l in range(LANES):
+                s += lanes[l]
+            for j in range(kk, k):
+                s += row[j] * row[j]
+            r = np.float32(1.0) / np.sqrt(s / np.float32(k) + eps)
+            for j in range(k):
+                tmp[j] = w[j] * (row[j] * r)
+        else:
+            for j in range(k):
+                tmp[j] = row[j]
+        lanes[:] = 0
+        for j0 in range(0, kk, LANES):
+            for l in range(LANES):
+                lanes[l] = max(lanes[l], abs(tmp[j0 + l]))
+        g = np.float32(1e-5)
+        for l in range(LANES):
+            g = max(g, lanes[l])
+        for j in range(kk, k):
+            g = max(g, abs(tmp[j]))
+        sc = (np.float32(1.0) / g) * np.float32(127.0)  # torch's `127.0 / t`: reciprocal, then times 127
+        for j in range(k):
+            v = np.rint(tmp[j] * sc)
+            xq[i, j] = np.int8(min(max(v, np.float32(-128.0)), np.float32(127.0)))
+        scale[i] = sc
+
+
+@jit
+def _rescale_rows(acc, rows, scale, r0, r1, out):  # pragma: no cover - compiled
+    """out[i, j] = acc[i, j]·rows[j] / scale[i] (float32), rows r0..r1."""
+    m = acc.shape[1]
+    for i in range(r0, r1):
+        sc = scale[i]
+        for j in range(m):
+            out[i, j] = np.float32(acc[i, j]) * rows[j] / sc
+
+
+@jit
+def _rescale_add_rows(acc, rows, scale, x, r0, r1, out):  # pragma: no cover - compiled
+    """out[i, j] = x[i, j] + acc[i, j]·rows[j] / scale[i] (the residual add after o_proj /
+    down_proj; out may be x)."""
+    m = acc.shape[1]
+    for i in range(r0, r1):
+        sc = scale[i]
+        for j in range(m):
+            out[i, j] = x[i, j] + np.float32(acc[i, j]) * rows[j] / sc
+
+
+@jit
+def _rescale_relu2_rows(acc, rows, scale, m, r0, r1, out):  # pragma: no cover - compiled
+    """out[i, j] = relu(g)²·u with g, u the rescaled halves [:m], [m:] of acc's row."""
+    for i in range(r0, r1):
+        sc = scale[i]
+        for j in range(m):
+            g = np.float32(acc[i, j]) * rows[j] / sc
+            u = np.float32(acc[i, m + j]) * rows[m + j] / sc
+            g = max(g, np.float32(0.0))
+            out[i, j] = (g * g) * u
+
+
+@jit
+def _rope_rows(y, c0, heads, d, t, cos, sin, r0, r1, out):  # pragma: no cover - compiled
+    """out[b, h, p, :] = x·cos[p] + rotate_half(x)·sin[p] for x = y[b·t + p, c0 + h·d : ...]
+    (HF rotate-half convention; the two products rounded, then added, as torch does)."""
+    half = d // 2
+    for r in range(r0, r1):
+        b = r // t
+        p = r % t
+        for h in range(heads):
+            c = c0 + h * d
+            for j in range(half):
+                x1 = y[r, c + j]
+                x2 = y[r, c + half + j]
+                out[b, h, p, j] = x1 * cos[p, j] + (-x2) * sin[p, j]
+                out[b, h, p, half + j] = x2 * cos[p, half + j] + x1 * sin[p, half + j]
+
+
+@jit
+def _tq2_0_rows(blocks, kb, r0, r1, out):  # pragma: no cover - compiled
+    """TQ2_0 codes -> int8 ternary values: block b of row i (66 bytes: 64 code bytes, fp16 d)
+    holds value j at byte 32·(j//128) + j%32, bits 2·((j%128)//32), as t + 1."""
+    for i in range(r0, r1):
+        for b in range(kb):
+            blk = i * kb + b
+            base = b * 256
+            for h in range(2):
+                for s in range(4):
+                    sh = 2 * s
+                    o = base + h * 128 + s * 32
+                    for lane in range(32):
+                        out[i, o + lane] = np.int8((blocks[blk, h * 32 + lane] >> sh) & 3) - np.int8(1)
+
+
+# ----------------------------------------------------------------------------------------
+# torch-facing wrappers: rows split over the torch threads
+# ----------------------------------------------------------------------------------------
+_POOL: dict[int, object] = {}
+MIN_ROWS_PER_THREAD = 16
+
+
+def _rows(n: int, call) -> None:
+    """Run call(r0, r1) over row ranges covering [0, n), one per torch thread. Each row is
+    computed by one thread alone, so the result does not depend on the thread count."""
+    import torch
+
+    threads = max(1, min(torch.get_num_threads(), n // MIN_ROWS_PER_THREAD))
+    if threads == 1:
+        call(0, n)
+        return
+    pool = _POOL.get(threads)
+    if pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = _POOL[threads] = ThreadPoolExecutor(threads, thread_name_prefix="bitconv-verify")
+    step = -(-n // threads)
+    futs = [pool.submit(call, s, min(n, s + step)) for s in range(0, n, step)]
+    for f in futs:
+        f.result()
+
+
+def _np(t):
+    """A contiguous CPU torch tensor as a numpy view (no copy)."""
+    return t.detach().numpy()
+
+
+def rms_quant(x, w, eps: float):
+    """x float32 [N, K] (contiguous) -> (int8 x_q [N, K], float32 127/γ [N, 1]), with the
+    RMSNorm of weight w [K] (float32) first unless w is None."""
+    import torch
+
+    n, k = x.shape
+    xq = torch.empty((n, k), dtype=torch.int8)
+    scale = torch.empty((n, 1), dtype=torch.float32)
+    xa, qa, sa = _np(x), _np(xq), _np(scale).reshape(n)
+    wa = _np(w) if w is not None else np.empty(0, np.float32)
+    e = np.float32(eps)
+    _rows(n, lambda r0, r1: _rms_quant_rows(xa, wa, e, w is not None, r0, r1, qa, sa))
+    return xq, scale
+
+
+def rescale(acc, rows, scale):
+    """int32 acc [N, M] -> float32 acc·s/(127/γ) [N, M]."""
+    import torch
+
+    n, m = acc.shape
+    out = torch.empty((n, m), dtype=torch.float32)
+    aa, ra, sa, oa = _np(acc), _np(rows), _np(scale).reshape(n), _np(out)
+    _rows(n, lambda r0, r1: _rescale_rows(aa, ra, sa, r0, r1, oa))
+    return out
+
+
+def rescale_add(acc, rows, scale, x, out=None):
+    """x + acc·s/(127/γ) (x float32 [N, M], contiguous), into `out` (may be x) or a new tensor."""
+    import torch
+
+    n = acc.shape[0]
+    out = torch.empty_like(x) if out is None else out
+    aa, ra, sa, xa, oa = _np(acc), _np(rows), _np(scale).reshape(n), _np(x), _np(out)
+    _rows(n, lambda r0, r1: _rescale_add_rows(aa, ra, sa, xa, r0, r1, oa))
+    return out
+
+
+def rescale_relu2(acc, rows, scale, m: int):
+    """int32 acc [N, 2m] (gate | up) -> float32 relu(gate)²·up [N, m], gate and up rescaled."""
+    import torch
+
+    n = acc.shape[0]
+    out = torch.empty((n, m), dtype=torch.float32)
+    aa, ra, sa, oa = _np(acc), _np(rows), _np(scale).reshape(n), _np(out)
+    _rows(n, lambda r0, r1: _rescale_relu2_rows(aa, ra, sa, m, r0, r1, oa))
+    return out
+
+
+def rope(y, c0: int, heads: int, d: int, b: int, t: int, cos, sin):
+    """Rotary embedding of the heads in columns [c0, c0 + heads·d) of y [b·t, ·] (float32,
+    contiguous): returns [b, heads, t, d], what `_k_rope` returns, bit for bit."""
+    import torch
+
+    out = torch.empty((b, heads, t, d), dtype=torch.float32)
+    ya, ca, sa, oa = _np(y), _np(cos), _np(sin), _np(out)
+    _rows(b * t, lambda r0, r1: _rope_rows(ya, c0, heads, d, t, ca, sa, r0, r1, oa))
+    return out
+
+
+def tq2_0_values(blocks: np.ndarray, m: int, k: int):
+    """TQ2_0 blocks uint8 [m·k/256, 66] -> int8 ternary values [m, k] (torch, CPU)."""
+    import torch
+
+    out = torch.empty((m, k), dtype=torch.int8)
+    oa = _np(out)
+    kb = k // 256
+    _rows(m, lambda r0, r1: _tq2_0_rows(blocks, kb, r0, r1, oa))
+    return out
