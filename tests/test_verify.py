@@ -288,7 +288,7 @@ def test_fast_cpu_default_gives_the_float_paths_metrics(models, which):
     art = models["tq"] if which == "silu" else models["tq_llama"]
     fast = verify(art, models[which], **FAST)
     slow = verify(art, models[which], fast=False, **FAST)
-    head = "head in bfloat16 with float32 output" if bf16_math_supported() else "bfloat16 head"
+    head = "head as bfloat16 GEMMs of a hi+lo split, float32 output" if bf16_math_supported() else "bfloat16 head"
     assert fast.compute == f"int8 linears (exact), float32 activations, {head}"
     assert slow.compute.startswith("float32 linears (transformers' operation order)")
     for a, b in ((fast.artifact_perplexity, slow.artifact_perplexity),

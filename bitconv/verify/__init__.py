@@ -316,9 +316,11 @@ def verify(
     `progress(stage, done, total)` is called per layer ("layer") and around the metrics.
     `fast` (default: on for the CPU with float32 activations) computes every ternary linear
     as an exact int8 GEMM (`x_q @ tᵀ` in int32, the same integers the float path forms, then
-    the float32 rescale) and the output projection in bfloat16 with float32 statistics; off,
-    linears run in transformers' float operation order with a float32 head. Both give the
-    same metrics (perplexity within 0.1%; measured ~1e-5 on the demo model).
+    the float32 rescale), keeps activations float32 (the work around the GEMMs as fused
+    row kernels, `cpu_kernels`), and runs the output projection as bfloat16 GEMMs with
+    float32 output (`Runner._head_bf16_split`); off, linears run in transformers' float
+    operation order with a float32 head. Both give the same metrics (perplexity within
+    0.1%; measured 2.1e-5 on the demo model, tests/test_verify_fast.py).
 
     The source side computes what the source model computes: every tensor's kind is decided
     once (`source_kind`); BitNet latent weights are ternarized on the fly with 8-bit
@@ -427,7 +429,7 @@ def verify(
         kw.update(int_path=True)
         if tdtype == torch.float32 and bf16_math_supported():
             kw.update(head_math="bf16")
-            compute = f"int8 linears (exact), {dtype_name} activations, head in bfloat16 with float32 output"
+            compute = f"int8 linears (exact), {dtype_name} activations, head as bfloat16 GEMMs of a hi+lo split, float32 output"
         else:
             kw.update(head_dtype=torch.bfloat16)
             compute = f"int8 linears (exact), {dtype_name} activations, bfloat16 head"
