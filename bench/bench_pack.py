@@ -7,9 +7,13 @@ any pool that was already started.
 
     python bench/bench_pack.py            # 14336 x 4096 (Llama-3-8B ffn_gate), the target shape
     python bench/bench_pack.py --quick    # 1536 x 4096, a few seconds
+    python bench/bench_pack.py --shape 4096x1536 --layouts i2_s,tl1,tl2   # any M x K
 
-Targets: >= 200 M weights/s for i2_s, >= 50 M weights/s for tl1/tl2, >= 400 M weights/s
-for q2_0 (per-tensor and group-128 scales; pack and unpack).
+Targets: >= 4000 M weights/s (0.25 ns per weight) for i2_s, tl1 and tl2 (issue 14: a whole
+conversion runs at about twice the I/O floor, so packing gets well under 1 ns per weight),
+>= 400 M weights/s for q2_0 (per-tensor and group-128 scales; pack and unpack). Unpacking
+writes 1 byte per weight into a fresh array: on the default shape that array is larger
+than malloc reuses, so its page faults (about 0.25 ns per weight here) are part of the time.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bitconv.pack import get_layout, layout_names  # noqa: E402
 from bitconv.quant import Ternary  # noqa: E402
 
-TARGETS = {"i2_s": 200.0, "tl1": 50.0, "tl2": 50.0, "q2_0": 400.0}
+TARGETS = {"i2_s": 4000.0, "tl1": 4000.0, "tl2": 4000.0, "q2_0": 400.0}
 GROUPS = {"q2_0": ["tensor", 128]}  # scale groups timed per layout (default: per tensor)
 VARIANTS = {"i2_s": [{"variant": "x86-act"}, {"variant": "arm"}, {"variant": "x86-1x4"}]}
 
@@ -69,16 +73,20 @@ def _random_ternary(m: int, k: int, seed: int = 0, group: str | int = "tensor") 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1536 x 4096 instead of 14336 x 4096")
+    ap.add_argument("--shape", default=None, help="M x K to time instead, e.g. 4096x1536")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per cell (best is shown)")
     ap.add_argument("--layouts", default=None, help="comma-separated subset of layouts")
     args = ap.parse_args(argv)
     m, k = (1536, 4096) if args.quick else (14336, 4096)
+    if args.shape:
+        m, k = (int(x) for x in args.shape.lower().split("x"))
     repeat = args.repeat or (5 if args.quick else 3)
     terns = {g: _random_ternary(m, k, group=g) for g in ("tensor", 128)}
     n = m * k
     names = args.layouts.split(",") if args.layouts else layout_names()
 
     print(f"pack/unpack throughput, {m} x {k} = {n / 1e6:.1f} M weights, single thread, best of {repeat}")
+    print("(ns per weight = 1000 / (M w/s))")
     print(f"numpy {np.__version__}")
     header = f"{'layout':<18}{'bytes':>12}{'pack M w/s':>13}{'unpack M w/s':>14}{'target':>8}  ok"
     print(header)
