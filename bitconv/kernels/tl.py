@@ -2,16 +2,20 @@
 
 Both layouts emit each kernel tile column by column: consecutive file bytes belong to
 consecutive rows (16 rows for TL1, 32 with a fixed chunk order for TL2) of one column of
-per-row codes. So every kernel works one sub-tile (bm or 32 rows x one tile of columns)
-at a time, in two steps that both stay in L1:
+per-row codes. So every kernel takes one band of rows at a time (bm rows for TL1, 32 for
+TL2) across all of K, in two steps on a small scratch matrix (L1/L2-resident):
 1. per row, contiguous: ternary values -> code bytes of the row (TL1/TL2 pair codes, TL2
-   triple magnitudes and sign bits) into a small scratch matrix, with byte-wide SIMD and
-   a running maximum that detects values outside {-1, 0, 1};
+   triple magnitudes and sign bits), byte-wide SIMD, with a running maximum that detects
+   values outside {-1, 0, 1}; long rows keep the vector loops long;
 2. the scratch matrix is transposed in 8x8 byte blocks held in eight uint64 registers
    (three rounds of shift/mask/xor) and each transposed row, i.e. 8 consecutive rows of
-   one column, is stored as one uint64 at its place in the file.
-Unpacking runs the same steps backwards. Tile shapes whose columns are not a multiple of
-8 bytes (tiny BK, never a stock config) use a plain byte loop for step 2.
+   one column, is stored as one uint64 at its place in each tile's run of the file. TL2's
+   sign bits are gathered 8 at a time by one multiplication and interleaved by a table.
+Unpacking runs the same steps backwards; TL2 decodes a magnitude byte and its two sign
+bits (six values) with one 1024-entry table lookup, whose spare bytes flag magnitudes
+above 13. Tile shapes whose columns are not a multiple of 8 bytes (tiny BK, never a stock
+config) use a plain byte loop for step 2. Rows are walked outermost so each band streams
+through memory once, while the file is written tile run by tile run.
 """
 
 from __future__ import annotations
