@@ -116,8 +116,8 @@ def test_every_byte_decodes_as_the_reference(layout):
         from bitconv.kernels.q2_0 import q2_0_unpack
 
         got = np.empty(shape[0] * shape[1], np.uint8)
-        dbits = np.empty(nb, np.uint16)
-        first = q2_0_unpack(data, shape[0], shape[1], got, dbits)
+        dout = np.empty(nb, np.float32)
+        first = q2_0_unpack(data, shape[0], shape[1], got, dout.view(np.uint32))
         bad_blocks = np.flatnonzero((values.reshape(nb, qk) > 1).any(axis=1))
         assert first == bad_blocks[0]
     else:
@@ -125,10 +125,23 @@ def test_every_byte_decodes_as_the_reference(layout):
 
         kern = tq.tq1_0_unpack if layout == "tq1_0" else tq.tq2_0_unpack
         got = np.empty(shape[0] * shape[1], np.uint8)
-        dbits = np.empty(nb, np.uint16)
-        kern(data, nb, got, dbits)
+        dout = np.empty(nb, np.float32)
+        kern(data, nb, got, dout.view(np.uint32))
     assert np.array_equal(got.view(np.int8).reshape(shape), values)
-    assert np.array_equal(dbits.view(np.float16).astype(np.float32).reshape(d.shape), d)
+    assert np.array_equal(dout.reshape(d.shape), d)
+
+
+def test_block_scales_widen_like_numpy_for_every_fp16_value():
+    """The unpackers widen d from fp16 bits themselves: all 65536 bit patterns (subnormals,
+    infinities, NaN payloads) give numpy's float32 bits."""
+    from bitconv.kernels.tq import tq2_0_unpack
+
+    h = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    data = np.zeros((h.size, 66), np.uint8)
+    data[:, 64:] = h.view(np.uint8).reshape(-1, 2)
+    d = np.empty(h.size, np.float32)
+    tq2_0_unpack(data.reshape(-1), h.size, np.empty(h.size * 256, np.uint8), d.view(np.uint32))
+    assert np.array_equal(d.view(np.uint32), h.view(np.float16).astype(np.float32).view(np.uint32))
 
 
 @pytest.mark.parametrize("layout", ["tq1_0", "tq2_0", "q2_0", "hf2bit"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import jit
+from .tq import half_to_float_bits
 
 QK = 64
 HALF = 9  # uint16 words per 18-byte block: d, then 8 words of codes
@@ -38,11 +39,11 @@ def q2_0_pack(u, m, k, sc, per, out):
     out16 = out.view(np.uint16)
     row = np.empty(kb, np.uint8)
     row16 = row.view(np.uint16)
+    nzs = np.empty(nbr, np.uint16)  # per block of the row: 0 when all its values are 0
     one = np.uint8(1)
     mx = np.uint8(0)
     inf = np.uint16(0)
     for r in range(m):
-        rs = r if ms > 1 else 0
         ur = u[r * k:(r + 1) * k]
         for i in range(kb):
             c0 = np.uint8(ur[4 * i] + one)  # t + 1, wrapping: -1 -> 0
@@ -52,25 +53,28 @@ def q2_0_pack(u, m, k, sc, per, out):
             mx = max(mx, max(max(c0, c1), max(c2, c3)))
             row[i] = np.uint8(c0 | (c1 << 2) | (c2 << 4) | (c3 << 6))
         orow = out16[r * nbr * HALF:(r + 1) * nbr * HALF]
-        for g in range(nbr // per):
-            s = sc[rs, g]
+        for c in range(nbr):  # code bytes into the blocks
+            ob = orow[c * HALF:(c + 1) * HALF]
+            cb = row16[c * CODE_WORDS:(c + 1) * CODE_WORDS]
+            diff = np.uint16(0)
+            for i in range(CODE_WORDS):
+                ob[1 + i] = cb[i]
+                diff |= cb[i] ^ np.uint16(ALL_ZERO)
+            nzs[c] = diff
+        sr = sc[r if ms > 1 else 0]
+        for g in range(nbr // per):  # then each block's d (a separate loop vectorizes better)
+            s = sr[g]
             for c in range(g * per, (g + 1) * per):
-                ob = orow[c * HALF:(c + 1) * HALF]
-                cb = row16[c * CODE_WORDS:(c + 1) * CODE_WORDS]
-                diff = np.uint16(0)
-                for i in range(CODE_WORDS):
-                    ob[1 + i] = cb[i]
-                    diff |= cb[i] ^ np.uint16(ALL_ZERO)
-                d = s if diff != 0 else np.uint16(0)
+                d = s if nzs[c] != 0 else np.uint16(0)
                 inf |= np.uint16((d & np.uint16(0x7C00)) == np.uint16(0x7C00))
-                ob[0] = d
+                orow[c * HALF] = d
     return mx, inf
 
 
 @jit
 def q2_0_unpack(data, m, k, vals, dbits):
     """Q2_0 blocks [nb*18] (even-aligned uint8) -> values t = q - 1 [M*K] (as uint8 bytes)
-    and the fp16 bits of d [nb].
+    and d [nb] as float32 bits.
 
     Returns the index of the first block holding code 3 (+2·d, a 2-bit model, not ternary),
     or -1; code 3 decodes to +2."""
@@ -86,7 +90,7 @@ def q2_0_unpack(data, m, k, vals, dbits):
         for c in range(nbr):
             ib = irow[c * HALF:(c + 1) * HALF]
             cb = row16[c * CODE_WORDS:(c + 1) * CODE_WORDS]
-            drow[c] = ib[0]
+            drow[c] = half_to_float_bits(ib[0])
             for i in range(CODE_WORDS):
                 cb[i] = ib[1 + i]
         vr = vals[r * k:(r + 1) * k]

@@ -70,14 +70,13 @@ class Q2_0(Layout, name="q2_0"):
         m, k = shape
         nb = m * (k // QK)
         values = np.empty((m, k), dtype=np.int8)
-        dbits = np.empty(nb, dtype=np.uint16)
+        d = np.empty((m, k // QK), dtype=np.float32)  # the kernel writes its bits
         if not data.flags.c_contiguous or data.ctypes.data % 2:  # the kernel reads 16-bit words
             data = data.copy()
-        bad = q2_0_unpack(data, m, k, values.reshape(-1).view(np.uint8), dbits)
+        bad = q2_0_unpack(data, m, k, values.reshape(-1).view(np.uint8), d.reshape(-1).view(np.uint32))
         if bad >= 0:
             raise BadWeightsError(
                 f"{name}: Q2_0 block {bad} holds code 3 (+2·d): a 2-bit model, not ternary",
                 hint="bitconv reads ternary Q2_0 only (codes 0, 1, 2); requantize from the float model",
             )
-        d = dbits.view(np.float16).astype(np.float32).reshape(m, k // QK)
         return collapse_block_scales(values, d, group, name, qk=QK)

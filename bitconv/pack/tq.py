@@ -53,9 +53,9 @@ class _TQ(Layout):
         m, k = shape
         nb = m * (k // QK)
         values = np.empty((m, k), dtype=np.int8)
-        dbits = np.empty(nb, dtype=np.uint16)
-        self._kernels()[1](np.ascontiguousarray(data), nb, values.reshape(-1).view(np.uint8), dbits)
-        d = dbits.view(np.float16).astype(np.float32).reshape(m, k // QK)
+        d = np.empty((m, k // QK), dtype=np.float32)  # the kernel writes its bits
+        unpack = self._kernels()[1]
+        unpack(np.ascontiguousarray(data), nb, values.reshape(-1).view(np.uint8), d.reshape(-1).view(np.uint32))
         return collapse_block_scales(values, d, group, name)
 
 
