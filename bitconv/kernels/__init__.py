@@ -27,11 +27,16 @@ from __future__ import annotations
 from typing import Any, Callable
 
 
-def jit(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`numba.njit` with the project's settings: no GIL, cached, no fastmath."""
+def jit(fn: Callable[..., Any] | None = None, *, inline: bool = False) -> Any:
+    """`numba.njit` with the project's settings: no GIL, cached, no fastmath. `inline=True`
+    inlines a helper into its callers at numba's level (so LLVM sees, for example, that a
+    buffer the caller allocated aliases nothing)."""
     import numba
 
-    return numba.njit(nogil=True, cache=True, fastmath=False)(fn)
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        return numba.njit(nogil=True, cache=True, fastmath=False, inline="always" if inline else "never")(f)
+
+    return wrap(fn) if fn is not None else wrap
 
 
 def warm() -> None:

@@ -13,9 +13,11 @@ torch's float32 `abs().mean()` is, in torch's own order).
 Half-precision weights are read in registers (`floats.to_f32`), so a bfloat16 or float16
 tensor is never widened into a float32 copy: both passes read 2 bytes per weight.
 
-Implementation notes: indices are unsigned (`np.uint64`) so numba emits no negative-index
-wraparound, which otherwise stops LLVM from vectorizing; the block loop has a constant
-trip count. Both are worth ~4x here.
+Implementation notes (each worth ~2-4x here, found by reading the generated assembly):
+indices are unsigned (`np.uint64`), so numba emits no negative-index wraparound; the
+block loop has a constant trip count; each block is first widened into a small buffer
+that the caller allocates and the block helper is inlined into, so LLVM knows the
+buffer aliases nothing and vectorizes both loops.
 """
 
 from __future__ import annotations
@@ -29,14 +31,21 @@ LANES = 16
 BLOCK = 128  # 8 values per lane per block
 
 
-@jit
-def _abs_blocks(xr, stop, lane, acc):
-    """Add |x| of the full blocks in xr[0:stop] into the float64 lane totals `acc`."""
+@jit(inline=True)
+def _abs_blocks(xr, stop, fb, lane, acc):
+    """Add |x| of the full blocks in xr[0:stop] into the float64 lane totals `acc`.
+
+    Each block is first widened into a local buffer, then lane j adds values j, j+16, ...
+    of it in order: the documented order. Staging through `fb` is what lets the loops
+    vectorize (~3x); it must be allocated in the (inlining) caller, so that LLVM knows it
+    aliases nothing, as an argument of a separate function it did not."""
     for blk in range(0, stop, BLOCK):
+        for i in range(BLOCK):
+            fb[i] = abs(to_f32(xr[np.uint64(blk + i)]))
         lane[:] = 0
-        for i in range(blk, blk + BLOCK, LANES):
+        for i in range(0, BLOCK, LANES):
             for j in range(LANES):
-                lane[j] += abs(to_f32(xr[np.uint64(i + j)]))
+                lane[j] += fb[i + j]
         for j in range(LANES):
             acc[j] += np.float64(lane[j])
 
@@ -47,6 +56,7 @@ def abs_sums(x):
     bits (int16, see `floats`): Σ|x| in the order above (float64[G])."""
     g, n = x.shape
     out = np.empty(g, np.float64)
+    fb = np.empty(BLOCK, np.float32)
     lane = np.zeros(LANES, np.float32)
     acc = np.zeros(LANES, np.float64)
     pad = np.zeros(BLOCK, np.float32)
@@ -54,12 +64,12 @@ def abs_sums(x):
     for r in range(g):
         xr = x[r]
         acc[:] = 0
-        _abs_blocks(xr, full, lane, acc)
+        _abs_blocks(xr, full, fb, lane, acc)
         if full < n:
             pad[:] = 0
             for i in range(n - full):
                 pad[i] = to_f32(xr[full + i])
-            _abs_blocks(pad, BLOCK, lane, acc)
+            _abs_blocks(pad, BLOCK, fb, lane, acc)
         s = 0.0
         for j in range(LANES):
             s += acc[j]
@@ -67,18 +77,21 @@ def abs_sums(x):
     return out
 
 
-@jit
-def _quantize_blocks(xr, qr, stop, t, sq, sw, cnt, sq64, sw64):
+@jit(inline=True)
+def _quantize_blocks(xr, qr, stop, t, sq, sw, cnt, sq64, sw64, fb):
     """The full blocks of xr[0:stop]: int8 codes into qr, and the lane sums of x², |x|·[t≠0]
-    (float32 in a block, float64 lane totals) and the lane counts of t ≠ 0."""
+    (float32 in a block, float64 lane totals) and the lane counts of t ≠ 0. Each block is
+    widened into `fb` first (allocated by the inlining caller, as in `_abs_blocks`)."""
     mt = -t
     for blk in range(0, stop, BLOCK):
+        for i in range(BLOCK):
+            fb[i] = to_f32(xr[np.uint64(blk + i)])
         sq[:] = 0
         sw[:] = 0
         for i in range(blk, blk + BLOCK, LANES):
             for j in range(LANES):
                 k = np.uint64(i + j)
-                v = to_f32(xr[k])
+                v = fb[i - blk + j]
                 p = v >= t
                 m = v <= mt
                 qr[k] = np.int8(p) - np.int8(m)
@@ -104,6 +117,7 @@ def quantize(x, thr, q, wt, nnz):
     sw64 = np.zeros(LANES, np.float64)
     xpad = np.zeros(BLOCK, np.float32)
     qpad = np.zeros(BLOCK, np.int8)
+    fbuf = np.empty(BLOCK, np.float32)
     full = n // BLOCK * BLOCK
     total_sq = 0.0
     for r in range(g):
@@ -113,12 +127,12 @@ def quantize(x, thr, q, wt, nnz):
         cnt[:] = 0
         sq64[:] = 0
         sw64[:] = 0
-        _quantize_blocks(xr, qr, full, t, sq, sw, cnt, sq64, sw64)
+        _quantize_blocks(xr, qr, full, t, sq, sw, cnt, sq64, sw64, fbuf)
         if full < n:
             xpad[:] = 0
             for i in range(n - full):
                 xpad[i] = to_f32(xr[full + i])
-            _quantize_blocks(xpad, qpad, BLOCK, t, sq, sw, cnt, sq64, sw64)
+            _quantize_blocks(xpad, qpad, BLOCK, t, sq, sw, cnt, sq64, sw64, fbuf)
             qr[full:] = qpad[: n - full]
         a = 0.0
         b = 0.0
