@@ -227,14 +227,15 @@ convert(sys.argv[1], sys.argv[2], layout=sys.argv[3], format="safetensors" if sy
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["i2_s", "tl2", "st"])
-def test_output_bytes_do_not_depend_on_thread_count(ckpt_factory, tmp_path, layout):
+@pytest.mark.parametrize("layout,dtype", [("i2_s", "f32"), ("tl2", "f32"), ("st", "f32"), ("i2_s", "bf16")])
+def test_output_bytes_do_not_depend_on_thread_count(ckpt_factory, tmp_path, layout, dtype):
     """Issue 10 item 5: the same conversion with OMP_NUM_THREADS=1 and one pipeline worker,
     with torch on 2 threads and 2 workers, and with 3 workers that import torch concurrently,
     writes identical bytes. The f32 source has
     per-tensor absmeans over > 32768 values, which torch splits over threads when allowed;
-    i2_s, tl2 and safetensors store float32 scales, so one ulp would show."""
-    src = ckpt_factory("relu2", dtype="f32", seed=11)
+    i2_s, tl2 and safetensors store float32 scales, so one ulp would show. The bf16 source
+    goes through the kernels' in-register widening."""
+    src = ckpt_factory("relu2", dtype=dtype, seed=11)
     runs = [({"OMP_NUM_THREADS": "1", "BITCONV_THREADS": "1"}, "default"),
             ({"BITCONV_THREADS": "2"}, "2"),
             ({"BITCONV_THREADS": "3"}, "default")]  # torch first imported by three workers at once
