@@ -9,9 +9,10 @@ any pool that was already started.
     python bench/bench_pack.py --quick    # 1536 x 4096, a few seconds
     python bench/bench_pack.py --shape 4096x1536 --layouts i2_s,tl1,tl2   # any M x K
 
-Targets: >= 4000 M weights/s (0.25 ns per weight) for i2_s, tl1 and tl2 (issue 14: a whole
-conversion runs at about twice the I/O floor, so packing gets well under 1 ns per weight),
->= 400 M weights/s for q2_0 (per-tensor and group-128 scales; pack and unpack). Unpacking
+Targets: >= 4000 M weights/s (0.25 ns per weight) for every layout, pack and unpack (issue
+14: a whole conversion runs at about twice the I/O floor, so packing gets well under 1 ns
+per weight); q2_0 is timed with per-tensor and group-128 scales, tq1_0/tq2_0 with
+per-tensor and group-256 scales. Unpacking
 writes 1 byte per weight into a fresh array: on the default shape that array is larger
 than malloc reuses, so its page faults (about 0.25 ns per weight here) are part of the time.
 """
@@ -38,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bitconv.pack import get_layout, layout_names  # noqa: E402
 from bitconv.quant import Ternary  # noqa: E402
 
-TARGETS = {"i2_s": 4000.0, "tl1": 4000.0, "tl2": 4000.0, "q2_0": 400.0}
-GROUPS = {"q2_0": ["tensor", 128]}  # scale groups timed per layout (default: per tensor)
+TARGETS = {name: 4000.0 for name in ("i2_s", "tl1", "tl2", "tq1_0", "tq2_0", "q2_0", "hf2bit")}
+GROUPS = {"q2_0": ["tensor", 128], "tq1_0": ["tensor", 256], "tq2_0": ["tensor", 256]}  # scale groups timed per layout (default: per tensor)
 VARIANTS = {"i2_s": [{"variant": "x86-act"}, {"variant": "arm"}, {"variant": "x86-1x4"}]}
 
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shape:
         m, k = (int(x) for x in args.shape.lower().split("x"))
     repeat = args.repeat or (5 if args.quick else 3)
-    terns = {g: _random_ternary(m, k, group=g) for g in ("tensor", 128)}
+    terns = {g: _random_ternary(m, k, group=g) for g in ("tensor", 128, 256)}
     n = m * k
     names = args.layouts.split(",") if args.layouts else layout_names()
 
