@@ -5,8 +5,7 @@ thread count, and the default path gives the float path's perplexity on the demo
 What the default computes: ternary linears as exact int8 GEMMs (`torch._int_mm`, int32
 sums), float32 activations (RMSNorm + 8-bit quantization, rescales, residual adds, relu²
 gating and rope as fused numba row kernels), float32 attention, and the output projection
-as bfloat16 GEMMs with float32 accumulation and output (oneDNN's bf16 math mode) of
-the hidden state split into a bfloat16 high part and remainder.
+as one bfloat16 GEMM with each row's 8 largest logits recomputed in float32.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from bitconv.verify.forward import (  # noqa: E402
     _k_rms_quant,
     _k_rope,
     _tq2_0_decode,
-    bf16_math_supported,
     int_matmul,
 )
 
@@ -148,7 +146,7 @@ def test_default_runner_runs_the_fused_layer(demo_tq, monkeypatch):
 
     tokens = torch.randint(0, 1000, (2, 40), generator=torch.Generator().manual_seed(8))
     r = Runner(open_source(demo_tq), int_path=True, head_math="bf16")
-    assert r.fused_cpu and r.head_math == ("bf16" if bf16_math_supported() else None)
+    assert r.fused_cpu and r.head_math == "bf16"
     calls = []
     orig = Runner._layer_int_cpu
     monkeypatch.setattr(Runner, "_layer_int_cpu", lambda self, *a: calls.append(1) or orig(self, *a))
@@ -182,3 +180,25 @@ def test_default_gives_the_float_paths_perplexity_on_the_demo_model(tmp_path, de
         print(f"\n{layout} {side}: fast {a:.6f} float {b:.6f} rel {abs(a / b - 1):.1e} < {DEMO_BOUND:.0e}")
         assert abs(a / b - 1) < DEMO_BOUND
     assert fast.passed and slow.passed
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_bf16_head_recomputes_the_top_logits_in_float32(demo_tq, packed):
+    """The head's 8 largest logits per row are float32 dot products (as F.linear in float32
+    up to summation order), every other one is within bfloat16 rounding, and the argmax is
+    the float32 argmax."""
+    from bitconv.verify.forward import HEAD_EXACT
+
+    r = Runner(open_source(demo_tq), int_path=True, head_math="bf16")
+    if not packed:
+        r._head_packed = False  # the plain bfloat16 GEMM, where oneDNN packing is unavailable
+        r._head_lo = r.head().to(torch.bfloat16)
+    w = r.head()
+    h = torch.randn(70, w.shape[1], generator=torch.Generator().manual_seed(9)) * 3
+    ref = torch.nn.functional.linear(h, w)
+    (_, got), = list(r.logit_chunks(h))
+    top = ref.topk(HEAD_EXACT // 2, dim=-1).indices  # well inside the bf16 top 8
+    assert torch.allclose(got.gather(1, top), ref.gather(1, top), rtol=1e-5, atol=1e-5)
+    scale = ref.abs().amax(dim=-1, keepdim=True)
+    assert float(((got - ref).abs() / scale).max()) < 2 ** -7  # bf16 inputs and output
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
