@@ -257,3 +257,18 @@ def test_bad_shapes_and_sizes_are_still_refused(layout):
         lay.pack(Ternary(np.zeros((2, qk + 32), np.int8), np.float32(1.0), "tensor"), "w")
     with pytest.raises(LayoutError):
         lay.unpack(np.zeros(lay.nbytes((2, qk)) - 1, np.uint8), (2, qk), "w")
+
+
+@pytest.mark.parametrize("layout", ["tq1_0", "tq2_0", "q2_0", "hf2bit"])
+@pytest.mark.parametrize("shape", [(0, 256), (3, 0), (0, 0)])
+def test_empty_tensors_pack_to_nothing_as_before(layout, shape):
+    lay = get_layout(layout)
+    tern = Ternary(np.zeros(shape, np.int8), np.float32(1.0), "tensor")
+    data = lay.pack(tern, "w")
+    if layout == "hf2bit":
+        expect = ref.hf2bit_pack(tern.values).reshape(-1)
+    else:
+        expect = _ref_pack(layout, tern)
+    assert data.dtype == np.uint8 and np.array_equal(data, expect)
+    back = lay.unpack(data, shape, "w")
+    assert back.values.shape == shape and back.values.dtype == np.int8

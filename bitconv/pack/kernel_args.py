@@ -51,4 +51,4 @@ def block_scale_bits(tern: Ternary, qk: int, name: str) -> tuple[np.ndarray, int
                           f"stored in {qk}-value blocks", hint="this is a bug in the caller; please report it")
     with np.errstate(over="ignore"):  # an overflow is the layout's to refuse (Q2_0) or keep (TQ)
         bits = np.ascontiguousarray(s.astype(np.float16)).view(np.uint16)
-    return bits, nbr // gs
+    return bits, max(nbr // gs, 1)  # K = 0: no blocks, and no division by zero
