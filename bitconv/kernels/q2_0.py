@@ -90,9 +90,10 @@ def q2_0_unpack(data, m, k, vals, dbits):
         for c in range(nbr):
             ib = irow[c * HALF:(c + 1) * HALF]
             cb = row16[c * CODE_WORDS:(c + 1) * CODE_WORDS]
-            drow[c] = half_to_float_bits(ib[0])
             for i in range(CODE_WORDS):
                 cb[i] = ib[1 + i]
+        for c in range(nbr):  # a separate loop: the widening's branches kept the copy scalar
+            drow[c] = half_to_float_bits(irow[c * HALF])
         vr = vals[r * k:(r + 1) * k]
         three = np.uint8(0)
         for i in range(kb):
