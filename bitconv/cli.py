@@ -441,7 +441,7 @@ def verify(
     max_kl: Annotated[Optional[float], typer.Option(help="Fail when mean KL(source || artifact) exceeds this.")] = None,
     dtype: Annotated[str, typer.Option(help="Activation dtype: float32, bfloat16 or float16.")] = "float32",
     score_from: Annotated[int, typer.Option(help="Skip this many positions of each window (llama.cpp scores from ctx/2).")] = 0,
-    fast: Annotated[Optional[bool], typer.Option("--fast/--no-fast", help="CPU: exact int8 GEMMs and a bfloat16 head (default with float32); --no-fast: transformers' float32 operation order, same metrics, slower.", show_default=False)] = None,
+    fast: Annotated[Optional[bool], typer.Option("--fast/--no-fast", help="CPU: exact int8 GEMMs, float32 activations in fused kernels, a bfloat16 head with the top logits in float32 (default with float32); --no-fast: transformers' float32 operation order, same metrics, slower.", show_default=False)] = None,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of the source.")] = None,
     kernel_config: Annotated[Optional[Path], typer.Option(help="Tiles of TL tensors in a GGUF another tool wrote (a bitnet.cpp kernel_config.ini).")] = None,
     source_i2s_variant: Annotated[Optional[str], typer.Option(help="I2_S code order of a GGUF another tool wrote: x86-act (default) or arm.")] = None,

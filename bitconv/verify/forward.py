@@ -325,7 +325,7 @@ def _k_logprob(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
     lf = logits.to(torch.float32)
     mx, top = lf.max(dim=-1)  # the max and its (first) index in one pass
     mx = mx.masked_fill(mx.isinf(), 0.0)  # then torch.logsumexp's own steps, bit for bit
-    lse = torch.log(torch.exp(lf - mx[:, None]).sum(-1)) + mx
+    lse = torch.log((lf - mx[:, None]).exp_().sum(-1)) + mx
     return lf.gather(1, targets[:, None]).squeeze(1) - lse, top
 
 
@@ -1001,9 +1001,9 @@ class Runner:
             if self._head_lo is None:
                 self._head_lo = w.to(torch.bfloat16)
             y = F.linear(hb, self._head_lo)
-        y = y.to(torch.float32)
         k = min(HEAD_EXACT, y.shape[1])
-        idx = y.topk(k, dim=-1, sorted=False).indices  # [n, k]
+        idx = y.topk(k, dim=-1, sorted=False).indices  # [n, k], on the bf16 values (half the bytes)
+        y = y.to(torch.float32)
         y.scatter_(1, idx, torch.bmm(w[idx], h[:, :, None]).squeeze(-1))
         return y
 
