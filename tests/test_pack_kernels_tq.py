@@ -272,3 +272,8 @@ def test_empty_tensors_pack_to_nothing_as_before(layout, shape):
     assert data.dtype == np.uint8 and np.array_equal(data, expect)
     back = lay.unpack(data, shape, "w")
     assert back.values.shape == shape and back.values.dtype == np.int8
+
+
+def test_hf2bit_packed_rows_that_do_not_fit_m_are_refused_by_name():
+    with pytest.raises(LayoutError, match=r"^w: packed shape \[3, 8\] does not hold 8 rows"):
+        get_layout("hf2bit").unpack_values(np.zeros((3, 8), np.uint8), 8, "w")

@@ -50,7 +50,7 @@ class HF2Bit(Layout, name="hf2bit"):
             raise bad_values_error(name)
         return out
 
-    def unpack_values(self, packed: np.ndarray, m: int) -> tuple[np.ndarray, int]:
+    def unpack_values(self, packed: np.ndarray, m: int, name: str = "tensor") -> tuple[np.ndarray, int]:
         """Packed uint8 [R, K] -> (int8 values t = q - 1 [M, K], number of code-3 weights).
 
         Code 3 is not a ternary code; it decodes to +2 and is counted, so callers refuse it
@@ -59,7 +59,8 @@ class HF2Bit(Layout, name="hf2bit"):
 
         p = np.ascontiguousarray(packed, dtype=np.uint8)
         if p.ndim != 2 or p.shape[0] != (m + 3) // 4:
-            raise LayoutError(f"packed shape {list(p.shape)} does not hold {m} rows (expected [{(m + 3) // 4}, K])")
+            raise LayoutError(f"{name}: packed shape {list(p.shape)} does not hold {m} rows "
+                              f"(expected [{(m + 3) // 4}, K])", hint="the file is corrupt or its config disagrees")
         values = np.empty((m, p.shape[1]), dtype=np.int8)
         threes = hf2bit_unpack(p, values.view(np.uint8))
         return values, int(threes)
@@ -75,5 +76,5 @@ class HF2Bit(Layout, name="hf2bit"):
 
     def unpack(self, data: np.ndarray, shape: tuple[int, int], name: str = "tensor") -> Ternary:
         data = self._check_data(data, shape, name)
-        values, _ = self.unpack_values(data.reshape(self.packed_shape(shape)), shape[0])
+        values, _ = self.unpack_values(data.reshape(self.packed_shape(shape)), shape[0], name)
         return Ternary(values, np.float32(1.0), "tensor")

@@ -71,7 +71,7 @@ def unpack_hf_linear(codes_packed: np.ndarray, scale: np.ndarray, m: int, name: 
                      reciprocal: bool) -> Ternary:
     """Packed uint8 + weight_scale -> Ternary, refusing invalid codes and scales by name."""
     k = codes_packed.shape[1]
-    values, bad = HF2Bit().unpack_values(codes_packed, m)  # one kernel pass; it counts code 3
+    values, bad = HF2Bit().unpack_values(codes_packed, m, name)  # one kernel pass; it counts code 3
     if bad:
         raise BadWeightsError(
             f"{name}: {bad} packed code(s) equal 3, which is not a ternary code (0, 1, 2 mean -1, 0, +1)",
