@@ -1,8 +1,9 @@
 """TQ1_0 / TQ2_0 pack and unpack kernels (llama.cpp's ternary block types, FORMATS.md §6).
 
-One call per tensor. Values arrive as the uint8 view of the int8 ternary values, flat and
-C-contiguous, so that code `q = t + 1` is a wrapping uint8 add (-1 -> 0, 0 -> 1, 1 -> 2)
-and any other value becomes a code above 2, which the kernels report instead of packing a
+One call per tensor, values flat and C-contiguous. TQ2_0 reads them as the uint8 view of
+int8, so that code `q = t + 1` is a wrapping uint8 add (-1 -> 0, 0 -> 1, 1 -> 2) and any
+other value becomes a code above 2; TQ1_0 reads int8 and tracks the smallest and largest
+value. Either way a value outside {-1, 0, 1} is reported instead of packed as a
 valid-looking wrong code. Every inner loop has a fixed trip count over one 256-value block,
 which LLVM turns into vector code: each block is taken as a slice first, so indices are
 loop counters LLVM knows are non-negative (indexing the whole array with computed offsets
@@ -63,8 +64,8 @@ def _store_scales(orow, nzs, sc_row, per, block_bytes, at):
 
 @jit
 def tq2_0_pack(u, m, k, sc, per, out):
-    """uint8 view of int8 values [M*K] -> TQ2_0 blocks [nb*66]; returns the largest code
-    seen (> 2: a value outside {-1, 0, 1}; the output is then not meaningful)."""
+    """uint8 view of int8 values [M*K] -> TQ2_0 blocks [nb*66]; returns True when a value is
+    outside {-1, 0, 1} (a code q = t + 1 above 2; the output is then not meaningful)."""
     nbr = k // QK
     ms = sc.shape[0]
     one = np.uint8(1)
@@ -89,7 +90,7 @@ def tq2_0_pack(u, m, k, sc, per, out):
             nzs[c] = nz
         _store_scales(out[r * nbr * TQ2_BYTES:(r + 1) * nbr * TQ2_BYTES], nzs, sc[r if ms > 1 else 0],
                       per, TQ2_BYTES, 64)
-    return mx
+    return mx > 2
 
 
 @jit
@@ -111,51 +112,54 @@ def tq2_0_unpack(data, nb, vals, dbits):
 
 
 @jit
-def _tq1_byte(c0, c1, c2, c3, c4):
-    """Five codes (uint16, 0..2) -> one TQ1_0 byte: the base-3 number scaled to 0..255, rounded up."""
-    x = np.uint16(81) * c0 + np.uint16(27) * c1 + np.uint16(9) * c2 + np.uint16(3) * c3 + c4
-    return np.uint8((x * np.uint16(256) + np.uint16(242)) // np.uint16(243))
+def _tq1_byte(t0, t1, t2, t3, t4):
+    """Five values t (int16, -1..1) -> one TQ1_0 byte: the base-3 number of the codes t + 1
+    (Σ 3^(4-f)·(t_f + 1) = Σ 3^(4-f)·t_f + 121), scaled to 0..255, rounded up. Computing
+    with t saves the five t + 1; a four-digit byte passes t4 = -1 (code 0)."""
+    x = np.int16(81) * t0 + np.int16(27) * t1 + np.int16(9) * t2 + np.int16(3) * t3 + t4 + np.int16(121)
+    return np.uint8((np.uint16(x) * np.uint16(256) + np.uint16(242)) // np.uint16(243))
 
 
 @jit
-def tq1_0_pack(u, m, k, sc, per, out):
-    """uint8 view of int8 values [M*K] -> TQ1_0 blocks [nb*54]; returns the largest code seen.
+def tq1_0_pack(v, m, k, sc, per, out):
+    """int8 values [M*K] -> TQ1_0 blocks [nb*54]; returns True when a value is outside
+    {-1, 0, 1} (the output is then not meaningful).
 
     Byte j < 32 holds values 32f + j (f = 0..4), byte 32 + j < 48 values 160 + 16f + j,
     byte 48 + j < 52 values 240 + 4f + j (four digits; the fifth is 0)."""
     nbr = k // QK
     ms = sc.shape[0]
-    one = np.uint8(1)
-    mx = np.uint8(0)
+    lo = np.int8(0)
+    hi = np.int8(0)
     nzs = np.empty(nbr, np.uint8)
     for r in range(m):
         for c in range(nbr):
             b = r * nbr + c
-            ub = u[b * QK:(b + 1) * QK]
+            ub = v[b * QK:(b + 1) * QK]
             ob = out[b * TQ1_BYTES:(b + 1) * TQ1_BYTES]
-            nz = np.uint8(0)
+            nz = np.int8(0)
             for j in range(32):
-                c0, c1, c2 = np.uint8(ub[j] + one), np.uint8(ub[32 + j] + one), np.uint8(ub[64 + j] + one)
-                c3, c4 = np.uint8(ub[96 + j] + one), np.uint8(ub[128 + j] + one)
-                nz |= np.uint8((c0 ^ one) | (c1 ^ one) | (c2 ^ one) | (c3 ^ one) | (c4 ^ one))
-                mx = max(mx, max(max(max(c0, c1), max(c2, c3)), c4))
-                ob[j] = _tq1_byte(np.uint16(c0), np.uint16(c1), np.uint16(c2), np.uint16(c3), np.uint16(c4))
+                t0, t1, t2, t3, t4 = ub[j], ub[32 + j], ub[64 + j], ub[96 + j], ub[128 + j]
+                nz |= t0 | t1 | t2 | t3 | t4
+                lo = min(lo, min(min(min(t0, t1), min(t2, t3)), t4))
+                hi = max(hi, max(max(max(t0, t1), max(t2, t3)), t4))
+                ob[j] = _tq1_byte(np.int16(t0), np.int16(t1), np.int16(t2), np.int16(t3), np.int16(t4))
             for j in range(16):
-                c0, c1, c2 = np.uint8(ub[160 + j] + one), np.uint8(ub[176 + j] + one), np.uint8(ub[192 + j] + one)
-                c3, c4 = np.uint8(ub[208 + j] + one), np.uint8(ub[224 + j] + one)
-                nz |= np.uint8((c0 ^ one) | (c1 ^ one) | (c2 ^ one) | (c3 ^ one) | (c4 ^ one))
-                mx = max(mx, max(max(max(c0, c1), max(c2, c3)), c4))
-                ob[32 + j] = _tq1_byte(np.uint16(c0), np.uint16(c1), np.uint16(c2), np.uint16(c3), np.uint16(c4))
+                t0, t1, t2, t3, t4 = ub[160 + j], ub[176 + j], ub[192 + j], ub[208 + j], ub[224 + j]
+                nz |= t0 | t1 | t2 | t3 | t4
+                lo = min(lo, min(min(min(t0, t1), min(t2, t3)), t4))
+                hi = max(hi, max(max(max(t0, t1), max(t2, t3)), t4))
+                ob[32 + j] = _tq1_byte(np.int16(t0), np.int16(t1), np.int16(t2), np.int16(t3), np.int16(t4))
             for j in range(4):
-                c0, c1, c2, c3 = (np.uint8(ub[240 + j] + one), np.uint8(ub[244 + j] + one),
-                                  np.uint8(ub[248 + j] + one), np.uint8(ub[252 + j] + one))
-                nz |= np.uint8((c0 ^ one) | (c1 ^ one) | (c2 ^ one) | (c3 ^ one))
-                mx = max(mx, max(max(c0, c1), max(c2, c3)))
-                ob[48 + j] = _tq1_byte(np.uint16(c0), np.uint16(c1), np.uint16(c2), np.uint16(c3), np.uint16(0))
-            nzs[c] = nz
+                t0, t1, t2, t3 = ub[240 + j], ub[244 + j], ub[248 + j], ub[252 + j]
+                nz |= t0 | t1 | t2 | t3
+                lo = min(lo, min(min(t0, t1), min(t2, t3)))
+                hi = max(hi, max(max(t0, t1), max(t2, t3)))
+                ob[48 + j] = _tq1_byte(np.int16(t0), np.int16(t1), np.int16(t2), np.int16(t3), np.int16(-1))
+            nzs[c] = np.uint8(nz)
         _store_scales(out[r * nbr * TQ1_BYTES:(r + 1) * nbr * TQ1_BYTES], nzs, sc[r if ms > 1 else 0],
                       per, TQ1_BYTES, 52)
-    return mx
+    return lo < -1 or hi > 1
 
 
 @jit

@@ -43,9 +43,14 @@ class _TQ(Layout):
         u = ternary_bytes(tern.values, name)
         sc, per = block_scale_bits(tern, QK, name)
         out = np.empty(m * (k // QK) * (self.codes_bytes + 2), dtype=np.uint8)
-        if self._kernels()[0](u.reshape(-1), m, k, sc, per, out) > 2:
+        if self._kernels()[0](self._kernel_values(u.reshape(-1)), m, k, sc, per, out):
             raise bad_values_error(name)
         return out
+
+    @staticmethod
+    def _kernel_values(u: np.ndarray) -> np.ndarray:
+        """The values as the pack kernel reads them (TQ2_0: uint8 bytes; TQ1_0: int8)."""
+        return u
 
     def unpack(self, data: np.ndarray, shape: tuple[int, int], name: str = "tensor",
                group: GroupSize = "tensor") -> Ternary:
@@ -130,3 +135,7 @@ class TQ1_0(_TQ, name="tq1_0"):
         from ..kernels.tq import tq1_0_pack, tq1_0_unpack
 
         return tq1_0_pack, tq1_0_unpack
+
+    @staticmethod
+    def _kernel_values(u: np.ndarray) -> np.ndarray:
+        return u.view(np.int8)  # the base-3 sum is computed from t itself
