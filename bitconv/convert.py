@@ -101,7 +101,8 @@ def convert(
     start = time.perf_counter()
     stats: list[TensorStats] = []
     with atomic_path(output, force=force) as tmp:
-        tensors = prepare_tensors(plan, stats, progress, encode=lambda tp, payload: writer.encode(plan, tp, payload))
+        tensors = prepare_tensors(plan, stats, progress, encode=lambda tp, payload: writer.encode(plan, tp, payload),
+                                  encode_source=lambda tp: writer.encode_source(plan, tp))
         try:
             writer.write(tmp, plan, tensors)
         finally:
@@ -130,7 +131,8 @@ def build_options(*, layout: str = "tq2_0", format: str = "gguf", group_size: st
 
 def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats], progress: ProgressFn | None = None,
                     encode: Callable[[TensorPlan, Payload], Encoded] | None = None,
-                    workers: int | None = None) -> "PreparedTensors":
+                    workers: int | None = None,
+                    encode_source: Callable[[TensorPlan], Encoded | None] | None = None) -> "PreparedTensors":
     """Each planned tensor ready for a writer, in plan order: linears as Ternary, others as
     float32, or already `encode`d into the writer's bytes. Work starts at once (see
     `PreparedTensors`).
@@ -145,6 +147,10 @@ def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats], progress: Pr
     """
     def job(tp: TensorPlan) -> tuple[TensorPlan, Payload | Encoded, TensorStats | None]:
         with serial_torch():  # one intra-op thread per worker: the workers are the parallelism
+            if encode_source is not None:
+                direct = encode_source(tp)
+                if direct is not None:
+                    return tp, direct, None
             payload, stat = _prepare_one(tp)
             if encode is not None:
                 payload = encode(tp, payload)

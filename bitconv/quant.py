@@ -134,10 +134,14 @@ def check_finite(w: np.ndarray, name: str) -> None:
     else:
         bad = int(np.count_nonzero(~np.isfinite(w)))
     if bad:
-        raise BadWeightsError(
-            f"{name}: {bad} NaN/Inf value(s) in a weight of shape {list(w.shape)}",
-            hint="the checkpoint is damaged or diverged in training; fix the source, nothing was written",
-        )
+        raise_nonfinite(name, bad, tuple(w.shape))
+
+
+def raise_nonfinite(name: str, bad: int, shape: tuple[int, ...]) -> None:
+    raise BadWeightsError(
+        f"{name}: {bad} NaN/Inf value(s) in a weight of shape {list(shape)}",
+        hint="the checkpoint is damaged or diverged in training; fix the source, nothing was written",
+    )
 
 
 @contextmanager

@@ -374,3 +374,43 @@ def test_metadata_arrays_pack_as_gguf_packs_them(silu_ckpt, tmp_path, monkeypatc
     monkeypatch.setattr(gw, "ArrayPackingGGUFWriter", gguf.GGUFWriter)
     convert(silu_ckpt, b, layout="tq2_0")
     assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
+def test_f16_tensors_from_the_source_equal_the_float32_path(ckpt_factory, tmp_path, monkeypatch, dtype):
+    """GGUF F16 tensors (the embedding) are narrowed straight from the mapped source values
+    (`GGUFWriter.encode_source`); the file must equal the one written through the float32
+    payload, and a NaN still stops the conversion naming the tensor."""
+    import shutil
+
+    from hostile_helpers import rewrite_weights
+
+    from bitconv.writers.base import Writer
+    from bitconv.writers.gguf_writer import GGUFWriter
+
+    src = ckpt_factory("silu", dtype=dtype, seed=5)
+    fast, slow = tmp_path / "fast.gguf", tmp_path / "slow.gguf"
+    calls = []
+    orig = GGUFWriter.encode_source
+    def counting(self, plan, tp):
+        direct = orig(self, plan, tp)
+        if direct is not None:
+            calls.append(tp.name)
+        return direct
+
+    monkeypatch.setattr(GGUFWriter, "encode_source", counting)
+    convert(src, fast, layout="i2_s")
+    assert "token_embd.weight" in calls
+    monkeypatch.setattr(GGUFWriter, "encode_source", Writer.encode_source)
+    convert(src, slow, layout="i2_s")
+    assert fast.read_bytes() == slow.read_bytes()
+    bad = tmp_path / "nan"
+    shutil.copytree(src, bad)
+
+    def nan_in_embedding(w):
+        w["model.embed_tokens.weight"][3, 7] = float("nan")
+
+    rewrite_weights(bad, nan_in_embedding)
+    with pytest.raises(BadWeightsError, match=r"token_embd.weight: 1 NaN/Inf"):
+        convert(bad, tmp_path / "nan.gguf", layout="i2_s")
+    assert not (tmp_path / "nan.gguf").exists()

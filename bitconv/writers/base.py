@@ -47,6 +47,12 @@ class Writer:
         pipeline's workers, so packing overlaps reading and writing."""
         raise NotImplementedError
 
+    def encode_source(self, plan: ConversionPlan, tp: TensorPlan) -> Encoded | None:
+        """Bytes for `tp` straight from its source, when the writer can make them without
+        the float32 payload (`encode`'s input); None otherwise. Conversion asks this first,
+        so a bf16 embedding written as F16 is never widened into a float32 copy."""
+        return None
+
     def write(self, tmp: Path, plan: ConversionPlan,
               tensors: Iterator[tuple[TensorPlan, Payload | Encoded]]) -> None:
         """Stream the tensors (in plan order) into `tmp`; payloads not yet `Encoded` are

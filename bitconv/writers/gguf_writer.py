@@ -18,7 +18,7 @@ from ..ggml_types import BF16, F16, F32, FLOAT_BY_NAME, float_to_bytes
 from ..model import EMBEDDING, LINEAR, NORM, OUTPUT, kind_of
 from ..pack import Layout, get_layout
 from ..plan import ConversionPlan, ConvertOptions, TensorPlan
-from ..quant import Ternary, check_finite
+from ..quant import Ternary, check_finite, raise_nonfinite
 from ..archs import Architecture, architecture_for
 from ..archs.llama import to_llama_rope_order
 from ..readers.checkpoint import Checkpoint
@@ -111,6 +111,30 @@ class GGUFWriter(Writer, format="gguf"):
         for tp, payload in tensors:
             w.write_tensor_data(self.encoded(plan, tp, payload)[0])
         w.close()
+
+    def encode_source(self, plan: ConversionPlan, tp: TensorPlan) -> Encoded | None:
+        """Float tensors written as F16: one compiled pass from the mapped source values
+        (float32, float16 or bfloat16 bits) to float16, counting NaN/Inf on the way; the
+        bytes equal `encode`'s (float32 widening is exact, then the same rounding)."""
+        src = tp.source
+        if tp.role == LINEAR or tp.out_type != "f16" or src.is_ternary or src.dtype not in ("f32", "f16", "bf16"):
+            return None
+        from ..kernels.floats import as_bits16, narrow_f16
+
+        raw = src.load_raw()
+        if raw.dtype == np.uint16:
+            view = raw
+        elif raw.dtype == np.float16:
+            view = as_bits16(raw, bf16=False)
+        elif raw.dtype == np.float32:
+            view = raw
+        else:
+            return None
+        out = np.empty(view.size, dtype=np.int16)
+        bad = int(narrow_f16(np.ascontiguousarray(view).reshape(-1), out))
+        if bad:
+            raise_nonfinite(tp.name, bad, tuple(src.shape))
+        return Encoded([out.view(np.uint8)])
 
     def encode(self, plan: ConversionPlan, tp: TensorPlan, payload: Payload) -> Encoded:
         if isinstance(payload, Ternary):
