@@ -56,6 +56,13 @@ def main() -> None:
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     import torch  # noqa: F401 - imported before profiling: start-up is not a conversion phase
 
+    try:  # numba's one-time start-up (checkouts that have kernels), like the imports above
+        from bitconv.kernels import warm
+    except ImportError:
+        pass
+    else:
+        warm()
+
     from bitconv.convert import convert
 
     with tempfile.TemporaryDirectory(prefix="bitconv-prof-") as tmp:
