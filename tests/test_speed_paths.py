@@ -414,3 +414,17 @@ def test_f16_tensors_from_the_source_equal_the_float32_path(ckpt_factory, tmp_pa
     with pytest.raises(BadWeightsError, match=r"token_embd.weight: 1 NaN/Inf"):
         convert(bad, tmp_path / "nan.gguf", layout="i2_s")
     assert not (tmp_path / "nan.gguf").exists()
+
+
+def test_conversion_works_where_numba_cannot_cache(silu_ckpt, tmp_path):
+    """A read-only install with no writable user cache dir: numba finds no cache location and
+    would refuse `cache=True` at import; the kernels compile uncached instead, same bytes."""
+    cached, uncached = tmp_path / "cached.gguf", tmp_path / "uncached.gguf"
+    convert(silu_ckpt, cached, layout="i2_s")
+    env = dict(os.environ, NUMBA_CACHE_LOCATOR_CLASSES="IPythonCacheLocator",  # applies to no file here
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    code = "import sys; from bitconv.convert import convert; convert(sys.argv[1], sys.argv[2], layout='i2_s')"
+    p = subprocess.run([sys.executable, "-c", code, str(silu_ckpt), str(uncached)], env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert uncached.read_bytes() == cached.read_bytes()

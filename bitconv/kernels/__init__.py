@@ -15,7 +15,9 @@ Rules every kernel module here follows:
   stays in the tests as the reference, compared byte for byte;
 * compiled code is cached on disk (`cache=True`: `__pycache__` beside the module, or
   numba's user cache dir where that is read-only; NUMBA_CACHE_DIR overrides), so only the
-  first conversion on a machine pays the compile time. numba keys a cached kernel on
+  first conversion on a machine pays the compile time. Where no cache location is
+  writable (a read-only install without a user cache dir) kernels are compiled in each
+  process instead of failing (a few seconds per conversion). numba keys a cached kernel on
   its own file only: a kernel that calls a jitted helper of another module keeps its old
   machine code when only the helper's file changes. Installs rewrite every file, so this
   bites only while editing: keep shared helpers tiny and stable (`floats.to_f32`), and
@@ -34,7 +36,11 @@ def jit(fn: Callable[..., Any] | None = None, *, inline: bool = False) -> Any:
     import numba
 
     def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
-        return numba.njit(nogil=True, cache=True, fastmath=False, inline="always" if inline else "never")(f)
+        opts = dict(nogil=True, fastmath=False, inline="always" if inline else "never")
+        try:
+            return numba.njit(cache=True, **opts)(f)
+        except RuntimeError:  # no writable cache location (read-only install, no user cache dir)
+            return numba.njit(cache=False, **opts)(f)  # compiled in every process instead: slower, same code
 
     return wrap(fn) if fn is not None else wrap
 
