@@ -169,19 +169,6 @@ def serial_torch() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def absmean(view: np.ndarray) -> np.ndarray:
-    """float32 mean |x| of each row of a 2-D float32 view, clamped at SCALE_EPS.
-
-    The sum has a fixed order (`bitconv.kernels.quant`: float32 lanes inside blocks of
-    1024, float64 above), so the scale is the same on every machine, thread count and
-    library version; it is within an ulp of the exact mean.
-    """
-    from .kernels.quant import abs_sums
-
-    view = np.ascontiguousarray(view, dtype=np.float32)
-    return _scales(abs_sums(view), view.shape[1])
-
-
 def _scales(sums: np.ndarray, length: int) -> np.ndarray:
     s = (sums / float(length)).astype(np.float32)
     return np.maximum(s, np.float32(SCALE_EPS))
@@ -239,7 +226,7 @@ def ternarize_with_stats(w: np.ndarray, group: GroupSize = "tensor", name: str =
     return tern, _stats(name, tern, (n - nnz) / max(n, 1), rel)
 
 
-def _kernel_view(w: np.ndarray, bf16_bits: bool, name: str) -> np.ndarray:
+def kernel_view(w: np.ndarray, bf16_bits: bool, name: str) -> np.ndarray:
     """What the kernels read: float32 as it is (the source's own mapped bytes), bfloat16
     and float16 as their 16-bit patterns (uint16 / int16, `kernels.floats`), widened in
     registers; anything else (float64) converted to float32 once."""
@@ -254,26 +241,20 @@ def _kernel_view(w: np.ndarray, bf16_bits: bool, name: str) -> np.ndarray:
     return np.ascontiguousarray(w, dtype=np.float32)
 
 
-def _widened(view: np.ndarray) -> np.ndarray:
-    """float32 values of a kernel view (for error reports, not the hot path)."""
-    if view.dtype == np.uint16:
-        return (view.astype(np.uint32) << 16).view(np.float32)
-    if view.dtype == np.int16:
-        return view.view(np.float16).astype(np.float32)
-    return view
-
-
 def _ternarize(w: np.ndarray, group: GroupSize, name: str, bf16_bits: bool) -> tuple[Ternary, _Sums]:
+    from .kernels.floats import count_nonfinite
     from .kernels.quant import abs_sums, quantize
 
     if w.ndim != 2:
         raise UsageError(f"{name}: expected a 2-D weight, got shape {list(w.shape)}")
-    w = _kernel_view(w, bf16_bits, name)
+    w = kernel_view(w, bf16_bits, name)
     view, scale_shape = _group_view(w, group, name)
     sums = abs_sums(view)
     s = _scales(sums, view.shape[1])
     if not np.all(np.isfinite(sums)):  # a NaN/Inf weight makes its group's sum non-finite
-        check_finite(_widened(view), name)
+        bad = int(count_nonfinite(view.reshape(-1)))  # reads the view as the kernels do
+        if bad:
+            raise_nonfinite(name, bad, tuple(w.shape))
     values = np.empty(w.shape, dtype=np.int8)
     g = view.shape[0]
     wt, nnz = np.empty(g, dtype=np.float64), np.empty(g, dtype=np.int64)

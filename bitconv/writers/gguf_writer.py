@@ -18,7 +18,7 @@ from ..ggml_types import BF16, F16, F32, FLOAT_BY_NAME, float_to_bytes
 from ..model import EMBEDDING, LINEAR, NORM, OUTPUT, kind_of
 from ..pack import Layout, get_layout
 from ..plan import ConversionPlan, ConvertOptions, TensorPlan
-from ..quant import Ternary, check_finite, raise_nonfinite
+from ..quant import Ternary, check_finite, kernel_view, raise_nonfinite
 from ..archs import Architecture, architecture_for
 from ..archs.llama import to_llama_rope_order
 from ..readers.checkpoint import Checkpoint
@@ -119,19 +119,12 @@ class GGUFWriter(Writer, format="gguf"):
         src = tp.source
         if tp.role == LINEAR or tp.out_type != "f16" or src.is_ternary or src.dtype not in ("f32", "f16", "bf16"):
             return None
-        from ..kernels.floats import as_bits16, narrow_f16
+        from ..kernels.floats import narrow_f16
 
-        raw = src.load_raw()
-        if raw.dtype == np.uint16:
-            view = raw
-        elif raw.dtype == np.float16:
-            view = as_bits16(raw, bf16=False)
-        elif raw.dtype == np.float32:
-            view = raw
-        else:
-            return None
+        raw = src.load_raw()  # bfloat16 as its uint16 bits (SourceTensor.load_raw)
+        view = kernel_view(raw, raw.dtype == np.uint16, tp.name)
         out = np.empty(view.size, dtype=np.int16)
-        bad = int(narrow_f16(np.ascontiguousarray(view).reshape(-1), out))
+        bad = int(narrow_f16(view.reshape(-1), out))
         if bad:
             raise_nonfinite(tp.name, bad, tuple(src.shape))
         return Encoded([out.view(np.uint8)])
