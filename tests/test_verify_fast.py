@@ -149,9 +149,9 @@ def test_default_runner_runs_the_fused_layer(demo_tq, monkeypatch):
     assert r.fused_cpu and r.head_math == "bf16"
     calls = []
     orig = Runner._layer_int_cpu
-    monkeypatch.setattr(Runner, "_layer_int_cpu", lambda self, *a: calls.append(1) or orig(self, *a))
+    monkeypatch.setattr(Runner, "_layer_int_cpu", lambda self, x, *a: calls.append(x.shape[0]) or orig(self, x, *a))
     fused = token_logprobs_and_stats(r, tokens)
-    assert len(calls) == r.hp.num_layers
+    assert sum(calls) == r.hp.num_layers * tokens.shape[0]  # every sequence through every layer (per core)
     monkeypatch.setenv("BITCONV_VERIFY_FUSED", "0")
     plain = token_logprobs_and_stats(Runner(open_source(demo_tq), int_path=True), tokens)
     assert float((fused.logprobs - plain.logprobs).abs().max()) < 0.05  # measured 3e-3
@@ -202,3 +202,86 @@ def test_bf16_head_recomputes_the_top_logits_in_float32(demo_tq, packed):
     scale = ref.abs().amax(dim=-1, keepdim=True)
     assert float(((got - ref).abs() / scale).max()) < 2 ** -7  # bf16 inputs and output
     assert torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
+def test_fused_path_gives_the_same_bytes_at_any_thread_count(demo_tq, threads):
+    """Layers run one group of sequences per core (`cpu_kernels.per_core`) and the head's rows
+    are split over the threads: hidden states and log-probs are the same bytes whatever the
+    thread count, and the caller's thread count is restored."""
+    from bitconv.verify.forward import token_logprobs_and_stats
+
+    tokens = torch.randint(0, 1000, (5, 33), generator=torch.Generator().manual_seed(10))
+    r = Runner(open_source(demo_tq), int_path=True, head_math="bf16")
+    outs = []
+    for n in (1, 2, 3):
+        threads(n)
+        outs.append((r.hidden(tokens), token_logprobs_and_stats(r, tokens)))
+        assert torch.get_num_threads() == n
+    for h, s in outs[1:]:
+        assert torch.equal(h, outs[0][0])
+        assert torch.equal(s.logprobs, outs[0][1].logprobs) and torch.equal(s.argmax, outs[0][1].argmax)
+
+
+def _head_reference(y, w, h, targets, exact):
+    """What the bf16 head's statistics mean, in float64 numpy: y's bfloat16 logits with each
+    row's `exact` largest (ties: the lower index) and the target's replaced by w[j]·h[i]."""
+    logits = y.to(torch.float64).numpy().copy()
+    w64, h64 = w.double().numpy(), h.double().numpy()
+    for i in range(logits.shape[0]):
+        order = np.lexsort((np.arange(logits.shape[1]), -y[i].to(torch.float32).numpy()))
+        for j in list(order[:exact]) + [int(targets[i])]:
+            logits[i, j] = w64[j] @ h64[i]
+    m = logits.max(-1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(logits - m).sum(-1))
+    return logits, logits[np.arange(len(targets)), targets.numpy()] - lse
+
+
+@pytest.mark.parametrize("vocab", [1000, 4099, 32000])
+def test_head_kernels_compute_the_recomputed_logits_statistics(vocab, threads):
+    """`head_kernels`: the fixed logits are the bf16 GEMM's with the top 8 in float32; the
+    log-probs are those of the fixed logits with the target's logit in float32 too (float64
+    reference: within 2e-6 plus float32 ulps of the value, the float32 sums' rounding), and the argmax is the reference's."""
+    from bitconv.verify import head_kernels as hk
+
+    g = torch.Generator().manual_seed(vocab)
+    w = torch.randn(vocab, 96, generator=g) * 0.3
+    h = torch.randn(37, 96, generator=g)
+    h[3] *= 40  # a peaked row: one logit carries nearly all the mass
+    y = torch.nn.functional.linear(h.bfloat16(), w.bfloat16())
+    y[5, 7] = y[5, 9] = y[5].max() + 1  # a tie at the top: the first index wins
+    targets = torch.randint(0, vocab, (37,), generator=g)
+    targets[4] = int(y[4].float().argmax())  # a target inside the recomputed top
+    ref_logits, ref_lp = _head_reference(y, w, h, targets, hk.EXACT)
+    for n in (1, 2):
+        threads(n)
+        fixed = hk.fix_logits(y, w, h)
+        lp, am = hk.logprobs(y, w, h, targets)
+        top = torch.from_numpy(np.argsort(-ref_logits, axis=-1, kind="stable")[:, :4])
+        assert torch.allclose(fixed.gather(1, top).double(), torch.from_numpy(ref_logits).gather(1, top), atol=2e-5)
+        untouched = ~torch.isclose(fixed.double(), torch.from_numpy(ref_logits), atol=2e-5)
+        assert torch.equal(fixed[untouched], y.float()[untouched])  # the rest are the bf16 values
+        assert bool((np.abs(lp.double().numpy() - ref_lp) < 2e-6 + 4e-7 * np.abs(ref_lp)).all())  # + float32 ulps
+        ref_am = torch.from_numpy(ref_logits).argmax(-1)
+        same = am == ref_am
+        assert bool(same.all()) or bool(((ref_logits.max(-1) - ref_logits[np.arange(37), am.numpy()]) < 1e-5).all())
+    assert int(am[3]) == int(torch.from_numpy(ref_logits[3]).argmax())
+
+
+def test_head_logprobs_match_the_logits_path_on_the_runner(demo_tq):
+    """`Runner.logprob_chunks` (fused, no float32 logits made) and `logit_chunks` + torch's
+    log-softmax agree: same argmax; log-probs differ only where the target logit is one the
+    logits path leaves in bfloat16 (the fused path recomputes it), by its bf16 rounding."""
+    from bitconv.verify.forward import _k_logprob
+
+    r = Runner(open_source(demo_tq), int_path=True, head_math="bf16")
+    g = torch.Generator().manual_seed(11)
+    hid = torch.randn(50, r.hp.hidden_size, generator=g) * 2
+    targets = torch.randint(0, r.hp.vocab_size, (50,), generator=g)
+    (_, lp, am), = list(r.logprob_chunks(hid, targets))
+    (_, logits), = list(r.logit_chunks(hid))
+    ref_lp, ref_am = _k_logprob(logits, targets)
+    assert torch.equal(am, ref_am)
+    exact_t = (r.head()[targets] * hid).sum(-1)  # the target logit in float32
+    moved = (exact_t - logits.gather(1, targets[:, None]).squeeze(1)).abs()  # 0 where it was in the top 8
+    assert bool(((lp - ref_lp).abs() <= moved + 1e-4).all())
+    assert float((lp - ref_lp).abs().max()) > 0  # the test looks at targets outside the top 8 too

@@ -34,6 +34,9 @@ def _u32_as_f32(typingctx, u):
     return types.float32(types.uint32), codegen
 
 
+f32_from_bits = _u32_as_f32  # inside kernels: the float32 whose bit pattern is a uint32
+
+
 @intrinsic
 def _i16_half_to_f32(typingctx, h):
     if h != types.int16:

@@ -122,12 +122,14 @@ class TTernary:
 
 def _tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: GroupSize,
                   device: torch.device | str = "cpu",
-                  put: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TTernary:
+                  put: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  out: torch.Tensor | None = None) -> TTernary:
     """TQ2_0 bytes -> TTernary on `device`; the same result as `pack.tq.TQ2_0.unpack`.
 
     The bytes are copied (pinned, asynchronously on CUDA) and unpacked on the device; the
     fp16 block scales are few and are collapsed into their group on the host, so nothing
-    waits for the GPU."""
+    waits for the GPU. On the CPU `out` (int8 [m, k]) receives the values: a slice of the
+    buffer that linears sharing an input are fused into."""
     from ..pack.tq import collapse_block_scales
 
     m, k = shape
@@ -145,7 +147,7 @@ def _tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group:
     if torch.device(device).type == "cpu" and put is None:  # one fused pass (numba), rows over the threads
         from . import cpu_kernels
 
-        values = cpu_kernels.tq2_0_values(blocks, m, k)
+        values = cpu_kernels.tq2_0_values(blocks, m, k, out)
         return TTernary(values, torch.from_numpy(np.array(tern.scales, np.float32)), tern.group)
     put = put or (lambda t: _h2d(t, device))
     raw_dev = put(host)  # the contiguous bytes, scales included: one copy
@@ -427,6 +429,19 @@ def int_matmul(xq: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return xq.to(torch.float32) @ codes.to(torch.float32).t()
 
 
+def _adjacent(parts: list[torch.Tensor]) -> bool:
+    """Whether `parts` are consecutive row blocks that tile one whole contiguous tensor."""
+    base = parts[0]._base
+    if base is None or not base.is_contiguous() or any(p._base is not base or not p.is_contiguous() for p in parts):
+        return False
+    off = 0
+    for p in parts:
+        if p.storage_offset() != base.storage_offset() + off:
+            return False
+        off += p.numel()
+    return off == base.numel()
+
+
 class Linear:
     """One linear (or several sharing an input, concatenated along M) ready on a device."""
 
@@ -586,17 +601,51 @@ class Runner:
             return g.get(name, "tensor")
         return g
 
-    def load_raw(self, name: str, on_device: bool = False) -> Payload:
+    def load_raw(self, name: str, on_device: bool = False, out: torch.Tensor | None = None) -> Payload:
         """Read one tensor: `Ternary`/`TTernary` for ternary linears; float32 numpy for the rest
-        (a ternary token_embd/output, e.g. Q2_0, is looked up and multiplied dequantized)."""
+        (a ternary token_embd/output, e.g. Q2_0, is looked up and multiplied dequantized).
+        `out`: where a CPU-decoded linear's int8 values go (see `_fused_buffers`)."""
         st = self.by_name[name]
         if st.is_ternary and st.role == LINEAR:
-            if on_device and st.dtype in TORCH_DECODERS and self.ckpt.spec.source.kind == "gguf":
-                return self._decode_on_device(st)
+            if self._decodes_on_device(st) and on_device:
+                return self._decode_on_device(st, out)
             return st.load_ternary()
         return np.asarray(st.load(), dtype=np.float32)
 
-    def _decode_on_device(self, st: SourceTensor) -> TTernary:
+    def _decodes_on_device(self, st: SourceTensor) -> bool:
+        return st.dtype in TORCH_DECODERS and self.ckpt.spec.source.kind == "gguf"
+
+    def _fused_buffers(self, i: int) -> dict[str, torch.Tensor]:
+        """On the fused CPU path: q/k/v, and gate/up, decode straight into one int8 buffer per
+        group, the matrix `prepare_linears` multiplies with, instead of into one tensor each
+        that is then copied into it (a copy of ~10% of the layer time on the bench model)."""
+        if not self.fused_cpu or self.keep:
+            return {}
+        llama = self.ckpt.spec.source.kind == "gguf" and self.hp is not None and self._is_llama_gguf()
+        out: dict[str, torch.Tensor] = {}
+        for kinds in (_ATTN, _FFN_IN):
+            sts = [self.by_name.get(f"blk.{i}.{k}.weight") for k in kinds]
+            if any(st is None or not (st.is_ternary and st.role == LINEAR and self._decodes_on_device(st))
+                   for st in sts) or len({st.shape[1] for st in sts}) != 1:
+                continue
+            if llama and kinds is _ATTN:  # q/k rows are permuted back after decoding: a copy anyway
+                continue
+            buf = torch.empty((sum(st.shape[0] for st in sts), sts[0].shape[1]), dtype=torch.int8)
+            r = 0
+            for k, st in zip(kinds, sts):
+                out[k] = buf[r:r + st.shape[0]]
+                r += st.shape[0]
+        return out
+
+    def _is_llama_gguf(self) -> bool:
+        from ..readers.gguf_file import GGUFFile
+
+        if self._gguf is None:
+            self._gguf = GGUFFile(self.ckpt.files[0])
+            self._fd = os.open(self._gguf.path, os.O_RDONLY)
+        return self._gguf.get("general.architecture") == "llama"
+
+    def _decode_on_device(self, st: SourceTensor, out: torch.Tensor | None = None) -> TTernary:
         from ..model import kind_of
         from ..readers.gguf_file import GGUFFile
 
@@ -612,7 +661,7 @@ class Runner:
                 return stager.upload(t) if t.data_ptr() == raw.data_ptr() else stager.put(t)
         else:
             raw, put = self._gguf.raw(st.name), None
-        tern = TORCH_DECODERS[st.dtype](raw, st.shape, st.group or "tensor", self.device, put)
+        tern = TORCH_DECODERS[st.dtype](raw, st.shape, st.group or "tensor", self.device, put, out)
         if self._gguf.get("general.architecture") == "llama" and kind_of(st.name) in ("attn_q", "attn_k"):
             heads = self.hp.num_heads if kind_of(st.name) == "attn_q" else self.hp.num_kv_heads
             tern = TTernary(_unpermute_llama_rows(tern.values, heads),
@@ -623,10 +672,12 @@ class Runner:
     def load_layer(self, i: int) -> dict[str, Payload]:
         """Raw tensors of decoder layer i (host memory; GPU-decoded layouts already on the device)."""
         out: dict[str, Payload] = {}
+        bufs = self._fused_buffers(i)
         for kind in LAYER_LINEARS + LAYER_NORMS + LAYER_SUB_NORMS + LAYER_QK_NORMS + LAYER_IN_NORMS:
             name = f"blk.{i}.{kind}.weight"
             if name in self.by_name:
-                out[kind] = self.load_raw(name, on_device=(self.cuda or self.fused_cpu) and kind in LAYER_LINEARS)
+                out[kind] = self.load_raw(name, on_device=(self.cuda or self.fused_cpu) and kind in LAYER_LINEARS,
+                                          out=bufs.get(kind))
         return out
 
     # -- preparing weights ---------------------------------------------------------------
@@ -665,7 +716,9 @@ class Runner:
             return out if len(out) > 1 else out[0]
         if self.int_path and all(t is not None and t.row_scales() is not None for t in terns):
             parts = [self._to_dev(t.values) for t in terns]
-            if len(parts) > 1 and not self.cuda:  # one memcpy per part; torch.cat splits it over threads
+            if len(parts) > 1 and _adjacent(parts):  # decoded into one buffer (`_fused_buffers`)
+                codes = parts[0]._base
+            elif len(parts) > 1 and not self.cuda:  # one memcpy per part; torch.cat splits it over threads
                 codes = torch.from_numpy(np.concatenate([p.numpy() for p in parts]))
             else:
                 codes = torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -782,6 +835,18 @@ class Runner:
         layer = self._layer
         if self.act_quant and lw.all_int():
             layer = self._layer_int_cpu if self.fused_cpu else self._layer_int
+            cores = min(torch.get_num_threads(), x.shape[0]) if self.fused_cpu else 1
+            if cores > 1:  # one chain of sequences per core (`cpu_kernels.per_core` says why)
+                from .cpu_kernels import per_core
+
+                bounds = [x.shape[0] * c // cores for c in range(cores + 1)]
+                parts = per_core([lambda s=s, e=e: self._micro_batched(layer, x[s:e], lw, rope)
+                                  for s, e in zip(bounds, bounds[1:])])
+                return torch.cat(parts)
+        return self._micro_batched(layer, x, lw, rope)
+
+    def _micro_batched(self, layer: Callable, x: torch.Tensor, lw: LayerWeights,
+                       rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         mb = self.micro_batch or x.shape[0]
         if mb >= x.shape[0]:
             return layer(x, lw, rope)
@@ -974,8 +1039,8 @@ class Runner:
 
     def _head_bf16(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Logits [n, vocab] float32 for h [n, H] float32 and the float32 head w: one bfloat16
-        GEMM (weights converted and packed for oneDNN once per runner), then each row's
-        HEAD_EXACT largest logits recomputed in float32 from w and h.
+        GEMM, then each row's HEAD_EXACT largest logits recomputed in float32 from w and h
+        (`head_kernels`).
 
         The bf16 GEMM rounds its output to 8 bits of mantissa; that noise on the few logits
         that carry a peaked distribution's mass (and decide its argmax) is what moved the
@@ -983,6 +1048,13 @@ class Runner:
         from 0.996 to 0.988. With those recomputed, perplexity is within ~3e-5 of the float
         path and argmax is the float32 one (a tail logit would have to beat the top ones by
         less than its rounding); the tail's rounding is unbiased and weighs little."""
+        from . import head_kernels
+
+        return head_kernels.fix_logits(self._head_gemm_bf16(h, w), w, h)
+
+    def _head_gemm_bf16(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """h [n, H] @ wᵀ as one bfloat16 GEMM, bfloat16 out (the weights converted, and packed
+        for oneDNN where it can, once per runner)."""
         if self._head_packed is None:
             self._head_lo = w.to(torch.bfloat16)
             try:
@@ -991,21 +1063,32 @@ class Runner:
             except (AttributeError, RuntimeError):
                 self._head_packed = False
         hb = h.to(torch.bfloat16)
-        y = None
         if self._head_packed is not False:
             try:
-                y = torch.ops.mkldnn._linear_pointwise(hb, self._head_packed, None, "none", [], "")
+                return torch.ops.mkldnn._linear_pointwise(hb, self._head_packed, None, "none", [], "")
             except RuntimeError:
                 self._head_packed = False
-        if y is None:
-            if self._head_lo is None:
-                self._head_lo = w.to(torch.bfloat16)
-            y = F.linear(hb, self._head_lo)
-        k = min(HEAD_EXACT, y.shape[1])
-        idx = y.topk(k, dim=-1, sorted=False).indices  # [n, k], on the bf16 values (half the bytes)
-        y = y.to(torch.float32)
-        y.scatter_(1, idx, torch.bmm(w[idx], h[:, :, None]).squeeze(-1))
-        return y
+        if self._head_lo is None:
+            self._head_lo = w.to(torch.bfloat16)
+        return F.linear(hb, self._head_lo)
+
+    def logprob_chunks(self, hidden: torch.Tensor, targets: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Yield (first row, log p(target) float32 [n], argmax int64 [n]) over the rows of
+        hidden [N, H] and targets [N]: `logit_chunks` + log-softmax, fused on the CPU's bf16
+        head (`head_kernels.logprobs`: the full float32 logits are never made)."""
+        w = self.head()
+        if self.head_math == "bf16" and w.dtype == torch.float32 and not self.cuda:
+            from . import head_kernels
+
+            rows = max(1, self.chunk_elements // w.shape[0])
+            for s in range(0, hidden.shape[0], rows):
+                h = hidden[s:s + rows].to(torch.float32)
+                lp, am = head_kernels.logprobs(self._head_gemm_bf16(h, w), w, h, targets[s:s + rows])
+                yield s, lp, am
+            return
+        for s, logits in self.logit_chunks(hidden, float32=False):
+            lp, am = self.k.logprob(logits, targets[s:s + logits.shape[0]])
+            yield s, lp, am
 
     @torch.inference_mode()
     def logits(self, tokens: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -1116,10 +1199,8 @@ def token_logprobs_and_stats(ckpt_or_runner: Checkpoint | Runner, tokens: torch.
     targets = tok[:, 1:].reshape(-1).to(h.device)
     lp = torch.empty(flat.shape[0], dtype=torch.float32, device=h.device)
     am = torch.empty(flat.shape[0], dtype=torch.int64, device=h.device)
-    for s, logits in runner.logit_chunks(flat, float32=False):
-        n = logits.shape[0]
-        lp[s:s + n], am[s:s + n] = runner.k.logprob(logits, targets[s:s + n])
-        del logits
+    for s, lp_c, am_c in runner.logprob_chunks(flat, targets):
+        lp[s:s + lp_c.shape[0]], am[s:s + lp_c.shape[0]] = lp_c, am_c
     lp, am = lp.cpu(), am.cpu()
     lp, am = lp.reshape(b, t - 1), am.reshape(b, t - 1)
     scored = lp[:, score_from:]
