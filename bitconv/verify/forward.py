@@ -1055,13 +1055,7 @@ class Runner:
     def _head_gemm_bf16(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """h [n, H] @ wᵀ as one bfloat16 GEMM, bfloat16 out (the weights converted, and packed
         for oneDNN where it can, once per runner)."""
-        if self._head_packed is None:
-            self._head_lo = w.to(torch.bfloat16)
-            try:
-                self._head_packed = torch.ops.mkldnn._reorder_linear_weight(self._head_lo, h.shape[0])
-                self._head_lo = None  # the packed copy is all the GEMM needs
-            except (AttributeError, RuntimeError):
-                self._head_packed = False
+        self._pack_head_bf16(w, h.shape[0])
         hb = h.to(torch.bfloat16)
         if self._head_packed is not False:
             try:
@@ -1072,6 +1066,16 @@ class Runner:
             self._head_lo = w.to(torch.bfloat16)
         return F.linear(hb, self._head_lo)
 
+    def _pack_head_bf16(self, w: torch.Tensor, rows: int) -> None:
+        """The bfloat16 head, packed for oneDNN's GEMM of `rows` rows where it can be."""
+        if self._head_packed is None:
+            self._head_lo = w.to(torch.bfloat16)
+            try:
+                self._head_packed = torch.ops.mkldnn._reorder_linear_weight(self._head_lo, rows)
+                self._head_lo = None  # the packed copy is all the GEMM needs
+            except (AttributeError, RuntimeError):
+                self._head_packed = False
+
     def logprob_chunks(self, hidden: torch.Tensor, targets: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """Yield (first row, log p(target) float32 [n], argmax int64 [n]) over the rows of
         hidden [N, H] and targets [N]: `logit_chunks` + log-softmax, fused on the CPU's bf16
@@ -1079,12 +1083,25 @@ class Runner:
         w = self.head()
         if self.head_math == "bf16" and w.dtype == torch.float32 and not self.cuda:
             from . import head_kernels
+            from .cpu_kernels import per_core
 
             rows = max(1, self.chunk_elements // w.shape[0])
-            for s in range(0, hidden.shape[0], rows):
-                h = hidden[s:s + rows].to(torch.float32)
-                lp, am = head_kernels.logprobs(self._head_gemm_bf16(h, w), w, h, targets[s:s + rows])
-                yield s, lp, am
+            n = hidden.shape[0]
+
+            def part(a: int, b: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+                out = []
+                for s in range(a, b, rows):
+                    h = hidden[s:min(b, s + rows)].to(torch.float32)
+                    out.append((s, *head_kernels.logprobs(self._head_gemm_bf16(h, w), w, h, targets[s:s + h.shape[0]])))
+                return out
+
+            # rows split over the cores as the layers are (one GEMM + kernel chain per core);
+            # the weights are converted (and packed) once, here, before the threads share them
+            cores = max(1, min(torch.get_num_threads(), n // 64))
+            self._pack_head_bf16(w, min(rows, n))
+            bounds = [n * c // cores for c in range(cores + 1)]
+            for chunks in per_core([lambda a=a, b=b: part(a, b) for a, b in zip(bounds, bounds[1:])]):
+                yield from chunks
             return
         for s, logits in self.logit_chunks(hidden, float32=False):
             lp, am = self.k.logprob(logits, targets[s:s + logits.shape[0]])
