@@ -97,6 +97,29 @@ def test_rescale_kernels_are_torchs_bit_for_bit(threads):
         assert torch.equal(y, _k_rescale_add(acc, rows, scale, x))
 
 
+def test_fused_rescale_then_quantize_kernels_are_the_two_steps_bit_for_bit(threads):
+    """relu²-gating + the sub-norm's quantization, and the residual add + the FFN norm's
+    quantization, each in one pass, give the bytes of the two kernels run one after the other."""
+    g = torch.Generator().manual_seed(12)
+    n, m = 45, 200
+    acc = torch.randint(-40000, 40000, (n, 2 * m), generator=g, dtype=torch.int32)
+    rows = torch.rand(2 * m, generator=g) + 0.01
+    scale = torch.rand(n, 1, generator=g) * 50 + 0.5
+    w = torch.rand(m, generator=g) + 0.5
+    x = torch.randn(n, m, generator=g)
+    acc_m = acc[:, :m].contiguous()
+    for t in (1, 2, 3):
+        threads(t)
+        for norm in (w, None):
+            q, s = ck.relu2_rms_quant(acc, rows, scale, m, norm, 1e-6)
+            rq, rs = ck.rms_quant(ck.rescale_relu2(acc, rows, scale, m), norm, 1e-6)
+            assert torch.equal(q, rq) and torch.equal(s, rs)
+        y, q, s = ck.rescale_add_rms_quant(acc_m, rows[:m].contiguous(), scale, x, w, 1e-6)
+        ry = ck.rescale_add(acc_m, rows[:m].contiguous(), scale, x)
+        rq, rs = ck.rms_quant(ry, w, 1e-6)
+        assert torch.equal(y, ry) and torch.equal(q, rq) and torch.equal(s, rs)
+
+
 def test_rope_kernel_is_torchs_bit_for_bit():
     b, t, heads, kv, d = 2, 19, 4, 2, 32
     y = torch.randn(b * t, (heads + 2 * kv) * d, generator=torch.Generator().manual_seed(6))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import jit
-from ..kernels.floats import f32_from_bits
+from ..kernels.floats import f32_from_bits, to_f32
 
 LANES = 16
 
@@ -30,49 +30,87 @@ LANES = 16
 _ROUND = np.float32(12582912.0)  # 1.5·2^23: (v + R) - R is v rounded half to even, as torch.round
 
 
-@jit
-def _rms_quant_rows(x, w, eps, use_norm, r0, r1, xq, scale):  # pragma: no cover - compiled
-    """Rows r0..r1 of x [N, K] float32: optional RMSNorm (weight w [K]), then per-row absmax
-    8-bit quantization into xq int8 [N, K]; scale[i] = 127/max(γ, 1e-5).
+@jit(inline=True)
+def _norm_quant_row(row, w, eps, use_norm, tmp, lanes, qi):  # pragma: no cover - compiled
+    """One row (float32 [K]): optional RMSNorm (weight w [K], through tmp), then absmax
+    8-bit quantization into qi (int8 [K]). Returns 127/max(γ, 1e-5).
 
     Written so that LLVM vectorizes every loop without fastmath: unsigned indices, the
     absmax as an integer maximum of the values' bits with the sign cleared (a float maximum
     is not vectorized; for non-negative floats the bit patterns sort as the values do), and
     rounding by adding and subtracting 1.5·2^23 (exact for |v| < 2^22, half to even)."""
-    k = np.uint64(x.shape[1])
-    tmp = np.empty(k, np.float32)
-    lanes = np.empty(LANES, np.float32)
+    k = np.uint64(row.size)
     kk = k - k % np.uint64(LANES)
+    src = row
+    if use_norm:
+        for l in range(LANES):
+            lanes[l] = 0
+        for j0 in range(np.uint64(0), kk, np.uint64(LANES)):
+            for l in range(np.uint64(LANES)):
+                v = row[j0 + l]
+                lanes[l] += v * v
+        s = np.float32(0.0)
+        for l in range(LANES):
+            s += lanes[l]
+        for j in range(kk, k):
+            s += row[j] * row[j]
+        r = np.float32(1.0) / np.sqrt(s / np.float32(k) + eps)
+        for j in range(k):
+            tmp[j] = w[j] * (row[j] * r)
+        src = tmp
+    bits = src.view(np.uint32)
+    m = np.uint32(0)
+    for j in range(k):
+        m = max(m, bits[j] & np.uint32(0x7FFFFFFF))
+    g = max(f32_from_bits(np.uint32(m)), np.float32(1e-5))
+    sc = (np.float32(1.0) / g) * np.float32(127.0)  # torch's `127.0 / t`: reciprocal, then times 127
+    for j in range(k):
+        v = np.int32((src[j] * sc + _ROUND) - _ROUND)
+        qi[j] = np.int8(max(min(v, 127), -128))
+    return sc
+
+
+@jit
+def _rms_quant_rows(x, w, eps, use_norm, r0, r1, xq, scale):  # pragma: no cover - compiled
+    """Rows r0..r1 of x [N, K] float32: `_norm_quant_row` of each into xq, scale."""
+    tmp = np.empty(x.shape[1], np.float32)
+    lanes = np.empty(LANES, np.float32)
     for i in range(r0, r1):
-        row = x[i]
-        src = row
-        if use_norm:
-            for l in range(LANES):
-                lanes[l] = 0
-            for j0 in range(np.uint64(0), kk, np.uint64(LANES)):
-                for l in range(np.uint64(LANES)):
-                    v = row[j0 + l]
-                    lanes[l] += v * v
-            s = np.float32(0.0)
-            for l in range(LANES):
-                s += lanes[l]
-            for j in range(kk, k):
-                s += row[j] * row[j]
-            r = np.float32(1.0) / np.sqrt(s / np.float32(k) + eps)
-            for j in range(k):
-                tmp[j] = w[j] * (row[j] * r)
-            src = tmp
-        bits = src.view(np.uint32)
-        m = np.uint32(0)
-        for j in range(k):
-            m = max(m, bits[j] & np.uint32(0x7FFFFFFF))
-        g = max(f32_from_bits(np.uint32(m)), np.float32(1e-5))
-        sc = (np.float32(1.0) / g) * np.float32(127.0)  # torch's `127.0 / t`: reciprocal, then times 127
-        qi = xq[i]
-        for j in range(k):
-            v = np.int32((src[j] * sc + _ROUND) - _ROUND)
-            qi[j] = np.int8(max(min(v, 127), -128))
-        scale[i] = sc
+        scale[i] = _norm_quant_row(x[i], w, eps, use_norm, tmp, lanes, xq[i])
+
+
+@jit
+def _relu2_norm_quant_rows(acc, rows, scale, m, w, eps, use_norm, r0, r1, xq, scale_out):  # pragma: no cover
+    """`_rescale_relu2_rows` then `_rms_quant_rows` of its output, a row at a time: the FFN's
+    hidden activation h = relu(gate)²·up (float32) never leaves the cache."""
+    h = np.empty(m, np.float32)
+    tmp = np.empty(m, np.float32)
+    lanes = np.empty(LANES, np.float32)
+    mm = np.uint64(m)
+    for i in range(r0, r1):
+        sc = scale[i]
+        a = acc[i]
+        for j in range(mm):
+            g = np.float32(a[j]) * rows[j] / sc
+            u = np.float32(a[mm + j]) * rows[mm + j] / sc
+            g = max(g, np.float32(0.0))
+            h[j] = (g * g) * u
+        scale_out[i] = _norm_quant_row(h, w, eps, use_norm, tmp, lanes, xq[i])
+
+
+@jit
+def _rescale_add_norm_quant_rows(acc, rows, scale, x, w, eps, r0, r1, out, xq, scale_out):  # pragma: no cover
+    """`_rescale_add_rows` (the residual add after o_proj) then the next RMSNorm + 8-bit
+    quantization of the sum, a row at a time while it is in cache."""
+    tmp = np.empty(x.shape[1], np.float32)
+    lanes = np.empty(LANES, np.float32)
+    m = np.uint64(acc.shape[1])
+    for i in range(r0, r1):
+        sc = scale[i]
+        a, xi, oi = acc[i], x[i], out[i]
+        for j in range(m):
+            oi[j] = xi[j] + np.float32(a[j]) * rows[j] / sc
+        scale_out[i] = _norm_quant_row(oi, w, eps, True, tmp, lanes, xq[i])
 
 
 @jit
@@ -126,9 +164,10 @@ def _rope_rows(y, c0, heads, d, t, cos, sin, r0, r1, out):  # pragma: no cover -
 
 
 @jit
-def _tq2_0_rows(blocks, kb, r0, r1, out):  # pragma: no cover - compiled
+def _tq2_0_rows(blocks, kb, r0, r1, out, d):  # pragma: no cover - compiled
     """TQ2_0 codes -> int8 ternary values: block b of row i (66 bytes: 64 code bytes, fp16 d)
-    holds value j at byte 32·(j//128) + j%32, bits 2·((j%128)//32), as t + 1."""
+    holds value j at byte 32·(j//128) + j%32, bits 2·((j%128)//32), as t + 1. d[i, b] gets
+    the block's scale as float32 (read here, while the block is in cache)."""
     for i in range(r0, r1):
         for b in range(kb):
             blk = i * kb + b
@@ -139,6 +178,7 @@ def _tq2_0_rows(blocks, kb, r0, r1, out):  # pragma: no cover - compiled
                     o = base + h * 128 + s * 32
                     for lane in range(32):
                         out[i, o + lane] = np.int8((blocks[blk, h * 32 + lane] >> sh) & 3) - np.int8(1)
+            d[i, b] = to_f32(np.int16(np.uint16(blocks[blk, 64]) | (np.uint16(blocks[blk, 65]) << np.uint16(8))))
 
 
 # ----------------------------------------------------------------------------------------
@@ -231,6 +271,35 @@ def rms_quant(x, w, eps: float):
     return xq, scale
 
 
+def relu2_rms_quant(acc, rows, scale, m: int, w, eps: float):
+    """`rms_quant(rescale_relu2(acc, rows, scale, m), w, eps)` in one pass, the same bytes."""
+    import torch
+
+    n = acc.shape[0]
+    xq = torch.empty((n, m), dtype=torch.int8)
+    so = torch.empty((n, 1), dtype=torch.float32)
+    aa, ra, sa, qa, oa = _np(acc), _np(rows), _np(scale).reshape(n), _np(xq), _np(so).reshape(n)
+    wa = _np(w) if w is not None else np.empty(0, np.float32)
+    e = np.float32(eps)
+    split_rows(n, lambda r0, r1: _relu2_norm_quant_rows(aa, ra, sa, m, wa, e, w is not None, r0, r1, qa, oa))
+    return xq, so
+
+
+def rescale_add_rms_quant(acc, rows, scale, x, w, eps: float):
+    """`y = rescale_add(acc, rows, scale, x)` and `rms_quant(y, w, eps)` in one pass, the
+    same bytes: returns (y, x_q, 127/γ)."""
+    import torch
+
+    n, k = x.shape
+    out = torch.empty_like(x)
+    xq = torch.empty((n, k), dtype=torch.int8)
+    so = torch.empty((n, 1), dtype=torch.float32)
+    aa, ra, sa, xa, oa = _np(acc), _np(rows), _np(scale).reshape(n), _np(x), _np(out)
+    qa, soa, wa, e = _np(xq), _np(so).reshape(n), _np(w), np.float32(eps)
+    split_rows(n, lambda r0, r1: _rescale_add_norm_quant_rows(aa, ra, sa, xa, wa, e, r0, r1, oa, qa, soa))
+    return out, xq, so
+
+
 def rescale(acc, rows, scale):
     """int32 acc [N, M] -> float32 acc·s/(127/γ) [N, M]."""
     import torch
@@ -276,8 +345,8 @@ def rope(y, c0: int, heads: int, d: int, b: int, t: int, cos, sin):
 
 
 def tq2_0_values(blocks: np.ndarray, m: int, k: int, out=None):
-    """TQ2_0 blocks uint8 [m·k/256, 66] -> int8 ternary values [m, k] (torch, CPU), into `out`
-    (contiguous) if given."""
+    """TQ2_0 blocks uint8 [m·k/256, 66] -> (int8 ternary values [m, k] (torch, CPU), into
+    `out` (contiguous) if given; float32 block scales [m, k/256] (numpy))."""
     import torch
 
     if out is None:
@@ -286,5 +355,6 @@ def tq2_0_values(blocks: np.ndarray, m: int, k: int, out=None):
         raise ValueError(f"tq2_0_values: out must be contiguous int8 [{m}, {k}]")
     oa = _np(out)
     kb = k // 256
-    split_rows(m, lambda r0, r1: _tq2_0_rows(blocks, kb, r0, r1, oa))
-    return out
+    d = np.empty((m, kb), np.float32)
+    split_rows(m, lambda r0, r1: _tq2_0_rows(blocks, kb, r0, r1, oa, d))
+    return out, d

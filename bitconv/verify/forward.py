@@ -142,13 +142,14 @@ def _tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group:
         with warnings.catch_warnings():  # a read-only memmap: torch only reads it (copy to the device)
             warnings.simplefilter("ignore", UserWarning)
             host = torch.from_numpy(blocks)
-    d = np.ascontiguousarray(blocks[:, 64:]).view(np.float16).astype(np.float32).reshape(m, k // 256)
-    tern = collapse_block_scales(np.empty((m, 0), np.int8), d, group, "tensor")
     if torch.device(device).type == "cpu" and put is None:  # one fused pass (numba), rows over the threads
         from . import cpu_kernels
 
-        values = cpu_kernels.tq2_0_values(blocks, m, k, out)
+        values, d = cpu_kernels.tq2_0_values(blocks, m, k, out)
+        tern = collapse_block_scales(np.empty((m, 0), np.int8), d, group, "tensor")
         return TTernary(values, torch.from_numpy(np.array(tern.scales, np.float32)), tern.group)
+    d = np.ascontiguousarray(blocks[:, 64:]).view(np.float16).astype(np.float32).reshape(m, k // 256)
+    tern = collapse_block_scales(np.empty((m, 0), np.int8), d, group, "tensor")
     put = put or (lambda t: _h2d(t, device))
     raw_dev = put(host)  # the contiguous bytes, scales included: one copy
     shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=raw_dev.device).view(1, 1, 4, 1)
@@ -969,19 +970,20 @@ class Runner:
         xq, sc = ck.rms_quant(a, lw.norms.get("attn_sub_norm"), eps)
         del a
         o = lw.o
-        x2 = ck.rescale_add(int_matmul(xq, o.int_codes()), o.row_scale, sc, x2)  # a new tensor: x stays as it was
-        xq, sc = ck.rms_quant(x2, lw.norms["ffn_norm"], eps)
+        # the residual add (a new tensor: x stays as it was) and the FFN's input quantization
+        x2, xq, sc = ck.rescale_add_rms_quant(int_matmul(xq, o.int_codes()), o.row_scale, sc, x2,
+                                              lw.norms["ffn_norm"], eps)
         gu, m = lw.gate_up, hp.intermediate_size
         acc = int_matmul(xq, gu.int_codes())
         if hp.hidden_act == "relu2":
-            h = ck.rescale_relu2(acc, gu.row_scale, sc, m)
+            xq, sc = ck.relu2_rms_quant(acc, gu.row_scale, sc, m, lw.norms.get("ffn_sub_norm"), eps)
         else:
             y = ck.rescale(acc, gu.row_scale, sc)
             h = F.silu(y[:, :m]).mul_(y[:, m:])
             del y
+            xq, sc = ck.rms_quant(h, lw.norms.get("ffn_sub_norm"), eps)
+            del h
         del acc
-        xq, sc = ck.rms_quant(h, lw.norms.get("ffn_sub_norm"), eps)
-        del h
         dn = lw.down
         ck.rescale_add(int_matmul(xq, dn.int_codes()), dn.row_scale, sc, x2, out=x2)
         return x2.view(b, t, hid)
