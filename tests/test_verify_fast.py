@@ -132,6 +132,24 @@ def test_rope_kernel_is_torchs_bit_for_bit():
     assert torch.equal(k, _k_rope(y[:, heads * d:(heads + kv) * d].view(b, t, kv, d), cos, sin))
 
 
+def test_qkv_rope_kernel_is_rescale_then_rope_bit_for_bit(threads):
+    b, t, heads, kv, d = 2, 19, 4, 2, 32
+    g = torch.Generator().manual_seed(13)
+    acc = torch.randint(-30000, 30000, (b * t, (heads + 2 * kv) * d), generator=g, dtype=torch.int32)
+    rows = torch.rand(acc.shape[1], generator=g) + 0.01
+    scale = torch.rand(b * t, 1, generator=g) * 50 + 0.5
+    pos = torch.arange(t, dtype=torch.float32)[:, None] * (1.0 / 10000 ** (torch.arange(0, d, 2) / d))[None]
+    emb = torch.cat((pos, pos), -1)
+    cos, sin = emb.cos(), emb.sin()
+    y = ck.rescale(acc, rows, scale)
+    for n in (1, 2):
+        threads(n)
+        q, k, v = ck.qkv_rope(acc, rows, scale, heads, kv, d, b, t, cos, sin)
+        assert torch.equal(q, ck.rope(y, 0, heads, d, b, t, cos, sin))
+        assert torch.equal(k, ck.rope(y, heads * d, kv, d, b, t, cos, sin))
+        assert torch.equal(v, y[:, (heads + kv) * d:].view(b, t, kv, d).transpose(1, 2))
+
+
 def test_int_gemm_is_exact():
     """x_q @ tᵀ in int32 equals the integer sum computed in float64."""
     g = torch.Generator().manual_seed(7)

@@ -163,6 +163,38 @@ def _rope_rows(y, c0, heads, d, t, cos, sin, r0, r1, out):  # pragma: no cover -
                 out[b, h, p, half + j] = x2 * cos[p, half + j] + x1 * sin[p, half + j]
 
 
+@jit
+def _qkv_rope_rows(acc, rows, scale, heads, kv_heads, d, t, cos, sin, r0, r1, q, k, v):  # pragma: no cover
+    """`_rescale_rows` of the fused q|k|v GEMM output, then `_rope_rows` of the q and k heads,
+    a token row at a time (the rescaled row stays in cache): q [b, heads, t, d], k and v
+    [b, kv_heads, t, d], what rescale + rope + a copy of v compute, bit for bit."""
+    m = acc.shape[1]
+    y = np.empty(m, np.float32)
+    half = d // 2
+    nq = heads * d
+    nk = kv_heads * d
+    for r in range(r0, r1):
+        sc = scale[r]
+        a = acc[r]
+        for j in range(m):
+            y[j] = np.float32(a[j]) * rows[j] / sc
+        b = r // t
+        p = r % t
+        for h in range(heads + kv_heads):
+            c = h * d
+            out = q[b, h, p] if h < heads else k[b, h - heads, p]
+            for j in range(half):
+                x1 = y[c + j]
+                x2 = y[c + half + j]
+                out[j] = x1 * cos[p, j] + (-x2) * sin[p, j]
+                out[half + j] = x2 * cos[p, half + j] + x1 * sin[p, half + j]
+        for h in range(kv_heads):
+            vo = v[b, h, p]
+            c = nq + nk + h * d
+            for j in range(d):
+                vo[j] = y[c + j]
+
+
 _M3 = np.uint64(0x0303030303030303)
 _H8 = np.uint64(0x8080808080808080)
 _L1 = np.uint64(0x0101010101010101)
@@ -357,6 +389,22 @@ def rope(y, c0: int, heads: int, d: int, b: int, t: int, cos, sin):
     ya, ca, sa, oa = _np(y), _np(cos), _np(sin), _np(out)
     split_rows(b * t, lambda r0, r1: _rope_rows(ya, c0, heads, d, t, ca, sa, r0, r1, oa))
     return out
+
+
+def qkv_rope(acc, rows, scale, heads: int, kv_heads: int, d: int, b: int, t: int, cos, sin):
+    """int32 acc [b·t, (heads + 2·kv_heads)·d] of the fused q|k|v GEMM -> (q, k, v): q and k
+    rescaled and rotated, [b, heads or kv_heads, t, d]; the same bytes as `rescale`, then
+    `rope` of q and k and a contiguous copy of v."""
+    import torch
+
+    n = acc.shape[0]
+    q = torch.empty((b, heads, t, d), dtype=torch.float32)
+    k = torch.empty((b, kv_heads, t, d), dtype=torch.float32)
+    v = torch.empty((b, kv_heads, t, d), dtype=torch.float32)
+    aa, ra, sa, ca, si = _np(acc), _np(rows), _np(scale).reshape(n), _np(cos), _np(sin)
+    qa, ka, va = _np(q), _np(k), _np(v)
+    split_rows(n, lambda r0, r1: _qkv_rope_rows(aa, ra, sa, heads, kv_heads, d, t, ca, si, r0, r1, qa, ka, va))
+    return q, k, v
 
 
 def tq2_0_values(blocks: np.ndarray, m: int, k: int, out=None):

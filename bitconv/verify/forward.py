@@ -953,19 +953,20 @@ class Runner:
         x2 = x.reshape(b * t, hid).contiguous()
         xq, sc = ck.rms_quant(x2, lw.norms["attn_norm"], eps)
         qkv = lw.qkv
-        y = ck.rescale(int_matmul(xq, qkv.int_codes()), qkv.row_scale, sc)
-        del xq, sc
+        acc = int_matmul(xq, qkv.int_codes())
+        del xq
         nq, nk = hp.num_heads * d, hp.num_kv_heads * d
         cos, sin = rope
         if "attn_q_norm" in lw.norms or "attn_k_norm" in lw.norms or cos.dtype != torch.float32:
+            y = ck.rescale(acc, qkv.row_scale, sc)
             q = _k_rope(self._qk_norm(y[:, :nq].view(b, t, hp.num_heads, d), lw, "attn_q_norm"), cos, sin)
             kk = _k_rope(self._qk_norm(y[:, nq:nq + nk].view(b, t, hp.num_kv_heads, d), lw, "attn_k_norm"), cos, sin)
-        else:
-            q = ck.rope(y, 0, hp.num_heads, d, b, t, cos, sin)
-            kk = ck.rope(y, nq, hp.num_kv_heads, d, b, t, cos, sin)
-        v = y[:, nq + nk:].view(b, t, hp.num_kv_heads, d).transpose(1, 2)
+            v = y[:, nq + nk:].view(b, t, hp.num_kv_heads, d).transpose(1, 2)
+        else:  # rescale + rope in one pass over the GEMM output
+            q, kk, v = ck.qkv_rope(acc, qkv.row_scale, sc, hp.num_heads, hp.num_kv_heads, d, b, t, cos, sin)
+        del acc, sc
         a = _attention(q, kk, v, hp.num_heads // hp.num_kv_heads)
-        del q, kk, v, y
+        del q, kk, v
         a = a.transpose(1, 2).reshape(b * t, nq).contiguous()
         xq, sc = ck.rms_quant(a, lw.norms.get("attn_sub_norm"), eps)
         del a
