@@ -20,8 +20,10 @@ Rows:
                                memory-mapped file (reading and decoding the weights is inside
                                the timing); on the CPU verify's fast path: exact int8 GEMMs
                                (torch._int_mm), float32 activations (RMSNorm + 8-bit
-                               quantization, rescales, rope as fused numba row kernels), the
-                               head in bfloat16 math with float32 output
+                               quantization, rescales, rope as fused numba row kernels), one
+                               group of sequences per core through each layer, the head as a
+                               bfloat16 GEMM with each row's 8 largest logits and the
+                               target's recomputed in float32, log-softmax fused
 * bitconv --no-fast            (CPU) the same with verify --no-fast: float32 linears in
                                transformers' operation order and a float32 head
 * bitconv, resident            (CUDA) the same with every layer kept 2-bit packed on the

@@ -200,7 +200,7 @@ def test_default_runner_runs_the_fused_layer(demo_tq, monkeypatch):
 
 
 # measured on the whole eval text (6,375 tokens, ctx 256): |ppl_fast / ppl_float - 1| =
-# 4.6e-5 (tl2 source and artifact), 3.2e-5 (tq2_0 artifact); the bound is 0.1%, 21x that
+# 6.1e-5 (tl2 source and artifact), 2.2e-5 (tq2_0 artifact); the bound is 0.1%, 16x that
 DEMO_BOUND = 1e-3
 
 

@@ -37,6 +37,13 @@ On CUDA, attention uses `scaled_dot_product_attention` (flash kernels in bf16/fp
 files are read straight into pinned memory and decoded on the GPU, and layer i+1 is read,
 decoded and copied (asynchronously) while the GPU still runs layer i.
 
+On the CPU in float32 the int path is verify's default (`fused_cpu`): the element-wise work
+around the GEMMs runs as fused numba row kernels (`cpu_kernels`), each layer runs one
+group of sequences per core with torch at one thread in each (`cpu_kernels.per_core`: no
+barrier, nothing spin-waiting), TQ2_0 is decoded straight into the fused q|k|v and gate|up
+matrices, and the float32 head runs as one bfloat16 GEMM whose few largest logits per row
+are recomputed in float32 (`head_kernels`, which also fuses the log-softmax).
+
 `logits_for` returns full logits (for tests and small inputs). Metrics over long inputs
 use `Runner.hidden` + `Runner.logit_chunks`, or `token_logprobs_and_stats`, which never
 hold more than a chunk of rows x vocab at once.
