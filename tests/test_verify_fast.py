@@ -132,6 +132,18 @@ def test_rope_kernel_is_torchs_bit_for_bit():
     assert torch.equal(k, _k_rope(y[:, heads * d:(heads + kv) * d].view(b, t, kv, d), cos, sin))
 
 
+def test_heads_quant_kernel_reads_the_attention_layout_bit_for_bit(threads):
+    a = torch.randn(3, 4, 21, 32, generator=torch.Generator().manual_seed(15)) * 3
+    w = torch.rand(4 * 32, generator=torch.Generator().manual_seed(16)) + 0.5
+    rows = a.transpose(1, 2).reshape(3 * 21, 4 * 32).contiguous()
+    for n in (1, 2):
+        threads(n)
+        for norm in (w, None):
+            q, s = ck.heads_rms_quant(a, norm, 1e-6)
+            rq, rs = ck.rms_quant(rows, norm, 1e-6)
+            assert torch.equal(q, rq) and torch.equal(s, rs)
+
+
 def test_qkv_rope_kernel_is_rescale_then_rope_bit_for_bit(threads):
     b, t, heads, kv, d = 2, 19, 4, 2, 32
     g = torch.Generator().manual_seed(13)

@@ -80,6 +80,24 @@ def _rms_quant_rows(x, w, eps, use_norm, r0, r1, xq, scale):  # pragma: no cover
 
 
 @jit
+def _heads_norm_quant_rows(a, w, eps, use_norm, r0, r1, xq, scale):  # pragma: no cover - compiled
+    """`_rms_quant_rows` of the attention output a [b, heads, t, d] read as rows [b·t,
+    heads·d] (token row r = b·t + p gathers a[b, :, p, :]), without making that copy."""
+    heads, t, d = a.shape[1], a.shape[2], a.shape[3]
+    row = np.empty(heads * d, np.float32)
+    tmp = np.empty(heads * d, np.float32)
+    lanes = np.empty(LANES, np.float32)
+    for r in range(r0, r1):
+        b = r // t
+        p = r % t
+        for h in range(heads):
+            src = a[b, h, p]
+            for j in range(d):
+                row[h * d + j] = src[j]
+        scale[r] = _norm_quant_row(row, w, eps, use_norm, tmp, lanes, xq[r])
+
+
+@jit
 def _relu2_norm_quant_rows(acc, rows, scale, m, w, eps, use_norm, r0, r1, xq, scale_out):  # pragma: no cover
     """`_rescale_relu2_rows` then `_rms_quant_rows` of its output, a row at a time: the FFN's
     hidden activation h = relu(gate)²·up (float32) never leaves the cache."""
@@ -316,6 +334,22 @@ def rms_quant(x, w, eps: float):
     e = np.float32(eps)
     split_rows(n, lambda r0, r1: _rms_quant_rows(xa, wa, e, w is not None, r0, r1, qa, sa))
     return xq, scale
+
+
+def heads_rms_quant(a, w, eps: float):
+    """`rms_quant(a.transpose(1, 2).reshape(b·t, heads·d), w, eps)` for the attention output
+    a [b, heads, t, d] (contiguous), the same bytes without the transposed copy."""
+    import torch
+
+    b, heads, t, d = a.shape
+    n = b * t
+    xq = torch.empty((n, heads * d), dtype=torch.int8)
+    so = torch.empty((n, 1), dtype=torch.float32)
+    aa, qa, sa = _np(a), _np(xq), _np(so).reshape(n)
+    wa = _np(w) if w is not None else np.empty(0, np.float32)
+    e = np.float32(eps)
+    split_rows(n, lambda r0, r1: _heads_norm_quant_rows(aa, wa, e, w is not None, r0, r1, qa, sa))
+    return xq, so
 
 
 def relu2_rms_quant(acc, rows, scale, m: int, w, eps: float):

@@ -974,8 +974,10 @@ class Runner:
         del acc, sc
         a = _attention(q, kk, v, hp.num_heads // hp.num_kv_heads)
         del q, kk, v
-        a = a.transpose(1, 2).reshape(b * t, nq).contiguous()
-        xq, sc = ck.rms_quant(a, lw.norms.get("attn_sub_norm"), eps)
+        if a.is_contiguous():  # [b, heads, t, d]: the kernel gathers each token's heads itself
+            xq, sc = ck.heads_rms_quant(a, lw.norms.get("attn_sub_norm"), eps)
+        else:
+            xq, sc = ck.rms_quant(a.transpose(1, 2).reshape(b * t, nq).contiguous(), lw.norms.get("attn_sub_norm"), eps)
         del a
         o = lw.o
         # the residual add (a new tensor: x stays as it was) and the FFN's input quantization
