@@ -416,6 +416,52 @@ def test_f16_tensors_from_the_source_equal_the_float32_path(ckpt_factory, tmp_pa
     assert not (tmp_path / "nan.gguf").exists()
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
+def test_safetensors_float_tensors_copied_from_the_source_equal_the_float32_path(ckpt_factory, tmp_path,
+                                                                              monkeypatch, dtype):
+    """A packed safetensors folder keeps float tensors (embedding, norms) in the source's
+    dtype: `SafetensorsWriter.encode_source` copies their stored bytes; the folder must equal
+    the one written through the float32 payload, and a NaN still stops the conversion."""
+    import shutil
+
+    from hostile_helpers import rewrite_weights
+
+    from bitconv.writers.base import Writer
+    from bitconv.writers.safetensors_writer import SafetensorsWriter
+
+    src = ckpt_factory("silu", dtype=dtype, seed=6)
+    fast, slow = tmp_path / "fast", tmp_path / "slow"
+    calls = []
+    orig = SafetensorsWriter.encode_source
+
+    def counting(self, plan, tp):
+        direct = orig(self, plan, tp)
+        if direct is not None:
+            calls.append(tp.name)
+        return direct
+
+    monkeypatch.setattr(SafetensorsWriter, "encode_source", counting)
+    convert(src, fast, format="safetensors")
+    assert "model.embed_tokens.weight" in calls and any("norm" in c for c in calls)
+    monkeypatch.setattr(SafetensorsWriter, "encode_source", Writer.encode_source)
+    convert(src, slow, format="safetensors")
+    files = sorted(p.name for p in fast.iterdir())
+    assert files == sorted(p.name for p in slow.iterdir())
+    for name in files:
+        assert (fast / name).read_bytes() == (slow / name).read_bytes(), name
+    monkeypatch.setattr(SafetensorsWriter, "encode_source", orig)
+    bad = tmp_path / "nan"
+    shutil.copytree(src, bad)
+
+    def nan_in_embedding(w):
+        w["model.embed_tokens.weight"][3, 7] = float("nan")
+
+    rewrite_weights(bad, nan_in_embedding)
+    with pytest.raises(BadWeightsError, match=r"embed_tokens.weight: 1 NaN/Inf"):
+        convert(bad, tmp_path / "nan-out", format="safetensors")
+    assert not (tmp_path / "nan-out").exists()
+
+
 def test_conversion_works_where_numba_cannot_cache(silu_ckpt, tmp_path):
     """A read-only install with no writable user cache dir: numba finds no cache location and
     would refuse `cache=True` at import; the kernels compile uncached instead, same bytes."""

@@ -51,7 +51,7 @@ from ..ggml_types import FLOAT_BY_NAME, float_to_bytes
 from ..model import LINEAR, OUTPUT, SourceTensor, kind_of, layer_of
 from ..pack.hf2bit import HF2Bit
 from ..plan import ConversionPlan, ConvertOptions, TensorPlan
-from ..quant import GroupSize, Ternary
+from ..quant import GroupSize, Ternary, kernel_view, raise_nonfinite
 from ..archs import Architecture, architecture_for
 from ..readers.checkpoint import Checkpoint
 from .base import Encoded, Payload, Writer
@@ -314,6 +314,28 @@ class SafetensorsWriter(Writer, format="safetensors"):
         for path in layout.copied:
             shutil.copyfile(path, tmp / path.name)
 
+
+    def encode_source(self, plan: ConversionPlan, tp: TensorPlan) -> Encoded | None:
+        """A float tensor written in the dtype the source stores it in (a bf16 embedding
+        into a bf16 folder): the source's own bytes, after a NaN/Inf count, instead of a
+        float32 copy narrowed back (0.2 s of a 1 s conversion of a 2 GB bf16 model). The
+        bytes equal `encode`'s: widening is exact and narrowing a value the narrow type
+        holds gives it back."""
+        src = tp.source
+        ents = plan.layout.entries[tp.name]
+        if (tp.role == LINEAR or src.is_ternary or src.dtype not in ("f32", "f16", "bf16") or len(ents) != 1
+                or ents[0].dtype != src.dtype or tuple(ents[0].shape) != tuple(src.shape)):
+            return None
+        raw = src.load_raw()
+        if raw.dtype.itemsize != _ITEMSIZE[src.dtype] or raw.dtype.byteorder == ">":
+            return None  # a reader without the stored form hands over float32: the usual path
+        from ..kernels.floats import count_nonfinite
+
+        view = kernel_view(raw, src.dtype == "bf16", tp.name)
+        bad = int(count_nonfinite(view.reshape(-1)))
+        if bad:
+            raise_nonfinite(tp.name, bad, tuple(src.shape))
+        return Encoded([np.ascontiguousarray(raw).reshape(-1).view(np.uint8)])
 
     def encode(self, plan: ConversionPlan, tp: TensorPlan, payload: Payload) -> Encoded:
         return Encoded(_encode(tp, payload, plan.layout.entries[tp.name]))
