@@ -102,7 +102,8 @@ def convert(
     stats: list[TensorStats] = []
     with atomic_path(output, force=force) as tmp:
         tensors = prepare_tensors(plan, stats, progress, encode=lambda tp, payload: writer.encode(plan, tp, payload),
-                                  encode_source=lambda tp: writer.encode_source(plan, tp))
+                                  encode_source=lambda tp: writer.encode_source(plan, tp),
+                                  direct_bytes=lambda tp: writer.direct_bytes(plan, tp))
         try:
             writer.write(tmp, plan, tensors)
         finally:
@@ -132,7 +133,8 @@ def build_options(*, layout: str = "tq2_0", format: str = "gguf", group_size: st
 def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats], progress: ProgressFn | None = None,
                     encode: Callable[[TensorPlan, Payload], Encoded] | None = None,
                     workers: int | None = None,
-                    encode_source: Callable[[TensorPlan], Encoded | None] | None = None) -> "PreparedTensors":
+                    encode_source: Callable[[TensorPlan], Encoded | None] | None = None,
+                    direct_bytes: Callable[[TensorPlan], int | None] | None = None) -> "PreparedTensors":
     """Each planned tensor ready for a writer, in plan order: linears as Ternary, others as
     float32, or already `encode`d into the writer's bytes. Work starts at once (see
     `PreparedTensors`).
@@ -156,8 +158,12 @@ def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats], progress: Pr
                 payload = encode(tp, payload)
         return tp, payload, stat
 
+    def cost(tp: TensorPlan) -> int:  # memory a job allocates: `encode_source`'s, else a float32 copy
+        direct = direct_bytes(tp) if (direct_bytes is not None and encode_source is not None) else None
+        return _float_bytes(tp) if direct is None else direct
+
     return PreparedTensors(ordered_map(job, plan.tensors, workers=workers, max_pending=PIPELINE_AHEAD,
-                                       cost=_float_bytes, budget=PIPELINE_BUDGET), stats, progress)
+                                       cost=cost, budget=PIPELINE_BUDGET), stats, progress)
 
 
 class PreparedTensors(Iterator[tuple[TensorPlan, "Payload | Encoded"]]):

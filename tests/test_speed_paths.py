@@ -462,6 +462,38 @@ def test_safetensors_float_tensors_copied_from_the_source_equal_the_float32_path
     assert not (tmp_path / "nan-out").exists()
 
 
+def test_pipeline_budgets_direct_tensors_by_what_they_allocate(ckpt_factory, tmp_path, monkeypatch):
+    """A tensor the writer encodes straight from the source is budgeted by the memory that
+    allocates (GGUF F16 narrowing: 2 bytes a value; a safetensors copy of the source's own
+    bytes: none), not by a float32 copy it never makes, so a big embedding does not run
+    alone while the other worker waits. Linears keep the float32 estimate."""
+    import bitconv.convert as cv
+
+    src = ckpt_factory("silu", dtype="bf16", seed=7)
+    costs: dict[str, int] = {}
+    orig = cv.ordered_map
+
+    def spy(fn, items, **kw):
+        items = list(items)
+        costs.update({tp.name: kw["cost"](tp) for tp in items})
+        return orig(fn, items, **kw)
+
+    monkeypatch.setattr(cv, "ordered_map", spy)
+    convert(src, tmp_path / "a.gguf", layout="i2_s")
+    emb = costs["token_embd.weight"]
+    lin = costs["blk.0.ffn_up.weight"]
+    from bitconv.readers import open_source
+
+    ckpt = open_source(src)
+    shape = {t.name: t.shape for t in ckpt.tensors}
+    assert emb == 2 * int(np.prod(shape["token_embd.weight"]))
+    assert lin == 4 * int(np.prod(shape["blk.0.ffn_up.weight"]))
+    costs.clear()
+    convert(src, tmp_path / "b", format="safetensors")
+    assert costs["model.embed_tokens.weight"] == 0
+    assert costs["model.layers.0.mlp.up_proj.weight"] == lin
+
+
 def test_conversion_works_where_numba_cannot_cache(silu_ckpt, tmp_path):
     """A read-only install with no writable user cache dir: numba finds no cache location and
     would refuse `cache=True` at import; the kernels compile uncached instead, same bytes."""

@@ -112,12 +112,21 @@ class GGUFWriter(Writer, format="gguf"):
             w.write_tensor_data(self.encoded(plan, tp, payload)[0])
         w.close()
 
+    def direct_bytes(self, plan: ConversionPlan, tp: TensorPlan) -> int | None:
+        return 2 * int(np.prod(tp.source.shape, dtype=np.int64)) if self._direct(tp) else None
+
+    @staticmethod
+    def _direct(tp: TensorPlan) -> bool:
+        src = tp.source
+        return not (tp.role == LINEAR or tp.out_type != "f16" or src.is_ternary
+                    or src.dtype not in ("f32", "f16", "bf16"))
+
     def encode_source(self, plan: ConversionPlan, tp: TensorPlan) -> Encoded | None:
         """Float tensors written as F16: one compiled pass from the mapped source values
         (float32, float16 or bfloat16 bits) to float16, counting NaN/Inf on the way; the
         bytes equal `encode`'s (float32 widening is exact, then the same rounding)."""
         src = tp.source
-        if tp.role == LINEAR or tp.out_type != "f16" or src.is_ternary or src.dtype not in ("f32", "f16", "bf16"):
+        if not self._direct(tp):
             return None
         from ..kernels.floats import narrow_f16
 

@@ -315,6 +315,16 @@ class SafetensorsWriter(Writer, format="safetensors"):
             shutil.copyfile(path, tmp / path.name)
 
 
+    def direct_bytes(self, plan: ConversionPlan, tp: TensorPlan) -> int | None:
+        return 0 if self._direct(plan, tp) else None  # the mapped source's own bytes
+
+    @staticmethod
+    def _direct(plan: ConversionPlan, tp: TensorPlan) -> bool:
+        src = tp.source
+        ents = plan.layout.entries[tp.name]
+        return not (tp.role == LINEAR or src.is_ternary or src.dtype not in ("f32", "f16", "bf16") or len(ents) != 1
+                    or ents[0].dtype != src.dtype or tuple(ents[0].shape) != tuple(src.shape))
+
     def encode_source(self, plan: ConversionPlan, tp: TensorPlan) -> Encoded | None:
         """A float tensor written in the dtype the source stores it in (a bf16 embedding
         into a bf16 folder): the source's own bytes, after a NaN/Inf count, instead of a
@@ -322,9 +332,7 @@ class SafetensorsWriter(Writer, format="safetensors"):
         bytes equal `encode`'s: widening is exact and narrowing a value the narrow type
         holds gives it back."""
         src = tp.source
-        ents = plan.layout.entries[tp.name]
-        if (tp.role == LINEAR or src.is_ternary or src.dtype not in ("f32", "f16", "bf16") or len(ents) != 1
-                or ents[0].dtype != src.dtype or tuple(ents[0].shape) != tuple(src.shape)):
+        if not self._direct(plan, tp):
             return None
         raw = src.load_raw()
         if raw.dtype.itemsize != _ITEMSIZE[src.dtype] or raw.dtype.byteorder == ">":
