@@ -90,8 +90,10 @@ def test_rescale_kernels_are_torchs_bit_for_bit(threads):
         threads(t)
         assert torch.equal(ck.rescale(acc, rows, scale), _k_rescale(acc, rows, scale, torch.float32))
         assert torch.equal(ck.rescale_add(acc, rows, scale, x), _k_rescale_add(acc, rows, scale, x))
-        assert torch.equal(ck.rescale_relu2(acc, rows, scale, m),
-                           _k_rescale_glu(acc, rows, scale, m, True, torch.float32))
+        # relu² gating (fused with the sub-norm's quantization) against torch's, then its quantizer
+        assert all(torch.equal(a, b) for a, b in zip(
+            ck.relu2_rms_quant(acc, rows, scale, m, None, 1e-6),
+            _k_quant(_k_rescale_glu(acc, rows, scale, m, True, torch.float32))))
         y = x.clone()
         ck.rescale_add(acc, rows, scale, y, out=y)  # in place, as the layer's second residual add runs
         assert torch.equal(y, _k_rescale_add(acc, rows, scale, x))
@@ -112,24 +114,12 @@ def test_fused_rescale_then_quantize_kernels_are_the_two_steps_bit_for_bit(threa
         threads(t)
         for norm in (w, None):
             q, s = ck.relu2_rms_quant(acc, rows, scale, m, norm, 1e-6)
-            rq, rs = ck.rms_quant(ck.rescale_relu2(acc, rows, scale, m), norm, 1e-6)
+            rq, rs = ck.rms_quant(_k_rescale_glu(acc, rows, scale, m, True, torch.float32), norm, 1e-6)
             assert torch.equal(q, rq) and torch.equal(s, rs)
         y, q, s = ck.rescale_add_rms_quant(acc_m, rows[:m].contiguous(), scale, x, w, 1e-6)
         ry = ck.rescale_add(acc_m, rows[:m].contiguous(), scale, x)
         rq, rs = ck.rms_quant(ry, w, 1e-6)
         assert torch.equal(y, ry) and torch.equal(q, rq) and torch.equal(s, rs)
-
-
-def test_rope_kernel_is_torchs_bit_for_bit():
-    b, t, heads, kv, d = 2, 19, 4, 2, 32
-    y = torch.randn(b * t, (heads + 2 * kv) * d, generator=torch.Generator().manual_seed(6))
-    pos = torch.arange(t, dtype=torch.float32)[:, None] * (1.0 / 10000 ** (torch.arange(0, d, 2) / d))[None]
-    emb = torch.cat((pos, pos), -1)
-    cos, sin = emb.cos(), emb.sin()
-    q = ck.rope(y, 0, heads, d, b, t, cos, sin)
-    k = ck.rope(y, heads * d, kv, d, b, t, cos, sin)
-    assert torch.equal(q, _k_rope(y[:, :heads * d].view(b, t, heads, d), cos, sin))
-    assert torch.equal(k, _k_rope(y[:, heads * d:(heads + kv) * d].view(b, t, kv, d), cos, sin))
 
 
 def test_heads_quant_kernel_reads_the_attention_layout_bit_for_bit(threads):
@@ -144,7 +134,7 @@ def test_heads_quant_kernel_reads_the_attention_layout_bit_for_bit(threads):
             assert torch.equal(q, rq) and torch.equal(s, rs)
 
 
-def test_qkv_rope_kernel_is_rescale_then_rope_bit_for_bit(threads):
+def test_qkv_rope_kernel_is_torchs_rescale_then_rope_bit_for_bit(threads):
     b, t, heads, kv, d = 2, 19, 4, 2, 32
     g = torch.Generator().manual_seed(13)
     acc = torch.randint(-30000, 30000, (b * t, (heads + 2 * kv) * d), generator=g, dtype=torch.int32)
@@ -153,12 +143,12 @@ def test_qkv_rope_kernel_is_rescale_then_rope_bit_for_bit(threads):
     pos = torch.arange(t, dtype=torch.float32)[:, None] * (1.0 / 10000 ** (torch.arange(0, d, 2) / d))[None]
     emb = torch.cat((pos, pos), -1)
     cos, sin = emb.cos(), emb.sin()
-    y = ck.rescale(acc, rows, scale)
+    y = _k_rescale(acc, rows, scale, torch.float32)
     for n in (1, 2):
         threads(n)
         q, k, v = ck.qkv_rope(acc, rows, scale, heads, kv, d, b, t, cos, sin)
-        assert torch.equal(q, ck.rope(y, 0, heads, d, b, t, cos, sin))
-        assert torch.equal(k, ck.rope(y, heads * d, kv, d, b, t, cos, sin))
+        assert torch.equal(q, _k_rope(y[:, :heads * d].view(b, t, heads, d), cos, sin))
+        assert torch.equal(k, _k_rope(y[:, heads * d:(heads + kv) * d].view(b, t, kv, d), cos, sin))
         assert torch.equal(v, y[:, (heads + kv) * d:].view(b, t, kv, d).transpose(1, 2))
 
 

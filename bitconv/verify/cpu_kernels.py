@@ -99,8 +99,9 @@ def _heads_norm_quant_rows(a, w, eps, use_norm, r0, r1, xq, scale):  # pragma: n
 
 @jit
 def _relu2_norm_quant_rows(acc, rows, scale, m, w, eps, use_norm, r0, r1, xq, scale_out):  # pragma: no cover
-    """`_rescale_relu2_rows` then `_rms_quant_rows` of its output, a row at a time: the FFN's
-    hidden activation h = relu(gate)²·up (float32) never leaves the cache."""
+    """relu(gate)²·up of the rescaled halves [:m], [m:] of each acc row (the same float32
+    operations as `forward._k_rescale_glu`), then `_rms_quant_rows` of it, a row at a time:
+    the FFN's hidden activation h never leaves the cache."""
     h = np.empty(m, np.float32)
     tmp = np.empty(m, np.float32)
     lanes = np.empty(LANES, np.float32)
@@ -153,39 +154,12 @@ def _rescale_add_rows(acc, rows, scale, x, r0, r1, out):  # pragma: no cover - c
 
 
 @jit
-def _rescale_relu2_rows(acc, rows, scale, m, r0, r1, out):  # pragma: no cover - compiled
-    """out[i, j] = relu(g)²·u with g, u the rescaled halves [:m], [m:] of acc's row."""
-    for i in range(r0, r1):
-        sc = scale[i]
-        for j in range(m):
-            g = np.float32(acc[i, j]) * rows[j] / sc
-            u = np.float32(acc[i, m + j]) * rows[m + j] / sc
-            g = max(g, np.float32(0.0))
-            out[i, j] = (g * g) * u
-
-
-@jit
-def _rope_rows(y, c0, heads, d, t, cos, sin, r0, r1, out):  # pragma: no cover - compiled
-    """out[b, h, p, :] = x·cos[p] + rotate_half(x)·sin[p] for x = y[b·t + p, c0 + h·d : ...]
-    (HF rotate-half convention; the two products rounded, then added, as torch does)."""
-    half = d // 2
-    for r in range(r0, r1):
-        b = r // t
-        p = r % t
-        for h in range(heads):
-            c = c0 + h * d
-            for j in range(half):
-                x1 = y[r, c + j]
-                x2 = y[r, c + half + j]
-                out[b, h, p, j] = x1 * cos[p, j] + (-x2) * sin[p, j]
-                out[b, h, p, half + j] = x2 * cos[p, half + j] + x1 * sin[p, half + j]
-
-
-@jit
 def _qkv_rope_rows(acc, rows, scale, heads, kv_heads, d, t, cos, sin, r0, r1, q, k, v):  # pragma: no cover
-    """`_rescale_rows` of the fused q|k|v GEMM output, then `_rope_rows` of the q and k heads,
-    a token row at a time (the rescaled row stays in cache): q [b, heads, t, d], k and v
-    [b, kv_heads, t, d], what rescale + rope + a copy of v compute, bit for bit."""
+    """`_rescale_rows` of the fused q|k|v GEMM output, then rope of the q and k heads, a
+    token row at a time (the rescaled row stays in cache): x·cos[p] + rotate_half(x)·sin[p]
+    in HF's rotate-half convention, the two products rounded, then added, as torch does.
+    q [b, heads, t, d], k and v [b, kv_heads, t, d]: what `forward._k_rescale` + `_k_rope`
+    + a copy of v compute, bit for bit."""
     m = acc.shape[1]
     y = np.empty(m, np.float32)
     half = d // 2
@@ -321,17 +295,27 @@ def _np(t):
     return t.detach().numpy()
 
 
+def _quantized(n: int, k: int):
+    """A quantizing kernel's outputs: int8 x_q [n, k] and float32 127/γ [n, 1] (torch), and
+    the numpy views the kernel writes (127/γ flat)."""
+    import torch
+
+    xq = torch.empty((n, k), dtype=torch.int8)
+    scale = torch.empty((n, 1), dtype=torch.float32)
+    return xq, scale, _np(xq), _np(scale).reshape(n)
+
+
+def _norm_weight(w):
+    """An RMSNorm weight as the kernels take it (empty when there is no norm)."""
+    return _np(w) if w is not None else np.empty(0, np.float32)
+
+
 def rms_quant(x, w, eps: float):
     """x float32 [N, K] (contiguous) -> (int8 x_q [N, K], float32 127/γ [N, 1]), with the
     RMSNorm of weight w [K] (float32) first unless w is None."""
-    import torch
-
     n, k = x.shape
-    xq = torch.empty((n, k), dtype=torch.int8)
-    scale = torch.empty((n, 1), dtype=torch.float32)
-    xa, qa, sa = _np(x), _np(xq), _np(scale).reshape(n)
-    wa = _np(w) if w is not None else np.empty(0, np.float32)
-    e = np.float32(eps)
+    xq, scale, qa, sa = _quantized(n, k)
+    xa, wa, e = _np(x), _norm_weight(w), np.float32(eps)
     split_rows(n, lambda r0, r1: _rms_quant_rows(xa, wa, e, w is not None, r0, r1, qa, sa))
     return xq, scale
 
@@ -339,29 +323,21 @@ def rms_quant(x, w, eps: float):
 def heads_rms_quant(a, w, eps: float):
     """`rms_quant(a.transpose(1, 2).reshape(b·t, heads·d), w, eps)` for the attention output
     a [b, heads, t, d] (contiguous), the same bytes without the transposed copy."""
-    import torch
-
     b, heads, t, d = a.shape
     n = b * t
-    xq = torch.empty((n, heads * d), dtype=torch.int8)
-    so = torch.empty((n, 1), dtype=torch.float32)
-    aa, qa, sa = _np(a), _np(xq), _np(so).reshape(n)
-    wa = _np(w) if w is not None else np.empty(0, np.float32)
-    e = np.float32(eps)
+    xq, so, qa, sa = _quantized(n, heads * d)
+    aa, wa, e = _np(a), _norm_weight(w), np.float32(eps)
     split_rows(n, lambda r0, r1: _heads_norm_quant_rows(aa, wa, e, w is not None, r0, r1, qa, sa))
     return xq, so
 
 
 def relu2_rms_quant(acc, rows, scale, m: int, w, eps: float):
-    """`rms_quant(rescale_relu2(acc, rows, scale, m), w, eps)` in one pass, the same bytes."""
-    import torch
-
+    """int32 acc [N, 2m] (gate | up) -> `rms_quant` of relu(gate)²·up, gate and up rescaled
+    (`forward._k_rescale_glu`), in one pass: the same bytes as the two steps."""
     n = acc.shape[0]
-    xq = torch.empty((n, m), dtype=torch.int8)
-    so = torch.empty((n, 1), dtype=torch.float32)
-    aa, ra, sa, qa, oa = _np(acc), _np(rows), _np(scale).reshape(n), _np(xq), _np(so).reshape(n)
-    wa = _np(w) if w is not None else np.empty(0, np.float32)
-    e = np.float32(eps)
+    xq, so, qa, oa = _quantized(n, m)
+    aa, ra, sa = _np(acc), _np(rows), _np(scale).reshape(n)
+    wa, e = _norm_weight(w), np.float32(eps)
     split_rows(n, lambda r0, r1: _relu2_norm_quant_rows(aa, ra, sa, m, wa, e, w is not None, r0, r1, qa, oa))
     return xq, so
 
@@ -373,10 +349,9 @@ def rescale_add_rms_quant(acc, rows, scale, x, w, eps: float):
 
     n, k = x.shape
     out = torch.empty_like(x)
-    xq = torch.empty((n, k), dtype=torch.int8)
-    so = torch.empty((n, 1), dtype=torch.float32)
+    xq, so, qa, soa = _quantized(n, k)
     aa, ra, sa, xa, oa = _np(acc), _np(rows), _np(scale).reshape(n), _np(x), _np(out)
-    qa, soa, wa, e = _np(xq), _np(so).reshape(n), _np(w), np.float32(eps)
+    wa, e = _np(w), np.float32(eps)
     split_rows(n, lambda r0, r1: _rescale_add_norm_quant_rows(aa, ra, sa, xa, wa, e, r0, r1, oa, qa, soa))
     return out, xq, so
 
@@ -400,28 +375,6 @@ def rescale_add(acc, rows, scale, x, out=None):
     out = torch.empty_like(x) if out is None else out
     aa, ra, sa, xa, oa = _np(acc), _np(rows), _np(scale).reshape(n), _np(x), _np(out)
     split_rows(n, lambda r0, r1: _rescale_add_rows(aa, ra, sa, xa, r0, r1, oa))
-    return out
-
-
-def rescale_relu2(acc, rows, scale, m: int):
-    """int32 acc [N, 2m] (gate | up) -> float32 relu(gate)²·up [N, m], gate and up rescaled."""
-    import torch
-
-    n = acc.shape[0]
-    out = torch.empty((n, m), dtype=torch.float32)
-    aa, ra, sa, oa = _np(acc), _np(rows), _np(scale).reshape(n), _np(out)
-    split_rows(n, lambda r0, r1: _rescale_relu2_rows(aa, ra, sa, m, r0, r1, oa))
-    return out
-
-
-def rope(y, c0: int, heads: int, d: int, b: int, t: int, cos, sin):
-    """Rotary embedding of the heads in columns [c0, c0 + heads·d) of y [b·t, ·] (float32,
-    contiguous): returns [b, heads, t, d], what `_k_rope` returns, bit for bit."""
-    import torch
-
-    out = torch.empty((b, heads, t, d), dtype=torch.float32)
-    ya, ca, sa, oa = _np(y), _np(cos), _np(sin), _np(out)
-    split_rows(b * t, lambda r0, r1: _rope_rows(ya, c0, heads, d, t, ca, sa, r0, r1, oa))
     return out
 
 
