@@ -146,15 +146,16 @@ def _tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group:
         blocks = host.numpy()
     else:
         blocks = np.asarray(raw).reshape(nb, 66)
-        with warnings.catch_warnings():  # a read-only memmap: torch only reads it (copy to the device)
-            warnings.simplefilter("ignore", UserWarning)
-            host = torch.from_numpy(blocks)
     if torch.device(device).type == "cpu" and put is None:  # one fused pass (numba), rows over the threads
         from . import cpu_kernels
 
         values, d = cpu_kernels.tq2_0_values(blocks, m, k, out)
         tern = collapse_block_scales(np.empty((m, 0), np.int8), d, group, "tensor")
         return TTernary(values, torch.from_numpy(np.array(tern.scales, np.float32)), tern.group)
+    if not isinstance(raw, torch.Tensor):
+        with warnings.catch_warnings():  # a read-only memmap: torch only reads it (copy to the device)
+            warnings.simplefilter("ignore", UserWarning)
+            host = torch.from_numpy(blocks)
     d = np.ascontiguousarray(blocks[:, 64:]).view(np.float16).astype(np.float32).reshape(m, k // 256)
     tern = collapse_block_scales(np.empty((m, 0), np.int8), d, group, "tensor")
     put = put or (lambda t: _h2d(t, device))
@@ -627,9 +628,9 @@ class Runner:
         """On the fused CPU path: q/k/v, and gate/up, decode straight into one int8 buffer per
         group, the matrix `prepare_linears` multiplies with, instead of into one tensor each
         that is then copied into it (a copy of ~10% of the layer time on the bench model)."""
-        if not self.fused_cpu or self.keep:
+        if not self.fused_cpu or self.keep or self.ckpt.spec.source.kind != "gguf":
             return {}
-        llama = self.ckpt.spec.source.kind == "gguf" and self.hp is not None and self._is_llama_gguf()
+        llama = self._is_llama_gguf()
         out: dict[str, torch.Tensor] = {}
         for kinds in (_ATTN, _FFN_IN):
             sts = [self.by_name.get(f"blk.{i}.{k}.weight") for k in kinds]
@@ -645,22 +646,23 @@ class Runner:
                 r += st.shape[0]
         return out
 
-    def _is_llama_gguf(self) -> bool:
+    def _open_gguf(self):
+        """The GGUF artifact, parsed and opened once per runner (`release` closes it)."""
         from ..readers.gguf_file import GGUFFile
 
         if self._gguf is None:
             self._gguf = GGUFFile(self.ckpt.files[0])
             self._fd = os.open(self._gguf.path, os.O_RDONLY)
-        return self._gguf.get("general.architecture") == "llama"
+        return self._gguf
+
+    def _is_llama_gguf(self) -> bool:
+        """llama GGUFs store q/k rows in llama.cpp's rope order (permuted back on reading)."""
+        return self._open_gguf().get("general.architecture") == "llama"
 
     def _decode_on_device(self, st: SourceTensor, out: torch.Tensor | None = None) -> TTernary:
         from ..model import kind_of
-        from ..readers.gguf_file import GGUFFile
 
-        if self._gguf is None:
-            self._gguf = GGUFFile(self.ckpt.files[0])
-            self._fd = os.open(self._gguf.path, os.O_RDONLY)
-        info = self._gguf.tensors[st.name]
+        info = self._open_gguf().tensors[st.name]
         if self._stager is not None and hasattr(os, "preadv"):  # pread into pinned memory, upload from there
             raw = self._stager.read(self._fd, info.offset, info.nbytes)
             stager = self._stager
@@ -670,7 +672,7 @@ class Runner:
         else:
             raw, put = self._gguf.raw(st.name), None
         tern = TORCH_DECODERS[st.dtype](raw, st.shape, st.group or "tensor", self.device, put, out)
-        if self._gguf.get("general.architecture") == "llama" and kind_of(st.name) in ("attn_q", "attn_k"):
+        if self._is_llama_gguf() and kind_of(st.name) in ("attn_q", "attn_k"):
             heads = self.hp.num_heads if kind_of(st.name) == "attn_q" else self.hp.num_kv_heads
             tern = TTernary(_unpermute_llama_rows(tern.values, heads),
                             _unpermute_llama_rows(tern.scales, heads) if tern.scales.dim() == 2 else tern.scales,
@@ -1099,6 +1101,8 @@ class Runner:
 
             rows = max(1, self.chunk_elements // w.shape[0])
             n = hidden.shape[0]
+            if n == 0:  # nothing to score; packing the head for 0 rows fails and would disable it
+                return
 
             def part(a: int, b: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
                 out = []
