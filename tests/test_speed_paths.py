@@ -376,41 +376,56 @@ def test_metadata_arrays_pack_as_gguf_packs_them(silu_ckpt, tmp_path, monkeypatc
     assert a.read_bytes() == b.read_bytes()
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
-def test_f16_tensors_from_the_source_equal_the_float32_path(ckpt_factory, tmp_path, monkeypatch, dtype):
-    """GGUF F16 tensors (the embedding) are narrowed straight from the mapped source values
-    (`GGUFWriter.encode_source`); the file must equal the one written through the float32
-    payload, and a NaN still stops the conversion naming the tensor."""
-    import shutil
-
-    from hostile_helpers import rewrite_weights
-
+def _convert_direct_and_float32(monkeypatch, writer_cls, src, fast, slow, **kw) -> list[str]:
+    """Convert `src` twice: into `fast` with `writer_cls.encode_source` (counting the tensors
+    it takes) and into `slow` with the base class's, which takes none (every tensor goes
+    through the float32 payload). Returns the names the direct path took."""
     from bitconv.writers.base import Writer
-    from bitconv.writers.gguf_writer import GGUFWriter
 
-    src = ckpt_factory("silu", dtype=dtype, seed=5)
-    fast, slow = tmp_path / "fast.gguf", tmp_path / "slow.gguf"
-    calls = []
-    orig = GGUFWriter.encode_source
+    calls: list[str] = []
+    orig = writer_cls.encode_source
+
     def counting(self, plan, tp):
         direct = orig(self, plan, tp)
         if direct is not None:
             calls.append(tp.name)
         return direct
 
-    monkeypatch.setattr(GGUFWriter, "encode_source", counting)
-    convert(src, fast, layout="i2_s")
-    assert "token_embd.weight" in calls
-    monkeypatch.setattr(GGUFWriter, "encode_source", Writer.encode_source)
-    convert(src, slow, layout="i2_s")
-    assert fast.read_bytes() == slow.read_bytes()
-    bad = tmp_path / "nan"
-    shutil.copytree(src, bad)
+    monkeypatch.setattr(writer_cls, "encode_source", counting)
+    convert(src, fast, **kw)
+    monkeypatch.setattr(writer_cls, "encode_source", Writer.encode_source)
+    convert(src, slow, **kw)
+    monkeypatch.setattr(writer_cls, "encode_source", orig)
+    return calls
+
+
+def _copy_with_nan_in_embedding(src, dst):
+    import shutil
+
+    from hostile_helpers import rewrite_weights
+
+    shutil.copytree(src, dst)
 
     def nan_in_embedding(w):
         w["model.embed_tokens.weight"][3, 7] = float("nan")
 
-    rewrite_weights(bad, nan_in_embedding)
+    rewrite_weights(dst, nan_in_embedding)
+    return dst
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
+def test_f16_tensors_from_the_source_equal_the_float32_path(ckpt_factory, tmp_path, monkeypatch, dtype):
+    """GGUF F16 tensors (the embedding) are narrowed straight from the mapped source values
+    (`GGUFWriter.encode_source`); the file must equal the one written through the float32
+    payload, and a NaN still stops the conversion naming the tensor."""
+    from bitconv.writers.gguf_writer import GGUFWriter
+
+    src = ckpt_factory("silu", dtype=dtype, seed=5)
+    fast, slow = tmp_path / "fast.gguf", tmp_path / "slow.gguf"
+    calls = _convert_direct_and_float32(monkeypatch, GGUFWriter, src, fast, slow, layout="i2_s")
+    assert "token_embd.weight" in calls
+    assert fast.read_bytes() == slow.read_bytes()
+    bad = _copy_with_nan_in_embedding(src, tmp_path / "nan")
     with pytest.raises(BadWeightsError, match=r"token_embd.weight: 1 NaN/Inf"):
         convert(bad, tmp_path / "nan.gguf", layout="i2_s")
     assert not (tmp_path / "nan.gguf").exists()
@@ -422,41 +437,17 @@ def test_safetensors_float_tensors_copied_from_the_source_equal_the_float32_path
     """A packed safetensors folder keeps float tensors (embedding, norms) in the source's
     dtype: `SafetensorsWriter.encode_source` copies their stored bytes; the folder must equal
     the one written through the float32 payload, and a NaN still stops the conversion."""
-    import shutil
-
-    from hostile_helpers import rewrite_weights
-
-    from bitconv.writers.base import Writer
     from bitconv.writers.safetensors_writer import SafetensorsWriter
 
     src = ckpt_factory("silu", dtype=dtype, seed=6)
     fast, slow = tmp_path / "fast", tmp_path / "slow"
-    calls = []
-    orig = SafetensorsWriter.encode_source
-
-    def counting(self, plan, tp):
-        direct = orig(self, plan, tp)
-        if direct is not None:
-            calls.append(tp.name)
-        return direct
-
-    monkeypatch.setattr(SafetensorsWriter, "encode_source", counting)
-    convert(src, fast, format="safetensors")
+    calls = _convert_direct_and_float32(monkeypatch, SafetensorsWriter, src, fast, slow, format="safetensors")
     assert "model.embed_tokens.weight" in calls and any("norm" in c for c in calls)
-    monkeypatch.setattr(SafetensorsWriter, "encode_source", Writer.encode_source)
-    convert(src, slow, format="safetensors")
     files = sorted(p.name for p in fast.iterdir())
     assert files == sorted(p.name for p in slow.iterdir())
     for name in files:
         assert (fast / name).read_bytes() == (slow / name).read_bytes(), name
-    monkeypatch.setattr(SafetensorsWriter, "encode_source", orig)
-    bad = tmp_path / "nan"
-    shutil.copytree(src, bad)
-
-    def nan_in_embedding(w):
-        w["model.embed_tokens.weight"][3, 7] = float("nan")
-
-    rewrite_weights(bad, nan_in_embedding)
+    bad = _copy_with_nan_in_embedding(src, tmp_path / "nan")
     with pytest.raises(BadWeightsError, match=r"embed_tokens.weight: 1 NaN/Inf"):
         convert(bad, tmp_path / "nan-out", format="safetensors")
     assert not (tmp_path / "nan-out").exists()
