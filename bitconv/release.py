@@ -401,6 +401,10 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
                 rep = run_verify(t.path, source, revision=revision, **(verify_options or {}))
                 t.verify = rep.to_dict()
     result.stats = stats
+    if not any(t.ok for t in targets):  # nothing was written: no manifest, card or kernel config of nothing
+        result.manifest_path = result.card_path = result.kernel_config_path = None
+        result.seconds = time.perf_counter() - start
+        return result
     with staged(force) as stage:  # the side files, through the outputs' guard, after them
         if kernel_ini is not None and result.tl_ok:
             stage.text(emit, kernel_ini, ours=is_bitconv_kernel_config, what="kernel config")
