@@ -425,7 +425,7 @@ def check(
         out.result(report)
         if out.human:
             for p in report["problems"]:
-                out.err.print(f"[red]mismatch:[/red] {p}")
+                out.err.print(f"[red]mismatch:[/red] {escape(p)}", soft_wrap=True)
             for n in report["notes"]:
                 out.warn(n)
             out.info(f"checked {report['checked']} file(s): " + ("[green]all match[/green]" if report["ok"] else
