@@ -301,7 +301,9 @@ def release(
         raise UsageError("--format gguf needs at least one --layout")
     if upload_repo and not write_manifest:
         raise UsageError("--upload-repo publishes a release with its manifest; do not disable the manifest")
-    check_not_source(outdir, local_source_paths(source), what="output folder")
+    # the folder is written into, never replaced: it may hold the source (`convert src o.gguf
+    # --manifest` run beside src/), while every output and side file is checked on its own
+    check_not_source(outdir, local_source_paths(source), what="output folder", may_contain=True)
     for p in (paths or {}).values():
         check_not_source(Path(p), local_source_paths(source))
     if outdir.exists() and not outdir.is_dir():
@@ -311,7 +313,7 @@ def release(
 
     foreign = gguf_read_options(option_kwargs.pop("source_i2s_variant", None), option_kwargs.get("kernel_config"))
     ckpt = open_source(source, revision=revision, token=token, gguf_options=foreign)
-    check_not_source(outdir, checkpoint_paths(ckpt), what="output folder")
+    check_not_source(outdir, checkpoint_paths(ckpt), what="output folder", may_contain=True)
     # what each source tensor is, before any folder is made (a float model is refused here)
     decide_source_kinds(ckpt, ternarize=bool(option_kwargs.get("ternarize")))
     if dry_run:

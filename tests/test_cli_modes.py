@@ -140,3 +140,18 @@ def test_trailing_slash_writes_into_the_folder(silu_ckpt, tmp_path):
     assert_refused(r, contains=("trailing slash", "is not a folder"))
     assert a_file.read_text() == "mine"
     assert temp_leftovers(tmp_path) == []
+
+
+def test_single_output_with_manifest_beside_the_source(silu_ckpt, tmp_path, monkeypatch):
+    """Issue 25, 7: `convert src o.gguf --manifest` run from the folder holding src/ was refused
+    as "output contains the source"; the folder is written into, never replaced."""
+    import shutil
+
+    shutil.copytree(silu_ckpt, tmp_path / "src")
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("convert", "src", "o.gguf", "--manifest")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o.gguf").is_file() and (tmp_path / MANIFEST_NAME).is_file()
+    r = run_cli("convert", "src", "src/o.gguf", "--manifest")  # inside the source folder: still refused
+    assert_refused(r, contains=("source",))
+    assert not (tmp_path / "src" / "o.gguf").exists() and not (tmp_path / "src" / MANIFEST_NAME).exists()

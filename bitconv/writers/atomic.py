@@ -68,11 +68,14 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_not_source(output: Path, sources: Iterable[Path], what: str = "output") -> None:
+def check_not_source(output: Path, sources: Iterable[Path], what: str = "output",
+                     may_contain: bool = False) -> None:
     """Refuse an output that is a source, is inside a source folder, or contains a source.
 
     Compared on both the path as named and the fully resolved one, so neither a symlink
-    to the source nor a path through a symlinked folder slips through.
+    to the source nor a path through a symlinked folder slips through. `may_contain`: a
+    folder that outputs are written INTO (never replaced as a whole, e.g. a release's
+    folder) may hold the source beside them; each output file is checked on its own.
     """
     out_named, out_real = _abs(output), Path(os.path.realpath(Path(output).expanduser()))
     for src in sources:
@@ -81,7 +84,7 @@ def check_not_source(output: Path, sources: Iterable[Path], what: str = "output"
             continue
         for s in {_abs(src), Path(os.path.realpath(src))}:
             for o in (out_named, out_real):
-                if o == s or (src.is_dir() and _inside(o, s)) or _inside(s, o):
+                if o == s or (src.is_dir() and _inside(o, s)) or (_inside(s, o) and not may_contain):
                     where = ("is the source" if o == s else "is inside the source folder"
                              if _inside(o, s) else "contains the source")
                     raise UsageError(f"{output}: the {what} {where} {src}; refusing to write there",
