@@ -85,7 +85,7 @@ def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | Non
         with hold_signals(reraise=False):
             if debug:
                 traceback.print_exc()
-            out.error(str(exc), written=[str(p) for p in written()])
+            out.error(_with_written(str(exc), exc, written()), written=[str(p) for p in written()])
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as `Interrupted`
         with hold_signals(reraise=False):  # a second signal must not cut this report short
@@ -94,10 +94,19 @@ def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | Non
     except Exception as exc:  # an unexpected failure is a bug: say so, exit 1
         if debug:
             traceback.print_exc()
-        out.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                  written=[str(p) for p in written()])
+        out.error(_with_written(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                                exc, written()), written=[str(p) for p in written()])
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+def _with_written(message: str, exc: BaseException, on_disk: list[Path]) -> str:
+    """An error after some files were renamed into place says which (still one line)."""
+    from .errors import UploadError
+
+    if not on_disk or isinstance(exc, UploadError):  # an upload error already says the release is on disk
+        return message
+    return f"{message}; written before it: {', '.join(escape(str(p)) for p in on_disk)}"
 
 
 def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, on_disk: list[Path]) -> int:
@@ -112,7 +121,8 @@ def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, o
     listed = ", ".join(escape(str(p)) for p in on_disk)
     if on_disk and outcome.complete(on_disk):
         out.warn(f"{name} arrived after the run was complete; it is ignored")
-        out.result({"ok": True, "written": [str(p) for p in on_disk], "late_signal": name})
+        if not out.emitted:  # the body's own result did not get out before the signal
+            out.result({"ok": True, "written": [str(p) for p in on_disk], "late_signal": name})
         out.info(f"[green]wrote[/green] {listed}")
         return 0
     if not on_disk:

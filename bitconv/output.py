@@ -17,6 +17,7 @@ from rich.table import Table
 class Output:
     def __init__(self, mode: str = "human") -> None:
         self.mode = mode  # "human" | "json" | "quiet"
+        self.emitted = False  # a result document was written (--json prints exactly one)
         self.console = Console(stderr=False, highlight=False)
         self.err = Console(stderr=True, highlight=False)
 
@@ -52,5 +53,6 @@ class Output:
             self.console.print(table)
 
     def result(self, data: dict[str, Any]) -> None:
+        self.emitted = True
         if self.mode == "json":
             sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

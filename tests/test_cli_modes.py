@@ -155,3 +155,24 @@ def test_single_output_with_manifest_beside_the_source(silu_ckpt, tmp_path, monk
     r = run_cli("convert", "src", "src/o.gguf", "--manifest")  # inside the source folder: still refused
     assert_refused(r, contains=("source",))
     assert not (tmp_path / "src" / "o.gguf").exists() and not (tmp_path / "src" / MANIFEST_NAME).exists()
+
+
+def test_an_error_after_outputs_were_written_names_them(silu_ckpt, tmp_path, monkeypatch):
+    """An error that stops a release after its outputs were renamed into place (here a typed
+    error from verify) says which files are on disk, in the one error line and in --json."""
+    import bitconv.verify as ver
+    from bitconv.errors import InputError
+
+    def refuse(*a, **k):
+        raise InputError("the evaluation text is empty")
+
+    monkeypatch.setattr(ver, "verify", refuse)
+    out = tmp_path / "rel"
+    r = run_cli("convert", silu_ckpt, out, "--layout", "tq2_0,i2_s", "--verify")
+    line = assert_refused(r, contains=("evaluation text is empty", "written before it"))
+    on_disk = sorted(p.name for p in out.iterdir())
+    assert on_disk == [f"{Path(silu_ckpt).name}-i2_s.gguf", f"{Path(silu_ckpt).name}-tq2_0.gguf"]
+    assert all(n in line for n in on_disk) and MANIFEST_NAME not in on_disk
+    r = run_cli("convert", silu_ckpt, out, "--layout", "tq2_0,i2_s", "--verify", "--force", "--json")
+    assert r.exit_code == 2
+    assert sorted(Path(p).name for p in json.loads(r.stdout)["written"]) == on_disk
