@@ -61,7 +61,7 @@ def grid_scales(tern: Ternary, g: int, name: str) -> np.ndarray:
     if tern.group == "tensor" or s.size == 1:
         return np.full((m, ng), s.reshape(-1)[0], dtype=np.float32)
     if tern.group == "row":
-        return np.ascontiguousarray(np.broadcast_to(s.reshape(m, 1), (m, ng)))
+        return np.repeat(s.reshape(m, 1), ng, axis=1)
     src = int(tern.group)
     if src % g:
         raise LayoutError(f"{name}: its own group-{src} scales do not fit group-{g} storage")
