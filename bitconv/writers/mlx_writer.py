@@ -166,14 +166,30 @@ class MLXWriter(SafetensorsWriter, format="mlx"):
         plan.warnings = [w for w in plan.warnings if "BitLinear expects" not in w]
         plan.warnings.append("mlx-lm's bitnet model runs its linears with a Metal kernel: this folder runs in mlx-lm "
                              "on Apple silicon only, with activations in the model's float dtype (W2A16)")
+        # mlx-lm's bitnet model builds its BitLinears with invert_weight_scales=False whatever the
+        # config says (bitnet_quantize only replaces nn.Linear), so it multiplies by weight_scale:
+        # the folder stores s, as `autobitlinear` (microsoft/bitnet-b1.58-2B-4T's convention, which
+        # transformers loads too), not `bitlinear`'s 1/s.
+        q = plan.layout.config["quantization_config"]
+        q["linear_class"] = "autobitlinear"
+        plan.layout_metadata["quantization_config"] = q
+        plan.layout_metadata["linear_class"] = "autobitlinear"
+        plan.layout_metadata["scale"] = "s (autobitlinear)"
+        plan.layout.metadata["bitconv.linear_class"] = "autobitlinear"
+        from .safetensors_writer import _layout_shard
+
+        for shard in plan.layout.shards:
+            _layout_shard(shard, plan.layout.metadata)
         plan.format, plan.engine, plan.arch = "mlx", "mlx-lm", "bitnet"
         plan.layout_metadata["mlx_format"] = "bitnet-packed"
         return plan
 
     def encode(self, plan: ConversionPlan, tp: TensorPlan, payload: Payload) -> Encoded:
-        if plan.layout_metadata.get("mlx_format") != "affine":
-            return super().encode(plan, tp, payload)
         ents = plan.layout.entries[tp.name]
+        if plan.layout_metadata.get("mlx_format") != "affine":
+            if tp.role != LINEAR:
+                return super().encode(plan, tp, payload)
+            return self._encode_bitnet(tp, payload, ents)
         if tp.out_type != LAYOUT:
             arr = np.asarray(payload)
             if tuple(arr.shape) != tuple(ents[0].shape):
@@ -190,3 +206,17 @@ class MLXWriter(SafetensorsWriter, format="mlx"):
                                   hint="convert from a bf16 or f32 model")
         return Encoded([words.reshape(-1).view(np.uint8), float_to_bytes(s, FLOAT_BY_NAME[dt]),
                         float_to_bytes(b, FLOAT_BY_NAME[dt])])
+
+    @staticmethod
+    def _encode_bitnet(tp: TensorPlan, payload: Payload, ents: list[Entry]) -> Encoded:
+        """Hugging Face 2-bit codes and weight_scale = s (autobitlinear), for mlx-lm's bitnet."""
+        from ..pack.hf2bit import HF2Bit
+        from ..pack.words2 import check_scales
+
+        if not isinstance(payload, Ternary) or tuple(payload.shape) != tuple(tp.shape):
+            raise ConversionError(f"{tp.name}: expected a ternary [{tp.shape[0]}, {tp.shape[1]}] tensor")
+        s = np.asarray(payload.scales, dtype=np.float32).reshape(ents[1].shape)
+        check_scales(s, tp.name)
+        if ents[1].dtype == "f16" and not np.all(np.isfinite(s.astype(np.float16))):
+            raise ConversionError(f"{tp.name}: a scale {float(s.max()):.6g} overflows float16")
+        return Encoded([HF2Bit().pack_codes(payload.values, tp.name), float_to_bytes(s, FLOAT_BY_NAME[ents[1].dtype])])
