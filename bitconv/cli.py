@@ -141,7 +141,7 @@ def convert(
         def plans_body() -> int:
             from .convert import convert as run_convert
 
-            targets = [(f, lay) for f in formats for lay in (layouts if f == "gguf" else ["safetensors"])]
+            targets = [(f, lay) for f in formats for lay in (layouts if f == "gguf" else [f])]
             results = []
             for fmt, lay in targets:
                 res = run_convert(source, output / f"{lay}", layout=lay if fmt == "gguf" else "tq2_0", format=fmt,
