@@ -172,9 +172,9 @@ class ConvertArgs:
 @app.command(epilog=CONVERT_EXAMPLES)
 def convert(
     source: Annotated[str, typer.Argument(help="Hub repo id (org/name), local folder, .gguf file, or builtin:NAME.")],
-    output: Annotated[str, typer.Argument(help="Output .gguf file (a folder/ with a trailing slash: written into it), or folder for --format safetensors.")],
+    output: Annotated[str, typer.Argument(help="Output .gguf file (a folder/ with a trailing slash: written into it), or folder for --format safetensors / mlx / compressed-tensors.")],
     layout: Annotated[str, typer.Option(help="Ternary layout: q2_0, tq2_0, tq1_0 (llama.cpp); i2_s, tl1, tl2 (bitnet.cpp).")] = "tq2_0",
-    format: Annotated[str, typer.Option("--format", help="gguf or safetensors (Hugging Face packed bitnet).")] = "gguf",
+    format: Annotated[str, typer.Option("--format", help="gguf, safetensors (Hugging Face packed bitnet), mlx (mlx-lm) or compressed-tensors (vLLM pack-quantized int2).")] = "gguf",
     group_size: Annotated[str, typer.Option(help="Scale group: tensor, row, or N values along K.")] = "tensor",
     embedding_type: Annotated[str, typer.Option(help="token_embd type: auto (q2_0 when ternary in the source and --layout q2_0, else f16), f16, bf16, f32 or q2_0.")] = "auto",
     output_type: Annotated[str, typer.Option(help="output (lm_head) type: auto, f16, bf16, f32 or q2_0 (as --embedding-type).")] = "auto",
