@@ -182,9 +182,9 @@ class ConvertArgs:
 @app.command(epilog=CONVERT_EXAMPLES)
 def convert(
     source: Annotated[str, typer.Argument(help="Hub repo id (org/name), local folder, .gguf file, or builtin:NAME.")],
-    output: Annotated[str, typer.Argument(help="Output .gguf file (a folder/ with a trailing slash: written into it), or folder for --format safetensors.")],
+    output: Annotated[str, typer.Argument(help="Output .gguf file (a folder/ with a trailing slash: written into it), or folder for --format safetensors / mlx / compressed-tensors.")],
     layout: Annotated[str, typer.Option(help="Ternary layout: q2_0, tq2_0, tq1_0 (llama.cpp); i2_s, tl1, tl2 (bitnet.cpp).")] = "tq2_0",
-    format: Annotated[str, typer.Option("--format", help="gguf or safetensors (Hugging Face packed bitnet).")] = "gguf",
+    format: Annotated[str, typer.Option("--format", help="gguf, safetensors (Hugging Face packed bitnet), mlx (mlx-lm) or compressed-tensors (vLLM pack-quantized int2).")] = "gguf",
     group_size: Annotated[str, typer.Option(help="Scale group: tensor, row, or N values along K.")] = "tensor",
     embedding_type: Annotated[str, typer.Option(help="token_embd type: auto (q2_0 when ternary in the source and --layout q2_0, else f16), f16, bf16, f32 or q2_0.")] = "auto",
     output_type: Annotated[str, typer.Option(help="output (lm_head) type: auto, f16, bf16, f32 or q2_0 (as --embedding-type).")] = "auto",
@@ -545,6 +545,8 @@ def verify(
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of the source.")] = None,
     kernel_config: Annotated[Optional[Path], typer.Option(help="Tiles of TL tensors in a GGUF another tool wrote (a bitnet.cpp kernel_config.ini).")] = None,
     source_i2s_variant: Annotated[Optional[str], typer.Option(help="I2_S code order of a GGUF another tool wrote: x86-act (default) or arm.")] = None,
+    act: Annotated[str, typer.Option("--act", help="Activation scheme of the artifact side: a8 (BitNet b1.58's per-token int8, the default) or another registered scheme; the source keeps its own.")] = "a8",
+    kv_bits: Annotated[Optional[int], typer.Option("--kv-bits", help="Quantize the artifact side's KV cache to this many bits (schemes that support it).")] = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -560,6 +562,7 @@ def verify(
             reference=reference, max_ppl_increase=_fraction(max_ppl_increase), min_top1=min_top1,
             max_weight_error=max_weight_error, max_kl=max_kl, dtype=dtype, score_from=score_from,
             fast=fast, revision=revision, kernel_config=kernel_config, source_i2s_variant=source_i2s_variant,
+            act=act, kv_bits=kv_bits,
         )
         data = report.to_dict()
         data["ok"] = bool(report.passed)

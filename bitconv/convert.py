@@ -18,7 +18,7 @@ from .embedding_types import TERNARY_TYPES as TERNARY_EMBEDDING_TYPES
 from .embedding_types import parse_type as parse_embedding_type
 from .errors import OutputExistsError, UsageError
 from .model import LINEAR
-from .pack import layout_class
+from .pack import layout_class, layout_names
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
 from .pipeline import OrderedMap, ordered_map
 from .quant import TensorStats, check_finite, parse_group_size, serial_torch, tensor_stats, ternarize_with_stats
@@ -229,8 +229,8 @@ def _prepare_one(tp: TensorPlan) -> tuple[Payload, TensorStats | None]:
             return tern, tensor_stats(tp.name, tern, None)
         raw = src.load_raw()  # bf16 arrives as its bits and is widened inside the first pass
         return ternarize_with_stats(raw, tp.group, tp.name, bf16_bits=raw.dtype == np.uint16)
-    if tp.out_type in TERNARY_EMBEDDING_TYPES:  # a ternary embedding/output, kept as it is
-        return src.load_ternary(), None
+    if tp.out_type in TERNARY_EMBEDDING_TYPES or (src.is_ternary and tp.out_type in layout_names()):
+        return src.load_ternary(), None  # a ternary embedding/output, kept as it is (q2_0, MLX, int2)
     arr = src.load()
     check_finite(arr, tp.name)
     return arr, None

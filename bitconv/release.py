@@ -45,7 +45,12 @@ ENGINE_RUN = {
     "tl1": ("bitnet.cpp (ARM, kernels for this model's tiles)", "python run_inference.py -m {file} -p 'Hello'"),
     "tl2": ("bitnet.cpp (x86, kernels for this model's tiles)", "llama-cli -m {file} -p 'Hello' -ub 7"),
     "safetensors": ("transformers", "BitNetForCausalLM.from_pretrained('{file}')"),
+    "mlx": ("mlx-lm (Apple silicon)", "mlx_lm.generate --model {file} --prompt 'Hello'"),
+    # vLLM cannot run where bitconv's tests run (no GPU): this line is what a user would run, never a
+    # result bitconv measured. transformers loads the folder too (AutoModelForCausalLM), as the judge does.
+    "compressed-tensors": ("vLLM (not run by bitconv; transformers loads it too)", "vllm serve {file}"),
 }
+FOLDER_FORMATS = ("safetensors", "mlx", "compressed-tensors")  # artifacts that are folders
 
 
 @dataclass
@@ -344,15 +349,15 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
     model = (option_kwargs.get("name") or ckpt.spec.name).replace("/", "-")
     emit = option_kwargs.get("emit_kernel_config")
     emit = Path(emit) if emit else None
-    labels = [lab for fmt in formats for lab in (layouts if fmt == "gguf" else ["safetensors"])]
+    labels = [lab for fmt in formats for lab in (layouts if fmt == "gguf" else [fmt])]
     tl_label = check_emit_applies(labels) if emit is not None else None
     targets: list[Target] = []
     for fmt in formats:
-        for label in (layouts if fmt == "gguf" else ["safetensors"]):
+        for label in (layouts if fmt == "gguf" else [fmt]):
             opts = build_options(layout=label if fmt == "gguf" else "tq2_0", format=fmt,
                                  **{**option_kwargs, "emit_kernel_config": emit if label == tl_label else None})
             path = (paths or {}).get(label) or outdir / (
-                f"{model}-{label}.gguf" if fmt == "gguf" else f"{model}-safetensors")
+                f"{model}-{label}.gguf" if fmt == "gguf" else f"{model}-{fmt}")
             targets.append(Target(label=label, path=path, options=opts))
     first: tuple[Target, BitconvError] | None = None
     kernel_ini: str | None = None
@@ -489,7 +494,7 @@ def _write_all(ckpt: Checkpoint, targets: list[Target], force: bool, stats: list
             for i, m in enumerate(by_source):
                 own = m.get(tp.source.name)
                 if own is not None:
-                    send(i, (own, payload))
+                    send(i, (own, _payload_for(own, payload)))
         prepared.close()
         for i in range(len(targets)):
             send(i, _DONE)
@@ -509,12 +514,34 @@ def _write_all(ckpt: Checkpoint, targets: list[Target], force: bool, stats: list
 
 
 def _union(ckpt: Checkpoint, targets: list[Target]) -> list[TensorPlan]:
-    """Every tensor any target needs, once, in the checkpoint's canonical order."""
+    """Every tensor any target needs, once, in the checkpoint's canonical order. A ternary
+    embedding/output that one target keeps ternary (q2_0, MLX) and another writes as floats is
+    read as ternary once; `_payload_for` dequantizes it for the float targets."""
     seen: dict[str, TensorPlan] = {}
     for t in targets:
         for tp in t.plan.tensors:
-            seen.setdefault(tp.source.name, tp)
+            if tp.source.name not in seen or _wants_ternary(tp):
+                if not _wants_ternary(seen.get(tp.source.name)):
+                    seen[tp.source.name] = tp
     return [seen[s.name] for s in ckpt.tensors if s.name in seen]
+
+
+def _wants_ternary(tp: TensorPlan | None) -> bool:
+    """A non-linear tensor planned in a ternary layout (its payload is the source's Ternary)."""
+    from .model import LINEAR
+    from .pack import layout_names
+
+    return tp is not None and tp.role != LINEAR and tp.source.is_ternary and tp.out_type in layout_names()
+
+
+def _payload_for(own: TensorPlan, payload: Any) -> Any:
+    """The payload as this target's plan takes it: floats for a table it writes as floats."""
+    from .model import LINEAR
+    from .quant import Ternary
+
+    if isinstance(payload, Ternary) and own.role != LINEAR and not _wants_ternary(own):
+        return payload.dequantize()
+    return payload
 
 
 def build_manifest(ckpt: Checkpoint, targets: list[Target], outdir: Path, command: list[str] | None,
@@ -564,7 +591,7 @@ def check_manifest(path: str | Path, source: str | Path | None = None) -> dict[s
     m = load_manifest(path)
     root = path.parent
     # Every path is resolved and refused if unsafe before anything is hashed.
-    artifacts = [(a, member(root, a["path"], "artifact", path, folder=a.get("format") == "safetensors"))
+    artifacts = [(a, member(root, a["path"], "artifact", path, folder=a.get("format") in FOLDER_FORMATS))
                  for a in m["artifacts"] if a.get("ok", True) and "sha256" in a]
     src = m["source"]
     src_root, note, allowed = _source_root(src, source, path)
@@ -666,6 +693,7 @@ def render_model_card(ckpt: Checkpoint, targets: list[Target], outdir: Path) -> 
         tags.append("gguf")
     if any(t.options.format == "safetensors" and t.ok for t in targets):
         tags.append("safetensors")
+    tags += [f for f in ("mlx", "compressed-tensors") if any(t.options.format == f and t.ok for t in targets)]
     lines = ["---"]
     if base:
         lines.append(f"base_model: {base}")
@@ -681,7 +709,7 @@ def render_model_card(ckpt: Checkpoint, targets: list[Target], outdir: Path) -> 
     for t in targets:
         if not t.ok:
             continue
-        bpw = "2.0" if t.options.format == "safetensors" else f"{layout_class(t.options.layout).bits_per_weight:.4g}"
+        bpw = "2.0" if t.options.format in FOLDER_FORMATS else f"{layout_class(t.options.layout).bits_per_weight:.4g}"
         engine, cmd = ENGINE_RUN.get(t.label, ("", ""))
         lines.append(f"| `{_rel(t.path, outdir)}` | {t.label} | {t.size / 1e6:.1f} MB | {bpw} | {engine} | "
                      f"`{cmd.format(file=_rel(t.path, outdir))}` |")
