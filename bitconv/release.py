@@ -335,11 +335,12 @@ def release(
                         verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
                         progress, option_kwargs, start, on_plan)
     except BaseException:
-        for p in created:  # folders this call made, while still empty: nothing of the user's
-            try:
-                p.rmdir()
-            except OSError:
-                break
+        with hold_signals(reraise=False):  # a second signal must not leave the folders behind
+            for p in created:  # folders this call made, while still empty: nothing of the user's
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
         raise
 
 
