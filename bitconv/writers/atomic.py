@@ -109,10 +109,12 @@ def check_output(path: Path, force: bool, sources: Iterable[Path] = ()) -> None:
 
 
 def check_replaceable(path: Path) -> None:
-    """With --force: a file may be replaced; a folder only when bitconv wrote it."""
+    """With --force: a file may be replaced; a folder only when bitconv wrote it or it is
+    empty (it holds nothing to lose; `_commit` removes it with rmdir, which refuses a
+    folder that gained files meanwhile)."""
     if path.is_symlink() or not path.is_dir():
         return
-    if not is_bitconv_output(path):
+    if not is_bitconv_output(path) and not _empty_dir(path):
         raise OutputExistsError(
             f"{path} is a folder bitconv did not write; refusing to replace it even with --force",
             hint="choose a new output path, or remove the folder yourself",
@@ -300,18 +302,48 @@ def _commit(tmp: Path, path: Path, force: bool, ours: Callable[[Path], bool] | N
     if not tmp.is_dir() and not path.is_dir():
         os.replace(tmp, path)
         return False
+    was_empty = _empty_dir(path)
     if _renameat2(tmp, path, _RENAME_EXCHANGE):
-        _remove(tmp)  # tmp now holds what was at `path`
+        if not was_empty:
+            _remove(tmp)  # tmp now holds what was at `path`: bitconv's earlier output
+        elif not _rmdir(tmp):
+            _renameat2(tmp, path, _RENAME_EXCHANGE)  # files appeared in it: swap back, lose nothing
+            raise _gained_files(path)
         return False
     old = path.with_name(f".{path.name}.bitconv-old-{os.getpid()}")
     os.rename(path, old)
+    if was_empty and not _rmdir(old):
+        os.rename(old, path)
+        raise _gained_files(path)
     try:
         os.rename(tmp, path)
     except BaseException:
-        os.rename(old, path)
+        if not was_empty:
+            os.rename(old, path)
         raise
-    _remove(old)
+    if not was_empty:
+        _remove(old)
     return False
+
+
+def _empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and not path.is_symlink() and next(os.scandir(path), None) is None
+    except OSError:
+        return False
+
+
+def _rmdir(path: Path) -> bool:
+    try:
+        os.rmdir(path)
+        return True
+    except OSError:
+        return False
+
+
+def _gained_files(path: Path) -> OutputExistsError:
+    return OutputExistsError(f"{path}: files appeared in the empty folder while this conversion was writing; "
+                             f"it was not replaced", hint="choose another output path")
 
 
 def exclusive_rename(src: Path, dst: Path) -> None:
