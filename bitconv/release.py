@@ -597,8 +597,17 @@ def check_manifest(path: str | Path, source: str | Path | None = None) -> dict[s
     src = m["source"]
     src_root, note, allowed = _source_root(src, source, path)
     notes = [note] if note else []
-    sources = [(f, member(src_root, f["path"], "source file", path, allowed=allowed) if src_root else None)
-               for f in (src["files"] if note is None else [])]
+    given = Path(source).expanduser() if source is not None else None
+    if given is not None and given.is_file():
+        # `check --source FILE`: that file is the source (a GGUF, perhaps renamed since), not
+        # the recorded name looked up in FILE's folder (issue 25, 7)
+        if len(src["files"]) != 1:
+            raise InputError(f"{given}: the manifest's source is {len(src['files'])} files, not one",
+                             hint="pass the source folder with --source")
+        sources = [(src["files"][0], given)]
+    else:
+        sources = [(f, member(src_root, f["path"], "source file", path, allowed=allowed) if src_root else None)
+                   for f in (src["files"] if note is None else [])]
     problems: list[str] = []
     checked = 0
     for a, p in artifacts:
