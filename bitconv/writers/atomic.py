@@ -422,8 +422,8 @@ def cleanup_on_signals() -> Iterator[None]:
     while the body runs, so the cleanup that handles Ctrl-C runs for them too. Only the main
     thread can install handlers; elsewhere (release writer threads) this does nothing and
     the main thread's handler raises there, which the writer threads then see."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if _holding or threading.current_thread() is not threading.main_thread():
+        yield  # signals are held (see `hold_signals`): do not turn them back into exceptions
         return
     previous = {}
     for s in _SIGNALS:
@@ -487,7 +487,8 @@ def hold_signals(reraise: bool = True) -> Iterator[None]:
     try:
         for s in _HELD:
             try:
-                if signal.getsignal(s) is not signal.SIG_IGN:
+                current = signal.getsignal(s)  # None: a handler set outside Python, which could not be restored
+                if current is not None and current is not signal.SIG_IGN:
                     previous[s] = signal.signal(s, _record)
             except (ValueError, OSError):
                 pass
