@@ -232,3 +232,24 @@ def test_ctrl_c_during_verify_does_not_talk_about_outputs(src, tmp_path):
     assert code == 130, err
     line = _last_error(err)
     assert "interrupted" in line and "output" not in line
+
+
+def test_hold_signals_defers_to_the_end_of_the_body():
+    """Library level: a signal inside a hold runs no exception into the body; it is raised
+    once the body is done (reraise) or dropped (a cleanup already handling one)."""
+    from bitconv.writers.atomic import Interrupted, cleanup_on_signals, hold_signals
+
+    steps = []
+    with cleanup_on_signals():
+        with pytest.raises(Interrupted) as info:
+            with hold_signals():
+                signal.raise_signal(signal.SIGTERM)  # delivered and handled before it returns
+                steps.append("after the signal")
+                signal.raise_signal(signal.SIGINT)
+                steps.append("after the second")
+        assert info.value.signum == signal.SIGTERM and steps == ["after the signal", "after the second"]
+        with hold_signals(reraise=False):
+            signal.raise_signal(signal.SIGINT)
+            steps.append("dropped")
+    assert steps[-1] == "dropped"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
