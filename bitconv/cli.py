@@ -56,15 +56,23 @@ def _mode(json_: bool, quiet: bool) -> str:
 
 @dataclass
 class Outcome:
-    """What a writing command leaves on disk when it is done: `expected` paths, all renamed
-    into place, or `done` (set once nothing is left to do). An interrupt that lands after
-    that is not a failure: the run succeeded (issue 21: one outcome, one exit code)."""
+    """What a writing command leaves on disk: the `expected` paths. An interrupt that lands
+    after the run's outcome is settled is not a failure of the run (issue 21: one outcome,
+    one exit code): settled when the body set `code` (its exit code, known), or, where
+    `final`, once every expected path was renamed into place (a single convert: nothing
+    after the rename can change the result; not a release that still verifies or uploads,
+    or one with a failed output, whose exit code is not 0)."""
 
     expected: list[Path] = field(default_factory=list)
-    done: bool = False
+    final: bool = True
+    code: int | None = None
 
-    def complete(self, written: list[Path]) -> bool:
-        return self.done or (bool(self.expected) and {str(p) for p in self.expected} <= {str(p) for p in written})
+    def settled(self, written: list[Path]) -> int | None:
+        """The run's exit code if the outcome was settled before the interrupt, else None."""
+        if self.code is not None:
+            return self.code
+        done = self.final and bool(self.expected) and {str(p) for p in self.expected} <= {str(p) for p in written}
+        return 0 if done else None
 
 
 def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | None = None) -> None:
@@ -119,12 +127,13 @@ def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, o
         out.error(what)
         return code
     listed = ", ".join(escape(str(p)) for p in on_disk)
-    if on_disk and outcome.complete(on_disk):
+    settled = outcome.settled(on_disk) if on_disk else None
+    if settled is not None:
         out.warn(f"{name} arrived after the run was complete; it is ignored")
         if not out.emitted:  # the body's own result did not get out before the signal
-            out.result({"ok": True, "written": [str(p) for p in on_disk], "late_signal": name})
+            out.result({"ok": settled == 0, "written": [str(p) for p in on_disk], "late_signal": name})
         out.info(f"[green]wrote[/green] {listed}")
-        return 0
+        return settled
     if not on_disk:
         out.error(f"{what}; no output was left behind (temporary files removed; nothing existing was changed)")
     else:
@@ -264,6 +273,8 @@ def _convert_body(out: Output, source: str, output: str, layout: str, format: st
 
         result = run_convert(source, output, layout=layout, format=format, force=force, dry_run=dry_run,
                              progress=on_tensor, on_plan=on_plan, **args.kwargs())
+    if outcome is not None:
+        outcome.code = 0
     for w in result.plan.warnings[task.get("warned", 0):]:  # found while writing (e.g. the tokenizer's)
         out.warn(w)
     data = result.to_dict()
@@ -290,6 +301,7 @@ def _release_body(out: Output, source: str, output: str, layouts: list[str], for
     def on_plan(planned) -> None:
         if outcome is not None:
             outcome.expected = planned.paths()
+            outcome.final = not (verify or upload_repo) and all(t.ok for t in planned.targets)
 
     with _progress(out) as bar:
         task = bar.add_task("converting", total=None) if bar is not None and not dry_run else None
@@ -303,7 +315,7 @@ def _release_body(out: Output, source: str, output: str, layouts: list[str], for
             **args.kwargs(),
         )
     if outcome is not None:
-        outcome.done = True
+        outcome.code = result.exit_code
     out.result(result.to_dict())
     if out.human:
         if dry_run:

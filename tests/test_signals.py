@@ -84,6 +84,12 @@ _CHILD = textwrap.dedent("""
             return _verify(*a, **k)
         ver.verify = slow_verify
 
+    if "uploading" in hooks:
+        def slow_upload(outdir, repo_id, **k):
+            reached("uploading")
+            return "https://huggingface.co/" + repo_id
+        rel.upload = slow_upload
+
     from bitconv.cli import app
     app(argv)
 """)
@@ -253,3 +259,18 @@ def test_hold_signals_defers_to_the_end_of_the_body():
             steps.append("dropped")
     assert steps[-1] == "dropped"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.slow
+def test_signal_during_upload_is_not_a_success(src, tmp_path):
+    """Every file is in place while the upload runs, yet the run is not done: a signal then
+    is an interrupt (exit 128+n) whose message names the files on disk."""
+    out = tmp_path / "rel"
+    child = Child(tmp_path, "uploading", "convert", src, out, "--layout", "tq2_0", "--upload-repo", "me/tiny")
+    child.wait_for("uploading")
+    child.signal(signal.SIGTERM)
+    code, _, err = child.finish()
+    assert code == 128 + signal.SIGTERM, err
+    line = _last_error(err)
+    assert "after the run was complete" not in err and "written before it" in line
+    assert all(p.name in line for p in out.iterdir())
