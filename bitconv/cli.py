@@ -79,11 +79,11 @@ def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | Non
     """Run a command body, mapping typed errors to one line and an exit code.
 
     `outcome` is given for commands that write: an interrupt's message then says exactly
-    what is on disk (`writers.atomic.written`), and a run whose outputs were all renamed
-    into place before the signal landed exits 0. Commands that write nothing (verify,
-    check, ...) say only that they were interrupted.
+    what is on disk (`writers.atomic.written`), and a run whose result was settled before
+    the signal landed keeps its exit code (`Outcome.settled`). Commands that write nothing
+    (verify, check, ...) say only that they were interrupted.
     """
-    from .writers.atomic import Interrupted, cleanup_on_signals, hold_signals, reset_written, written
+    from .writers.atomic import cleanup_on_signals, hold_signals, reset_written, written
 
     reset_written()
     try:

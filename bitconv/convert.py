@@ -16,7 +16,7 @@ import numpy as np
 
 from .embedding_types import TERNARY_TYPES as TERNARY_EMBEDDING_TYPES
 from .embedding_types import parse_type as parse_embedding_type
-from .errors import OutputExistsError, UsageError
+from .errors import UsageError
 from .model import LINEAR
 from .pack import layout_class, layout_names
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan

@@ -4,7 +4,6 @@ dry runs alike; and every file a mode writes is exactly what its dry run lists (
 
 from __future__ import annotations
 
-import configparser
 import dataclasses
 import inspect
 import json
@@ -18,12 +17,6 @@ from bitconv.pack.tiles import read_kernel_config
 from bitconv.release import MANIFEST_NAME
 
 from hostile_helpers import assert_refused, run_cli, temp_leftovers
-
-
-def _ini_shapes(path: Path) -> set[tuple[int, int]]:
-    parser = configparser.ConfigParser()
-    parser.read(path)
-    return {(int(parser[s]["m"]), int(parser[s]["k"])) for s in parser.sections()}
 
 
 def test_every_convert_option_reaches_every_mode():
