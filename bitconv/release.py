@@ -306,11 +306,7 @@ def release(
         raise UsageError("--format gguf needs at least one --layout")
     if upload_repo and not write_manifest:
         raise UsageError("--upload-repo publishes a release with its manifest; do not disable the manifest")
-    # the folder is written into, never replaced: it may hold the source (`convert src o.gguf
-    # --manifest` run beside src/), while every output and side file is checked on its own
-    check_not_source(outdir, local_source_paths(source), what="output folder", may_contain=True)
-    for p in (paths or {}).values():
-        check_not_source(Path(p), local_source_paths(source))
+    _check_not_source(outdir, paths, local_source_paths(source))
     if outdir.exists() and not outdir.is_dir():
         raise OutputExistsError(f"{outdir} exists and is not a folder; several outputs go into a folder")
     start = time.perf_counter()
@@ -318,7 +314,7 @@ def release(
 
     foreign = gguf_read_options(option_kwargs.pop("source_i2s_variant", None), option_kwargs.get("kernel_config"))
     ckpt = open_source(source, revision=revision, token=token, gguf_options=foreign)
-    check_not_source(outdir, checkpoint_paths(ckpt), what="output folder", may_contain=True)
+    _check_not_source(outdir, paths, checkpoint_paths(ckpt))
     # what each source tensor is, before any folder is made (a float model is refused here)
     decide_source_kinds(ckpt, ternarize=bool(option_kwargs.get("ternarize")))
     if dry_run:
@@ -342,6 +338,18 @@ def release(
                 except OSError:
                     break
         raise
+
+
+def _check_not_source(outdir: Path, paths: dict[str, Path] | None, sources: list[Path]) -> None:
+    """A release folder may not be, hold or sit inside a source. A single named output
+    (`convert src o.gguf --manifest`: OUTDIR is o.gguf's folder, often the one holding src/)
+    writes only its file, the manifest and the model card there, so those are checked
+    instead of the whole folder, which may hold the source beside them."""
+    if not paths:
+        check_not_source(outdir, sources, what="output folder")
+        return
+    for p in (*paths.values(), outdir / MANIFEST_NAME, outdir / "README.md"):
+        check_not_source(Path(p), sources)
 
 
 def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_going, write_manifest, model_card,
@@ -597,17 +605,16 @@ def check_manifest(path: str | Path, source: str | Path | None = None) -> dict[s
     src = m["source"]
     src_root, note, allowed = _source_root(src, source, path)
     notes = [note] if note else []
+    sources = [(f, member(src_root, f["path"], "source file", path, allowed=allowed) if src_root else None)
+               for f in (src["files"] if note is None else [])]
     given = Path(source).expanduser() if source is not None else None
     if given is not None and given.is_file():
-        # `check --source FILE`: that file is the source (a GGUF, perhaps renamed since), not
-        # the recorded name looked up in FILE's folder (issue 25, 7)
+        # --source FILE names the file itself (a renamed GGUF): hash it, not the recorded
+        # name in its folder, which may be another file or none
         if len(src["files"]) != 1:
-            raise InputError(f"{given}: the manifest's source is {len(src['files'])} files, not one",
-                             hint="pass the source folder with --source")
+            raise InputError(f"{given}: the manifest's source has {len(src['files'])} files; pass its folder",
+                             hint="--source FILE is for a source that was one file (a GGUF)")
         sources = [(src["files"][0], given)]
-    else:
-        sources = [(f, member(src_root, f["path"], "source file", path, allowed=allowed) if src_root else None)
-                   for f in (src["files"] if note is None else [])]
     problems: list[str] = []
     checked = 0
     for a, p in artifacts:

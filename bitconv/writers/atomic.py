@@ -68,14 +68,11 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_not_source(output: Path, sources: Iterable[Path], what: str = "output",
-                     may_contain: bool = False) -> None:
+def check_not_source(output: Path, sources: Iterable[Path], what: str = "output") -> None:
     """Refuse an output that is a source, is inside a source folder, or contains a source.
 
     Compared on both the path as named and the fully resolved one, so neither a symlink
-    to the source nor a path through a symlinked folder slips through. `may_contain`: a
-    folder that outputs are written INTO (never replaced as a whole, e.g. a release's
-    folder) may hold the source beside them; each output file is checked on its own.
+    to the source nor a path through a symlinked folder slips through.
     """
     out_named, out_real = _abs(output), Path(os.path.realpath(Path(output).expanduser()))
     for src in sources:
@@ -84,7 +81,7 @@ def check_not_source(output: Path, sources: Iterable[Path], what: str = "output"
             continue
         for s in {_abs(src), Path(os.path.realpath(src))}:
             for o in (out_named, out_real):
-                if o == s or (src.is_dir() and _inside(o, s)) or (_inside(s, o) and not may_contain):
+                if o == s or (src.is_dir() and _inside(o, s)) or _inside(s, o):
                     where = ("is the source" if o == s else "is inside the source folder"
                              if _inside(o, s) else "contains the source")
                     raise UsageError(f"{output}: the {what} {where} {src}; refusing to write there",
@@ -109,12 +106,15 @@ def check_output(path: Path, force: bool, sources: Iterable[Path] = ()) -> None:
 
 
 def check_replaceable(path: Path) -> None:
-    """With --force: a file may be replaced; a folder only when bitconv wrote it or it is
-    empty (it holds nothing to lose; `_commit` removes it with rmdir, which refuses a
-    folder that gained files meanwhile)."""
+    """With --force: a file may be replaced; a folder only when bitconv wrote it."""
     if path.is_symlink() or not path.is_dir():
         return
-    if not is_bitconv_output(path) and not _empty_dir(path):
+    try:
+        if not any(os.scandir(path)):  # an empty folder holds nothing of the user's to lose
+            return
+    except OSError:
+        pass
+    if not is_bitconv_output(path):
         raise OutputExistsError(
             f"{path} is a folder bitconv did not write; refusing to replace it even with --force",
             hint="choose a new output path, or remove the folder yourself",
