@@ -78,6 +78,10 @@ def _run(out: Output, debug: bool, fn: Callable[[], int]) -> None:
     raise typer.Exit(code)
 
 
+def _refuse(exc: BitconvError) -> int:
+    raise exc
+
+
 def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*", text)
     if not m:
@@ -99,7 +103,7 @@ def _human_bytes(n: float) -> str:
 def convert(
     source: Annotated[str, typer.Argument(help="Hub repo id (org/name), local folder, .gguf file, or builtin:NAME.")],
     output: Annotated[Path, typer.Argument(help="Output .gguf file, or folder for --format safetensors.")],
-    layout: Annotated[str, typer.Option(help="Ternary layout: q2_0, tq2_0, tq1_0 (llama.cpp); i2_s, tl1, tl2 (bitnet.cpp).")] = "tq2_0",
+    layout: Annotated[Optional[str], typer.Option(help="Ternary layout: q2_0, tq2_0, tq1_0 (llama.cpp); i2_s, tl1, tl2 (bitnet.cpp). Default: the layout of the engine that runs the model (relu² BitNet: i2_s for bitnet.cpp; SiLU BitNet, Llama, Qwen3: tq2_0 for llama.cpp), named in a note.", show_default=False)] = None,
     format: Annotated[str, typer.Option("--format", help="gguf or safetensors (Hugging Face packed bitnet).")] = "gguf",
     group_size: Annotated[str, typer.Option(help="Scale group: tensor, row, or N values along K.")] = "tensor",
     embedding_type: Annotated[str, typer.Option(help="token_embd type: auto (q2_0 when ternary in the source and --layout q2_0, else f16), f16, bf16, f32 or q2_0.")] = "auto",
@@ -133,8 +137,12 @@ def convert(
     every output into the folder OUTPUT from one read of the source, with a manifest.
     """
     out = Output(_mode(json_, quiet))
-    layouts = [x.strip() for x in layout.split(",") if x.strip()]
     formats = [x.strip() for x in format.split(",") if x.strip()]
+    if layout is not None and formats and "gguf" not in [f.lower() for f in formats]:
+        _run(out, debug, lambda: _refuse(UsageError(
+            f"--layout {layout} applies to GGUF output, but --format {format} writes transformers' packed 2-bit "
+            "layout only", hint="drop --layout, or add gguf to --format")))
+    layouts = [x.strip() for x in (layout or "auto").split(",") if x.strip()]
     release_mode = (len(layouts) > 1 or len(formats) > 1 or bool(manifest) or model_card or verify_
                     or upload_repo is not None)
     if release_mode and dry_run and (len(layouts) > 1 or len(formats) > 1):
@@ -209,7 +217,7 @@ def convert(
                     bar.update(task["id"], advance=tp.source.source_nbytes, description=tp.name)
 
             result = run_convert(
-                source, output, layout=layout, format=format, group_size=group_size,
+                source, output, layout=layout or "auto", format=format, group_size=group_size,
                 embedding_type=embedding_type, output_type=output_type, i2s_variant=i2s_variant,
                 kernel_config=kernel_config, emit_kernel_config=emit_kernel_config,
                 allow_engine_mismatch=allow_engine_mismatch, max_shard_size=parse_size(max_shard_size),
@@ -297,6 +305,8 @@ def _source_cell(tp) -> str:
     kind = tp.source_kind or ""
     if kind in ("exact_ternary", "packed_ternary"):
         kind += f" ({tp.source.group or 'tensor'})"
+    elif kind == "float":  # not a linear: say which float tensor it is (norm, embedding, output layer)
+        kind = "float " + {"output": "output layer"}.get(tp.role, tp.role)
     return kind
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .default_layout import AUTO, choose_gguf_plan
 from .embedding_types import TERNARY_TYPES as TERNARY_EMBEDDING_TYPES
 from .embedding_types import parse_type as parse_embedding_type
 from .errors import OutputExistsError, UsageError
@@ -36,7 +37,7 @@ def convert(
     source: str | Path,
     output: str | Path,
     *,
-    layout: str = "tq2_0",
+    layout: str = "auto",
     format: str = "gguf",
     group_size: str | int = "tensor",
     embedding_type: str = "auto",
@@ -77,7 +78,8 @@ def convert(
         max_shard_size=max_shard_size, name=name, ternarize=ternarize,
     )
     writer = get_writer(options.format)
-    if options.format == "gguf":
+    auto = options.format == "gguf" and options.layout == AUTO
+    if options.format == "gguf" and not auto:
         layout_class(options.layout)  # an unknown --layout is a usage error, before any download
     if not dry_run:
         check_output(output, force, local_source_paths(source, options))
@@ -90,8 +92,13 @@ def convert(
     if options.emit_kernel_config is not None:
         check_emit_path(options.emit_kernel_config, output, checkpoint_paths(ckpt, options))
     kind_notes = decide_source_kinds(ckpt, ternarize=options.ternarize)
-    plan = writer.plan(ckpt, output, options)
-    plan.notes = kind_notes + plan.notes
+    if auto:  # the layout of the engine that runs this family, said in a note (default_layout.py)
+        plan, why = choose_gguf_plan(ckpt, output, options)
+        options = plan.options
+        plan.notes = kind_notes + [why] + plan.notes
+    else:
+        plan = writer.plan(ckpt, output, options)
+        plan.notes = kind_notes + plan.notes
     if on_plan is not None:
         on_plan(plan)
     if options.emit_kernel_config is not None:

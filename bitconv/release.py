@@ -286,6 +286,8 @@ def release(
     check_not_source(outdir, checkpoint_paths(ckpt), what="output folder")
     # what each source tensor is, before any folder is made (a float model is refused here)
     decide_source_kinds(ckpt, ternarize=bool(option_kwargs.get("ternarize")))
+    if "gguf" in formats and "auto" in layouts:  # no --layout: the one the model's engine runs
+        layouts, paths = _resolve_auto(ckpt, outdir, layouts, paths, option_kwargs)
     created = [p for p in (outdir, *outdir.parents) if not p.exists()]
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -302,6 +304,19 @@ def release(
             except OSError:
                 break
         raise
+
+
+def _resolve_auto(ckpt: Checkpoint, outdir: Path, layouts: list[str], paths: dict[str, Path] | None,
+                  option_kwargs: dict[str, Any]) -> tuple[list[str], dict[str, Path] | None]:
+    """Replace `auto` in LAYOUTS (and as a key of PATHS) by the default layout for CKPT."""
+    from .default_layout import AUTO, choose_gguf_plan
+
+    plan, _why = choose_gguf_plan(ckpt, outdir / "default.gguf", build_options(layout=AUTO, **option_kwargs))
+    chosen = plan.options.layout
+    layouts = list(dict.fromkeys(chosen if x == AUTO else x for x in layouts))
+    if paths and AUTO in paths:
+        paths = {(chosen if k == AUTO else k): v for k, v in paths.items()}
+    return layouts, paths
 
 
 def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_going, write_manifest, model_card,

@@ -24,6 +24,7 @@ from hostile_helpers import rewrite_weights
 from bitconv.cli import app
 from bitconv.convert import convert
 from bitconv.errors import ConversionError
+import waiting
 
 runner = CliRunner()
 
@@ -176,8 +177,8 @@ def test_repo_not_in_cache_while_offline(outdir, tmp_path):
     hf_home = tmp_path / "hf-home"
     hf_home.mkdir()
     out = outdir / "m.gguf"
-    p = subprocess.run([sys.executable, "-m", "bitconv.cli", "convert", "someorg/some-model", str(out)],
-                       env=_clean_hf_env(hf_home), capture_output=True, text=True, timeout=120)
+    p = waiting.run([sys.executable, "-m", "bitconv.cli", "convert", "someorg/some-model", str(out)], 120,
+                    env=_clean_hf_env(hf_home), capture_output=True, text=True)
     assert p.returncode == 2, p.stdout + p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in p.stderr, p.stderr

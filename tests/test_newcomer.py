@@ -1,0 +1,132 @@
+"""A newcomer's first hour (issue 21): the first commands work, and what they print is true.
+
+Items 5 (default layout), 8 (--layout with --format safetensors), 13 (the demo's tokenizer
+warning), 14 (words for what each source tensor is).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from typer.testing import CliRunner
+
+from bitconv.cli import app
+from bitconv.convert import convert
+from bitconv.readers.gguf_file import GGUFFile
+
+runner = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1"})
+DEMO = "builtin:tiny-bitnet"
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# -- 5. no --layout: the layout of the engine that runs the model ---------------------------
+def test_demo_without_layout_goes_to_bitnet_cpp_and_says_why(tmp_path):
+    out = tmp_path / "x.gguf"
+    r = run("convert", DEMO, out)
+    assert r.exit_code == 0, r.output
+    note = " ".join(r.output.split())
+    assert "chose i2_s for bitnet.cpp" in note and "relu²" in note and "SiLU" in note, note
+    assert "pass --layout" in note
+    f = GGUFFile(out)
+    assert f.get("general.architecture") == "bitnet-b1.58"
+    assert json.loads(f.get("bitconv.options"))["layout"] == "i2_s"  # the chosen one is recorded, not "auto"
+
+
+def test_silu_tied_bitnet_without_layout_goes_to_llama_cpp(silu_ckpt, tmp_path):
+    res = convert(silu_ckpt, tmp_path / "s.gguf")
+    assert res.plan.options.layout == "tq2_0" and res.plan.engine == "llama.cpp" and res.plan.arch == "bitnet"
+    assert any("chose tq2_0 for llama.cpp" in n for n in res.plan.notes), res.plan.notes
+
+
+def test_llama_without_layout_goes_to_llama_cpp(llama_ckpt, tmp_path):
+    res = convert(llama_ckpt, tmp_path / "l.gguf", dry_run=True)
+    assert res.plan.options.layout == "tq2_0" and res.plan.arch == "llama"
+
+
+def test_default_skips_a_layout_that_cannot_hold_the_shapes(ckpt_factory, tmp_path):
+    """K = 192 fits no 256-block (TQ2_0, TQ1_0) but Q2_0's 64-blocks: the default says so."""
+    src = ckpt_factory("silu", hidden=192, intermediate=384, heads=3, kv_heads=3)
+    res = convert(src, tmp_path / "q.gguf", dry_run=True)
+    assert res.plan.options.layout == "q2_0"
+    assert any("tq2_0 cannot hold it" in n for n in res.plan.notes), res.plan.notes
+
+
+def test_no_engine_runs_it_is_refused_not_guessed(untied_silu_ckpt, tmp_path):
+    """A SiLU BitNet with its own head: both engines' `bitnet` graph lack an output tensor."""
+    r = run("convert", untied_silu_ckpt, tmp_path / "u.gguf")
+    assert r.exit_code == 2 and "output" in r.stderr and "safetensors" in r.stderr, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_explicit_layout_stays_strict(tmp_path):
+    r = run("convert", DEMO, tmp_path / "x.gguf", "--layout", "tq2_0")
+    assert r.exit_code == 2 and "relu2" in r.stderr and "chose" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_release_without_layout_uses_the_default(tmp_path):
+    out = tmp_path / "rel"
+    r = run("convert", DEMO, out, "--format", "gguf,safetensors", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert sorted(a["label"] for a in doc["artifacts"]) == ["i2_s", "safetensors"]
+    assert (out / "tiny-bitnet-i2_s.gguf").is_file()
+
+
+# -- 8. --layout means nothing to a safetensors-only output: refused -------------------------
+@pytest.mark.parametrize("layout", ["tl2", "i2_s,tl2"])
+def test_safetensors_with_layout_is_refused(tmp_path, layout):
+    r = run("convert", DEMO, tmp_path / "st", "--format", "safetensors", "--layout", layout)
+    assert r.exit_code == 2, r.output
+    assert "--layout" in r.stderr and "safetensors" in r.stderr and "drop --layout" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_safetensors_without_layout_still_works(tmp_path):
+    r = run("convert", DEMO, tmp_path / "st", "--format", "safetensors", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "st" / "config.json").is_file()
+
+
+# -- 13. the demo's tokenizer converts without a warning -------------------------------------
+def test_demo_tokenizer_gives_gguf_py_no_warning(tmp_path, caplog):
+    import gguf
+
+    from bitconv.readers import DATA_DIR
+
+    with caplog.at_level(logging.WARNING, logger="gguf.vocab"):
+        special = gguf.SpecialVocab(DATA_DIR / "tiny-bitnet", load_merges=True, n_vocab=1024)
+    assert [r.getMessage() for r in caplog.records] == []
+    assert special.add_special_token.get("bos") is True and special.special_token_ids["bos"] == 0
+    res = convert(DEMO, tmp_path / "x.gguf", layout="tl2")
+    assert not [w for w in res.plan.warnings if "tokenizer" in w], res.plan.warnings
+    assert GGUFFile(tmp_path / "x.gguf").get("tokenizer.ggml.add_bos_token") is True
+
+
+def test_demo_tokenizer_still_prepends_bos():
+    from tokenizers import Tokenizer
+
+    from bitconv.readers import DATA_DIR
+
+    tok = Tokenizer.from_file(str(DATA_DIR / "tiny-bitnet" / "tokenizer.json"))
+    assert tok.encode("the cat").ids[0] == 0
+    assert tok.encode("the cat", "a dog").ids.count(0) == 1  # a pair: one BOS, no BOS "separator"
+
+
+# -- 14. each source tensor is named for what it is ------------------------------------------
+def test_demo_plan_names_norms_and_embedding_for_what_they_are(tmp_path):
+    r = run("convert", DEMO, tmp_path / "x.gguf", "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.stdout)["plan"]
+    kinds = {t["name"]: t["source_kind"] for t in plan["tensors"]}
+    assert "plain_float" not in kinds.values()  # README: plain_float is a refused float *linear*
+    assert kinds["token_embd.weight"] == "float" and kinds["blk.0.attn_norm.weight"] == "float"
+    assert kinds["blk.0.attn_q.weight"] == "bitnet_latent"
+    assert plan["source_kinds"]["counts"] == {"bitnet_latent": 28, "float": 18}
+    human = run("convert", DEMO, tmp_path / "x.gguf", "--dry-run").stdout
+    assert "float embedding" in human and "float norm" in human and "plain_float" not in human
