@@ -21,8 +21,46 @@ from . import __version__
 from .errors import BitconvError, UsageError
 from .output import Output
 
+def _flags_without_type(params: list) -> list:
+    """typer 0.29+ shows `<bool>` after every flag, which reads as if `--force` took a value
+    (`--force true` then fails): a flag takes no value, so it shows no type."""
+    for param in params:
+        if getattr(param, "is_flag", False) and hasattr(param, "display_type_rich"):
+            param.display_type_rich = lambda ctx=None: None
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    """A typer command whose help reads as click's always did, whatever typer version renders it.
+
+    typer 0.27+ writes required arguments as `{source}` in the usage line and 0.29+ puts
+    `<bool>` after every flag. Here usage shows arguments as SOURCE / [SOURCE] and flags show
+    no type. typer before 0.27 renders that way already; this keeps it so under 0.27-0.29
+    (pyproject allows <0.30: tests/test_help.py checks the text under whatever is installed).
+    """
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))  # with --help, which click adds here
+
+    def collect_usage_pieces(self, ctx):
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if getattr(param, "param_type_name", "") == "argument":
+                name = (param.metavar or param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+class _Group(typer.core.TyperGroup):
+    """The `bitconv` group: its --version / --help flags without `<bool>` (see `_Command`)."""
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="bitconv",
+    cls=_Group,
     help="Convert ternary (BitNet b1.58) checkpoints into GGUF / packed safetensors that real engines run, "
     "and verify what the conversion cost.",
     no_args_is_help=True,
@@ -99,7 +137,7 @@ def _human_bytes(n: float) -> str:
     return str(n)
 
 
-@app.command(epilog=CONVERT_EXAMPLES)
+@app.command(epilog=CONVERT_EXAMPLES, cls=_Command)
 def convert(
     source: Annotated[str, typer.Argument(help="Hub repo id (org/name), local folder, .gguf file, or builtin:NAME.")],
     output: Annotated[Path, typer.Argument(help="Output .gguf file, or folder for --format safetensors.")],
@@ -328,7 +366,7 @@ def _render_release(out: Output, result) -> None:
         out.info(f"uploaded: {result.uploaded}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def check(
     manifest: Annotated[Path, typer.Argument(help="A bitconv-manifest.json.")],
     source: Annotated[Optional[Path], typer.Option("--source", help="Where the local source folder (or file) is now; the manifest names it only by name.")] = None,
@@ -355,7 +393,7 @@ def check(
     _run(out, debug, body)
 
 
-@app.command()
+@app.command(cls=_Command)
 def inspect(
     file: Annotated[Path, typer.Argument(help="A .gguf file, or a safetensors file or model folder.")],
     kernel_config: Annotated[Optional[Path], typer.Option(help="Check every TL tensor's tiles against a bitnet.cpp build's include/kernel_config.ini; exit 1 naming each tensor that differs or whose shape the build lacks.")] = None,
@@ -412,7 +450,7 @@ def _render_kernel_check(out: Output, check) -> None:
         out.err.print(f"[red]kernel config mismatch:[/red] {escape(check.summary())}", soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def doctor(
     file: Annotated[Path, typer.Argument(help="Any .gguf file (bitconv's or another tool's).")],
     engine: Annotated[Optional[str], typer.Option(help="Check for this engine: llama.cpp or bitnet.cpp (default: the one the file's types point to).")] = None,
@@ -435,7 +473,7 @@ def doctor(
     _run(out, debug, body)
 
 
-@app.command()
+@app.command(cls=_Command)
 def verify(
     artifact: Annotated[str, typer.Argument(help="A GGUF file (bitconv's or another tool's) or packed safetensors folder.")],
     source: Annotated[str, typer.Option("--source", help="The model it was converted from (as for convert).")],
