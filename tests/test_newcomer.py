@@ -130,3 +130,47 @@ def test_demo_plan_names_norms_and_embedding_for_what_they_are(tmp_path):
     assert plan["source_kinds"]["counts"] == {"bitnet_latent": 28, "float": 18}
     human = run("convert", DEMO, tmp_path / "x.gguf", "--dry-run").stdout
     assert "float embedding" in human and "float norm" in human and "plain_float" not in human
+
+
+# -- 16. messages that say what is true --------------------------------------------------------
+@pytest.mark.parametrize("what", ["folder", "missing", "empty"])
+def test_doctor_and_inspect_name_a_bad_path_in_words(tmp_path, what):
+    path = {"folder": tmp_path, "missing": tmp_path / "nope.gguf", "empty": tmp_path / "empty.gguf"}[what]
+    if what == "empty":
+        path.write_bytes(b"")
+    for cmd in ("doctor",) if what == "folder" else ("doctor", "inspect"):  # inspect reads folders
+        r = run(cmd, path)
+        assert r.exit_code == 2, r.output
+        line = " ".join(r.stderr.split())
+        assert "Errno" not in line and "Traceback" not in r.output, line
+        expected = {"folder": "folder", "missing": "no such file", "empty": "empty"}[what]
+        assert expected in line and str(path) in line, line
+
+
+def test_output_equal_to_a_source_file_is_not_called_a_folder(tmp_path):
+    src = tmp_path / "x.gguf"
+    convert(DEMO, src, layout="i2_s")
+    r = run("convert", src, src, "--layout", "tl2")
+    assert r.exit_code == 2 and "is the source" in r.stderr
+    assert "folder" not in r.stderr and "another output path" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_hub_error_names_offline_mode_only_when_it_is_set(tmp_path, offline):
+    import os
+    import sys
+
+    import waiting
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1", NO_COLOR="1",
+               # an endpoint that refuses at once: no network is touched either way
+               HF_ENDPOINT="http://127.0.0.1:9")
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    p = waiting.run([sys.executable, "-m", "bitconv.cli", "convert", "someorg/some-model",
+                     str(tmp_path / "o.gguf")], 180, env=env, capture_output=True, text=True)
+    assert p.returncode == 2, p.stderr
+    line = " ".join(p.stderr.split())
+    assert ("unset HF_HUB_OFFLINE" in line) == offline, line
+    assert ("HF_HUB_OFFLINE is set" in line) == offline, line

@@ -19,7 +19,7 @@ import gguf
 import numpy as np
 
 from ..config_values import MISSING
-from ..errors import CorruptFileError, InputError
+from ..errors import CorruptFileError, InputError, SourceNotFoundError
 from ..exact_ternary import detect
 from ..source_kind import mark_exact
 from ..ggml_types import FLOAT_TYPES, bytes_to_float, dequantize_upstream, tensor_nbytes, type_name, upstream_type
@@ -84,10 +84,17 @@ class GGUFFile:
     def __init__(self, path: str | Path, *, strict: bool = True) -> None:
         self.path = Path(path)
         self.strict = strict
+        if self.path.is_dir():  # a user's mistake, said in words rather than as [Errno 21]
+            raise InputError(f"{self.path}: is a folder, not a GGUF file", hint="name the .gguf file inside it")
+        if not self.path.exists():
+            raise SourceNotFoundError(f"{self.path}: no such file")
         try:
             self.data = np.memmap(self.path, dtype=np.uint8, mode="r")
         except (OSError, ValueError) as exc:
-            raise CorruptFileError(f"{self.path}: cannot open ({exc})") from None
+            why = getattr(exc, "strerror", None) or str(exc)
+            if self.path.is_file() and self.path.stat().st_size == 0:  # numpy: "cannot mmap an empty file"
+                why = "the file is empty"
+            raise CorruptFileError(f"{self.path}: cannot open ({why})") from None
         self._bytes = memoryview(self.data)  # header parsing slices this: a memmap slice costs ~4 us
         self._pos = 0
         try:
