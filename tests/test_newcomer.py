@@ -174,3 +174,47 @@ def test_hub_error_names_offline_mode_only_when_it_is_set(tmp_path, offline):
     line = " ".join(p.stderr.split())
     assert ("unset HF_HUB_OFFLINE" in line) == offline, line
     assert ("HF_HUB_OFFLINE is set" in line) == offline, line
+
+
+# -- 15. a truncated GGUF: where it ends and what lies past it, no intact tensor blamed ---------
+@pytest.fixture(scope="module")
+def tl2_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tl2") / "tl2.gguf"
+    convert(DEMO, out, layout="tl2")
+    return out
+
+
+def _past_end(path, size):
+    f = GGUFFile(path)
+    return [i.name for i in f.index if i.offset >= size]
+
+
+@pytest.mark.parametrize("keep", [0.8, 0.5])
+def test_truncated_tl2_file_names_the_end_and_the_tensors_past_it(tl2_demo, tmp_path, keep):
+    data = tl2_demo.read_bytes()
+    size = int(len(data) * keep)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:size])
+    past = _past_end(tl2_demo, size)
+    assert len(past) > 5 and any(".attn_q." in n or ".ffn_down." in n for n in past)  # TL2 tensors among them
+    for cmd in (["convert", cut, tmp_path / "o.gguf", "--layout", "i2_s"], ["inspect", cut]):
+        r = run(*cmd)
+        line = " ".join(r.stderr.split())
+        assert r.exit_code == 2, r.output
+        assert f"the file ends at byte {size}" in line and f"{len(past)} of 46 tensors lie past it" in line, line
+        assert "fits no known reading" not in line and "spans" not in line, line  # no intact tensor blamed
+    r = run("doctor", cut, "--json")
+    doc = json.loads(r.stdout)
+    trunc = [x for x in doc["findings"] if x["code"] == "truncated"]
+    assert len(trunc) == 1 and f"{len(past)} of 46 tensors lie past it" in trunc[0]["message"], trunc
+    assert r.exit_code == 1
+
+
+def test_file_cut_inside_its_last_tensor(tl2_demo, tmp_path):
+    data = tl2_demo.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:-1000])
+    r = run("inspect", cut)
+    line = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and f"the file ends at byte {len(data) - 1000}" in line
+    assert "output_norm.weight is cut short" in line, line
