@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -115,9 +116,13 @@ def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | Non
     """
     from .writers.atomic import Interrupted, cleanup_on_signals, hold_signals, reset_written, written
 
+    from .one_time import subscribe
+
     reset_written()
     try:
-        with cleanup_on_signals():  # SIGTERM/SIGHUP clean up as Ctrl-C does
+        # SIGTERM/SIGHUP clean up as Ctrl-C does; a one-time step over a second (a first
+        # run's kernel compile) is said in one line instead of silence
+        with cleanup_on_signals(), subscribe(out.note):
             code = fn()
     except BitconvError as exc:
         with hold_signals(reraise=False):
@@ -356,15 +361,14 @@ def _release_body(out: Output, source: str, output: str, layouts: list[str], for
 
 
 def _progress(out: Output):
+    """convert's progress bar on stderr in a terminal; rates from work done (bitconv/progress.py)."""
     from contextlib import nullcontext
 
     if not out.show_progress:
         return nullcontext(None)
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from .progress import bytes_progress
 
-    return Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=out.err, transient=True)
+    return bytes_progress(out.err)
 
 
 def _render_codegen(out: Output, plan, dry_run: bool = False) -> None:
@@ -596,13 +600,14 @@ def verify(
     def body() -> int:
         from .verify import render_report, verify as run_verify
 
-        report = run_verify(
-            artifact, source, text=text, tokens=tokens, ctx=ctx, device=device, act_quant=act_quant,
-            reference=reference, max_ppl_increase=_fraction(max_ppl_increase), min_top1=min_top1,
-            max_weight_error=max_weight_error, max_kl=max_kl, dtype=dtype, score_from=score_from,
-            fast=fast, revision=revision, kernel_config=kernel_config, source_i2s_variant=source_i2s_variant,
-            act=act, kv_bits=kv_bits,
-        )
+        with _verify_progress(out, tokens) as on_progress:
+            report = run_verify(
+                artifact, source, text=text, tokens=tokens, ctx=ctx, device=device, act_quant=act_quant,
+                reference=reference, max_ppl_increase=_fraction(max_ppl_increase), min_top1=min_top1,
+                max_weight_error=max_weight_error, max_kl=max_kl, dtype=dtype, score_from=score_from,
+                fast=fast, revision=revision, kernel_config=kernel_config, source_i2s_variant=source_i2s_variant,
+                act=act, kv_bits=kv_bits, progress=on_progress,
+            )
         data = report.to_dict()
         data["ok"] = bool(report.passed)
         out.result(data)
@@ -611,6 +616,28 @@ def verify(
         return 0 if report.passed else 1
 
     _run(out, debug, body)
+
+
+@contextmanager
+def _verify_progress(out: Output, tokens: int):
+    """verify's progress on stderr in a terminal (nothing with --json / --quiet): it runs all
+    windows through one decoder layer at a time, so the bar moves per layer and its rate is
+    tokens through the whole model per second (layers done / layers x tokens, from work done)."""
+    if not out.show_progress:
+        yield None
+        return
+    from .progress import count_progress
+
+    with count_progress(out.err, "tokens") as bar:
+        task = bar.add_task(f"scoring ≤{tokens} tokens", total=float(tokens))
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage == "layer" and total:
+                bar.update(task, completed=tokens * done / total, description=f"layer {done}/{total}")
+            elif stage == "metrics":
+                bar.update(task, description="comparing logits" if done < total else "done")
+
+        yield on_progress
 
 
 def _fraction(text: str) -> float:

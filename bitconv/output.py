@@ -33,6 +33,11 @@ class Output:
         if self.human:
             self.console.print(message, soft_wrap=soft_wrap)
 
+    def note(self, message: str) -> None:
+        """What the tool is doing that the user may wonder about (stderr; human mode only)."""
+        if self.human:
+            self.err.print(f"[cyan]note:[/cyan] {message}")
+
     def warn(self, message: str) -> None:
         if self.mode != "quiet":
             self.err.print(f"[yellow]warning:[/yellow] {message}")

@@ -218,3 +218,142 @@ def test_file_cut_inside_its_last_tensor(tl2_demo, tmp_path):
     line = " ".join(r.stderr.split())
     assert r.exit_code == 2 and f"the file ends at byte {len(data) - 1000}" in line
     assert "output_norm.weight is cut short" in line, line
+
+
+# -- 18. the first run says what it is doing, and rates count only work done -------------------
+def _cli_env(**extra):
+    import os
+
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **extra}
+    env["PYTHONPATH"] = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    return env
+
+
+@pytest.mark.slow
+def test_first_run_compile_is_announced_once_then_silent(tmp_path):
+    """An empty numba cache (a fresh install) compiles kernels: one note says so; the next
+    run, with the cache filled, says nothing; --quiet says nothing either way."""
+    import sys
+
+    import waiting
+
+    env = _cli_env(NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"), BITCONV_NOTICE_AFTER="0")
+
+    def convert_demo(*flags):
+        p = waiting.run([sys.executable, "-m", "bitconv.cli", "convert", DEMO, str(tmp_path / "x.gguf"),
+                         "--layout", "i2_s", "--force", *flags], 600, env=env, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return " ".join(p.stderr.split())
+
+    first = convert_demo()
+    assert first.count("compiling bitconv's kernels for this CPU, once") == 1, first
+    assert str(tmp_path / "numba-cache") in first  # where the result is kept
+    assert "compiling" not in convert_demo()
+    assert list((tmp_path / "numba-cache").rglob("*.nbi"))
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "other-cache")
+    assert convert_demo("--quiet") == ""
+
+
+def test_one_time_step_is_announced_only_when_it_lasts(monkeypatch):
+    import threading
+
+    from bitconv import one_time
+
+    heard: list[str] = []
+    arrived = threading.Event()
+
+    def hear(line):
+        heard.append(line)
+        arrived.set()
+
+    with one_time.subscribe(hear):
+        monkeypatch.setenv("BITCONV_NOTICE_AFTER", "3600")
+        one_time.begin("quick step")
+        one_time.end()  # ended long before its threshold: nothing said
+        monkeypatch.setenv("BITCONV_NOTICE_AFTER", "0")
+        one_time.begin("long step")
+        one_time.begin("long step")  # nested: one step
+        assert arrived.wait(600)
+        assert one_time.busy()
+        one_time.end()
+        assert one_time.busy()
+        one_time.end()
+        assert not one_time.busy()
+        one_time.begin("long step")  # said once per process
+        one_time.end()
+    assert heard == ["long step"]
+
+
+def test_rates_start_after_a_stall_not_before(monkeypatch):
+    """The bug: 1 KB done, then 15 s of compiling, then the rest: rich showed 311 bytes/s and
+    an ETA of hours. Here the rate is measured from when work flowed again."""
+    from types import SimpleNamespace
+
+    from bitconv import one_time, progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress, "_now", lambda: clock[0])
+    monkeypatch.setattr(one_time, "_quiet_since", 0.0)
+    origins = progress._Origins()
+    rate_col, eta_col = progress.RateColumn(origins), progress.EtaColumn(origins)
+    task = SimpleNamespace(id=1, completed=0.0, total=1_350_000.0)
+    assert str(rate_col.render(task)) == "" and str(eta_col.render(task)) == ""  # nothing done: no rate
+    task.completed = 1024.0
+    assert str(rate_col.render(task)) == ""  # the origin is set now, no span yet
+    monkeypatch.setattr(one_time, "_busy_since", clock[0])  # a compile runs
+    clock[0] += 15.0
+    assert str(rate_col.render(task)) == "compiling (once)"
+    monkeypatch.setattr(one_time, "_busy_since", None)  # it ended: quiet since now
+    monkeypatch.setattr(one_time, "_quiet_since", clock[0])
+    assert str(rate_col.render(task)) == ""  # origin moved past the stall
+    clock[0] += 0.6
+    task.completed = 1_000_000.0
+    shown = str(rate_col.render(task))
+    assert shown.endswith("MB/s") and float(shown.split()[0]) > 1.0, shown  # ~1.66 MB/s, not 311 B/s
+    assert str(eta_col.render(task)) == "0:00:00 left"
+
+
+# -- 19. verify shows progress in a terminal, nothing with --json / --quiet --------------------
+def test_verify_progress_sink_renders_layers_and_a_rate(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from bitconv import cli
+    from bitconv.output import Output
+
+    out = Output("human")
+    buf = io.StringIO()
+    out.err = Console(file=buf, force_terminal=True, width=120, color_system=None)
+    with cli._verify_progress(out, 2048) as on_progress:
+        assert on_progress is not None
+        for i in range(1, 5):
+            on_progress("layer", i, 4)
+            out.err.file.flush()
+        on_progress("metrics", 0, 1)
+    assert "layer" in buf.getvalue() or "comparing logits" in buf.getvalue()
+    for mode in ("json", "quiet"):
+        with cli._verify_progress(Output(mode), 2048) as on_progress:
+            assert on_progress is None
+
+
+def test_verify_cli_feeds_progress(tmp_path, monkeypatch):
+    from bitconv import cli
+
+    art = tmp_path / "v.gguf"
+    convert(DEMO, art, layout="i2_s")
+    events = []
+    real = cli._verify_progress
+
+    from contextlib import contextmanager
+
+    @contextmanager
+    def spy(out, tokens):
+        with real(out, tokens) as sink:
+            yield lambda *e: (events.append(e), sink and sink(*e))
+
+    monkeypatch.setattr(cli, "_verify_progress", spy)
+    r = run("verify", art, "--source", DEMO, "--tokens", "256", "--ctx", "128")
+    assert r.exit_code == 0, r.output
+    layers = [e for e in events if e[0] == "layer"]
+    assert layers and layers[-1][1:] == (4, 4), events
