@@ -357,3 +357,60 @@ def test_verify_cli_feeds_progress(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     layers = [e for e in events if e[0] == "layer"]
     assert layers and layers[-1][1:] == (4, 4), events
+
+
+# -- 5 / 17. the README's CI command and the example workflow work on the demo -------------------
+def _readme():
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def _workflow():
+    from pathlib import Path
+
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "github-actions-release.yml")
+                          .read_text(encoding="utf-8"))
+
+
+def _ci_argv(command: str, source: str) -> list[str]:
+    """A documented `bitconv convert ...` line as argv on the demo: SOURCE replaced, no upload
+    (the only part that needs the network), no shell redirection."""
+    import shlex
+
+    argv = shlex.split(command.replace("\\\n", " ").split(">")[0])
+    assert argv[:2] == ["bitconv", "convert"], argv
+    argv[2] = DEMO if argv[2] in (source, "$SOURCE") else argv[2]
+    assert argv[2] == DEMO, argv
+    i = argv.index("--upload-repo")
+    return argv[1:i] + argv[i + 2:]
+
+
+def test_workflow_installs_bitconv_from_its_repository():
+    steps = _workflow()["jobs"]["release"]["steps"]
+    runs = [s.get("run", "") for s in steps]
+    install = next(r for r in runs if "pip install" in r)
+    assert "pip install bitconv" not in install  # not on PyPI: it would not resolve
+    checkout = next(s for s in steps if s.get("with", {}).get("repository"))
+    assert f"pip install ./{checkout['with']['path']}" in install
+    assert "torch==2.13.0" in install  # the pin the README installs
+
+
+@pytest.mark.slow
+def test_readme_and_workflow_ci_commands_work_on_the_demo(tmp_path, monkeypatch):
+    import re
+
+    block = re.search(r"## Using bitconv in CI.*?```bash\n(.*?)```", _readme(), re.S).group(1)
+    readme_cmd = block.split("\nbitconv check")[0]
+    steps = _workflow()["jobs"]["release"]["steps"]
+    wf_cmd = next(s["run"] for s in steps if "bitconv convert" in s.get("run", ""))
+    readme_argv, wf_argv = _ci_argv(readme_cmd, "org/checkpoint"), _ci_argv(wf_cmd, "$SOURCE")
+    assert readme_argv == wf_argv, (readme_argv, wf_argv)  # one documented command
+    monkeypatch.chdir(tmp_path)
+    r = run(*readme_argv)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and all(a["ok"] and a["verify"]["passed"] for a in doc["artifacts"]), doc
+    assert run("check", "release/bitconv-manifest.json").exit_code == 0
