@@ -52,6 +52,20 @@ def engine_order(ckpt: Checkpoint) -> list[tuple[str, list[str]]]:
     return sorted(found, key=lambda e: bool(e[1]))  # stable: llama.cpp first when both run it
 
 
+def _preference(ckpt: Checkpoint, engine: str) -> tuple[str, ...]:
+    """The engine's layouts in order; Q2_0 first for llama.cpp when the embedding or head is
+    exact ternary (Bonsai-style): only Q2_0 keeps them ternary instead of dequantized."""
+    from .model import EMBEDDING
+    from .source_kind import ternary_embeddings
+
+    order = PREFERENCE[engine]
+    ternary_table = ternary_embeddings(ckpt) or any(
+        t.role in (EMBEDDING, OUTPUT) and t.is_ternary for t in ckpt.tensors)  # e.g. a Q2_0 GGUF source
+    if engine == LLAMA_CPP and ternary_table:
+        order = ("q2_0",) + tuple(x for x in order if x != "q2_0")
+    return order
+
+
 def _model_words(ckpt: Checkpoint) -> str:
     hp = ckpt.spec.hparams
     act = "relu²" if hp.hidden_act == "relu2" else hp.hidden_act.upper() if hp.hidden_act == "silu" else hp.hidden_act
@@ -73,7 +87,7 @@ def choose_gguf_plan(ckpt: Checkpoint, output: Path, options: ConvertOptions) ->
     for engine, problems in order:
         if problems:
             break  # the engines left would compute another function: not a default
-        for name in PREFERENCE[engine]:
+        for name in _preference(ckpt, engine):
             try:
                 plan = writer.plan(ckpt, output, replace(options, layout=name))
             except InputError as exc:
@@ -93,7 +107,8 @@ def choose_gguf_plan(ckpt: Checkpoint, output: Path, options: ConvertOptions) ->
 def _why(ckpt: Checkpoint, engine: str, layout: str, elsewhere: list[list[str]]) -> str:
     """The plan note: which layout, for which engine, and why not the other engine."""
     because = f" (not llama.cpp: {'; '.join(elsewhere[0])})" if elsewhere and engine == BITNET_CPP else ""
-    skipped = PREFERENCE[engine][:PREFERENCE[engine].index(layout)]
+    order = _preference(ckpt, engine)
+    skipped = order[:order.index(layout)]
     tried = f"; {', '.join(skipped)} cannot hold it" if skipped else ""
     return (f"no --layout given: chose {layout} for {engine}, the engine that runs {_model_words(ckpt)}{because}"
             f"{tried}; pass --layout to choose another")

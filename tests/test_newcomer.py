@@ -414,3 +414,16 @@ def test_readme_and_workflow_ci_commands_work_on_the_demo(tmp_path, monkeypatch)
     doc = json.loads(r.stdout)
     assert doc["ok"] and all(a["ok"] and a["verify"]["passed"] for a in doc["artifacts"]), doc
     assert run("check", "release/bitconv-manifest.json").exit_code == 0
+
+
+def test_default_keeps_a_ternary_embedding_ternary(ckpt_factory, tmp_path):
+    """A GGUF source whose token_embd is Q2_0 (Bonsai-style): the default is Q2_0, the one
+    llama.cpp layout that keeps the table ternary instead of writing it dequantized."""
+    from test_q2_0_embeddings import EMB, ternary_embedding_checkpoint, write
+
+    ck, _ = ternary_embedding_checkpoint(ckpt_factory("silu", seed=0, embed_std=0.05))
+    src = tmp_path / "emb-q2_0.gguf"
+    write(ck, src, layout="q2_0")
+    res = convert(src, tmp_path / "again.gguf")
+    assert res.plan.options.layout == "q2_0", res.plan.notes
+    assert GGUFFile(tmp_path / "again.gguf").tensors[EMB].type_name == "Q2_0"
