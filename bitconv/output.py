@@ -34,6 +34,11 @@ class Output:
         if self.human:
             self.console.print(message, soft_wrap=soft_wrap)
 
+    def note(self, message: str) -> None:
+        """What the tool is doing that the user may wonder about (stderr; human mode only)."""
+        if self.human:
+            self.err.print(f"[cyan]note:[/cyan] {message}", soft_wrap=True)  # one line, for grep and tests
+
     def warn(self, message: str) -> None:
         if self.mode != "quiet":
             self.err.print(f"[yellow]warning:[/yellow] {message}")

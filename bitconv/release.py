@@ -317,6 +317,8 @@ def release(
     _check_not_source(outdir, paths, checkpoint_paths(ckpt))
     # what each source tensor is, before any folder is made (a float model is refused here)
     decide_source_kinds(ckpt, ternarize=bool(option_kwargs.get("ternarize")))
+    if "gguf" in formats and "auto" in layouts:  # no --layout: the one the model's engine runs
+        layouts, paths = _resolve_auto(ckpt, outdir, layouts, paths, option_kwargs)
     if dry_run:
         return _release(ckpt, source, outdir, layouts, formats, keep_going, write_manifest, model_card, verify,
                         verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
@@ -350,6 +352,19 @@ def _check_not_source(outdir: Path, paths: dict[str, Path] | None, sources: list
         return
     for p in (*paths.values(), outdir / MANIFEST_NAME, outdir / "README.md"):
         check_not_source(Path(p), sources)
+
+
+def _resolve_auto(ckpt: Checkpoint, outdir: Path, layouts: list[str], paths: dict[str, Path] | None,
+                  option_kwargs: dict[str, Any]) -> tuple[list[str], dict[str, Path] | None]:
+    """Replace `auto` in LAYOUTS (and as a key of PATHS) by the default layout for CKPT."""
+    from .default_layout import AUTO, choose_gguf_plan
+
+    plan, _why = choose_gguf_plan(ckpt, outdir / "default.gguf", build_options(layout=AUTO, **option_kwargs))
+    chosen = plan.options.layout
+    layouts = list(dict.fromkeys(chosen if x == AUTO else x for x in layouts))
+    if paths and AUTO in paths:
+        paths = {(chosen if k == AUTO else k): v for k, v in paths.items()}
+    return layouts, paths
 
 
 def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_going, write_manifest, model_card,

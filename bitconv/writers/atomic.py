@@ -85,7 +85,8 @@ def check_not_source(output: Path, sources: Iterable[Path], what: str = "output"
                     where = ("is the source" if o == s else "is inside the source folder"
                              if _inside(o, s) else "contains the source")
                     raise UsageError(f"{output}: the {what} {where} {src}; refusing to write there",
-                                     hint="choose an output outside the model folder")
+                                     hint="choose an output outside the model folder" if src.is_dir()
+                                     else "choose another output path")
 
 
 def check_output(path: Path, force: bool, sources: Iterable[Path] = ()) -> None:
