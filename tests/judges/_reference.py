@@ -112,6 +112,56 @@ def source_logits(src: Path, ids) -> np.ndarray:
     return _CACHE[key]
 
 
+def float_twin(packed: Path, dst: Path) -> Path:
+    """A plain float model folder computing what a packed Hugging Face bitnet folder stores
+    (FORMATS.md §7), for the packed conventions transformers cannot load itself (group
+    scales): each linear decoded as s·t with the test suite's own numpy reference decoder
+    (tests/reference_packing_tq.py), s from `weight_scale` by the folder's `linear_class`
+    (bitlinear: 1/weight_scale; autobitlinear: weight_scale), broadcast over its group; the
+    quantization_config dropped, so transformers runs it as float (no activation rounding)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from reference_packing_tq import hf2bit_unpack_codes
+
+    shutil.copytree(packed, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    reciprocal = cfg.pop("quantization_config").get("linear_class", "bitlinear") == "bitlinear"
+    cfg["torch_dtype"] = "float32"
+    (dst / "config.json").write_text(json.dumps(cfg))
+    for f in dst.glob("*.safetensors"):
+        w = load_file(str(f))
+        out = {}
+        for name, t in w.items():
+            if name.endswith("_scale"):
+                continue
+            if t.dtype == torch.uint8 and name + "_scale" in w:
+                m = json_rows(cfg, name, t.shape[0])
+                tern = hf2bit_unpack_codes(t.numpy(), m).astype(np.float32) - 1.0
+                scale = w[name + "_scale"].float().numpy().astype(np.float64)
+                s = (1.0 / scale) if reciprocal else scale
+                s = s.reshape(-1, 1) if s.size == m else s.reshape(1, 1) if s.size == 1 else s
+                if s.ndim == 2 and s.shape[1] > 1:  # [M, K/g]: one scale per group of g along K
+                    s = np.repeat(s, tern.shape[1] // s.shape[1], axis=1)
+                out[name] = torch.from_numpy((tern * s).astype(np.float32))
+            else:
+                out[name] = t.float() if t.is_floating_point() else t
+        save_file(out, str(f), metadata={"format": "pt"})
+    return dst
+
+
+def json_rows(cfg: dict, name: str, packed_rows: int) -> int:
+    """Rows M of a packed linear from the model config (the packed tensor has ceil(M/4))."""
+    h, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    d = cfg.get("head_dim") or h // heads
+    rows = {"q_proj": heads * d, "k_proj": kv * d, "v_proj": kv * d, "o_proj": h,
+            "gate_proj": inter, "up_proj": inter, "down_proj": h}
+    m = next(v for k, v in rows.items() if f".{k}." in name)
+    assert (m + 3) // 4 == packed_rows, (name, m, packed_rows)
+    return m
+
+
 def text_ids(src: Path, n: int) -> list[int]:
     """The first `n` tokens of the shipped eval text through the checkpoint's own tokenizer."""
     from tokenizers import Tokenizer
