@@ -24,6 +24,7 @@ QK = 256
 
 class _TQ(Layout):
     tensor_scale_only = False
+    scale_type = "f16"  # each block's d
     engine = "llama.cpp"
     codes_bytes: int  # bytes of codes per 256-value block
 
@@ -42,6 +43,7 @@ class _TQ(Layout):
         m, k = tern.shape
         self.check(name, (m, k), tern.group)
         u = ternary_bytes(tern.values, name)
+        self._check_scales(tern, name)
         sc, per = block_scale_bits(tern, QK, name)
         out = np.empty(m * (k // QK) * (self.codes_bytes + 2), dtype=np.uint8)
         if self._kernels()[0](self._kernel_values(u.reshape(-1)), m, k, sc, per, out):
