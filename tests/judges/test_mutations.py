@@ -24,7 +24,8 @@ suite's own, imported from `_reference`: llama.cpp against transformers on the s
 the layouts llama.cpp runs (TQ1_0, TQ2_0, Q2_0); for the bitnet.cpp layouts (I2_S, TL1,
 TL2), which no engine here runs (tests/judges/test_bitnetcpp.py does when a build is
 present), the file converted to packed safetensors and run by transformers against the
-source; for safetensors, transformers on the folder. A file an engine or reader refuses
+source; for safetensors and compressed-tensors, transformers on the folder; for MLX, mlx-lm
+(with the gates of test_mlx.py / test_compressed_tensors.py). A file an engine or reader refuses
 counts as caught. Without a defect every judge passes (the control row), so "caught" means
 the defect, not a judge that always fails.
 """
@@ -54,8 +55,8 @@ from bitconv.quant import Ternary  # noqa: E402
 from bitconv.writers.base import Encoded  # noqa: E402
 
 from ._llamacpp import llama_logits  # noqa: E402
-from ._reference import (JUDGE_DIMS, JUDGE_SOURCES, LLAMACPP_GATES, TRANSFORMERS_GATES, judge,  # noqa: E402
-                         source_logits, text_ids, transformers_logits)
+from ._reference import (JUDGE_DIMS, JUDGE_SOURCES, LLAMACPP_GATES, TRANSFORMERS_GATES, Gates,  # noqa: E402
+                         judge, source_logits, text_ids, transformers_logits)
 
 pytestmark = pytest.mark.judge
 
@@ -63,7 +64,8 @@ FAMILY = "llama"
 N_TOKENS = 160
 LLAMACPP_LAYOUTS = ("tq1_0", "tq2_0", "q2_0")
 BITNETCPP_LAYOUTS = ("i2_s", "tl1", "tl2")
-TARGETS = [f"gguf:{x}" for x in LLAMACPP_LAYOUTS + BITNETCPP_LAYOUTS] + ["safetensors"]
+FOLDER_FORMATS = ("safetensors", "mlx", "compressed-tensors")  # each with its engine's judge
+TARGETS = [f"gguf:{x}" for x in LLAMACPP_LAYOUTS + BITNETCPP_LAYOUTS] + list(FOLDER_FORMATS)
 VGU = ("attn_v", "ffn_gate", "ffn_up", "v_proj", "gate_proj", "up_proj")
 
 
@@ -112,7 +114,7 @@ def _codes_swapped(layout: str, data: np.ndarray, plan, tp) -> np.ndarray:
         bk = plan.layout.tiles_for(tp.name, (m, k)).BK
         n = m * ((k - k % bk) // 3) // 2
         out[:n] = _swap_nibbles(out[:n])
-    elif layout == "hf2bit":  # four rows per byte: swap row blocks 0 and 1
+    elif layout in FOLDER_FORMATS:  # 2-bit fields, four per byte (HF rows, MLX / int32 words)
         out[:] = _swap_2bit_fields(out)
     else:
         raise AssertionError(f"no code swap defined for {layout}: add one")
@@ -167,7 +169,7 @@ def planted(defect: Defect | None) -> Iterator[None]:
                 payload = defect.head(payload)
             enc = _orig(self, plan, tp, payload)
             if defect.codes and tp.role == LINEAR:
-                layout = plan.layout.name if self.format == "gguf" else "hf2bit"
+                layout = plan.layout.name if self.format == "gguf" else self.format
                 enc = Encoded([_codes_swapped(layout, np.asarray(enc[0]).reshape(-1).view(np.uint8), plan, tp),
                                *enc[1:]])
             return enc
@@ -193,13 +195,21 @@ def judge_target(target: str, src: Path, work: Path, defect: Defect | None) -> l
     ref = source_logits(src, ids)
     fmt, _, layout = target.partition(":")
     work.mkdir(parents=True, exist_ok=True)
-    out = work / (f"m-{layout}.gguf" if layout else "m-st")
+    out = work / (f"m-{layout}.gguf" if layout else f"m-{fmt}")
     try:
         with planted(defect):
-            convert(src, out, **({"layout": layout} if layout else {"format": "safetensors"}))
+            convert(src, out, **({"layout": layout} if layout else {"format": fmt}))
         if layout in LLAMACPP_LAYOUTS:
             got = llama_logits(out, ids)
             v = judge(f"llama.cpp {layout}", ref, got, LLAMACPP_GATES[FAMILY])
+        elif fmt == "mlx":
+            # mlx-lm computes in the folder's dtype: bf16 here, so the MLX judge's bf16 gates
+            # (clean run measured KL 2.4e-4 against them; its f32 latent gate is 1.5e-4)
+            v = judge("mlx-lm", ref, _mlx_logits(out, ids), _borrowed_gates("test_mlx", "GATES", "bf16"))
+        elif fmt == "compressed-tensors":
+            got = transformers_logits(out, ids)
+            v = judge("transformers compressed-tensors", ref, got,
+                      _borrowed_gates("test_compressed_tensors", "LATENT_GATES", "latent"))
         else:
             folder = out
             if layout:  # a bitnet.cpp layout: its bytes through bitconv's reader into transformers
@@ -210,6 +220,25 @@ def judge_target(target: str, src: Path, work: Path, defect: Defect | None) -> l
     except (BitconvError, ValueError, RuntimeError) as exc:  # refused by a reader or an engine
         return [f"refused: {type(exc).__name__}: {str(exc)[:100]}"]
     return [f"{v.case}: {f}" for f in v.failures]
+
+
+def _mlx_logits(folder: Path, ids: list[int]) -> np.ndarray:
+    mx = pytest.importorskip("mlx.core", reason="mlx (the MLX judge) is not importable here")
+    mlx_utils = pytest.importorskip("mlx_lm.utils", reason="mlx-lm (the MLX judge) is not importable here")
+    model, _ = mlx_utils.load_model(folder)
+    return np.array(model(mx.array([ids])).astype(mx.float32))[0]
+
+
+def _borrowed_gates(module: str, name: str, kind: str) -> Gates:
+    """The gates of the format's own judge test for this kind of model (its (min top-1, max
+    rel L2, max KL) tuple), so the check uses that judge as it stands."""
+    import importlib
+
+    if module == "test_compressed_tensors":
+        pytest.importorskip("compressed_tensors", reason="compressed-tensors (its judge's loader) is not importable")
+    table = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    top1, _, kl = table[kind] if isinstance(table, dict) else table
+    return Gates(max_kl=kl, min_top1=top1)
 
 
 @pytest.fixture(scope="module")
@@ -246,4 +275,4 @@ def test_every_layout_and_format_is_in_the_check():
 
     gguf_layouts = {n for n in layout_names() if layout_class(n).ggml_type is not None}
     assert gguf_layouts == set(LLAMACPP_LAYOUTS + BITNETCPP_LAYOUTS), gguf_layouts
-    assert set(writer_formats()) == {"gguf", "safetensors"}, writer_formats()
+    assert set(writer_formats()) == {"gguf", *FOLDER_FORMATS}, writer_formats()
