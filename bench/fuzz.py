@@ -64,7 +64,11 @@ def _gguf_value(vtype: int, value: Any, sub: int | None) -> bytes:
         return struct.pack("<Q", len(b)) + b
     if vtype == 9:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
-        return struct.pack("<IQ", sub, len(items)) + b"".join(_gguf_value(sub, v, None) for v in items)
+        inner = None
+        if sub == 9:  # an array of arrays: each inner array's item type from its first item
+            first = next((x for v in items if isinstance(v, (list, tuple)) for x in v), 0)
+            inner = 8 if isinstance(first, str) else 6 if isinstance(first, float) else 5
+        return struct.pack("<IQ", sub, len(items)) + b"".join(_gguf_value(sub, v, inner) for v in items)
     fmt = _FMT[vtype]
     try:
         return struct.pack(fmt, value)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import __version__
-from .convert import build_options, checkpoint_paths, local_source_paths, prepare_tensors
+from .convert import build_options, checkpoint_paths, local_source_paths, prepare_tensors, source_snapshot
 from .errors import BitconvError, ConversionError, InputError, OutputExistsError, UsageError
 from .model import SourceInfo
 from .plan import ConversionPlan, ConvertOptions, TensorPlan
@@ -273,9 +273,7 @@ def release(
         raise UsageError("--format gguf needs at least one --layout")
     if upload_repo and not write_manifest:
         raise UsageError("--upload-repo publishes a release with its manifest; do not disable the manifest")
-    check_not_source(outdir, local_source_paths(source), what="output folder")
-    for p in (paths or {}).values():
-        check_not_source(Path(p), local_source_paths(source))
+    _check_not_source(outdir, paths, local_source_paths(source))
     if outdir.exists() and not outdir.is_dir():
         raise OutputExistsError(f"{outdir} exists and is not a folder; several outputs go into a folder")
     start = time.perf_counter()
@@ -283,7 +281,7 @@ def release(
 
     foreign = gguf_read_options(option_kwargs.pop("source_i2s_variant", None), option_kwargs.get("kernel_config"))
     ckpt = open_source(source, revision=revision, token=token, gguf_options=foreign)
-    check_not_source(outdir, checkpoint_paths(ckpt), what="output folder")
+    _check_not_source(outdir, paths, checkpoint_paths(ckpt))
     # what each source tensor is, before any folder is made (a float model is refused here)
     decide_source_kinds(ckpt, ternarize=bool(option_kwargs.get("ternarize")))
     created = [p for p in (outdir, *outdir.parents) if not p.exists()]
@@ -302,6 +300,18 @@ def release(
             except OSError:
                 break
         raise
+
+
+def _check_not_source(outdir: Path, paths: dict[str, Path] | None, sources: list[Path]) -> None:
+    """A release folder may not be, hold or sit inside a source. A single named output
+    (`convert src o.gguf --manifest`: OUTDIR is o.gguf's folder, often the one holding src/)
+    writes only its file, the manifest and the model card there, so those are checked
+    instead of the whole folder, which may hold the source beside them."""
+    if not paths:
+        check_not_source(outdir, sources, what="output folder")
+        return
+    for p in (*paths.values(), outdir / MANIFEST_NAME, outdir / "README.md"):
+        check_not_source(Path(p), sources)
 
 
 def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_going, write_manifest, model_card,
@@ -331,8 +341,9 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
                         hint="fix it, drop that layout, or pass --keep-going to write the others")
     stats: list[TensorStats] = []
     live = [t for t in targets if t.ok]
+    snapshot = source_snapshot(ckpt, targets[0].options if targets else None)
     if live:
-        _write_all(ckpt, live, force, stats, progress)
+        _write_all(ckpt, live, force, stats, progress, snapshot)
     for t in live:
         if t.ok:
             t.sha256, t.size, t.files = _hash_artifact(t.path)
@@ -347,6 +358,8 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
     if write_manifest:
         result.manifest = build_manifest(ckpt, targets, outdir, command, option_kwargs, layouts, formats,
                                          timestamp, source_arg=str(source))
+        # the hashes just taken are of the files read only if none changed since they were opened
+        snapshot.verify()
         result.manifest_path = outdir / MANIFEST_NAME
         result.manifest_path.write_text(json.dumps(result.manifest, indent=2, sort_keys=True) + "\n")
     if model_card:
@@ -362,7 +375,7 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
 
 
 def _write_all(ckpt: Checkpoint, targets: list[Target], force: bool, stats: list[TensorStats],
-               progress: Callable[[TensorPlan], None] | None) -> None:
+               progress: Callable[[TensorPlan], None] | None, snapshot: Any = None) -> None:
     """Read each source tensor once and feed it to every target's writer thread."""
     queues = {id(t): queue.Queue(maxsize=2) for t in targets}
     by_source = [{tp.source.name: tp for tp in t.plan.tensors} for t in targets]
@@ -380,6 +393,8 @@ def _write_all(ckpt: Checkpoint, targets: list[Target], force: bool, stats: list
         try:
             with atomic_path(t.path, force=force) as tmp:
                 get_writer(t.options.format).write(tmp, t.plan, items())
+                if snapshot is not None:
+                    snapshot.verify()  # a source replaced or rewritten meanwhile: this output is not committed
         except BitconvError as exc:
             t.error, t.exit_code = str(exc), exc.exit_code
         except BaseException as exc:  # noqa: BLE001 - reported per target, never swallowed silently
@@ -486,6 +501,14 @@ def check_manifest(path: str | Path, source: str | Path | None = None) -> dict[s
     notes = [note] if note else []
     sources = [(f, member(src_root, f["path"], "source file", path, allowed=allowed) if src_root else None)
                for f in (src["files"] if note is None else [])]
+    given = Path(source).expanduser() if source is not None else None
+    if given is not None and given.is_file():
+        # --source FILE names the file itself (a renamed GGUF): hash it, not the recorded
+        # name in its folder, which may be another file or none
+        if len(src["files"]) != 1:
+            raise InputError(f"{given}: the manifest's source has {len(src['files'])} files; pass its folder",
+                             hint="--source FILE is for a source that was one file (a GGUF)")
+        sources = [(src["files"][0], given)]
     problems: list[str] = []
     checked = 0
     for a, p in artifacts:

@@ -24,6 +24,7 @@ QK = 256
 class _TQ(Layout):
     tensor_scale_only = False
     scale_type = "f16"  # each block's d
+    block_k = QK
     engine = "llama.cpp"
     codes_bytes: int  # bytes of codes per 256-value block
 
@@ -56,6 +57,7 @@ class _TQ(Layout):
 
     def unpack(self, data: np.ndarray, shape: tuple[int, int], name: str = "tensor",
                group: GroupSize = "tensor") -> Ternary:
+        self._check_whole_blocks(name, shape)  # K < 256: no block holds these values
         data = self._check_data(data, shape, name)
         m, k = shape
         nb = m * (k // QK)

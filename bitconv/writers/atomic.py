@@ -109,6 +109,11 @@ def check_replaceable(path: Path) -> None:
     """With --force: a file may be replaced; a folder only when bitconv wrote it."""
     if path.is_symlink() or not path.is_dir():
         return
+    try:
+        if not any(os.scandir(path)):  # an empty folder holds nothing of the user's to lose
+            return
+    except OSError:
+        pass
     if not is_bitconv_output(path):
         raise OutputExistsError(
             f"{path} is a folder bitconv did not write; refusing to replace it even with --force",
@@ -128,7 +133,7 @@ def is_bitconv_output(folder: Path) -> bool:
         try:
             m = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
             listed = {str(a["path"]).split("/")[0] for a in m["artifacts"]} if isinstance(m, dict) else set()
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return False
         if "bitconv_version" in m and names <= listed | {MANIFEST_NAME, "README.md"}:
             return True
@@ -149,7 +154,7 @@ def _stamped(path: Path) -> bool:
                 return False
             header = json.loads(f.read(n))
         return "bitconv.version" in (header.get("__metadata__") or {})
-    except (OSError, ValueError, struct.error, AttributeError):
+    except (OSError, ValueError, struct.error, AttributeError, RecursionError):
         return False
 
 
