@@ -21,17 +21,19 @@ _TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
 _OWN = re.compile(r"\[/?(?:(?:bold|dim|italic|red|green|yellow|cyan|magenta|blue)(?: (?:bold|dim|red|green|yellow|cyan))*)?\]")
 
 
-def protect(text: str) -> str:
+def protect(text: str, own: bool = True) -> str:
     """TEXT with every markup tag that is not one of bitconv's own styles escaped.
 
     Why: messages interpolate user data (paths, architecture and tensor names) into rich
     markup, and `[/x]` in a file name made the printer raise MarkupError (after a complete
     conversion: exit 1 and a traceback), while `[x]` silently vanished from the message.
     Escaping here covers every printer at once (doctor's and verify's renderers print on
-    these consoles too). A tag already escaped (an odd run of backslashes) is left alone."""
+    these consoles too). A tag already escaped (an odd run of backslashes) is left alone, so
+    a caller's own `escape` is not doubled. `own=False`: escape bitconv's styles too (text
+    that is all data: error and warning messages)."""
     def sub(m: re.Match) -> str:
         slashes, tag = m.group(1), m.group(2)
-        if len(slashes) % 2 or _OWN.fullmatch(tag):
+        if len(slashes) % 2 or (own and _OWN.fullmatch(tag)):
             return m.group(0)
         return f"{slashes}\\{tag}"
     return _TAG.sub(sub, text)
@@ -86,12 +88,12 @@ class Output:
 
     def warn(self, message: str) -> None:
         if self.mode != "quiet":
-            self.err.print(f"[yellow]warning:[/yellow] {message}")
+            self.err.print(f"[yellow]warning:[/yellow] {protect(message, own=False)}")  # all of it data
 
     def error(self, message: str) -> None:
         if self.mode == "json":
             sys.stdout.write(json.dumps({"ok": False, "error": message}) + "\n")
-        self.err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+        self.err.print(f"[red]error:[/red] {protect(message, own=False)}", soft_wrap=True)  # all of it data
 
     def table(self, table: Table) -> None:
         if self.human:
