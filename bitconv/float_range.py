@@ -126,6 +126,17 @@ def tensor_loss(fmt: str, over: int, first_over: int, amax: float, umax: float,
     return None
 
 
+def check_scales(name: str, scales: np.ndarray, fmt: str, where: str) -> None:
+    """Refuse the first scale (per-group, as written) FMT cannot hold by the scale rule
+    (overflow, 0, or a subnormal that loses bits), naming the formats that would hold it."""
+    s = np.asarray(scales, dtype=np.float64).reshape(-1)
+    bad = lost(s, fmt, scale=True) | ~np.isfinite(s)
+    if bad.any():
+        v = float(s[int(np.argmax(bad))])
+        others = [f for f in holders(v, scale=True) if f != fmt]
+        raise scale_error(name, v, where, fmt, [f"a {f} source (the scales take its dtype)" for f in others])
+
+
 def value_error(name: str, value: float, index: int, count: int, fmt: str, hint: str,
                 amax: float | None = None) -> BadWeightsError:
     """The refusal of a float tensor that FMT cannot hold (COUNT values, the first at INDEX;

@@ -125,12 +125,31 @@ def test_release_manifest_never_hashes_a_file_other_than_the_one_read(two_models
     staged = src / "model.safetensors.new"
     shutil.copyfile(other, staged)
     out = tmp_path / "rel"
-    with pytest.raises(SourceChangedError):
-        rel = release(src, out, layouts=["tq2_0", "i2_s"], progress=_once(
-            lambda: os.replace(staged, src / "model.safetensors")))
-        assert not rel.ok  # (keep_going=False raises; either way no manifest vouches for it)
+    rel = release(src, out, layouts=["tq2_0", "i2_s"], progress=_once(
+        lambda: os.replace(staged, src / "model.safetensors")))
+    assert not rel.ok and rel.exit_code == 1
+    for t in rel.targets:  # each output failed before its commit, naming the change
+        assert not t.ok and "the source changed during the conversion" in t.error and not t.path.exists()
     assert not (out / MANIFEST_NAME).exists()
     assert temp_leftovers(tmp_path) == []
+
+
+def test_release_source_replaced_after_the_outputs_before_the_manifest(two_models, tmp_path, monkeypatch):
+    """The outputs were read from the old file; the manifest would hash the new one: refused."""
+    import bitconv.release as rel_mod
+
+    src, other = two_models
+    staged = src / "model.safetensors.new"
+    shutil.copyfile(other, staged)
+    real = rel_mod.build_manifest
+
+    def swap_then_build(*args, **kwargs):  # the event: every output is committed, hashing starts
+        os.replace(staged, src / "model.safetensors")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(rel_mod, "build_manifest", swap_then_build)
+    with pytest.raises(SourceChangedError, match="replaced by another file"):
+        rel_mod.release(src, tmp_path / "rel", layouts=["tq2_0"])
+    assert not (tmp_path / "rel" / rel_mod.MANIFEST_NAME).exists()
 
 
 def test_unchanged_source_converts(two_models, tmp_path):

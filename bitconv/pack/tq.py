@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import BadWeightsError
 from ..quant import GroupSize, Ternary
 from .base import Layout
 from .kernel_args import bad_values_error, block_scale_bits, ternary_bytes
@@ -64,7 +65,14 @@ class _TQ(Layout):
         values = np.empty((m, k), dtype=np.int8)
         d = np.empty((m, k // QK), dtype=np.float32)  # the kernel writes its bits
         unpack = self._kernels()[1]
-        unpack(np.ascontiguousarray(data), nb, values.reshape(-1).view(np.uint8), d.reshape(-1).view(np.uint32))
+        bad = unpack(np.ascontiguousarray(data), nb, values.reshape(-1).view(np.uint8), d.reshape(-1).view(np.uint32))
+        if bad >= 0:  # TQ2_0 only: TQ1_0 bytes all decode to ternary digits
+            nbr = k // QK
+            raise BadWeightsError(
+                f"{name}: {self.name.upper()} block {bad} (row {bad // nbr}, values {QK * (bad % nbr)}.."
+                f"{QK * (bad % nbr) + QK - 1}) holds code 3 (+2·d), which is not ternary",
+                hint="the file is corrupt: TQ2_0 codes are 0, 1, 2 (-1, 0, +1); reconvert from the source",
+            )
         return collapse_block_scales(values, d, group, name)
 
 

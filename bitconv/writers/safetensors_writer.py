@@ -77,8 +77,8 @@ OUTPUT_FAMILY = {
 }
 
 _FLOATS = ("bf16", "f16", "f32")
-_ST_DTYPE = {"bf16": "BF16", "f16": "F16", "f32": "F32", "u8": "U8"}
-_ITEMSIZE = {"bf16": 2, "f16": 2, "f32": 4, "u8": 1}
+_ST_DTYPE = {"bf16": "BF16", "f16": "F16", "f32": "F32", "u8": "U8", "u32": "U32", "i32": "I32", "i64": "I64"}
+_ITEMSIZE = {"bf16": 2, "f16": 2, "f32": 4, "u8": 1, "u32": 4, "i32": 4, "i64": 8}
 _CONFIG_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "half": "f16", "float": "f32"}
 
 
@@ -133,7 +133,7 @@ class Entry:
     """One tensor of one shard: where its bytes go."""
 
     name: str
-    dtype: str  # bf16 | f16 | f32 | u8
+    dtype: str  # bf16 | f16 | f32 | u8 (| u32 i32 i64: the MLX and compressed-tensors writers)
     shape: tuple[int, ...]
     shard: int = 0
     offset: int = 0  # from the start of the shard's data buffer
