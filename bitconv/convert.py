@@ -96,6 +96,7 @@ def convert(
         check_emit_path(emit, output, local_source_paths(source, options), force=force, dry_run=dry_run)
     ckpt = open_source(source, revision=revision, token=token,
                        gguf_options=gguf_read_options(source_i2s_variant, kernel_config))
+    snapshot = source_snapshot(ckpt, options)  # the files as opened; checked before the output is committed
     if into_folder:  # named as a release names it, now that the model's name is known
         output = output / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
         if not dry_run:
@@ -130,6 +131,7 @@ def convert(
             writer.write(tmp, plan, tensors)
         finally:
             tensors.close()
+        snapshot.verify()  # a source replaced or rewritten meanwhile: exit 1, the temporary removed
     size = sum(p.stat().st_size for p in output.rglob("*")) if output.is_dir() else output.stat().st_size
     return ConversionResult(plan=plan, written=True, stats=stats, seconds=time.perf_counter() - start,
                             output_bytes=size)
@@ -293,6 +295,21 @@ def local_source_paths(source: str | Path, options: ConvertOptions | None = None
     if options is not None and options.kernel_config is not None:
         paths.append(options.kernel_config)
     return paths
+
+
+def source_snapshot(ckpt: Checkpoint, options: ConvertOptions | None = None) -> "SourceSnapshot":
+    """The identity of every file the conversion reads (`source_files`): the reader's held
+    files as opened, the rest (config, tokenizer, kernel config) as they are now."""
+    from .source_files import SourceSnapshot
+
+    paths: list[Path] = list(ckpt.files)
+    tok = ckpt.spec.tokenizer_dir
+    if tok is not None and Path(tok).is_dir():
+        paths += sorted(p for p in Path(tok).iterdir() if p.name.startswith(("tokenizer", "special_tokens",
+                                                                             "added_tokens", "vocab", "merges")))
+    if options is not None and options.kernel_config is not None:
+        paths.append(Path(options.kernel_config))
+    return SourceSnapshot.take(paths, ckpt.held)
 
 
 def checkpoint_paths(ckpt: Checkpoint, options: ConvertOptions | None = None) -> list[Path]:

@@ -540,6 +540,10 @@ def check_arch(c: _Ctx) -> Iterable[Finding]:
     elif c.arch is None:
         yield Finding("no-arch", "error", "general.architecture", "missing: no engine can load the file",
                       "write the file again with a converter")
+    elif not isinstance(c.arch, str):  # engines read it as a string; any other type fails to load
+        yield Finding("no-arch", "error", "general.architecture",
+                      f"not a string ({type(c.arch).__name__} {str(c.arch)[:40]}): no engine can load the file",
+                      "write the file again with a converter")
 
 
 def check_i2s_order(c: _Ctx) -> Iterable[Finding]:

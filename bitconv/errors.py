@@ -59,6 +59,10 @@ class ConversionError(BitconvError):
     """The conversion failed on valid input (disk full, engine limitation at write time)."""
 
 
+class SourceChangedError(ConversionError):
+    """A source file was replaced, truncated or rewritten while a conversion read it."""
+
+
 class VerificationFailed(BitconvError):
     """An artifact crossed a verify threshold."""
 

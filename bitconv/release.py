@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from . import __version__
 from .convert import (build_options, check_emit_applies, check_emit_path, checkpoint_paths, kernel_config_for,
-                      local_source_paths, prepare_tensors)
+                      local_source_paths, prepare_tensors, source_snapshot)
 from .errors import BitconvError, ConversionError, InputError, OutputExistsError, UploadError, UsageError
 from .model import SourceInfo
 from .plan import ConversionPlan, ConvertOptions, TensorPlan
@@ -419,8 +419,9 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
         return result
     stats: list[TensorStats] = []
     live = [t for t in targets if t.ok]
+    snapshot = source_snapshot(ckpt, targets[0].options if targets else None)
     if live:
-        _write_all(ckpt, live, force, stats, progress)
+        _write_all(ckpt, live, force, stats, progress, snapshot)
     for t in live:
         if t.ok:
             t.sha256, t.size, t.files = _hash_artifact(t.path)
@@ -444,6 +445,8 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
         if write_manifest:
             result.manifest = build_manifest(ckpt, targets, outdir, command, option_kwargs, layouts, formats,
                                              timestamp, source_arg=str(source))
+            # the hashes just taken are of the files read only if none changed since they were opened
+            snapshot.verify()
             stage.text(result.manifest_path, json.dumps(result.manifest, indent=2, sort_keys=True) + "\n",
                        ours=is_bitconv_manifest, what="manifest")
         if model_card:
@@ -472,7 +475,7 @@ def _side_files(outdir: Path, manifest: bool, card: bool,
 
 
 def _write_all(ckpt: Checkpoint, targets: list[Target], force: bool, stats: list[TensorStats],
-               progress: Callable[[TensorPlan], None] | None) -> None:
+               progress: Callable[[TensorPlan], None] | None, snapshot: Any = None) -> None:
     """Read each source tensor once and feed it to every target's writer thread."""
     queues = {id(t): queue.Queue(maxsize=2) for t in targets}
     by_source = [{tp.source.name: tp for tp in t.plan.tensors} for t in targets]
@@ -490,6 +493,8 @@ def _write_all(ckpt: Checkpoint, targets: list[Target], force: bool, stats: list
         try:
             with atomic_path(t.path, force=force) as tmp:
                 get_writer(t.options.format).write(tmp, t.plan, items())
+                if snapshot is not None:
+                    snapshot.verify()  # a source replaced or rewritten meanwhile: this output is not committed
         except BitconvError as exc:
             t.error, t.exit_code = str(exc), exc.exit_code
         except BaseException as exc:  # noqa: BLE001 - reported per target, never swallowed silently
