@@ -102,6 +102,9 @@ def convert(
         check_not_source(output, checkpoint_paths(ckpt, options))
     if emit is not None:
         check_emit_path(emit, output, checkpoint_paths(ckpt, options), force=force, dry_run=dry_run)
+    from .rotation import refuse_rotated
+
+    refuse_rotated(ckpt, options.format)  # no target of bitconv keeps a Hadamard rotation (issue 20)
     kind_notes = decide_source_kinds(ckpt, ternarize=options.ternarize)
     plan = writer.plan(ckpt, output, options)
     plan.notes = kind_notes + plan.notes
