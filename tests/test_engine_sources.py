@@ -142,3 +142,26 @@ def test_stock_lossy_int2_folder_is_read_as_what_it_computes(bonsai, tmp_path):
     assert np.array_equal(lossy.load(), (q * scale[:, :, None]).reshape(src.shape).astype(np.float32))
     assert not np.array_equal(lossy.load(), src)
     assert any("NOT exactly ternary" in n for n in inspect_path(stock)["notes"])
+
+
+@pytest.mark.parametrize("fmt", ["mlx", "compressed-tensors"])
+def test_engine_folders_are_verify_artifacts(bonsai, tmp_path, fmt):
+    """`bitconv verify` reads both folders through the readers (no verify code of their own):
+    every tensor's codes and scales equal the source's, and a flipped code is caught."""
+    from bitconv.verify import verify
+
+    out = tmp_path / fmt
+    convert(bonsai, out, format=fmt)
+    rep = verify(out, bonsai, tokens=256, ctx=128).to_dict()
+    assert rep["passed"] and rep["artifact_layouts"] == [{"mlx": "mlx_affine2", "compressed-tensors": "ct_int2"}[fmt]]
+    off = [t for t in rep["tensors"] if t["mismatched"] or t["max_error"]]
+    assert not off, off
+    t = _st(out)
+    key = "model.layers.0.mlp.down_proj." + ("weight" if fmt == "mlx" else "weight_packed")
+    words = t[key].view(np.uint32).copy()
+    words[0, 0] ^= np.uint32(0b11)  # first code: 0 <-> 3 (mlx) / 1 <-> 2 (int2): another value
+    t[key] = words.view(t[key].dtype)
+    save_file(t, str(out / "model.safetensors"), metadata={"format": "pt"})
+    bad = verify(out, bonsai, tokens=256, ctx=128, max_weight_error=0.0).to_dict()
+    changed = [x for x in bad["tensors"] if x["name"] == "blk.0.ffn_down.weight"]
+    assert not bad["passed"] or (changed and (changed[0]["mismatched"] or changed[0]["problem"])), changed
