@@ -541,6 +541,8 @@ def inspect(
                 out.info("bitconv: " + ", ".join(f"{k}={v}" for k, v in info["bitconv"].items()))
             for why in (info.get("type_readings") or {}).values():
                 out.info(why)
+            for note in info.get("notes") or []:  # exactly ternary or not; a Hadamard rotation
+                out.info(note)
             t = Table()
             for col in ("tensor", "shape", "type", "bytes"):
                 t.add_column(col, justify="right" if col == "bytes" else "left")

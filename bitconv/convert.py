@@ -105,6 +105,9 @@ def convert(
         check_not_source(output, checkpoint_paths(ckpt, options))
     if emit is not None:
         check_emit_path(emit, output, checkpoint_paths(ckpt, options), force=force, dry_run=dry_run)
+    from .rotation import refuse_rotated
+
+    refuse_rotated(ckpt, options.format)  # no target of bitconv keeps a Hadamard rotation (issue 20)
     kind_notes = decide_source_kinds(ckpt, ternarize=options.ternarize)
     if auto:  # the layout of the engine that runs this family, said in a note (default_layout.py)
         plan, why = choose_gguf_plan(ckpt, output, options)
