@@ -68,14 +68,16 @@ class Runner(LayerLoader, HeadMixin):
     BITCONV_COMPILE is not 0) compiles the fused helpers. `head_dtype` (default: `dtype`) is
     the dtype of the output projection alone; `head_math="bf16"` runs a float32 head as a
     bfloat16 GEMM and recomputes each row's largest logits in float32 (verify's fast CPU
-    path).
+    path). `stage` (default: on CUDA) reads and copies layers through `staging.Stager` and
+    decodes TQ2_0 with the torch decoder, as on a GPU.
     """
 
     def __init__(self, ckpt: Checkpoint, *, act_quant: bool = True, scheme: Any = None, reference: str = "ternary",
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  groups: Groups = None, keep: bool = False, micro_batch: int | None = None,
                  int_path: bool | None = None, compile: bool | None = None,
-                 head_dtype: torch.dtype | None = None, head_math: str | None = None) -> None:
+                 head_dtype: torch.dtype | None = None, head_math: str | None = None,
+                 stage: bool | None = None) -> None:
         if reference not in REFERENCES:
             raise UsageError(f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
         self.ckpt = ckpt
@@ -107,7 +109,9 @@ class Runner(LayerLoader, HeadMixin):
         self._cache: dict[int, LayerWeights] = {}
         self._gguf = None
         self._fd: int | None = None
-        self._stager = Stager(self.device) if self.cuda else None
+        # CUDA streams layers through pinned staging buffers; stage=True runs that same loading
+        # code on the CPU (how CI tests the GPU path's pure functions without a GPU)
+        self._stager = Stager(self.device) if (self.cuda if stage is None else stage) else None
         self._check_tensors()
         self._rope = rope_inv_freq(self.hp, ckpt.spec.config)
         self._head: torch.Tensor | None = None
@@ -153,7 +157,7 @@ class Runner(LayerLoader, HeadMixin):
         return absmean_ternary(raw, self.group_of(name))
 
     def _to_dev(self, t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        if t.device.type == "cpu" and self.cuda:
+        if t.device.type == "cpu" and self._stager is not None:
             t = self._stager.put(t)
         return t if dtype is None else t.to(dtype)
 
