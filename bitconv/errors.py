@@ -58,6 +58,3 @@ class OutputExistsError(InputError, FileExistsError):
 class ConversionError(BitconvError):
     """The conversion failed on valid input (disk full, engine limitation at write time)."""
 
-
-class VerificationFailed(BitconvError):
-    """An artifact crossed a verify threshold."""
