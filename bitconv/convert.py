@@ -23,8 +23,8 @@ from .pack import layout_class, layout_names
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
 from .pipeline import OrderedMap, ordered_map
 from .quant import TensorStats, check_finite, parse_group_size, serial_torch, tensor_stats, ternarize_with_stats
-from .readers import GGUFReadOptions, open_source
-from .readers.checkpoint import Checkpoint
+from .readers import open_source
+from .readers.checkpoint import Checkpoint, gguf_read_options
 from .exact_ternary import recover
 from .source_kind import SourceKind, decide_source_kinds
 from .writers import get_writer
@@ -350,17 +350,3 @@ def check_folder_target(folder: Path) -> None:
         what = "is not a folder" if folder.exists() else "does not exist"
         raise UsageError(f"{folder}/: a trailing slash names a folder to write the GGUF into, and it {what}",
                          hint="create the folder first, or name the output file (e.g. model.gguf)")
-
-
-def gguf_read_options(i2s_variant: str | None, kernel_config: str | Path | None) -> GGUFReadOptions:
-    """How to read a foreign GGUF source; the variant name is checked like --i2s-variant."""
-    if i2s_variant is not None:
-        from .pack.i2s import I2S
-
-        i2s_variant = I2S(i2s_variant).variant
-    return GGUFReadOptions(i2s_variant=i2s_variant, kernel_config=Path(kernel_config) if kernel_config else None)
-
-
-def open_checkpoint(source: str | Path, revision: str | None = None, token: str | None = None) -> Checkpoint:
-    """Open a source without converting it (verify and inspect use this)."""
-    return open_source(source, revision=revision, token=token)

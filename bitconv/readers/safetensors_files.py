@@ -137,15 +137,6 @@ class ShardSet:
         sl = self._open(self._where[name]).get_slice(name)
         return tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype(), sl.get_dtype().lower())
 
-    def get_torch(self, name: str) -> "torch.Tensor":  # noqa: F821 - torch is imported where used
-        path = self._where[name]
-        try:
-            # a handle of its own: its memory map keeps every page read through it resident,
-            # so it is dropped (and the file unmapped) once this tensor is freed
-            return safe_open(str(path), framework="pt").get_tensor(name)
-        except Exception as exc:
-            raise CorruptFileError(f"{path}: cannot read tensor {name!r} ({exc})") from None
-
     def _entries(self, path: Path) -> tuple[int, dict]:
         """(start of the data buffer, the header's tensor entries) of one file, read once.
 
