@@ -8,6 +8,13 @@ intermediate 4096, vocab 32002, tied), by default:
 * `bf16`   34 layers, bfloat16, 2.0 GB (more layers, so that it is at least 2 GB too)
 * `packed` the f32 model converted once to a packed Hugging Face folder (already ternary)
 
+and, on request, `llama8b` (`llama8b:L` for L layers): a Llama3-8B-1.58-shaped bfloat16
+checkpoint (hidden 4096, intermediate 14336, 32 layers, 32/8 heads, vocab 128256, untied
+head: 16.1 GB in 4 shards). It is written tensor by tensor (never held in memory), measured,
+and deleted as soon as its rows are done, before the next model is built. Its values are
+seeded normal draws cycled from a 16M-value pool at a random start per tensor: conversion
+speed does not depend on the values, and drawing 8 billion fresh ones would take minutes.
+
 and converts each into every GGUF layout that accepts its shapes (and --format safetensors
 for the float models), each run in a fresh child process. Reported per row:
 
@@ -27,6 +34,7 @@ the table; take the best of several runs.
     python bench/bench_convert.py                                 # the default table (~10 min)
     python bench/bench_convert.py --models f32 --layouts i2_s,tl2 --repeat 1
     python bench/bench_convert.py --models f16:24                # fp16 source, 24 layers
+    python bench/bench_convert.py --models llama8b --layouts q2_0,tl2,i2_s --repeat 1   # 16 GB on disk
 """
 
 from __future__ import annotations
@@ -165,9 +173,105 @@ def floor_seconds(files: list[Path], out_bytes: int, workdir: Path, repeat: int)
     return best
 
 
+LLAMA8B = dict(family="llama", hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=128256,
+               tie=False, dtype="bf16", context=8192, rope_theta=500000.0)
+LLAMA8B_SHARDS = 4
+POOL_VALUES = (1 << 24) + 43  # not a multiple of any row length, so rows do not repeat each other
+
+
+def llama8b_tensors(layers: int) -> list[tuple[str, tuple[int, ...], float | None]]:
+    """(HF name, shape, std) in model order; std None marks a norm (1 + 0.1 N(0, 1))."""
+    h, f, v = LLAMA8B["hidden"], LLAMA8B["intermediate"], LLAMA8B["vocab"]
+    d = h // LLAMA8B["heads"]
+    kv = LLAMA8B["kv_heads"] * d
+    out: list[tuple[str, tuple[int, ...], float | None]] = [("model.embed_tokens.weight", (v, h), 1.0)]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        out += [(p + "input_layernorm.weight", (h,), None),
+                (p + "self_attn.q_proj.weight", (h, h), h**-0.5), (p + "self_attn.k_proj.weight", (kv, h), h**-0.5),
+                (p + "self_attn.v_proj.weight", (kv, h), h**-0.5), (p + "self_attn.o_proj.weight", (h, h), h**-0.5),
+                (p + "post_attention_layernorm.weight", (h,), None),
+                (p + "mlp.gate_proj.weight", (f, h), h**-0.5), (p + "mlp.up_proj.weight", (f, h), h**-0.5),
+                (p + "mlp.down_proj.weight", (h, f), f**-0.5)]
+    return out + [("model.norm.weight", (h,), None), ("lm_head.weight", (v, h), h**-0.5)]
+
+
+def make_llama8b(folder: Path, layers: int, seed: int = 0) -> None:
+    """Write the Llama3-8B-1.58-shaped bf16 folder tensor by tensor: peak memory is the
+    value pool (a few hundred MB), whatever the model's size. The index lists names sorted,
+    as Hugging Face writes it (so `lm_head` comes just before `model.embed_tokens`)."""
+    import numpy as np
+
+    from bitconv.synth import SynthConfig, hf_config, train_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = SynthConfig(**dict(LLAMA8B, layers=layers))
+    (folder / "config.json").write_text(json.dumps(hf_config(cfg), indent=2))
+    train_tokenizer(400).save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "add_bos_token": False}))
+    rng = np.random.default_rng(seed)
+    normal = rng.standard_normal(POOL_VALUES, dtype=np.float32)
+    pools: dict[float, np.ndarray] = {}
+
+    def bf16(x: np.ndarray) -> np.ndarray:  # round to nearest even, as torch's .to(bfloat16)
+        b = x.view(np.uint32)
+        return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+    tensors = llama8b_tensors(layers)
+    sizes = [2 * int(np.prod(shape)) for _, shape, _ in tensors]
+    per_shard = -(-sum(sizes) // LLAMA8B_SHARDS)
+    groups: list[list[int]] = [[]]
+    acc = 0
+    for i, n in enumerate(sizes):
+        if acc >= per_shard * len(groups) and len(groups) < LLAMA8B_SHARDS:
+            groups.append([])
+        groups[-1].append(i)
+        acc += n
+    weight_map = {}
+    for k, idx in enumerate(groups):
+        fname = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
+        header, off = {"__metadata__": {"format": "pt"}}, 0
+        for i in idx:
+            name, shape, _ = tensors[i]
+            header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + sizes[i]]}
+            off += sizes[i]
+            weight_map[name] = fname
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        with open(folder / fname, "wb") as fh:
+            fh.write(len(blob).to_bytes(8, "little") + blob)
+            for i in idx:
+                _, shape, std = tensors[i]
+                n = sizes[i] // 2
+                if std is None:
+                    fh.write(bf16(1.0 + np.float32(0.1) * rng.standard_normal(n, dtype=np.float32)).tobytes())
+                    continue
+                if std not in pools:
+                    pools[std] = bf16(normal * np.float32(std))
+                pool, at = pools[std], int(rng.integers(POOL_VALUES))
+                while n > 0:
+                    part = pool[at:at + n]
+                    fh.write(memoryview(part))
+                    n -= part.size
+                    at = 0
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": sum(sizes)}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+
+
 def make_model(workdir: Path, spec: str, built: dict[str, Path]) -> tuple[str, Path]:
     """`f32:24` / `bf16:34` / `f16:24` -> a float model; `packed` -> the first float model as
-    a packed Hugging Face folder (converted with bitconv itself)."""
+    a packed Hugging Face folder (converted with bitconv itself); `llama8b[:L]` -> the
+    Llama3-8B-1.58-shaped bf16 model (not a base for `packed`)."""
+    if spec.startswith("llama8b"):
+        layers = int(spec.partition(":")[2] or LLAMA8B["layers"])
+        tag = f"llama8b-bf16-l{layers}"
+        folder = workdir / tag
+        if not (folder / "config.json").exists():
+            t = time.perf_counter()
+            make_llama8b(folder, layers)
+            print(f"wrote {tag} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        return tag, folder
     if spec == "packed":
         base = next(iter(built.values()), None)
         if base is None:
@@ -241,6 +345,10 @@ def main() -> None:
                 print(f"{tag} {target}: {res['seconds']:.2f} s, floor {floor:.2f} s, "
                       f"peak {rss / MiB:.0f} MiB", file=sys.stderr)
                 remove(out)
+            if spec.startswith("llama8b") and args.workdir is None:
+                import shutil
+
+                shutil.rmtree(folder)  # 16 GB: gone before the next model is built
     finally:
         if tmp is not None:
             tmp.cleanup()

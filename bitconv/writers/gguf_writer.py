@@ -130,10 +130,14 @@ class GGUFWriter(Writer, format="gguf"):
             return None
         from ..kernels.floats import narrow_f16
 
+        from ..readers.mapped import chunks
+
         raw = src.load_raw()  # bfloat16 as its uint16 bits (SourceTensor.load_raw)
         view = kernel_view(raw, raw.dtype == np.uint16, tp.name)
         out = np.empty(view.size, dtype=np.int16)
-        bad = int(narrow_f16(view.reshape(-1), out))
+        bad = 0
+        for a, part in chunks(view.reshape(-1)):  # the source pages read are given back as it goes
+            bad += int(narrow_f16(part, out[a:a + part.size]))
         if bad:
             raise_nonfinite(tp.name, bad, tuple(src.shape))
         return Encoded([out.view(np.uint8)])
