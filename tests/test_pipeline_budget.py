@@ -151,3 +151,45 @@ def test_statistics_use_no_blas(monkeypatch):
     tern, st = ternarize_with_stats(w, 128, "w")
     assert st == want_st and st.rel_error == pytest.approx(direct.rel_error, rel=1e-6)
     assert tensor_stats("w", tern, w) == direct
+
+
+def _embedding_edited(src: Path, dst: Path, edit) -> Path:
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, dst)
+    w = load_file(str(dst / "model.safetensors"))
+    edit(w["model.embed_tokens.weight"])
+    save_file(w, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+def test_chunked_f16_narrowing_keeps_the_whole_tensor_verdicts(ckpt_factory, tmp_path, monkeypatch):
+    """The direct F16 pass walks the source in chunks (its pages given back as it goes); the
+    bytes and the refusals must be those of one pass: a chunk whose values all round to 0 is
+    ordinary rounding when the rest of the tensor is not, and a tensor all of which rounds to
+    0 is refused."""
+    import numpy as np
+
+    from bitconv.convert import convert
+    from bitconv.errors import BitconvError
+    from bitconv.readers import mapped
+
+    base = ckpt_factory("llama", dtype="f32", hidden=256, intermediate=256, layers=1, heads=2, kv_heads=1, vocab=320)
+
+    def tiny_first_rows(e):
+        e[:8] = np.sign(e[:8]) * np.float32(1e-9)  # 8 rows x 256 = two 4 KiB chunks of float32
+
+    src = _embedding_edited(base, tmp_path / "src", tiny_first_rows)
+    whole = tmp_path / "whole.gguf"
+    convert(src, whole, layout="q2_0")
+    monkeypatch.setattr(mapped, "CHUNK_BYTES", 4096)
+    chunked = tmp_path / "chunked.gguf"
+    convert(src, chunked, layout="q2_0")
+    assert chunked.read_bytes() == whole.read_bytes()
+
+    zeroed = _embedding_edited(base, tmp_path / "zeroed", lambda e: e.__setitem__(..., np.sign(e) * np.float32(1e-9)))
+    with pytest.raises(BitconvError, match="token_embd.weight"):
+        convert(zeroed, tmp_path / "z.gguf", layout="q2_0")
+    assert not (tmp_path / "z.gguf").exists()

@@ -84,13 +84,43 @@ def _f32_to_f16_bits(typingctx, x):
 @jit
 def narrow_f16(x, out):
     """1-D weights as `widen` reads them -> float16 bits in int16 `out`, rounded to nearest
-    even as numpy's `astype(np.float16)` does; returns how many inputs were not finite."""
+    even as numpy's `astype(np.float16)` does.
+
+    Returns (bad, lost, first): how many inputs were not finite, how many finite inputs
+    float16 cannot hold, and the index of the first of those (-1 when none). A value is lost
+    when it overflows to inf, or when the tensor has non-zero values and every one of them
+    rounds to 0 (the tensor would be zeroed). A lone tiny weight (|w| < 3e-8) that rounds to
+    0 is ordinary rounding, below float16's resolution there, as in every converter: real
+    embeddings of 500M values hold hundreds of them. Writing a lost value would store a
+    tensor the source does not have.
+    """
     bad = 0
-    for i in range(x.size):
+    over = 0
+    nz_in = 0
+    nz_out = 0
+    for i in range(x.size):  # branch-free, so the loop still vectorizes
         v = to_f32(x[np.uint64(i)])
-        bad += not np.isfinite(v)
-        out[np.uint64(i)] = _f32_to_f16_bits(v)
-    return bad
+        h = _f32_to_f16_bits(v)
+        out[np.uint64(i)] = h
+        fin = np.isfinite(v)
+        mag = np.int32(h) & np.int32(0x7FFF)
+        bad += not fin
+        over += fin and mag == np.int32(0x7C00)
+        nz_in += fin and v != np.float32(0)
+        nz_out += fin and mag != np.int32(0)
+    lost = over
+    zeroed = nz_in > 0 and nz_out == 0
+    if zeroed:
+        lost = nz_in
+    first = -1
+    if lost:
+        for i in range(x.size):
+            v = to_f32(x[np.uint64(i)])
+            mag = np.int32(out[np.uint64(i)]) & np.int32(0x7FFF)
+            if np.isfinite(v) and (mag == np.int32(0x7C00) or (zeroed and v != np.float32(0))):
+                first = i
+                break
+    return bad, lost, first
 
 
 @jit

@@ -54,13 +54,13 @@ def release_pages(part: np.ndarray, mapping: tuple[mmap.mmap, int] | None) -> No
         pass
 
 
-def chunks(flat: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, np.ndarray]]:
-    """(start index, slice) over a 1-D contiguous array; each slice's pages are released
-    from this process once the caller asks for the next (or the walk ends)."""
+def chunks(flat: np.ndarray, chunk_bytes: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(start index, slice) over a 1-D contiguous array, CHUNK_BYTES at a time; each slice's
+    pages are released from this process once the caller asks for the next (or the walk ends)."""
     if flat.ndim != 1:
         raise ValueError("chunks() walks a flat array")
     mapping = _mapping(flat)
-    step = max(1, chunk_bytes // max(1, flat.itemsize))
+    step = max(1, (chunk_bytes or CHUNK_BYTES) // max(1, flat.itemsize))
     for a in range(0, flat.size, step):
         part = flat[a:a + step]
         yield a, part
