@@ -7,6 +7,8 @@ intermediate 4096, vocab 32002, tied), by default:
 * `f32`    24 layers, float32, 2.9 GB
 * `bf16`   34 layers, bfloat16, 2.0 GB (more layers, so that it is at least 2 GB too)
 * `packed` the f32 model converted once to a packed Hugging Face folder (already ternary)
+* `exact:L` (on request) a plain Llama of those shapes whose bf16 linears are exactly s·t
+  with row scales: every tensor is read once more at plan time to detect that (torch)
 
 and, on request, `llama8b` (`llama8b:L` for L layers): a Llama3-8B-1.58-shaped bfloat16
 checkpoint (hidden 4096, intermediate 14336, 32 layers, 32/8 heads, vocab 128256, untied
@@ -112,9 +114,14 @@ sys.exit(p.returncode)
 """
 
 
-def run_child(code: str, *args: str) -> tuple[dict, int, float, float]:
+# Everything on one thread: the pipeline inline, and no OpenMP / BLAS team to start.
+SINGLE_THREAD = dict(BITCONV_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def run_child(code: str, *args: str, extra_env: dict[str, str] | None = None) -> tuple[dict, int, float, float]:
     """Run `python -c code args` fresh; return (its last JSON line, peak RSS bytes, CPU s, wall s)."""
-    env = dict(os.environ, TORCHDYNAMO_DISABLE="1", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    env = dict(os.environ, TORCHDYNAMO_DISABLE="1", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
+               **(extra_env or {}))
     p = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-c", code, *args], env=env,
                        capture_output=True, text=True)
     if p.returncode != 0:
@@ -286,11 +293,15 @@ def make_model(workdir: Path, spec: str, built: dict[str, Path]) -> tuple[str, P
     layers = int(layers or 24)
     tag = f"large-{dtype}-l{layers}"
     folder = workdir / tag
+    shape = dict(SHAPE, layers=layers, dtype=dtype)
+    if dtype == "exact":  # a plain Llama whose bf16 linears are exactly s·t per row (Bonsai-style)
+        shape.update(dtype="bf16", family="llama", weights="exact", ternary_group="row")
     if not (folder / "config.json").exists():
         t = time.perf_counter()
-        run_child(CHILD_MAKE, str(folder), json.dumps(dict(SHAPE, layers=layers, dtype=dtype)))
+        run_child(CHILD_MAKE, str(folder), json.dumps(shape))
         print(f"wrote {tag} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    built[tag] = folder
+    if dtype != "exact":
+        built[tag] = folder
     return tag, folder
 
 
@@ -304,6 +315,26 @@ def targets(folder: Path, wanted: str, packed: bool) -> list[str]:
     return ok
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for the table's heading."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated (default {DEFAULT_MODELS})")
@@ -312,6 +343,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per row; the best is reported")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the models here (default: a temp dir, deleted)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    ap.add_argument("--single", action="store_true",
+                    help="also run each row once on one thread (BITCONV_THREADS=1, OMP/OpenBLAS/MKL 1 thread) "
+                         "and report the default run's CPU over that one's (threads that spin show up there)")
     args = ap.parse_args()
 
     tmp = None
@@ -337,9 +371,14 @@ def main() -> None:
                     if best is None or res["seconds"] < best[0]["seconds"]:
                         best = (res, rss, cpu, wall)
                 res, rss, cpu, wall = best
+                single = None
+                if args.single:
+                    remove(out)
+                    _, _, single, _ = run_child(CHILD_CONVERT, str(folder), str(out), target, extra_env=SINGLE_THREAD)
                 floor = floor_seconds(files, res["output_bytes"], workdir, args.repeat)
                 rows.append({"model": tag, "source_bytes": src_bytes, "target": target,
                              "seconds": res["seconds"], "process_seconds": wall, "cpu_seconds": cpu,
+                             "single_thread_cpu_seconds": single,
                              "floor_seconds": floor, "x_floor": res["seconds"] / floor,
                              "output_bytes": res["output_bytes"], "peak_rss": rss})
                 print(f"{tag} {target}: {res['seconds']:.2f} s, floor {floor:.2f} s, "
@@ -355,19 +394,23 @@ def main() -> None:
 
     load = os.getloadavg()
     if args.json:
-        print(json.dumps({"load_average": load, "cpus": os.cpu_count(), "rows": rows}, indent=2))
+        print(json.dumps({"cpu": cpu_model(), "load_average": load, "cpus": os.cpu_count(), "usable_cores": usable_cores(), "rows": rows}, indent=2))
         return
-    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs; best of {args.repeat}")
+    print(f"{cpu_model()}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs "
+          f"({usable_cores()} usable by this process); best of {args.repeat}")
     head = (f"{'source':<22} {'GB':>5} {'target':<12} {'convert s':>9} {'floor s':>8} {'x floor':>8} "
-            f"{'process s':>10} {'CPU s':>6} {'peak RSS MiB':>13}")
+            f"{'process s':>10} {'CPU s':>6} {'CPU x1':>7} {'peak RSS MiB':>13}")
     print(head)
     print("-" * len(head))
     for r in rows:
+        one = r["single_thread_cpu_seconds"]
+        ratio = f"{r['cpu_seconds'] / one:>7.2f}" if one else f"{'-':>7}"
         print(f"{r['model']:<22} {r['source_bytes'] / 1e9:>5.2f} {r['target']:<12} {r['seconds']:>9.2f} "
               f"{r['floor_seconds']:>8.2f} {r['x_floor']:>8.2f} {r['process_seconds']:>10.2f} "
-              f"{r['cpu_seconds']:>6.1f} {r['peak_rss'] / MiB:>13.0f}")
+              f"{r['cpu_seconds']:>6.1f} {ratio} {r['peak_rss'] / MiB:>13.0f}")
     print("(convert s: convert() inside a fresh process; process s: the whole process, imports included;\n"
-          " floor: read the source once from the page cache + write the output once with fsync, same run)")
+          " floor: read the source once from the page cache + write the output once with fsync, same run;\n"
+          " CPU s: the whole process's user+sys; CPU x1: that over the same conversion on one thread (--single))")
 
 
 if __name__ == "__main__":
