@@ -55,16 +55,19 @@ SHAPE = dict(hidden=1536, intermediate=4096, heads=16, kv_heads=16, vocab=32002,
 DEFAULT_MODELS = "f32:24,bf16:34,packed"
 
 CHILD_CONVERT = """
-import json, sys, time
+import json, resource, sys, time
 t0 = time.perf_counter()
 from bitconv.convert import convert
 from bitconv.kernels import warm
 warm()  # numba's one-time start-up, like the imports: in `process s`, not in `convert s`
 fmt = "safetensors" if sys.argv[3] == "safetensors" else "gguf"
-t = time.perf_counter()
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+c, t = cpu(), time.perf_counter()
 r = convert(sys.argv[1], sys.argv[2], layout=sys.argv[3] if fmt == "gguf" else "tq2_0", format=fmt, force=True)
 t1 = time.perf_counter()
-print(json.dumps({"seconds": t1 - t, "process": t1 - t0, "output_bytes": r.output_bytes}))
+print(json.dumps({"seconds": t1 - t, "process": t1 - t0, "output_bytes": r.output_bytes, "cpu": cpu() - c}))
 """
 
 CHILD_MAKE = """
@@ -371,14 +374,16 @@ def main() -> None:
                     if best is None or res["seconds"] < best[0]["seconds"]:
                         best = (res, rss, cpu, wall)
                 res, rss, cpu, wall = best
-                single = None
+                single = single_work = None
                 if args.single:
                     remove(out)
-                    _, _, single, _ = run_child(CHILD_CONVERT, str(folder), str(out), target, extra_env=SINGLE_THREAD)
+                    one, _, single, _ = run_child(CHILD_CONVERT, str(folder), str(out), target, extra_env=SINGLE_THREAD)
+                    single_work = one["cpu"]
                 floor = floor_seconds(files, res["output_bytes"], workdir, args.repeat)
                 rows.append({"model": tag, "source_bytes": src_bytes, "target": target,
                              "seconds": res["seconds"], "process_seconds": wall, "cpu_seconds": cpu,
-                             "single_thread_cpu_seconds": single,
+                             "single_thread_cpu_seconds": single, "convert_cpu_seconds": res["cpu"],
+                             "single_thread_convert_cpu_seconds": single_work,
                              "floor_seconds": floor, "x_floor": res["seconds"] / floor,
                              "output_bytes": res["output_bytes"], "peak_rss": rss})
                 print(f"{tag} {target}: {res['seconds']:.2f} s, floor {floor:.2f} s, "
@@ -399,18 +404,21 @@ def main() -> None:
     print(f"{cpu_model()}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs "
           f"({usable_cores()} usable by this process); best of {args.repeat}")
     head = (f"{'source':<22} {'GB':>5} {'target':<12} {'convert s':>9} {'floor s':>8} {'x floor':>8} "
-            f"{'process s':>10} {'CPU s':>6} {'CPU x1':>7} {'peak RSS MiB':>13}")
+            f"{'process s':>10} {'CPU s':>6} {'CPU x1':>7} {'work/floor':>10} {'peak RSS MiB':>13}")
     print(head)
     print("-" * len(head))
     for r in rows:
         one = r["single_thread_cpu_seconds"]
         ratio = f"{r['cpu_seconds'] / one:>7.2f}" if one else f"{'-':>7}"
+        work = r["single_thread_convert_cpu_seconds"]
+        work = f"{work / r['floor_seconds']:>10.2f}" if work else f"{'-':>10}"
         print(f"{r['model']:<22} {r['source_bytes'] / 1e9:>5.2f} {r['target']:<12} {r['seconds']:>9.2f} "
               f"{r['floor_seconds']:>8.2f} {r['x_floor']:>8.2f} {r['process_seconds']:>10.2f} "
-              f"{r['cpu_seconds']:>6.1f} {ratio} {r['peak_rss'] / MiB:>13.0f}")
+              f"{r['cpu_seconds']:>6.1f} {ratio} {work} {r['peak_rss'] / MiB:>13.0f}")
     print("(convert s: convert() inside a fresh process; process s: the whole process, imports included;\n"
           " floor: read the source once from the page cache + write the output once with fsync, same run;\n"
-          " CPU s: the whole process's user+sys; CPU x1: that over the same conversion on one thread (--single))")
+          " CPU s: the whole process's user+sys; CPU x1: that over the same conversion on one thread (--single);\n"
+          " work/floor: convert()'s CPU seconds on one thread over the floor: the workers that keep the writer busy)")
 
 
 if __name__ == "__main__":
