@@ -21,7 +21,7 @@ from .errors import UsageError
 from .model import LINEAR
 from .pack import layout_class, layout_names
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
-from .pipeline import OrderedMap, ordered_map
+from .pipeline import OrderedMap, memory_budget, ordered_map
 from .quant import TensorStats, check_finite, parse_group_size, serial_torch, tensor_stats, ternarize_with_stats
 from .readers import open_source
 from .readers.checkpoint import Checkpoint, gguf_read_options
@@ -189,8 +189,11 @@ def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats], progress: Pr
         direct = direct_bytes(tp) if (direct_bytes is not None and encode_source is not None) else None
         return _float_bytes(tp) if direct is None else direct
 
+    def held(tp: TensorPlan) -> int:  # what its result keeps while the writer writes it
+        return tp.nbytes if encode is not None else _float_bytes(tp)
+
     return PreparedTensors(ordered_map(job, plan.tensors, workers=workers, max_pending=PIPELINE_AHEAD,
-                                       cost=cost, budget=PIPELINE_BUDGET), stats, progress)
+                                       cost=cost, budget=memory_budget(), held=held), stats, progress)
 
 
 class PreparedTensors(Iterator[tuple[TensorPlan, "Payload | Encoded"]]):
@@ -222,7 +225,6 @@ class PreparedTensors(Iterator[tuple[TensorPlan, "Payload | Encoded"]]):
 
 
 PIPELINE_AHEAD = 4  # tensors submitted ahead of the one being written
-PIPELINE_BUDGET = 160 * 1024 * 1024  # float32 bytes of source tensors in flight (one job always runs)
 
 
 def _float_bytes(tp: TensorPlan) -> int:
