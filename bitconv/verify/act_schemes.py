@@ -279,6 +279,46 @@ class SparsityStats:
         }
 
 
+_SHORT = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate": "gate", "ffn_up": "up",
+          "ffn_down": "down"}
+
+
+def render_sparsity(rep: dict[str, Any], console: Any, title: str = "sparsity") -> None:
+    """Print a `SparsityStats.report()` as a rich table: per layer and in total, each
+    linear's idle fraction for a token (paper Table 2's columns) with its ternary weight's
+    zero fraction in brackets, and the fraction of linear parameters active per token."""
+    from rich.table import Table
+
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    t = Table(title=f"{title}: % of each linear idle per token [% zero weights]; active = parameters used per token",
+              header_style="bold")
+    t.add_column("layer", justify="right")
+    for k in LINEARS:
+        t.add_column(_SHORT[k], justify="right")
+    t.add_column("active", justify="right")
+
+    def row(name: str, lin: dict[str, Any], active: float | None, style: str | None = None) -> None:
+        cells = [f"{pct(lin[k]['sparsity'])} [{pct(lin[k]['weight_zero_fraction'])}]" for k in LINEARS]
+        t.add_row(name, *cells, pct(active), style=style)
+
+    for lay in rep["layers"]:
+        row(str(lay["layer"]), lay["linears"], lay["active_fraction"])
+    tot = rep["total"]
+    row("all", tot["linears"], tot["active_fraction"], style="bold")
+    console.print(t)
+    sites = tot["sites"]
+    parts = []
+    if "attn_out_in" in sites and sites["attn_out_in"]["topk_dropped_fraction"]:
+        parts.append(f"TopK dropped {pct(sites['attn_out_in']['topk_dropped_fraction'])}% of o_proj's input")
+    if "ffn_down_in" in sites and sites["ffn_down_in"]["input_zero_fraction"] is not None:
+        parts.append(f"relu²(gate)·up exactly 0 at {pct(sites['ffn_down_in']['input_zero_fraction'])}% of down_proj's "
+                     f"input ({pct(sites['ffn_down_in']['zero_fraction'])}% after quantization)")
+    if tot["active_params"] is not None and tot["params"]:
+        parts.append(f"{tot['active_params']:,} of {tot['params']:,} linear parameters active per token")
+    if parts:
+        console.print("; ".join(parts))
+
+
 def _active(linears: dict[str, dict[str, Any]]) -> float | None:
     p = a = 0.0
     for v in linears.values():
