@@ -12,9 +12,11 @@ The layer calls, for the artifact side:
 
 `get_scheme(name, kv_bits)` builds one; `SCHEMES` is the registry (one class per scheme).
 
-"a8" is BitNet b1.58's rule, the one verify has always used: per token γ = max|x|,
-`x_q = clip(round(x·127/max(γ, 1e-5)), -128, 127)`, input `x_q / (127/γ)`. It calls
-`forward.act_quant` itself, so `--act a8` reproduces verify's default numbers bit for bit.
+"a8" is BitNet b1.58's rule, the one verify has always used (FORMATS.md §1): per token
+γ = max|x|, `x_q = clip(round(x·127/max(γ, 1e-5)), -128, 127)`, input `x_q / (127/γ)`, the
+same float32 operations as before the scheme seam, so `--act a8` reproduces verify's default
+numbers bit for bit (the int8 backends fuse exactly this rule: `is_int8_fused`). "none" is
+no quantization (a plain family, `--no-act-quant`).
 
 "a4.8" is BitNet a4.8 (Wang, Ma, Wei, arXiv 2411.04965, §2 "BitNet a4.8"):
 
@@ -60,11 +62,11 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from .forward import ACT_EPS, act_quant
 
 SITES = ("attn_in", "attn_out_in", "ffn_in", "ffn_down_in")
 KV_BITS = (3, 4, 8)
-EPS = 1e-5  # the paper's ε (BitNet's, = forward.ACT_EPS)
+ACT_EPS = 1e-5  # γ floor of b1.58's per-token absmax (BitNet's clamp)
+EPS = 1e-5  # the paper's ε
 SQRT7 = math.sqrt(7.0)
 TOPK_RATIO = 0.5  # a4.8's TopK for the attention output projection's input (Table 4)
 
@@ -120,10 +122,19 @@ def topk(x: torch.Tensor, ratio: float = TOPK_RATIO) -> tuple[torch.Tensor, torc
     return x * mask, mask
 
 
+def absmax_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BitNet b1.58's per-token 8-bit absmax, as verify has always computed it: integer-valued
+    float32 x_q = clip(round(x·127/max(γ, 1e-5)), -128, 127) and 127/γ (γ = max|x|)."""
+    xf = x.to(torch.float32)
+    gamma = torch.linalg.vector_norm(xf, float("inf"), dim=-1, keepdim=True)  # max|x|, one pass
+    scale = 127.0 / gamma.clamp_(min=ACT_EPS)
+    return (xf * scale).round_().clamp_(-128, 127), scale
+
+
 def a8_quant(x: torch.Tensor) -> torch.Tensor:
-    """BitNet b1.58's 8-bit rule exactly as verify's forward pass applies it (float path:
-    `QInput.dequantized`), so the a8 scheme reproduces the default numbers bit for bit."""
-    xq, scale = act_quant(x)
+    """b1.58's input to a linear: x_q / (127/γ) in x's dtype, what transformers' BitLinear
+    feeds F.linear (and verify's float path always has)."""
+    xq, scale = absmax_int8(x)
     return (xq / scale).to(x.dtype)
 
 
@@ -388,6 +399,17 @@ class A8(ActScheme):
 
 
 @register
+class NoQuant(ActScheme):
+    """No activation quantization (a plain family as transformers runs it, `--no-act-quant`)."""
+
+    name = "none"
+    description = "float activations (no quantization)"
+
+    def _act(self, x, site):
+        return x, None
+
+
+@register
 class A48(ActScheme):
     """BitNet a4.8 (arXiv 2411.04965 §2): INT4 absmean at attention/FFN inputs, TopK 50% +
     INT8 at o_proj's input, INT8 at down_proj's input (sparse from relu²)."""
@@ -420,5 +442,10 @@ def get_scheme(name: str, kv_bits: int | None = None, stats: SparsityStats | Non
 
 def scheme_names() -> list[str]:
     return list(SCHEMES)
+
+
+def is_int8_fused(scheme: Any) -> bool:
+    """Whether the int8 backends' fused kernels compute `scheme` (plain a8, float KV cache)."""
+    return type(scheme) is A8 and getattr(scheme, "kv_bits", None) is None
 
 
