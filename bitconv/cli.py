@@ -445,6 +445,8 @@ def verify(
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of the source.")] = None,
     kernel_config: Annotated[Optional[Path], typer.Option(help="Tiles of TL tensors in a GGUF another tool wrote (a bitnet.cpp kernel_config.ini).")] = None,
     source_i2s_variant: Annotated[Optional[str], typer.Option(help="I2_S code order of a GGUF another tool wrote: x86-act (default) or arm.")] = None,
+    act: Annotated[str, typer.Option("--act", help="Activation scheme of the artifact side: a8 (BitNet b1.58's per-token int8, the default) or another registered scheme; the source keeps its own.")] = "a8",
+    kv_bits: Annotated[Optional[int], typer.Option("--kv-bits", help="Quantize the artifact side's KV cache to this many bits (schemes that support it).")] = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -460,6 +462,7 @@ def verify(
             reference=reference, max_ppl_increase=_fraction(max_ppl_increase), min_top1=min_top1,
             max_weight_error=max_weight_error, max_kl=max_kl, dtype=dtype, score_from=score_from,
             fast=fast, revision=revision, kernel_config=kernel_config, source_i2s_variant=source_i2s_variant,
+            act=act, kv_bits=kv_bits,
         )
         data = report.to_dict()
         data["ok"] = bool(report.passed)

@@ -25,12 +25,9 @@ from bitconv.readers import open_source  # noqa: E402
 from bitconv.readers.gguf_file import GGUFFile  # noqa: E402
 from bitconv.synth import make_checkpoint  # noqa: E402
 from bitconv.verify import load_tokenizer, make_windows, render_report, verify  # noqa: E402
-from bitconv.verify.forward import (  # noqa: E402
-    TTernary,
-    _tq2_0_decode,
-    _unpermute_llama_rows,
-    logits_for,
-)
+from bitconv.verify.forward import TTernary, logits_for  # noqa: E402
+from bitconv.verify.weights import tq2_0_decode as _tq2_0_decode  # noqa: E402
+from bitconv.verify.weights import unpermute_llama_rows as _unpermute_llama_rows  # noqa: E402
 from bitconv.verify.metrics import compare_logits, perplexity  # noqa: E402
 
 DIMS = dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2, vocab=512)

@@ -23,17 +23,18 @@ from bitconv.readers import open_source  # noqa: E402
 from bitconv.readers.gguf_file import GGUFFile  # noqa: E402
 from bitconv.verify import cpu_kernels as ck  # noqa: E402
 from bitconv.verify import verify  # noqa: E402
-from bitconv.verify.forward import (  # noqa: E402
-    Runner,
+from bitconv.verify.backends.int8_cpu import Int8CpuBackend  # noqa: E402
+from bitconv.verify.forward import Runner  # noqa: E402
+from bitconv.verify.ops import (  # noqa: E402
     _k_quant,
     _k_rescale,
     _k_rescale_add,
     _k_rescale_glu,
     _k_rms_quant,
     _k_rope,
-    _tq2_0_decode,
     int_matmul,
 )
+from bitconv.verify.weights import tq2_0_decode as _tq2_0_decode  # noqa: E402
 
 
 @pytest.fixture
@@ -183,7 +184,7 @@ def test_tq2_0_kernel_decodes_what_the_layout_unpacks(demo_tq, threads):
 
 
 def test_default_runner_runs_the_fused_layer(demo_tq, monkeypatch):
-    """The CPU int path in float32 runs `_layer_int_cpu` (not the torch `_layer_int`), and
+    """The CPU int path in float32 runs the fused backend (`Int8CpuBackend`, not the torch one), and
     gives the torch int path's log-probs up to activation-rounding flips."""
     from bitconv.verify.forward import token_logprobs_and_stats
 
@@ -191,8 +192,9 @@ def test_default_runner_runs_the_fused_layer(demo_tq, monkeypatch):
     r = Runner(open_source(demo_tq), int_path=True, head_math="bf16")
     assert r.fused_cpu and r.head_math == "bf16"
     calls = []
-    orig = Runner._layer_int_cpu
-    monkeypatch.setattr(Runner, "_layer_int_cpu", lambda self, x, *a: calls.append(x.shape[0]) or orig(self, x, *a))
+    orig = Int8CpuBackend.attn_input
+    monkeypatch.setattr(Int8CpuBackend, "attn_input",
+                        lambda self, x, *a: calls.append(x.shape[0]) or orig(self, x, *a))
     fused = token_logprobs_and_stats(r, tokens)
     assert sum(calls) == r.hp.num_layers * tokens.shape[0]  # every sequence through every layer (per core)
     monkeypatch.setenv("BITCONV_VERIFY_FUSED", "0")
@@ -314,7 +316,7 @@ def test_head_logprobs_match_the_logits_path_on_the_runner(demo_tq):
     """`Runner.logprob_chunks` (fused, no float32 logits made) and `logit_chunks` + torch's
     log-softmax agree: same argmax; log-probs differ only where the target logit is one the
     logits path leaves in bfloat16 (the fused path recomputes it), by its bf16 rounding."""
-    from bitconv.verify.forward import _k_logprob
+    from bitconv.verify.ops import _k_logprob
 
     r = Runner(open_source(demo_tq), int_path=True, head_math="bf16")
     g = torch.Generator().manual_seed(11)

@@ -97,6 +97,8 @@ class VerifyReport:
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     compute: str = ""  # what the forward passes computed with (verify's `fast` path or the float path)
+    act: str = "a8"  # the artifact side's activation scheme (act_schemes)
+    kv_bits: int | None = None  # its KV-cache bits (None: float)
 
     @property
     def max_rel_error(self) -> float:
@@ -300,6 +302,8 @@ def verify(
     progress: ProgressFn | None = None,
     kernel_config: str | Path | None = None,
     source_i2s_variant: str | None = None,
+    act: str = "a8",
+    kv_bits: int | None = None,
 ) -> VerifyReport:
     """Verify ARTIFACT against SOURCE on `tokens` tokens of `text` (default: the shipped
     bitconv/data/eval.txt) in windows of `ctx` tokens.
@@ -330,10 +334,16 @@ def verify(
     activation semantics as the source, so the gates measure only what the conversion cost
     (engines quantize a ternary file's activations to 8 bits: `act_quant=True` measures the
     plain family that way on both sides); True/False forces both sides.
+
+    `act` names the artifact side's activation scheme (`act_schemes.get_scheme`, with a KV
+    cache of `kv_bits` bits): "a8" (default) is the b1.58 rule above; another scheme, or a KV
+    scheme, runs the artifact on the float backend with that scheme while the source keeps
+    its own semantics, so the metrics show what the scheme costs on this model.
     """
     import torch
 
     from ..readers import open_source
+    from .act_schemes import get_scheme, is_int8_fused
     from .forward import HEAD_EXACT, REFERENCES, Runner, resolve_device
     from .metrics import compare
 
@@ -348,6 +358,7 @@ def verify(
         raise UsageError(f"score_from must be in [0, ctx-1), got {score_from}")
     if max_ppl_increase < 0 or not 0 <= min_top1 <= 1 or max_weight_error < 0:
         raise UsageError("thresholds: --max-ppl-increase >= 0, 0 <= --min-top1 <= 1, max_weight_error >= 0")
+    art_scheme = get_scheme(act, kv_bits) if (act != "a8" or kv_bits is not None) else None
     dtype_name = _DTYPES.get(str(dtype).replace("torch.", ""))
     if dtype_name is None:
         raise UsageError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
@@ -438,7 +449,12 @@ def verify(
         compute = f"{dtype_name} linears (transformers' operation order), {dtype_name} head"
     if not art_aq:
         compute = compute.replace("int8 linears (exact)", f"{dtype_name} linears (no activation quantization)")
-    r_art = Runner(art, act_quant=art_aq, reference="ternary", **kw)
+    if art_scheme is not None:
+        art_aq = True
+        if not is_int8_fused(art_scheme):
+            compute += f"; the artifact with activation scheme {act!r}" + (
+                f" and a {kv_bits}-bit KV cache" if kv_bits is not None else "") + " on the float backend"
+    r_art = Runner(art, act_quant=art_aq, scheme=art_scheme, reference="ternary", **kw)
     r_src = Runner(src, act_quant=src_aq, reference="ternary", groups=groups, **kw)
     r_fp = Runner(src, act_quant=False, reference="fp", **kw) if reference == "fp" else None
     notes += [f"artifact: {n}" for n in r_art.notes] + [f"source: {n}" for n in r_src.notes]
@@ -506,12 +522,12 @@ def verify(
                 del raw_src, tern_src, raw_art, tern_art
 
             with timed("source"):
-                x_src = r_src.run_layer(x_src, lw_src, rope)
+                x_src = r_src.run_layer(x_src, lw_src, rope, i)
             if r_fp is not None:
                 with timed("fp"):
-                    x_fp = r_fp.run_layer(x_fp, lw_fp, rope)
+                    x_fp = r_fp.run_layer(x_fp, lw_fp, rope, i)
             with timed("artifact"):
-                x_art = r_art.run_layer(x_art, lw_art, rope_art)
+                x_art = r_art.run_layer(x_art, lw_art, rope_art, i)
             del lw_src, lw_fp, lw_art
             if progress is not None:
                 progress("layer", i + 1, hs.num_layers)
@@ -576,7 +592,7 @@ def verify(
         tensors=checks,
         thresholds={"max_ppl_increase": max_ppl_increase, "min_top1": min_top1,
                     "max_weight_error": max_weight_error, "max_kl": max_kl},
-        passed=not failures, failures=failures, notes=notes, compute=compute,
+        passed=not failures, failures=failures, notes=notes, compute=compute, act=act, kv_bits=kv_bits,
     )
 
 

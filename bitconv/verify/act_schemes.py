@@ -356,6 +356,8 @@ class ActScheme:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    kv_bits: int | None = None  # class defaults: a subclass need not call __init__
+    stats: SparsityStats | None = None
 
     def __init__(self, kv_bits: int | None = None, stats: SparsityStats | None = None) -> None:
         if kv_bits is not None and kv_bits not in KV_BITS:
