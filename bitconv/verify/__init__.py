@@ -99,6 +99,9 @@ class VerifyReport:
     compute: str = ""  # what the forward passes computed with (verify's `fast` path or the float path)
     act: str = "a8"  # the artifact side's activation scheme (act_schemes)
     kv_bits: int | None = None  # its KV-cache bits (None: float)
+    # act_schemes.SparsityStats.report() of the artifact side: zero weights, activation zeros at
+    # each linear's input, parameters active per token (None: nothing collected)
+    sparsity: dict[str, Any] | None = None
 
     @property
     def max_rel_error(self) -> float:
@@ -343,7 +346,7 @@ def verify(
     import torch
 
     from ..readers import open_source
-    from .act_schemes import get_scheme, is_int8_fused
+    from .act_schemes import SparsityStats, get_scheme, is_int8_fused
     from .forward import HEAD_EXACT, REFERENCES, Runner, resolve_device
     from .metrics import compare
 
@@ -454,6 +457,14 @@ def verify(
         if not is_int8_fused(art_scheme):
             compute += f"; the artifact with activation scheme {act!r}" + (
                 f" and a {kv_bits}-bit KV cache" if kv_bits is not None else "") + " on the float backend"
+    # the artifact's sparsity: its ternary weights as they are read below, its activations
+    # wherever a scheme runs on the float backend (an explicit scheme; a8 with --no-fast: the
+    # int8 kernels fuse a8 and never hand the quantized input back)
+    stats = SparsityStats()
+    if art_scheme is not None:
+        art_scheme.stats = stats
+    elif art_aq:
+        art_scheme = get_scheme("a8", None, stats)  # the same rule (is_int8_fused): the same numbers
     r_art = Runner(art, act_quant=art_aq, scheme=art_scheme, reference="ternary", **kw)
     r_src = Runner(src, act_quant=src_aq, reference="ternary", groups=groups, **kw)
     r_fp = Runner(src, act_quant=False, reference="fp", **kw) if reference == "fp" else None
@@ -503,6 +514,9 @@ def verify(
                     if s_st is None:
                         failures.append(f"{name}: in the artifact but not in the source")
                         continue
+                    if kind in LINEAR_KINDS:
+                        ta = tern_art.get(kind)
+                        stats.observe_weight(i, kind, ta.values if ta is not None else None, a_st.shape)
                     if kind in tern_art:
                         fp_w = raw_src[kind] if (r_fp is not None and isinstance(raw_src[kind], np.ndarray)) else None
                         checks.append(_check_linear(name, a_st, s_st, tern_art[kind], tern_src[kind], fp_w,
@@ -593,6 +607,7 @@ def verify(
         thresholds={"max_ppl_increase": max_ppl_increase, "min_top1": min_top1,
                     "max_weight_error": max_weight_error, "max_kl": max_kl},
         passed=not failures, failures=failures, notes=notes, compute=compute, act=act, kv_bits=kv_bits,
+        sparsity=stats.report() if stats.weights else None,
     )
 
 
@@ -675,6 +690,11 @@ def render_report(report: VerifyReport, console: "Console") -> None:
         for c in others:
             if c.problem:
                 console.print(f"[red]{c.name}[/red]: {c.problem}")
+    if report.sparsity and report.sparsity.get("activations_collected"):
+        from .act_schemes import render_sparsity
+
+        render_sparsity(report.sparsity, console, title=f"artifact sparsity ({report.act}"
+                        + (f", {report.kv_bits}-bit KV" if report.kv_bits else "") + ")")
     for n in report.notes:
         console.print(f"[yellow]note:[/yellow] {n}")
     if report.passed:

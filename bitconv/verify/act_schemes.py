@@ -257,14 +257,14 @@ class SparsityStats:
                     "weight_zero_fraction": (w.zeros / w.params) if w and w.zeros is not None and w.params else None,
                     "sparsity": sp,
                 }
+                if w is not None and w.zeros is not None:
+                    per_kind[kind][2] += w.zeros
+                    per_kind[kind][3] += w.params
                 if w is None or sp is None:
                     complete = False
                     continue
                 per_kind[kind][0] += w.params
                 per_kind[kind][1] += w.params * (1.0 - sp)
-                if w.zeros is not None:
-                    per_kind[kind][2] += w.zeros
-                    per_kind[kind][3] += w.params
                 tot_params += w.params
                 tot_active += w.params * (1.0 - sp)
             out_layers.append({"layer": i, "sites": {s: c.fractions() for s, c in sorted(sites.items())},
@@ -285,6 +285,9 @@ class SparsityStats:
                 "active_fraction": (tot_active / tot_params) if tot_params and complete else None,
                 "sparsity": (1.0 - tot_active / tot_params) if tot_params and complete else None,
             },
+            # False where the int8 kernels ran a8 fused (they never hand the quantized input back):
+            # only the weights were seen; run --no-fast (or another scheme) for the activations
+            "activations_collected": bool(self.sites),
             "accounting": ("paper Table 2: q/k/v, o, gate, down idle where their quantized input is 0; "
                            "up idle where relu2(gate)*up is 0; linears only (no embedding/head)"),
         }
