@@ -11,10 +11,12 @@ import os
 import re
 import sys
 import traceback
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -52,30 +54,75 @@ def _mode(json_: bool, quiet: bool) -> str:
     return "json" if json_ else "quiet" if quiet else "human"
 
 
-def _run(out: Output, debug: bool, fn: Callable[[], int]) -> None:
-    """Run a command body, mapping typed errors to one line and an exit code."""
-    from .writers.atomic import Interrupted, cleanup_on_signals
+@dataclass
+class Outcome:
+    """What a writing command leaves on disk when it is done: `expected` paths, all renamed
+    into place, or `done` (set once nothing is left to do). An interrupt that lands after
+    that is not a failure: the run succeeded (issue 21: one outcome, one exit code)."""
 
+    expected: list[Path] = field(default_factory=list)
+    done: bool = False
+
+    def complete(self, written: list[Path]) -> bool:
+        return self.done or (bool(self.expected) and {str(p) for p in self.expected} <= {str(p) for p in written})
+
+
+def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | None = None) -> None:
+    """Run a command body, mapping typed errors to one line and an exit code.
+
+    `outcome` is given for commands that write: an interrupt's message then says exactly
+    what is on disk (`writers.atomic.written`), and a run whose outputs were all renamed
+    into place before the signal landed exits 0. Commands that write nothing (verify,
+    check, ...) say only that they were interrupted.
+    """
+    from .writers.atomic import Interrupted, cleanup_on_signals, hold_signals, reset_written, written
+
+    reset_written()
     try:
         with cleanup_on_signals():  # SIGTERM/SIGHUP clean up as Ctrl-C does
             code = fn()
     except BitconvError as exc:
-        if debug:
-            traceback.print_exc()
-        out.error(str(exc))
+        with hold_signals(reraise=False):
+            if debug:
+                traceback.print_exc()
+            out.error(str(exc), written=[str(p) for p in written()])
         raise typer.Exit(exc.exit_code) from None
-    except Interrupted as exc:
-        out.error(f"terminated by {exc}; no output was left behind")
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        out.error("interrupted; no output was left behind")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as `Interrupted`
+        with hold_signals(reraise=False):  # a second signal must not cut this report short
+            code = _interrupted(out, exc, outcome, written())
+        raise typer.Exit(code) from None
     except Exception as exc:  # an unexpected failure is a bug: say so, exit 1
         if debug:
             traceback.print_exc()
-        out.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        out.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                  written=[str(p) for p in written()])
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, on_disk: list[Path]) -> int:
+    """The one true line about an interrupted command, and its exit code."""
+    from .writers.atomic import Interrupted
+
+    name, code = (str(exc), exc.exit_code) if isinstance(exc, Interrupted) else ("SIGINT", 130)
+    what = "interrupted" if name == "SIGINT" else f"terminated by {name}"
+    if outcome is None:
+        out.error(what)
+        return code
+    listed = ", ".join(escape(str(p)) for p in on_disk)
+    if on_disk and outcome.complete(on_disk):
+        out.warn(f"{name} arrived after the run was complete; it is ignored")
+        out.result({"ok": True, "written": [str(p) for p in on_disk], "late_signal": name})
+        out.info(f"[green]wrote[/green] {listed}")
+        return 0
+    if not on_disk:
+        out.error(f"{what}; no output was left behind (temporary files removed; nothing existing was changed)")
+    else:
+        missing = [p for p in outcome.expected if str(p) not in {str(q) for q in on_disk}]
+        out.error(f"{what} part way: written before it: {listed}"
+                  + (f"; not written: {', '.join(escape(str(p)) for p in missing)}" if missing else "")
+                  + " (re-run with --force to replace them)", written=[str(p) for p in on_disk])
+    return code
 
 
 def parse_size(text: str) -> int:
@@ -95,27 +142,54 @@ def _human_bytes(n: float) -> str:
     return str(n)
 
 
+@dataclass(frozen=True)
+class ConvertArgs:
+    """Every option that shapes what a conversion reads and writes, parsed once.
+
+    Single converts, several-output releases and their dry runs all receive `kwargs()`
+    whole, so an option added here reaches every mode (issue 22: two of three hand-copied
+    option lists dropped --emit-kernel-config, silently)."""
+
+    group_size: str = "tensor"
+    embedding_type: str = "auto"
+    output_type: str = "auto"
+    i2s_variant: str = "x86-act"
+    kernel_config: Optional[Path] = None
+    emit_kernel_config: Optional[Path] = None
+    allow_engine_mismatch: bool = False
+    ternarize: bool = False
+    max_shard_size: int = 5 * 1000**3
+    name: Optional[str] = None
+    source_i2s_variant: Optional[str] = None
+    revision: Optional[str] = None
+    token: Optional[str] = None
+
+    def kwargs(self) -> dict:
+        """Keyword arguments for `bitconv.convert.convert` and `bitconv.release.release` alike."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 @app.command(epilog=CONVERT_EXAMPLES)
 def convert(
     source: Annotated[str, typer.Argument(help="Hub repo id (org/name), local folder, .gguf file, or builtin:NAME.")],
-    output: Annotated[Path, typer.Argument(help="Output .gguf file, or folder for --format safetensors.")],
+    output: Annotated[str, typer.Argument(help="Output .gguf file (a folder/ with a trailing slash: written into it), or folder for --format safetensors / mlx / compressed-tensors.")],
     layout: Annotated[str, typer.Option(help="Ternary layout: q2_0, tq2_0, tq1_0 (llama.cpp); i2_s, tl1, tl2 (bitnet.cpp).")] = "tq2_0",
-    format: Annotated[str, typer.Option("--format", help="gguf or safetensors (Hugging Face packed bitnet).")] = "gguf",
+    format: Annotated[str, typer.Option("--format", help="gguf, safetensors (Hugging Face packed bitnet), mlx (mlx-lm) or compressed-tensors (vLLM pack-quantized int2).")] = "gguf",
     group_size: Annotated[str, typer.Option(help="Scale group: tensor, row, or N values along K.")] = "tensor",
     embedding_type: Annotated[str, typer.Option(help="token_embd type: auto (q2_0 when ternary in the source and --layout q2_0, else f16), f16, bf16, f32 or q2_0.")] = "auto",
     output_type: Annotated[str, typer.Option(help="output (lm_head) type: auto, f16, bf16, f32 or q2_0 (as --embedding-type).")] = "auto",
     i2s_variant: Annotated[str, typer.Option(help="I2_S code order: x86-act (default builds), x86-1x4, arm.")] = "x86-act",
     kernel_config: Annotated[Optional[Path], typer.Option(help="Force the TL tile parameters of an existing bitnet.cpp build (its include/kernel_config.ini); also reads a TL GGUF source another tool wrote.")] = None,
     source_i2s_variant: Annotated[Optional[str], typer.Option(help="I2_S code order of a GGUF source another tool wrote: x86-act (default) or arm (ARM builds since 2025).")] = None,
-    emit_kernel_config: Annotated[Optional[Path], typer.Option(help="Write the TL tile parameters used, as a bitnet.cpp kernel_config.ini.")] = None,
+    emit_kernel_config: Annotated[Optional[Path], typer.Option(help="Write the TL tile parameters used, as a bitnet.cpp kernel_config.ini (one TL layout per run; with the output, never without it).")] = None,
     allow_engine_mismatch: Annotated[bool, typer.Option(help="Write even when the target engine would compute a different function (warns).")] = False,
     ternarize: Annotated[bool, typer.Option("--ternarize", help="Ternarize a float model that is not ternary (post-training absmean, lossy) instead of refusing it; verify --reference fp reports the cost.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="safetensors: largest shard, e.g. 5GB.")] = "5GB",
     name: Annotated[Optional[str], typer.Option(help="Model name stored in the output (general.name).")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision: branch, tag or commit.")] = None,
     token: Annotated[Optional[str], typer.Option(help="Hub token (default: HF_TOKEN or `hf auth login`).", envvar="HF_TOKEN")] = None,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (tensors, types, size); write nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output (side files only when bitconv wrote them).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (tensors, types, size, every path the run writes); write nothing.")] = False,
     keep_going: Annotated[bool, typer.Option(help="Several outputs: write the ones that work even if one fails (exit code still non-zero).")] = False,
     manifest: Annotated[Optional[bool], typer.Option("--manifest/--no-manifest", help="Write bitconv-manifest.json (default: on for several outputs).")] = None,
     model_card: Annotated[bool, typer.Option(help="Write a Hugging Face model card README.md beside the outputs.")] = False,
@@ -135,98 +209,103 @@ def convert(
     out = Output(_mode(json_, quiet))
     layouts = [x.strip() for x in layout.split(",") if x.strip()]
     formats = [x.strip() for x in format.split(",") if x.strip()]
-    release_mode = (len(layouts) > 1 or len(formats) > 1 or bool(manifest) or model_card or verify_
-                    or upload_repo is not None)
-    if release_mode and dry_run and (len(layouts) > 1 or len(formats) > 1):
-        def plans_body() -> int:
-            from .convert import convert as run_convert
-
-            targets = [(f, lay) for f in formats for lay in (layouts if f == "gguf" else ["safetensors"])]
-            results = []
-            for fmt, lay in targets:
-                res = run_convert(source, output / f"{lay}", layout=lay if fmt == "gguf" else "tq2_0", format=fmt,
-                                  group_size=group_size, embedding_type=embedding_type, output_type=output_type,
-                                  i2s_variant=i2s_variant, kernel_config=kernel_config,
-                                  allow_engine_mismatch=allow_engine_mismatch,
-                                  max_shard_size=parse_size(max_shard_size), name=name, revision=revision,
-                                  token=token, dry_run=True, source_i2s_variant=source_i2s_variant,
-                                  ternarize=ternarize)
-                results.append(res)
-                if out.human:
-                    _render_convert(out, res, True)
-            out.result({"ok": True, "plans": [r.to_dict()["plan"] for r in results]})
-            return 0
-
-        _run(out, debug, plans_body)
-        return
-    if release_mode and not dry_run:
-        def release_body() -> int:
-            from .release import release
-
-            single = len(layouts) == 1 and len(formats) == 1 and output.suffix == ".gguf"
-            outdir = output.parent if single else output
-            progress_cm = _progress(out)
-            with progress_cm as bar:
-                task = bar.add_task("converting", total=None) if bar is not None else None
-                result = release(
-                    source, outdir, layouts=layouts if "gguf" in formats else [], formats=formats,
-                    keep_going=keep_going, write_manifest=manifest is not False, model_card=model_card,
-                    verify=verify_, upload_repo=upload_repo, private=private, timestamp=timestamp,
-                    revision=revision, token=token, force=force, command=sys.argv[1:],
-                    paths={layouts[0]: output} if single else None,
-                    progress=(lambda tp: bar.update(task, advance=1, description=tp.name)) if bar is not None else None,
-                    group_size=group_size, embedding_type=embedding_type, output_type=output_type,
-                    i2s_variant=i2s_variant, kernel_config=kernel_config, allow_engine_mismatch=allow_engine_mismatch,
-                    max_shard_size=parse_size(max_shard_size), name=name, source_i2s_variant=source_i2s_variant,
-                    ternarize=ternarize,
-                )
-            out.result(result.to_dict())
-            if out.human:
-                _render_release(out, result)
-            return result.exit_code
-
-        _run(out, debug, release_body)
-        return
+    several = len(layouts) > 1 or len(formats) > 1
+    release_mode = several or bool(manifest) or model_card or verify_ or upload_repo is not None
 
     def body() -> int:
-        from .convert import convert as run_convert
+        args = ConvertArgs(group_size=group_size, embedding_type=embedding_type, output_type=output_type,
+                           i2s_variant=i2s_variant, kernel_config=kernel_config,
+                           emit_kernel_config=emit_kernel_config, allow_engine_mismatch=allow_engine_mismatch,
+                           ternarize=ternarize, max_shard_size=parse_size(max_shard_size), name=name,
+                           source_i2s_variant=source_i2s_variant, revision=revision, token=token)
+        if release_mode:
+            return _release_body(out, source, output, layouts, formats, args, outcome, keep_going=keep_going,
+                                 manifest=manifest, model_card=model_card, verify=verify_, upload_repo=upload_repo,
+                                 private=private, timestamp=timestamp, force=force, dry_run=dry_run)
+        return _convert_body(out, source, output, layout, format, args, outcome, force=force, dry_run=dry_run)
 
-        progress_cm = _progress(out)
-        with progress_cm as bar:
-            task = {}
+    outcome = None if dry_run else Outcome()
+    _run(out, debug, body, outcome)
 
-            def on_plan(plan) -> None:
-                for n in plan.notes:
-                    out.info(f"[cyan]note:[/cyan] {n}")
-                for w in plan.warnings:
-                    out.warn(w)
-                task["warned"] = len(plan.warnings)
-                if bar is not None and not dry_run:
-                    task["id"] = bar.add_task("converting", total=sum(t.source.source_nbytes for t in plan.tensors))
 
-            def on_tensor(tp) -> None:
-                if bar is not None:
-                    bar.update(task["id"], advance=tp.source.source_nbytes, description=tp.name)
+def _convert_body(out: Output, source: str, output: str, layout: str, format: str, args: ConvertArgs,
+                  outcome: Outcome | None, *, force: bool, dry_run: bool) -> int:
+    """One output file (or safetensors folder)."""
+    from .convert import convert as run_convert
 
-            result = run_convert(
-                source, output, layout=layout, format=format, group_size=group_size,
-                embedding_type=embedding_type, output_type=output_type, i2s_variant=i2s_variant,
-                kernel_config=kernel_config, emit_kernel_config=emit_kernel_config,
-                allow_engine_mismatch=allow_engine_mismatch, max_shard_size=parse_size(max_shard_size),
-                name=name, revision=revision, token=token, force=force, dry_run=dry_run,
-                progress=on_tensor, on_plan=on_plan, source_i2s_variant=source_i2s_variant,
-                ternarize=ternarize,
-            )
-        for w in result.plan.warnings[task.get("warned", 0):]:  # found while writing (e.g. the tokenizer's)
-            out.warn(w)
-        data = result.to_dict()
-        data["ok"] = True
-        out.result(data)
-        if out.human:
-            _render_convert(out, result, dry_run)
-        return 0
+    progress_cm = _progress(out)
+    with progress_cm as bar:
+        task = {}
 
-    _run(out, debug, body)
+        def on_plan(plan) -> None:
+            for n in plan.notes:
+                out.info(f"[cyan]note:[/cyan] {n}")
+            for w in plan.warnings:
+                out.warn(w)
+            task["warned"] = len(plan.warnings)
+            if outcome is not None:
+                outcome.expected = [plan.output] + ([args.emit_kernel_config] if args.emit_kernel_config else [])
+            if bar is not None and not dry_run:
+                task["id"] = bar.add_task("converting", total=sum(t.source.source_nbytes for t in plan.tensors))
+
+        def on_tensor(tp) -> None:
+            if bar is not None:
+                bar.update(task["id"], advance=tp.source.source_nbytes, description=tp.name)
+
+        result = run_convert(source, output, layout=layout, format=format, force=force, dry_run=dry_run,
+                             progress=on_tensor, on_plan=on_plan, **args.kwargs())
+    for w in result.plan.warnings[task.get("warned", 0):]:  # found while writing (e.g. the tokenizer's)
+        out.warn(w)
+    data = result.to_dict()
+    data["ok"] = True
+    data["paths"] = [str(result.plan.output)] + ([str(args.emit_kernel_config)] if args.emit_kernel_config else [])
+    out.result(data)
+    if out.human:
+        _render_convert(out, result, dry_run)
+    return 0
+
+
+def _release_body(out: Output, source: str, output: str, layouts: list[str], formats: list[str], args: ConvertArgs,
+                  outcome: Outcome | None, *, keep_going: bool, manifest: Optional[bool], model_card: bool,
+                  verify: bool, upload_repo: Optional[str], private: bool, timestamp: bool, force: bool,
+                  dry_run: bool) -> int:
+    """Several outputs (or one with a manifest, model card, verify or upload) from one read."""
+    from .release import release
+
+    out_path = Path(output)
+    single = (len(layouts) == 1 and len(formats) == 1 and out_path.suffix == ".gguf"
+              and not output.endswith(("/", os.sep)))  # a trailing slash is the release's folder
+    outdir = out_path.parent if single else out_path
+
+    def on_plan(planned) -> None:
+        if outcome is not None:
+            outcome.expected = planned.paths()
+
+    with _progress(out) as bar:
+        task = bar.add_task("converting", total=None) if bar is not None and not dry_run else None
+        result = release(
+            source, outdir, layouts=layouts if "gguf" in formats else [], formats=formats,
+            keep_going=keep_going, write_manifest=manifest is not False, model_card=model_card,
+            verify=verify, upload_repo=upload_repo, private=private, timestamp=timestamp,
+            force=force, dry_run=dry_run, command=sys.argv[1:], on_plan=on_plan,
+            paths={layouts[0]: out_path} if single else None,
+            progress=(lambda tp: bar.update(task, advance=1, description=tp.name)) if task is not None else None,
+            **args.kwargs(),
+        )
+    if outcome is not None:
+        outcome.done = True
+    out.result(result.to_dict())
+    if out.human:
+        if dry_run:
+            for t in result.targets:
+                if t.plan is not None:
+                    from .convert import ConversionResult
+
+                    _render_convert(out, ConversionResult(plan=t.plan, written=False), True)
+            _render_release_plan(out, result)
+        else:
+            _render_release(out, result)
+    return result.exit_code
 
 
 def _progress(out: Output):
@@ -241,13 +320,12 @@ def _progress(out: Output):
                     TimeRemainingColumn(), console=out.err, transient=True)
 
 
-def _render_codegen(out: Output, plan) -> None:
+def _render_codegen(out: Output, plan, dry_run: bool = False) -> None:
     """With --emit-kernel-config: how to build bitnet.cpp kernels for this file (also in the ini)."""
-    from rich.markup import escape
-
     codegen = plan.layout_metadata.get("codegen")
     if codegen:
-        out.info(f"kernel config for bitnet.cpp written to {plan.options.emit_kernel_config}")
+        done = "would be written" if dry_run else "written"
+        out.info(f"kernel config for bitnet.cpp {done} to {escape(str(plan.options.emit_kernel_config))}")
         if codegen["model_shape_entry"]:
             out.info(f"add to ModelShapeDict in {codegen['script']}:  {escape(codegen['model_shape_entry'])}",
                      soft_wrap=True)
@@ -261,7 +339,7 @@ def _render_convert(out: Output, result, dry_run: bool) -> None:
     out.info(f"[bold]{plan.spec.family}[/bold] from {src.location}"
              + (f" @ {src.commit[:12]}" if src.commit else "")
              + (f" -> {plan.format} arch [bold]{plan.arch}[/bold] for {plan.engine}" if plan.arch else f" -> {plan.format}"))
-    _render_codegen(out, plan)
+    _render_codegen(out, plan, dry_run)
     if dry_run:
         t = Table(title=f"plan: {plan.output} (nothing written)")
         for col in ("tensor", "shape", "source", "type", "bytes"):
@@ -300,6 +378,16 @@ def _source_cell(tp) -> str:
     return kind
 
 
+def _render_release_plan(out: Output, result) -> None:
+    """A release's dry run: exactly the paths the run would write, in the order it writes them."""
+    for t in result.targets:
+        if not t.ok:
+            out.warn(f"{t.label}: {escape(t.error or '')}")
+    out.info("the run would write (nothing written now):")
+    for p in result.paths():
+        out.info(f"  {escape(str(p))}", soft_wrap=True)
+
+
 def _render_release(out: Output, result) -> None:
     t = Table(title=f"release in {result.outdir}")
     for col in ("output", "status", "bytes", "sha256", "verify"):
@@ -314,6 +402,8 @@ def _render_release(out: Output, result) -> None:
         out.info(f"manifest: {result.manifest_path}")
     if result.card_path:
         out.info(f"model card: {result.card_path}")
+    if result.kernel_config_path:
+        out.info(f"kernel config for bitnet.cpp: {result.kernel_config_path}")
     if result.uploaded:
         out.info(f"uploaded: {result.uploaded}")
 

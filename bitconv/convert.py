@@ -7,6 +7,7 @@ and the output appears under its final name only when complete.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -17,7 +18,7 @@ from .embedding_types import TERNARY_TYPES as TERNARY_EMBEDDING_TYPES
 from .embedding_types import parse_type as parse_embedding_type
 from .errors import OutputExistsError, UsageError
 from .model import LINEAR
-from .pack import layout_class
+from .pack import layout_class, layout_names
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
 from .pipeline import OrderedMap, ordered_map
 from .quant import TensorStats, check_finite, parse_group_size, serial_torch, tensor_stats, ternarize_with_stats
@@ -26,7 +27,8 @@ from .readers.checkpoint import Checkpoint
 from .exact_ternary import recover
 from .source_kind import SourceKind, decide_source_kinds
 from .writers import get_writer
-from .writers.atomic import atomic_path, check_not_source, check_output
+from .side_files import KERNEL_CONFIG_STAMP, is_bitconv_kernel_config
+from .writers.atomic import check_not_source, check_output, staged
 from .writers.base import Encoded, Payload
 
 ProgressFn = Callable[[TensorPlan], None]
@@ -58,7 +60,8 @@ def convert(
 ) -> ConversionResult:
     """Convert SOURCE (Hub id, folder, GGUF or `builtin:NAME`) into OUTPUT.
 
-    Returns a `ConversionResult` with the plan, per-linear statistics (scale, zero share,
+    OUTPUT given as a string ending in "/" names a folder: the GGUF is written into it as
+    `<model>-<layout>.gguf` (a release's name). Returns a `ConversionResult` with the plan, per-linear statistics (scale, zero share,
     relative error) and timing. With `dry_run`, nothing is read beyond headers and nothing
     is written. Raises a `BitconvError` subclass on bad input or a failed write.
     A GGUF source another tool wrote is read with `source_i2s_variant` (its I2_S code
@@ -69,6 +72,7 @@ def convert(
     scales are kept), or the conversion is refused unless `ternarize` asks for
     post-training ternarization on purpose.
     """
+    into_folder = str(output).endswith(("/", os.sep))  # `convert src out/`: a folder, never a file named `out`
     output = Path(output)
     options = build_options(
         layout=layout, format=format, group_size=group_size, embedding_type=embedding_type,
@@ -79,28 +83,39 @@ def convert(
     writer = get_writer(options.format)
     if options.format == "gguf":
         layout_class(options.layout)  # an unknown --layout is a usage error, before any download
-    if not dry_run:
+    into_folder = into_folder and options.format == "gguf"
+    if into_folder:
+        check_folder_target(output)
+    elif not dry_run:
         check_output(output, force, local_source_paths(source, options))
-    if options.emit_kernel_config is not None:
-        check_emit_path(options.emit_kernel_config, output, local_source_paths(source, options))
+    emit = options.emit_kernel_config
+    if emit is not None:
+        check_emit_applies([options.layout] if options.format == "gguf" else ["safetensors"])
+        check_emit_path(emit, output, local_source_paths(source, options), force=force, dry_run=dry_run)
     ckpt = open_source(source, revision=revision, token=token,
                        gguf_options=gguf_read_options(source_i2s_variant, kernel_config))
+    if into_folder:  # named as a release names it, now that the model's name is known
+        output = output / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
+        if not dry_run:
+            check_output(output, force, local_source_paths(source, options))
     if not dry_run:  # a Hub source's files are known only now; still nothing written yet
         check_not_source(output, checkpoint_paths(ckpt, options))
-    if options.emit_kernel_config is not None:
-        check_emit_path(options.emit_kernel_config, output, checkpoint_paths(ckpt, options))
+    if emit is not None:
+        check_emit_path(emit, output, checkpoint_paths(ckpt, options), force=force, dry_run=dry_run)
     kind_notes = decide_source_kinds(ckpt, ternarize=options.ternarize)
     plan = writer.plan(ckpt, output, options)
     plan.notes = kind_notes + plan.notes
     if on_plan is not None:
         on_plan(plan)
-    if options.emit_kernel_config is not None:
-        _emit_kernel_config(plan, options.emit_kernel_config)
-    if dry_run:
+    kernel_ini = kernel_config_for(plan) if emit is not None else None
+    if dry_run:  # the plan (and the codegen command) only: not even the kernel config is written
         return ConversionResult(plan=plan, written=False)
     start = time.perf_counter()
     stats: list[TensorStats] = []
-    with atomic_path(output, force=force) as tmp:
+    with staged(force) as stage:
+        tmp = stage.file(output)
+        if kernel_ini is not None:  # committed after the output, and only with it
+            stage.text(emit, kernel_ini, ours=is_bitconv_kernel_config, what="kernel config")
         tensors = prepare_tensors(plan, stats, progress, encode=lambda tp, payload: writer.encode(plan, tp, payload),
                                   encode_source=lambda tp: writer.encode_source(plan, tp),
                                   direct_bytes=lambda tp: writer.direct_bytes(plan, tp))
@@ -214,31 +229,48 @@ def _prepare_one(tp: TensorPlan) -> tuple[Payload, TensorStats | None]:
             return tern, tensor_stats(tp.name, tern, None)
         raw = src.load_raw()  # bf16 arrives as its bits and is widened inside the first pass
         return ternarize_with_stats(raw, tp.group, tp.name, bf16_bits=raw.dtype == np.uint16)
-    if tp.out_type in TERNARY_EMBEDDING_TYPES:  # a ternary embedding/output, kept as it is
-        return src.load_ternary(), None
+    if tp.out_type in TERNARY_EMBEDDING_TYPES or (src.is_ternary and tp.out_type in layout_names()):
+        return src.load_ternary(), None  # a ternary embedding/output, kept as it is (q2_0, MLX, int2)
     arr = src.load()
     check_finite(arr, tp.name)
     return arr, None
 
 
-def _emit_kernel_config(plan: ConversionPlan, path: Path) -> None:
-    """Write the plan's tile table as bitnet.cpp's kernel_config.ini, headed by the codegen call.
+def kernel_config_for(plan: ConversionPlan) -> str:
+    """The plan's tile table as bitnet.cpp's kernel_config.ini, headed by the codegen call;
+    also records the codegen command in the plan (the CLI prints it, dry run included).
 
     Sections and lists follow codegen's ModelShapeDict order (FORMATS.md §5): pasted as
     printed, the command builds kernels whose tiles equal the file's for every shape.
     """
-    from .pack.tiles import codegen_command, tiles_from_metadata, write_kernel_config
+    from .pack.tiles import codegen_command, kernel_config_text, tiles_from_metadata
 
-    if plan.options.layout not in ("tl1", "tl2"):
+    if plan.options.layout not in TL_LAYOUTS:
         raise UsageError("--emit-kernel-config applies to --layout tl1 or tl2")
     cmd = codegen_command(plan.options.layout, tiles_from_metadata(plan.layout_metadata),
                           plan.options.name or plan.spec.name)
-    write_kernel_config(path, cmd.table())
-    # The matching bitnet.cpp codegen call, as comments configparser (and bitnet.cpp) ignore.
-    header = [f"generated by bitconv for {plan.spec.name}", *cmd.instructions()]
-    path.write_text("".join(f"# {line}\n" for line in header) + path.read_text())
+    # The matching bitnet.cpp codegen call, as comments configparser (and bitnet.cpp) ignore;
+    # the first line also marks the file as bitconv's (`side_files.is_bitconv_kernel_config`).
+    header = [f"{KERNEL_CONFIG_STAMP[2:]} for {plan.spec.name}", *cmd.instructions()]
     plan.layout_metadata["codegen_args"] = cmd.args()
     plan.layout_metadata["codegen"] = cmd.to_dict()
+    return "".join(f"# {line}\n" for line in header) + kernel_config_text(cmd.table())
+
+
+TL_LAYOUTS = ("tl1", "tl2")
+
+
+def check_emit_applies(labels: list[str]) -> str:
+    """--emit-kernel-config names one file for one TL layout's tiles: refuse a run that writes
+    none (there are no tiles to write) or two (one file cannot hold both). Returns the label."""
+    tl = [lab for lab in labels if lab in TL_LAYOUTS]
+    if not tl:
+        raise UsageError(f"--emit-kernel-config writes the tiles of a TL layout, and this run writes none "
+                         f"({', '.join(labels)})", hint="add --layout tl1 or tl2, or drop --emit-kernel-config")
+    if len(tl) > 1:
+        raise UsageError(f"--emit-kernel-config names one file for one TL layout's tiles; this run writes "
+                         f"{' and '.join(tl)}", hint="write one TL layout per run with --emit-kernel-config")
+    return tl[0]
 
 
 def local_source_paths(source: str | Path, options: ConvertOptions | None = None) -> list[Path]:
@@ -267,9 +299,11 @@ def checkpoint_paths(ckpt: Checkpoint, options: ConvertOptions | None = None) ->
     return paths
 
 
-def check_emit_path(path: Path, output: Path, sources: list[Path]) -> None:
-    """--emit-kernel-config: a writable folder, not a source, not the output itself."""
-    from .writers.atomic import _abs
+def check_emit_path(path: Path, output: Path, sources: list[Path], force: bool = False,
+                    dry_run: bool = False) -> None:
+    """--emit-kernel-config: a writable folder, not a source, not the output itself, and (unless
+    a dry run) a new file or, with --force, one bitconv wrote (`Stage` checks it again)."""
+    from .writers.atomic import _abs, check_side_file
 
     check_not_source(path, sources, what="--emit-kernel-config file")
     if _abs(path) == _abs(output):
@@ -279,6 +313,16 @@ def check_emit_path(path: Path, output: Path, sources: list[Path]) -> None:
         raise UsageError(f"{path}: --emit-kernel-config folder {parent} does not exist", hint="create it first")
     if path.is_dir():
         raise UsageError(f"{path}: --emit-kernel-config names a folder; give a file name")
+    if not dry_run:
+        check_side_file(path, force, is_bitconv_kernel_config, "kernel config")
+
+
+def check_folder_target(folder: Path) -> None:
+    """A GGUF output named with a trailing slash is a folder the file goes into: it must be one."""
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise UsageError(f"{folder}/: a trailing slash names a folder to write the GGUF into, and it {what}",
+                         hint="create the folder first, or name the output file (e.g. model.gguf)")
 
 
 def gguf_read_options(i2s_variant: str | None, kernel_config: str | Path | None) -> GGUFReadOptions:

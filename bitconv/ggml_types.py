@@ -75,8 +75,12 @@ def tensor_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
 _BLOCK = 1 << 20
 
 
-def float_to_bytes(arr: np.ndarray, ggml_type: int) -> np.ndarray:
-    """Float32 array -> the little-endian bytes of F32/F16/BF16 (BF16 rounds to nearest even)."""
+def float_to_bytes(arr: np.ndarray, ggml_type: int, name: str = "tensor", flag: str | None = None) -> np.ndarray:
+    """Float32 array -> the little-endian bytes of F32/F16/BF16 (BF16 rounds to nearest even).
+
+    A finite value the type cannot hold (overflow to inf, a non-zero value rounded to 0) is
+    refused by NAME (`float_range`), never written; FLAG is the option that picks the type,
+    named in the hint with the types that hold the value."""
     a = np.ascontiguousarray(arr, dtype=np.float32)
     if ggml_type == F32:
         return a.reshape(-1).view(np.uint8)
@@ -84,16 +88,43 @@ def float_to_bytes(arr: np.ndarray, ggml_type: int) -> np.ndarray:
         from .kernels.floats import narrow_f16
 
         out = np.empty(a.size, dtype=np.int16)
-        narrow_f16(a.reshape(-1), out)
+        _, lost, first = narrow_f16(a.reshape(-1), out)
+        if lost:
+            raise narrowing_error(name, float(a.reshape(-1)[first]), int(first), int(lost), "f16", flag)
         return out.view(np.uint8)
     if ggml_type == BF16:  # in blocks: whole-array temporaries would be 4 float32-sized copies
         flat = a.reshape(-1)
         out = np.empty(flat.size, dtype=np.uint16)
+        first, lost = -1, 0
         for i in range(0, flat.size, _BLOCK):
             bits = flat[i:i + _BLOCK].view(np.uint32)
-            out[i:i + _BLOCK] = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            top = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            out[i:i + _BLOCK] = top
+            # finite in, inf or (from non-zero) zero out: exponent all ones, or all but the sign zero
+            fin = (bits & 0x7F800000) != 0x7F800000
+            gone = fin & (((top & 0x7F80) == 0x7F80) | (((top & 0x7FFF) == 0) & ((bits & 0x7FFFFFFF) != 0)))
+            n = int(np.count_nonzero(gone))
+            if n and first < 0:
+                first = i + int(np.argmax(gone))
+            lost += n
+        if lost:
+            raise narrowing_error(name, float(flat[first]), first, lost, "bf16", flag)
         return out.view(np.uint8)
     raise ValueError(f"not a float type: {ggml_type}")
+
+
+def narrowing_error(name: str, value: float, index: int, count: int, fmt: str, flag: str | None):
+    """The refusal of a float tensor FMT cannot hold, naming the types (and FLAG) that would."""
+    from .float_range import holders, value_error
+
+    types = [t for t in holders(value, scale=False) if t != fmt]
+    if flag and types:
+        hint = f"write it with {flag} {' or '.join(types)}"
+    elif types:
+        hint = f"types that hold it: {', '.join(types)}"
+    else:
+        hint = "no float type bitconv writes holds it; fix the source"
+    return value_error(name, value, index, count, fmt, hint)
 
 
 def bytes_to_float(data: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -37,9 +37,14 @@ class Output:
         if self.mode != "quiet":
             self.err.print(f"[yellow]warning:[/yellow] {message}")
 
-    def error(self, message: str) -> None:
+    def error(self, message: str, written: list[str] | None = None) -> None:
+        """`written`: files the failed run did put in place (a release whose upload failed);
+        --json lists them so CI knows what is on disk."""
         if self.mode == "json":
-            sys.stdout.write(json.dumps({"ok": False, "error": message}) + "\n")
+            doc: dict[str, Any] = {"ok": False, "error": message}
+            if written:
+                doc["written"] = list(written)
+            sys.stdout.write(json.dumps(doc) + "\n")
         self.err.print(f"[red]error:[/red] {message}", soft_wrap=True)
 
     def table(self, table: Table) -> None:

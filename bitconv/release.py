@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import __version__
-from .convert import build_options, checkpoint_paths, local_source_paths, prepare_tensors
+from .convert import (build_options, check_emit_applies, check_emit_path, checkpoint_paths, kernel_config_for,
+                      local_source_paths, prepare_tensors)
 from .errors import BitconvError, ConversionError, InputError, OutputExistsError, UsageError
 from .model import SourceInfo
 from .plan import ConversionPlan, ConvertOptions, TensorPlan
@@ -29,7 +30,8 @@ from .readers import open_source
 from .source_kind import decide_source_kinds, kind_summary
 from .readers.checkpoint import Checkpoint
 from .writers import get_writer
-from .writers.atomic import atomic_path, check_not_source, check_output, cleanup_on_signals
+from .side_files import is_bitconv_kernel_config, is_bitconv_manifest, is_bitconv_model_card
+from .writers.atomic import _abs, atomic_path, check_not_source, check_output, check_side_file, hold_signals, staged
 
 MANIFEST_NAME = "bitconv-manifest.json"
 MANIFEST_SCHEMA = Path(__file__).parent / "schemas" / "manifest.schema.json"
@@ -43,7 +45,12 @@ ENGINE_RUN = {
     "tl1": ("bitnet.cpp (ARM, kernels for this model's tiles)", "python run_inference.py -m {file} -p 'Hello'"),
     "tl2": ("bitnet.cpp (x86, kernels for this model's tiles)", "llama-cli -m {file} -p 'Hello' -ub 7"),
     "safetensors": ("transformers", "BitNetForCausalLM.from_pretrained('{file}')"),
+    "mlx": ("mlx-lm (Apple silicon)", "mlx_lm.generate --model {file} --prompt 'Hello'"),
+    # vLLM cannot run where bitconv's tests run (no GPU): this line is what a user would run, never a
+    # result bitconv measured. transformers loads the folder too (AutoModelForCausalLM), as the judge does.
+    "compressed-tensors": ("vLLM (not run by bitconv; transformers loads it too)", "vllm serve {file}"),
 }
+FOLDER_FORMATS = ("safetensors", "mlx", "compressed-tensors")  # artifacts that are folders
 
 
 @dataclass
@@ -94,8 +101,21 @@ class ReleaseResult:
     manifest: dict[str, Any] | None = None
     manifest_path: Path | None = None
     card_path: Path | None = None
+    kernel_config_path: Path | None = None
     uploaded: str | None = None
     seconds: float = 0.0
+    dry_run: bool = False
+
+    def paths(self) -> list[Path]:
+        """Every path this release writes (a dry run: would write), in the order written."""
+        out = [t.path for t in self.targets if t.ok]
+        if self.kernel_config_path is not None and self.tl_ok:
+            out.append(self.kernel_config_path)
+        return out + [p for p in (self.manifest_path, self.card_path) if p is not None]
+
+    @property
+    def tl_ok(self) -> bool:
+        return any(t.ok and t.options.emit_kernel_config is not None for t in self.targets)
 
     @property
     def ok(self) -> bool:
@@ -110,11 +130,16 @@ class ReleaseResult:
         return 0 if self.ok else 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "outdir": str(self.outdir), "seconds": round(self.seconds, 3),
-                "artifacts": [t.to_dict(self.outdir) for t in self.targets],
-                "manifest": str(self.manifest_path) if self.manifest_path else None,
-                "model_card": str(self.card_path) if self.card_path else None,
-                "uploaded": self.uploaded, "tensors": [s.to_dict() for s in self.stats]}
+        d = {"ok": self.ok, "outdir": str(self.outdir), "seconds": round(self.seconds, 3),
+             "artifacts": [t.to_dict(self.outdir) for t in self.targets],
+             "manifest": str(self.manifest_path) if self.manifest_path else None,
+             "model_card": str(self.card_path) if self.card_path else None,
+             "kernel_config": str(self.kernel_config_path) if self.kernel_config_path else None,
+             "uploaded": self.uploaded, "tensors": [s.to_dict() for s in self.stats],
+             "paths": [str(p) for p in self.paths()], "dry_run": self.dry_run}
+        if self.dry_run:
+            d["plans"] = [t.plan.to_dict() for t in self.targets if t.plan is not None]
+        return d
 
 
 def _rel(p: Path, root: Path) -> str:
@@ -256,16 +281,24 @@ def release(
     revision: str | None = None,
     token: str | None = None,
     force: bool = False,
+    dry_run: bool = False,
     command: list[str] | None = None,
     paths: dict[str, Path] | None = None,
     progress: Callable[[TensorPlan], None] | None = None,
+    on_plan: Callable[[ReleaseResult], None] | None = None,
     **option_kwargs: Any,
 ) -> ReleaseResult:
     """Convert SOURCE into every requested layout/format inside OUTDIR from one read.
 
     Outputs are named `<model>-<layout>.gguf` / `<model>-safetensors` unless `paths` maps a
     label (layout name or "safetensors") to an explicit path. Returns a `ReleaseResult`;
-    its `exit_code` is non-zero when any output failed or failed verify.
+    its `exit_code` is non-zero when any output failed or failed verify. `dry_run` plans
+    every output and returns the exact paths the run would write (`ReleaseResult.paths`),
+    writing nothing.
+
+    Every file goes through the output guard (`writers.atomic.Stage`): the outputs, then the
+    kernel config (`emit_kernel_config`, for the one TL layout), the manifest and the model
+    card, each refused up front when it exists (without `force`) or is not bitconv's.
     """
     outdir = Path(outdir)
     formats = [f.lower() for f in formats]
@@ -286,6 +319,10 @@ def release(
     check_not_source(outdir, checkpoint_paths(ckpt), what="output folder")
     # what each source tensor is, before any folder is made (a float model is refused here)
     decide_source_kinds(ckpt, ternarize=bool(option_kwargs.get("ternarize")))
+    if dry_run:
+        return _release(ckpt, source, outdir, layouts, formats, keep_going, write_manifest, model_card, verify,
+                        verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
+                        progress, option_kwargs, start, on_plan, dry_run=True)
     created = [p for p in (outdir, *outdir.parents) if not p.exists()]
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -294,7 +331,7 @@ def release(
     try:
         return _release(ckpt, source, outdir, layouts, formats, keep_going, write_manifest, model_card, verify,
                         verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
-                        progress, option_kwargs, start)
+                        progress, option_kwargs, start, on_plan)
     except BaseException:
         for p in created:  # folders this call made, while still empty: nothing of the user's
             try:
@@ -306,22 +343,32 @@ def release(
 
 def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_going, write_manifest, model_card,
              verify, verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
-             progress, option_kwargs, start) -> ReleaseResult:
+             progress, option_kwargs, start, on_plan=None, dry_run: bool = False) -> ReleaseResult:
     model = (option_kwargs.get("name") or ckpt.spec.name).replace("/", "-")
+    emit = option_kwargs.get("emit_kernel_config")
+    emit = Path(emit) if emit else None
+    labels = [lab for fmt in formats for lab in (layouts if fmt == "gguf" else [fmt])]
+    tl_label = check_emit_applies(labels) if emit is not None else None
     targets: list[Target] = []
     for fmt in formats:
-        labels = layouts if fmt == "gguf" else ["safetensors"]
-        for label in labels:
-            opts = build_options(layout=label if fmt == "gguf" else "tq2_0", format=fmt, **option_kwargs)
+        for label in (layouts if fmt == "gguf" else [fmt]):
+            opts = build_options(layout=label if fmt == "gguf" else "tq2_0", format=fmt,
+                                 **{**option_kwargs, "emit_kernel_config": emit if label == tl_label else None})
             path = (paths or {}).get(label) or outdir / (
-                f"{model}-{label}.gguf" if fmt == "gguf" else f"{model}-safetensors")
+                f"{model}-{label}.gguf" if fmt == "gguf" else f"{model}-{fmt}")
             targets.append(Target(label=label, path=path, options=opts))
     first: tuple[Target, BitconvError] | None = None
+    kernel_ini: str | None = None
     for t in targets:
         try:
-            check_output(t.path, force, checkpoint_paths(ckpt, t.options))
+            if not dry_run:
+                check_output(t.path, force, checkpoint_paths(ckpt, t.options))
+            if t.options.emit_kernel_config is not None:
+                check_emit_path(emit, t.path, checkpoint_paths(ckpt, t.options), force=force, dry_run=dry_run)
             t.plan = get_writer(t.options.format).plan(ckpt, t.path, t.options)
             t.plan.notes = list(ckpt.source_kind_notes) + t.plan.notes
+            if t.options.emit_kernel_config is not None:
+                kernel_ini = kernel_config_for(t.plan)
         except BitconvError as exc:
             t.error, t.exit_code = str(exc), exc.exit_code
             first = first or (t, exc)
@@ -329,6 +376,21 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
         bad, exc = first  # raised as its own type (OutputExistsError, LayoutError, ...), named by its label
         raise type(exc)(f"{bad.label}: {bad.error}",
                         hint="fix it, drop that layout, or pass --keep-going to write the others")
+    side = _side_files(outdir, write_manifest, model_card, emit)
+    for path, ours, what in side:  # before a byte is written: a user's README.md stops the run here
+        check_not_source(path, checkpoint_paths(ckpt), what=what)
+        if any(_abs(path) == _abs(t.path) for t in targets):
+            raise UsageError(f"{path}: the {what} would be written over one of the outputs; choose another path")
+        if not dry_run:
+            check_side_file(path, force, ours, what)
+    result = ReleaseResult(outdir=outdir, targets=targets, dry_run=dry_run,
+                           manifest_path=outdir / MANIFEST_NAME if write_manifest else None,
+                           card_path=outdir / "README.md" if model_card else None,
+                           kernel_config_path=emit if kernel_ini is not None else None)
+    if on_plan is not None:
+        on_plan(result)  # the CLI learns every path the run writes, to report an interrupt truly
+    if dry_run:
+        return result
     stats: list[TensorStats] = []
     live = [t for t in targets if t.ok]
     if live:
@@ -343,15 +405,24 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
             if t.ok:
                 rep = run_verify(t.path, source, revision=revision, **(verify_options or {}))
                 t.verify = rep.to_dict()
-    result = ReleaseResult(outdir=outdir, targets=targets, stats=stats)
-    if write_manifest:
-        result.manifest = build_manifest(ckpt, targets, outdir, command, option_kwargs, layouts, formats,
-                                         timestamp, source_arg=str(source))
-        result.manifest_path = outdir / MANIFEST_NAME
-        result.manifest_path.write_text(json.dumps(result.manifest, indent=2, sort_keys=True) + "\n")
-    if model_card:
-        result.card_path = outdir / "README.md"
-        result.card_path.write_text(render_model_card(ckpt, targets, outdir))
+    result.stats = stats
+    if not any(t.ok for t in targets):  # nothing was written: no manifest, card or kernel config of nothing
+        result.manifest_path = result.card_path = result.kernel_config_path = None
+        result.seconds = time.perf_counter() - start
+        return result
+    with staged(force) as stage:  # the side files, through the outputs' guard, after them
+        if kernel_ini is not None and result.tl_ok:
+            stage.text(emit, kernel_ini, ours=is_bitconv_kernel_config, what="kernel config")
+        elif kernel_ini is not None:
+            result.kernel_config_path = None  # its TL output failed: no tiles to build kernels for
+        if write_manifest:
+            result.manifest = build_manifest(ckpt, targets, outdir, command, option_kwargs, layouts, formats,
+                                             timestamp, source_arg=str(source))
+            stage.text(result.manifest_path, json.dumps(result.manifest, indent=2, sort_keys=True) + "\n",
+                       ours=is_bitconv_manifest, what="manifest")
+        if model_card:
+            stage.text(result.card_path, render_model_card(ckpt, targets, outdir),
+                       ours=is_bitconv_model_card, what="model card")
     result.seconds = time.perf_counter() - start
     if upload_repo:
         if not result.ok:
@@ -359,6 +430,19 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
                                   hint="see the manifest; the files are kept for inspection")
         result.uploaded = upload(outdir, upload_repo, private=private, token=token)
     return result
+
+
+def _side_files(outdir: Path, manifest: bool, card: bool,
+                emit: Path | None) -> list[tuple[Path, Callable[[Path], bool], str]]:
+    """(path, recognizer of bitconv's own file, what) of each side file this release writes."""
+    side = []
+    if emit is not None:
+        side.append((emit, is_bitconv_kernel_config, "kernel config"))
+    if manifest:
+        side.append((outdir / MANIFEST_NAME, is_bitconv_manifest, "manifest"))
+    if card:
+        side.append((outdir / "README.md", is_bitconv_model_card, "model card"))
+    return side
 
 
 def _write_all(ckpt: Checkpoint, targets: list[Target], force: bool, stats: list[TensorStats],
@@ -408,28 +492,54 @@ def _write_all(ckpt: Checkpoint, targets: list[Target], force: bool, stats: list
             for i, m in enumerate(by_source):
                 own = m.get(tp.source.name)
                 if own is not None:
-                    send(i, (own, payload))
-    except BaseException as exc:
+                    send(i, (own, _payload_for(own, payload)))
         prepared.close()
         for i in range(len(targets)):
-            send(i, exc)
+            send(i, _DONE)
         for th in threads:
             th.join()
+    except BaseException as exc:
+        # A signal (or error) in the main thread: every writer thread removes its temporary
+        # output before the process may exit (they are daemons), and a second Ctrl-C or
+        # SIGTERM meanwhile is held, never allowed to cut that cleanup short (issue 25).
+        with hold_signals(reraise=False):
+            prepared.close()
+            for i in range(len(targets)):
+                send(i, exc)
+            for th in threads:
+                th.join()
         raise
-    prepared.close()
-    for i in range(len(targets)):
-        send(i, _DONE)
-    for th in threads:
-        th.join()
 
 
 def _union(ckpt: Checkpoint, targets: list[Target]) -> list[TensorPlan]:
-    """Every tensor any target needs, once, in the checkpoint's canonical order."""
+    """Every tensor any target needs, once, in the checkpoint's canonical order. A ternary
+    embedding/output that one target keeps ternary (q2_0, MLX) and another writes as floats is
+    read as ternary once; `_payload_for` dequantizes it for the float targets."""
     seen: dict[str, TensorPlan] = {}
     for t in targets:
         for tp in t.plan.tensors:
-            seen.setdefault(tp.source.name, tp)
+            if tp.source.name not in seen or _wants_ternary(tp):
+                if not _wants_ternary(seen.get(tp.source.name)):
+                    seen[tp.source.name] = tp
     return [seen[s.name] for s in ckpt.tensors if s.name in seen]
+
+
+def _wants_ternary(tp: TensorPlan | None) -> bool:
+    """A non-linear tensor planned in a ternary layout (its payload is the source's Ternary)."""
+    from .model import LINEAR
+    from .pack import layout_names
+
+    return tp is not None and tp.role != LINEAR and tp.source.is_ternary and tp.out_type in layout_names()
+
+
+def _payload_for(own: TensorPlan, payload: Any) -> Any:
+    """The payload as this target's plan takes it: floats for a table it writes as floats."""
+    from .model import LINEAR
+    from .quant import Ternary
+
+    if isinstance(payload, Ternary) and own.role != LINEAR and not _wants_ternary(own):
+        return payload.dequantize()
+    return payload
 
 
 def build_manifest(ckpt: Checkpoint, targets: list[Target], outdir: Path, command: list[str] | None,
@@ -479,7 +589,7 @@ def check_manifest(path: str | Path, source: str | Path | None = None) -> dict[s
     m = load_manifest(path)
     root = path.parent
     # Every path is resolved and refused if unsafe before anything is hashed.
-    artifacts = [(a, member(root, a["path"], "artifact", path, folder=a.get("format") == "safetensors"))
+    artifacts = [(a, member(root, a["path"], "artifact", path, folder=a.get("format") in FOLDER_FORMATS))
                  for a in m["artifacts"] if a.get("ok", True) and "sha256" in a]
     src = m["source"]
     src_root, note, allowed = _source_root(src, source, path)
@@ -568,6 +678,7 @@ def render_model_card(ckpt: Checkpoint, targets: list[Target], outdir: Path) -> 
         tags.append("gguf")
     if any(t.options.format == "safetensors" and t.ok for t in targets):
         tags.append("safetensors")
+    tags += [f for f in ("mlx", "compressed-tensors") if any(t.options.format == f and t.ok for t in targets)]
     lines = ["---"]
     if base:
         lines.append(f"base_model: {base}")
@@ -583,7 +694,7 @@ def render_model_card(ckpt: Checkpoint, targets: list[Target], outdir: Path) -> 
     for t in targets:
         if not t.ok:
             continue
-        bpw = "2.0" if t.options.format == "safetensors" else f"{layout_class(t.options.layout).bits_per_weight:.4g}"
+        bpw = "2.0" if t.options.format in FOLDER_FORMATS else f"{layout_class(t.options.layout).bits_per_weight:.4g}"
         engine, cmd = ENGINE_RUN.get(t.label, ("", ""))
         lines.append(f"| `{_rel(t.path, outdir)}` | {t.label} | {t.size / 1e6:.1f} MB | {bpw} | {engine} | "
                      f"`{cmd.format(file=_rel(t.path, outdir))}` |")

@@ -41,7 +41,9 @@ def one_error_line(result) -> str:
 
 
 def temp_leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in Path(folder).rglob("*") if "bitconv-" in p.name or p.name.endswith(".tmp"))
+    """Temporary names bitconv's writers use (`.NAME.bitconv-PID-HEX.tmp`, `-old-`, `-lock`);
+    bitconv-manifest.json is an output, not a temporary."""
+    return sorted(p.name for p in Path(folder).rglob("*") if ".bitconv-" in p.name or p.name.endswith(".tmp"))
 
 
 def assert_refused(result, *, outdir: Path | None = None, src: Path | None = None, before: dict | None = None,

@@ -311,7 +311,7 @@ def test_float16_output_rounds_as_numpy_does():
     numpy's astype(float16) bits: every float16 value, every midpoint between neighbours and
     one float32 ulp either side (ties to even), overflow, subnormals and random patterns."""
     from bitconv.ggml_types import F16, float_to_bytes
-    from bitconv.kernels.floats import count_nonfinite
+    from bitconv.kernels.floats import count_nonfinite, narrow_f16
 
     rng = np.random.default_rng(0)
     h = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
@@ -325,11 +325,17 @@ def test_float16_output_rounds_as_numpy_does():
                         np.float32([65504, 65519.99, 65520, 1e-8, 2.98e-8, 5.96e-8, -0.0, np.inf, -np.inf, np.nan])])
     with np.errstate(over="ignore", invalid="ignore"):
         want = x.astype(np.float16)
-    got = float_to_bytes(x, F16).view(np.float16)
+    out = np.empty(x.size, dtype=np.int16)
+    bad, lost, first = narrow_f16(x, out)  # the kernel float_to_bytes runs (it refuses `lost` values)
+    got = out.view(np.float16)
     nan = np.isnan(want)
     np.testing.assert_array_equal(np.isnan(got), nan)
     np.testing.assert_array_equal(got[~nan].view(np.uint16), want[~nan].view(np.uint16))
-    assert count_nonfinite(x) == int(np.count_nonzero(~np.isfinite(x)))
+    assert count_nonfinite(x) == int(np.count_nonzero(~np.isfinite(x))) == bad
+    gone = np.isfinite(x) & (np.isinf(want) | ((want == 0) & (x != 0)))  # values float16 does not hold
+    assert lost == int(np.count_nonzero(gone)) and first == int(np.argmax(gone))
+    held = x[~gone & np.isfinite(x)]
+    np.testing.assert_array_equal(float_to_bytes(held, F16).view(np.uint16), held.astype(np.float16).view(np.uint16))
 
 
 def test_metadata_arrays_pack_as_gguf_packs_them(silu_ckpt, tmp_path, monkeypatch):

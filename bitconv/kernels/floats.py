@@ -84,13 +84,32 @@ def _f32_to_f16_bits(typingctx, x):
 @jit
 def narrow_f16(x, out):
     """1-D weights as `widen` reads them -> float16 bits in int16 `out`, rounded to nearest
-    even as numpy's `astype(np.float16)` does; returns how many inputs were not finite."""
+    even as numpy's `astype(np.float16)` does.
+
+    Returns (bad, lost, first): how many inputs were not finite, how many finite inputs
+    float16 cannot hold (a non-zero value that rounds to 0, or one that overflows to inf),
+    and the index of the first of those (-1 when none). Counting them here costs nothing
+    next to the conversion itself; writing them would store a value the source does not have.
+    """
     bad = 0
-    for i in range(x.size):
+    lost = 0
+    for i in range(x.size):  # branch-free, so the loop still vectorizes
         v = to_f32(x[np.uint64(i)])
-        bad += not np.isfinite(v)
-        out[np.uint64(i)] = _f32_to_f16_bits(v)
-    return bad
+        h = _f32_to_f16_bits(v)
+        out[np.uint64(i)] = h
+        fin = np.isfinite(v)
+        mag = np.int32(h) & np.int32(0x7FFF)
+        bad += not fin
+        lost += fin and (mag == np.int32(0x7C00) or (mag == np.int32(0) and v != np.float32(0)))
+    first = -1
+    if lost:
+        for i in range(x.size):
+            v = to_f32(x[np.uint64(i)])
+            mag = np.int32(out[np.uint64(i)]) & np.int32(0x7FFF)
+            if np.isfinite(v) and (mag == np.int32(0x7C00) or (mag == np.int32(0) and v != np.float32(0))):
+                first = i
+                break
+    return bad, lost, first
 
 
 @jit

@@ -96,19 +96,30 @@ def tq2_0_pack(u, m, k, sc, per, out):
 @jit
 def tq2_0_unpack(data, nb, vals, dbits):
     """TQ2_0 blocks [nb*66] -> int8 values [nb*256] (as uint8 bytes) and d [nb] as float32 bits.
-    Every 2-bit code decodes (code 3 gives +2, as the numpy decoder)."""
+
+    Returns the index of the first block holding code 3, or -1. TQ2_0 is ternary (llama.cpp's
+    quantizer writes codes 0..2 only) and code 3 would decode to +2·d, a value no ternary model
+    has, so the caller refuses it; the block is found with a flag OR-ed over the block's bytes,
+    which keeps the decode loop vector code. Every code still decodes (3 gives +2, as the
+    numpy reference), so the kernel stays total over bytes."""
+    first_bad = -1
     for b in range(nb):
         ib = data[b * TQ2_BYTES:(b + 1) * TQ2_BYTES]
         ob = vals[b * QK:(b + 1) * QK]
+        three = np.uint8(0)
         for h in range(2):
             for j in range(32):
                 x = ib[32 * h + j]
+                three |= np.uint8(x & (x >> 1) & 0x55)  # bit 2f set: field f of the byte is 3
                 o = 128 * h + j
                 ob[o] = np.uint8((x & 3) + 255)
                 ob[o + 32] = np.uint8(((x >> 2) & 3) + 255)
                 ob[o + 64] = np.uint8(((x >> 4) & 3) + 255)
                 ob[o + 96] = np.uint8((x >> 6) + 255)
+        if three != 0 and first_bad < 0:
+            first_bad = b
         dbits[b] = half_to_float_bits(np.uint16(ib[64]) | (np.uint16(ib[65]) << 8))
+    return first_bad
 
 
 @jit
@@ -176,7 +187,8 @@ def _tq1_digits(x, ob, n, j, five):
 @jit
 def tq1_0_unpack(data, nb, vals, dbits):
     """TQ1_0 blocks [nb*54] -> int8 values [nb*256] (as uint8 bytes) and d [nb] as float32 bits.
-    Every byte decodes to digits 0..2, so no code is invalid."""
+    Every byte decodes to digits 0..2, so no code is invalid: returns -1 (no bad block), the
+    answer tq2_0_unpack gives for a valid tensor, so both unpackers share one caller."""
     for b in range(nb):
         ib = data[b * TQ1_BYTES:(b + 1) * TQ1_BYTES]
         ob = vals[b * QK:(b + 1) * QK]
@@ -190,3 +202,4 @@ def tq1_0_unpack(data, nb, vals, dbits):
         for j in range(4):
             _tq1_digits(ib[48 + j], o2, 4, j, False)
         dbits[b] = half_to_float_bits(np.uint16(ib[52]) | (np.uint16(ib[53]) << 8))
+    return -1

@@ -1,3 +1,3 @@
 """Imports every built-in layout module so each registers itself; add a layout here."""
 
-from . import hf2bit, i2s, q2_0, tl1, tl2, tq  # noqa: F401
+from . import ct_int2, hf2bit, i2s, mlx_affine, q2_0, tl1, tl2, tq  # noqa: F401

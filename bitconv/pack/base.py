@@ -32,6 +32,7 @@ class Layout:
     bits_per_weight: ClassVar[float] = 2.0
     tensor_scale_only: ClassVar[bool] = True  # only one scale per tensor can be stored
     engine: ClassVar[str] = "bitnet.cpp"  # the engine that owns the format and judges its files
+    scale_type: ClassVar[str] = "f32"  # the float type the layout stores its scales in (float_range)
     description: ClassVar[str] = ""
 
     def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
@@ -93,6 +94,35 @@ class Layout:
         if group not in ("tensor", "row") and k % int(group):
             raise self._fail(name, shape, f"K={k} is not a multiple of --group-size {group}",
                              hint="use a group size that divides every linear's input width, or 'row'")
+
+    def _check_scales(self, tern: Ternary, name: str) -> None:
+        """Refuse a scale this layout's `scale_type` cannot hold (float_range's scale rule):
+        an fp16 block scale of 1e5 would be stored as inf, 1e-9 as 0. A group whose values
+        are all zero is stored with d = 0 whatever its scale, so its scale does not count.
+        O(number of scales); the values are looked at only when a scale fails."""
+        from .. import float_range
+
+        s = np.asarray(tern.scales, dtype=np.float32)
+        bad = float_range.lost(s, self.scale_type, scale=True) | ~np.isfinite(s)
+        if not bad.any():
+            return
+        m, k = tern.shape
+        s2 = s.reshape(1, 1) if s.size == 1 else s.reshape(m, -1) if s.ndim < 2 else s
+        bad2 = bad.reshape(s2.shape)
+        v = np.asarray(tern.values)
+        if s2.shape[0] == 1:
+            used = np.array([[bool(np.any(v))]])
+        else:
+            gs = s2.shape[1]
+            used = np.any(v.reshape(m, gs, k // gs) != 0, axis=2) if gs and k % gs == 0 else np.ones_like(bad2)
+        hit = np.argwhere(bad2 & used)
+        if hit.size == 0:
+            return
+        value = float(s2[tuple(hit[0])])
+        holders = [n for n in layouts_holding(tern.shape, tern.group)
+                   if float_range.holds(value, layout_class(n).scale_type, scale=True)]
+        raise float_range.scale_error(name, value, self.name.upper(), self.scale_type,
+                                      [f"--layout {', '.join(holders)}"] if holders else [])
 
     def _check_data(self, data: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
         data = np.asarray(data).reshape(-1).view(np.uint8)

@@ -100,6 +100,7 @@ class I2S(Layout, name="i2_s"):
         out = np.empty(self.nbytes((m, k)), dtype=np.uint8)
         if not i2s_pack(values.reshape(-1).view(np.uint8), out[:n4], ngroups, lane):
             raise bad_values(name)
+        self._check_scales(tern, name)  # a float32 scale: only NaN/inf (e.g. 1/1e-39) fails
         out[n4:] = scale_tail(tern.scale)
         return out
 

@@ -34,6 +34,7 @@ class Q2_0(Layout, name="q2_0"):
     file_type = 41  # LLAMA_FTYPE_MOSTLY_Q2_0 in llama.h (40 is MOSTLY_Q1_0)
     bits_per_weight = 2.25
     tensor_scale_only = False
+    scale_type = "f16"  # each block's d
     engine = "llama.cpp"
     description = "llama.cpp mainline 2-bit, 2.25 bpw (CPU, CUDA, Metal, Vulkan in stock llama.cpp)"
 
@@ -50,6 +51,7 @@ class Q2_0(Layout, name="q2_0"):
         m, k = tern.shape
         self.check(name, (m, k), tern.group)
         u = ternary_bytes(tern.values, name)
+        self._check_scales(tern, name)
         sc, per = block_scale_bits(tern, QK, name)
         out = np.empty(m * (k // QK) * BLOCK_BYTES, dtype=np.uint8)
         mx, inf = q2_0_pack(u.reshape(-1), m, k, sc, per, out)

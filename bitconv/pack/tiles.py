@@ -21,6 +21,7 @@ order (a stock entry's, or a new entry it spells out), never in bitconv's.
 from __future__ import annotations
 
 import configparser
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -323,8 +324,8 @@ def read_kernel_config(path: str | Path) -> dict[Shape, TileConfig]:
     return table
 
 
-def write_kernel_config(path: str | Path, table: Mapping[Shape, TileConfig]) -> None:
-    """Write the table as codegen does (ConfigParser, `[Kernels_N]` in the table's order)."""
+def kernel_config_text(table: Mapping[Shape, TileConfig]) -> str:
+    """The table as codegen writes it (ConfigParser, `[Kernels_N]` in the table's order)."""
     parser = configparser.ConfigParser()
     for i, ((m, k), cfg) in enumerate(table.items()):
         sec = f"Kernels_{i}"
@@ -334,8 +335,16 @@ def write_kernel_config(path: str | Path, table: Mapping[Shape, TileConfig]) -> 
         parser.set(sec, "bm", str(cfg.BM))
         parser.set(sec, "bk", str(cfg.BK))
         parser.set(sec, "bmm", str(cfg.bm))
+    buf = io.StringIO()
+    parser.write(buf)
+    return buf.getvalue()
+
+
+def write_kernel_config(path: str | Path, table: Mapping[Shape, TileConfig]) -> None:
+    """Write `kernel_config_text(table)` to PATH (tests and tools; convert stages it through
+    the output guard instead)."""
     with open(path, "w", encoding="utf-8") as f:
-        parser.write(f)
+        f.write(kernel_config_text(table))
 
 
 def codegen_args(table: Mapping[Shape, TileConfig]) -> str:

@@ -46,6 +46,7 @@ class TL1(TiledLayout, name="tl1"):
         out = np.empty(self.nbytes((m, k)), dtype=np.uint8)
         if not tl1_pack(values.reshape(-1).view(np.uint8), out[:n], m, k, cfg.BM, cfg.BK, cfg.bm):
             raise bad_values(name)
+        self._check_scales(tern, name)  # a float32 scale: only NaN/inf (e.g. 1/1e-39) fails
         out[n:] = scale_tail(tern.scale)
         return out
 

@@ -53,6 +53,7 @@ class TL2(TiledLayout, name="tl2"):
         if not tl2_pack(values.reshape(-1).view(np.uint8), out[:real], m, k, cfg.BM, cfg.BK):
             raise bad_values(name)
         out[real:-TAIL] = 0  # up to the engine's length L, then to a multiple of 32
+        self._check_scales(tern, name)  # a float32 scale: only NaN/inf (e.g. 1/1e-39) fails
         out[-TAIL:] = scale_tail(tern.scale)
         return out
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import BadWeightsError
 from ..quant import GroupSize, Ternary
 from .base import Layout
 from .kernel_args import bad_values_error, block_scale_bits, ternary_bytes
@@ -23,6 +24,7 @@ QK = 256
 
 class _TQ(Layout):
     tensor_scale_only = False
+    scale_type = "f16"  # each block's d
     engine = "llama.cpp"
     codes_bytes: int  # bytes of codes per 256-value block
 
@@ -41,6 +43,7 @@ class _TQ(Layout):
         m, k = tern.shape
         self.check(name, (m, k), tern.group)
         u = ternary_bytes(tern.values, name)
+        self._check_scales(tern, name)
         sc, per = block_scale_bits(tern, QK, name)
         out = np.empty(m * (k // QK) * (self.codes_bytes + 2), dtype=np.uint8)
         if self._kernels()[0](self._kernel_values(u.reshape(-1)), m, k, sc, per, out):
@@ -60,7 +63,14 @@ class _TQ(Layout):
         values = np.empty((m, k), dtype=np.int8)
         d = np.empty((m, k // QK), dtype=np.float32)  # the kernel writes its bits
         unpack = self._kernels()[1]
-        unpack(np.ascontiguousarray(data), nb, values.reshape(-1).view(np.uint8), d.reshape(-1).view(np.uint32))
+        bad = unpack(np.ascontiguousarray(data), nb, values.reshape(-1).view(np.uint8), d.reshape(-1).view(np.uint32))
+        if bad >= 0:  # TQ2_0 only: TQ1_0 bytes all decode to ternary digits
+            nbr = k // QK
+            raise BadWeightsError(
+                f"{name}: {self.name.upper()} block {bad} (row {bad // nbr}, values {QK * (bad % nbr)}.."
+                f"{QK * (bad % nbr) + QK - 1}) holds code 3 (+2·d), which is not ternary",
+                hint="the file is corrupt: TQ2_0 codes are 0, 1, 2 (-1, 0, +1); reconvert from the source",
+            )
         return collapse_block_scales(values, d, group, name)
 
 

@@ -30,7 +30,7 @@ import struct
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..errors import BitconvError, ConversionError, InputError, OutputExistsError, UsageError
 
@@ -162,18 +162,81 @@ def temp_name(path: Path) -> Path:
 @contextmanager
 def atomic_path(path: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success move it into place, else delete it."""
-    path = Path(path)
-    check_output(path, force)
-    tmp = temp_name(path)
+    with staged(force) as stage:
+        yield stage.file(path)
+
+
+class Stage:
+    """Every file one write step makes, main outputs and side files alike (kernel configs,
+    manifests, model cards): each is checked when added, written under a temporary name,
+    and renamed into place by `commit` in the order added; `discard` removes the temps.
+
+    One guard for all of them (issue 25): exclusive create; with `--force` a main output
+    replaces a file (or a folder bitconv wrote), a side file only a file bitconv wrote
+    (`ours`), never a symlink or folder, so a user's own README.md or a hand-written
+    manifest beside the output is refused even with `--force`."""
+
+    def __init__(self, force: bool) -> None:
+        self.force = force
+        self._items: list[tuple[Path, Path, Callable[[Path], bool] | None, str]] = []
+
+    def file(self, path: Path, *, ours: Callable[[Path], bool] | None = None, what: str = "output") -> Path:
+        """Check PATH (as `check_output`, or `check_side_file` when `ours` is given) and
+        return the temporary path to write it under."""
+        path = Path(path)
+        if ours is None:
+            check_output(path, self.force)
+        else:
+            check_side_file(path, self.force, ours, what)
+        tmp = temp_name(path)
+        self._items.append((tmp, path, ours, what))
+        return tmp
+
+    def text(self, path: Path, text: str, *, ours: Callable[[Path], bool], what: str) -> None:
+        """Stage a small text side file with its content."""
+        tmp = self.file(path, ours=ours, what=what)
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+
+    def commit(self) -> None:
+        """Rename every staged file into place, signals held until the last rename is done
+        (so a message can say exactly what is on disk). If one fails, the ones this commit
+        created are removed again and the rest of the temps are discarded."""
+        done: list[tuple[Path, bool]] = []
+        with hold_signals():
+            try:
+                for tmp, path, ours, what in self._items:
+                    done.append((path, _commit(tmp, path, self.force, ours, what)))
+                    _WRITTEN.append(path)
+            except BaseException:
+                for path, created in done:
+                    if created:
+                        _remove(path)
+                        _WRITTEN.remove(path)
+                self.discard()
+                raise
+
+    def discard(self) -> None:
+        with hold_signals(reraise=False):
+            for tmp, *_ in self._items:
+                _remove(tmp)
+
+
+@contextmanager
+def staged(force: bool = False) -> Iterator[Stage]:
+    """A `Stage` whose files are committed when the body succeeds and removed when it fails
+    for any reason (exception, Ctrl-C, SIGTERM, SIGHUP, full disk)."""
+    stage = Stage(force)
     try:
         with cleanup_on_signals():
-            yield tmp
-            _commit(tmp, path, force)
+            yield stage
+            stage.commit()
     except BitconvError:
-        _remove(tmp)
+        stage.discard()
         raise
     except OSError as exc:
-        _remove(tmp)
+        stage.discard()
+        path = exc.filename or (stage._items[0][1] if stage._items else "output")
         if exc.errno == errno.ENOSPC:
             raise ConversionError(f"{path}: disk full while writing; nothing was left behind",
                                   hint="free space or write elsewhere") from None
@@ -182,31 +245,61 @@ def atomic_path(path: Path, force: bool = False) -> Iterator[Path]:
                              hint="choose a folder you can write to") from None
         raise ConversionError(f"{path}: cannot write output ({exc.strerror or exc})") from None
     except BaseException:
-        _remove(tmp)
+        stage.discard()
         raise
 
 
-def _commit(tmp: Path, path: Path, force: bool) -> None:
+def check_side_file(path: Path, force: bool, ours: Callable[[Path], bool], what: str) -> None:
+    """A side file (`what`: e.g. "model card") may be created; with --force it may replace
+    only a regular file that `ours` recognizes as bitconv's."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{path}: the folder for the {what} ({parent}) does not exist", hint="create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{parent}: folder is not writable (the {what} goes there)",
+                         hint="choose a folder you can write to")
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_file():
+        kind = "a symlink" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+        raise OutputExistsError(f"{path} is {kind}; bitconv writes the {what} there and never replaces it, "
+                                f"even with --force", hint="remove it yourself or choose another path")
+    if not force:
+        raise OutputExistsError(f"{path} already exists; bitconv writes the {what} there",
+                                hint="pass --force to replace one bitconv wrote, or move it")
+    if not ours(path):
+        raise OutputExistsError(f"{path} exists and bitconv did not write it; the {what} would replace it, "
+                                f"which bitconv refuses even with --force",
+                                hint="move it, or write the outputs to another folder")
+
+
+def _commit(tmp: Path, path: Path, force: bool, ours: Callable[[Path], bool] | None = None,
+            what: str = "output") -> bool:
+    """Move TMP to PATH under the stage's rules; True when PATH did not exist before."""
     if not force:
         try:
             exclusive_rename(tmp, path)
         except FileExistsError:
             raise OutputExistsError(f"{path} appeared while this conversion was writing; it was not replaced",
                                     hint="another process wrote it; pass --force to overwrite it") from None
-        return
+        return True
     if not os.path.lexists(path):
         try:
             exclusive_rename(tmp, path)
-            return
+            return True
         except FileExistsError:
             pass  # appeared meanwhile: --force replaces it below, under the same rules
-    check_replaceable(path)
+    if ours is None:
+        check_replaceable(path)
+    else:
+        check_side_file(path, force, ours, what)
     if not tmp.is_dir() and not path.is_dir():
         os.replace(tmp, path)
-        return
+        return False
     if _renameat2(tmp, path, _RENAME_EXCHANGE):
         _remove(tmp)  # tmp now holds what was at `path`
-        return
+        return False
     old = path.with_name(f".{path.name}.bitconv-old-{os.getpid()}")
     os.rename(path, old)
     try:
@@ -215,6 +308,7 @@ def _commit(tmp: Path, path: Path, force: bool) -> None:
         os.rename(old, path)
         raise
     _remove(old)
+    return False
 
 
 def exclusive_rename(src: Path, dst: Path) -> None:
@@ -310,3 +404,65 @@ def cleanup_on_signals() -> Iterator[None]:
                 signal.signal(s, h)
             except (ValueError, OSError):
                 pass
+
+
+# Paths renamed into place in this process (oldest first), so an interrupted command can
+# say exactly what it left on disk; the CLI clears it when a command starts.
+_WRITTEN: list[Path] = []
+
+
+def written() -> list[Path]:
+    """Every path a `Stage` committed since the last `reset_written()`."""
+    return list(_WRITTEN)
+
+
+def reset_written() -> None:
+    _WRITTEN.clear()
+
+
+_HELD = (signal.SIGINT, *_SIGNALS)
+_holding: list[list[int]] = []  # one list of pending signals per active hold (main thread only)
+
+
+def _record(signum: int, frame) -> None:  # noqa: ARG001
+    _holding[0].append(signum)
+
+
+def raise_signal_exception(signum: int) -> None:
+    """The exception a signal becomes: KeyboardInterrupt for SIGINT, `Interrupted` otherwise."""
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Interrupted(signum)
+
+
+@contextmanager
+def hold_signals(reraise: bool = True) -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP while the body runs (a rename sequence, a cleanup), so a
+    second Ctrl-C 20 ms after the first cannot stop a temp folder's removal half way and a
+    signal cannot land between two renames. With `reraise`, the first held signal is raised
+    when the body is done; without, it is dropped (the body is already handling one).
+    Nested holds defer to the outermost; off the main thread this does nothing (Python
+    runs signal handlers only there)."""
+    if _holding or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    _holding.append(pending)
+    previous = {}
+    try:
+        for s in _HELD:
+            try:
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    previous[s] = signal.signal(s, _record)
+            except (ValueError, OSError):
+                pass
+        yield
+    finally:
+        for s, h in previous.items():
+            try:
+                signal.signal(s, h)
+            except (ValueError, OSError):
+                pass
+        _holding.clear()
+    if reraise and pending:
+        raise_signal_exception(pending[0])

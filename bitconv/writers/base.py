@@ -83,4 +83,4 @@ def get_writer(fmt: str) -> Writer:
 
 
 def _load_builtin() -> None:
-    from . import gguf_writer, safetensors_writer  # noqa: F401
+    from . import ct_writer, gguf_writer, mlx_writer, safetensors_writer  # noqa: F401

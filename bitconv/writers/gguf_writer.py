@@ -11,10 +11,10 @@ import gguf
 import numpy as np
 
 from .. import __version__
-from ..errors import LayoutError
+from ..errors import CorruptFileError, LayoutError
 from ..embedding_types import TERNARY_TYPES as TERNARY_EMBEDDING_TYPES
 from ..embedding_types import resolve as resolve_embedding_type
-from ..ggml_types import BF16, F16, F32, FLOAT_BY_NAME, float_to_bytes
+from ..ggml_types import BF16, F16, F32, FLOAT_BY_NAME, float_to_bytes, narrowing_error
 from ..model import EMBEDDING, LINEAR, NORM, OUTPUT, kind_of
 from ..pack import Layout, get_layout
 from ..plan import ConversionPlan, ConvertOptions, TensorPlan
@@ -44,6 +44,7 @@ def make_layout(options: ConvertOptions) -> Layout:
 class GGUFWriter(Writer, format="gguf"):
     def plan(self, ckpt: Checkpoint, output: Path, options: ConvertOptions) -> ConversionPlan:
         spec, hp = ckpt.spec, ckpt.spec.hparams
+        _check_float32_hparams(hp)
         layout = make_layout(options)
         if layout.ggml_type is None:
             raise LayoutError(f"layout {layout.name} is not a GGUF layout", hint="use --format safetensors")
@@ -133,9 +134,16 @@ class GGUFWriter(Writer, format="gguf"):
         raw = src.load_raw()  # bfloat16 as its uint16 bits (SourceTensor.load_raw)
         view = kernel_view(raw, raw.dtype == np.uint16, tp.name)
         out = np.empty(view.size, dtype=np.int16)
-        bad = int(narrow_f16(view.reshape(-1), out))
+        flat = view.reshape(-1)
+        bad, lost, first = narrow_f16(flat, out)
         if bad:
-            raise_nonfinite(tp.name, bad, tuple(src.shape))
+            raise_nonfinite(tp.name, int(bad), tuple(src.shape))
+        if lost:  # a finite value F16 cannot hold (1e5 -> inf, 1e-9 -> 0): never written
+            from ..kernels.floats import widen
+
+            one = np.empty(1, dtype=np.float32)
+            widen(flat[first:first + 1], one)
+            raise narrowing_error(tp.name, float(one[0]), int(first), int(lost), "f16", _type_flag(tp))
         return Encoded([out.view(np.uint8)])
 
     def encode(self, plan: ConversionPlan, tp: TensorPlan, payload: Payload) -> Encoded:
@@ -146,7 +154,12 @@ class GGUFWriter(Writer, format="gguf"):
                 payload = to_llama_rope_order(payload, heads)
             layout = plan.layout if tp.role == LINEAR else get_layout(tp.out_type)  # token_embd/output as Q2_0
             return Encoded([layout.pack(payload, tp.name)])
-        return Encoded([float_to_bytes(payload, FLOAT_BY_NAME[tp.out_type])])
+        return Encoded([float_to_bytes(payload, FLOAT_BY_NAME[tp.out_type], tp.name, _type_flag(tp))])
+
+
+def _type_flag(tp: TensorPlan) -> str | None:
+    """The option that chose a float tensor's type (named when the type cannot hold a value)."""
+    return {EMBEDDING: "--embedding-type", OUTPUT: "--output-type"}.get(tp.role)
 
 
 class ArrayPackingGGUFWriter(gguf.GGUFWriter):
@@ -199,6 +212,18 @@ class ArrayPackingGGUFWriter(gguf.GGUFWriter):
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)) and np.all(np.isfinite(np.asarray(val, dtype=np.float64))):
             return None  # a finite float64 that overflows float32: struct.pack raises, so must we
         return head + arr.tobytes()
+
+
+def _check_float32_hparams(hp) -> None:
+    """GGUF stores rope_freq_base and the norm epsilon as float32: a config value float32
+    cannot hold (1e39 overflows, 1e-50 becomes 0) is refused at plan time, not written."""
+    from ..float_range import describe, holds
+
+    for key, value in (("rope_theta", hp.rope_theta), ("rms_norm_eps", hp.rms_eps)):
+        if value is not None and not holds(float(value), "f32", scale=False):
+            raise CorruptFileError(f"{key} = {value!r} does not fit the GGUF's float32 value (it would be "
+                                   f"stored as {describe(float(value), 'f32')})",
+                                   hint="the config value is out of any real model's range; fix the source")
 
 
 def _float_plan(src, out: str) -> TensorPlan:

@@ -45,7 +45,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, float_range
 from ..errors import BadWeightsError, ConversionError, InputError, UsageError
 from ..ggml_types import FLOAT_BY_NAME, float_to_bytes
 from ..model import LINEAR, OUTPUT, SourceTensor, kind_of, layer_of
@@ -77,8 +77,8 @@ OUTPUT_FAMILY = {
 }
 
 _FLOATS = ("bf16", "f16", "f32")
-_ST_DTYPE = {"bf16": "BF16", "f16": "F16", "f32": "F32", "u8": "U8"}
-_ITEMSIZE = {"bf16": 2, "f16": 2, "f32": 4, "u8": 1}
+_ST_DTYPE = {"bf16": "BF16", "f16": "F16", "f32": "F32", "u8": "U8", "u32": "U32", "i32": "I32", "i64": "I64"}
+_ITEMSIZE = {"bf16": 2, "f16": 2, "f32": 4, "u8": 1, "u32": 4, "i32": 4, "i64": 8}
 _CONFIG_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "half": "f16", "float": "f32"}
 
 
@@ -133,7 +133,7 @@ class Entry:
     """One tensor of one shard: where its bytes go."""
 
     name: str
-    dtype: str  # bf16 | f16 | f32 | u8
+    dtype: str  # bf16 | f16 | f32 | u8 (| u32 i32 i64: the MLX and compressed-tensors writers)
     shape: tuple[int, ...]
     shard: int = 0
     offset: int = 0  # from the start of the shard's data buffer
@@ -356,7 +356,7 @@ def _encode(tp: TensorPlan, payload: Payload, ents: list[Entry]) -> list[np.ndar
         arr = np.asarray(payload)
         if tuple(arr.shape) != tuple(ents[0].shape):
             raise ConversionError(f"{tp.name}: got shape {list(arr.shape)}, planned {list(ents[0].shape)}")
-        return [float_to_bytes(arr, FLOAT_BY_NAME[ents[0].dtype])]
+        return [float_to_bytes(arr, FLOAT_BY_NAME[ents[0].dtype], ents[0].name)]
     if not isinstance(payload, Ternary):
         raise ConversionError(f"{tp.name}: a linear must arrive ternary, got {type(payload).__name__}")
     if tuple(payload.shape) != tuple(tp.shape):
@@ -369,11 +369,18 @@ def _encode(tp: TensorPlan, payload: Payload, ents: list[Entry]) -> list[np.ndar
     if not np.all(np.isfinite(s)) or not np.all(s > 0):
         raise BadWeightsError(f"{tp.name}: scale must be finite and positive, got {s.reshape(-1)[:4].tolist()}",
                               hint="the checkpoint is corrupt; nothing was written")
-    inv = (1.0 / s.astype(np.float64)).astype(np.float32).reshape(want)
-    data = float_to_bytes(inv, FLOAT_BY_NAME[ents[1].dtype])
-    if ents[1].dtype == "f16" and not np.all(np.isfinite(inv.astype(np.float16))):
-        raise ConversionError(f"{tp.name}: 1/scale {float(inv.max()):.6g} overflows float16",
-                              hint="convert from an f32 or bf16 source")
+    inv64 = 1.0 / s.astype(np.float64)
+    bad = float_range.first_lost(inv64, ents[1].dtype, scale=True)  # f16 1/s = 1e-9 -> 0, 1/1e-39 -> inf
+    if bad is not None:
+        others = [t for t in float_range.holders(bad[1], scale=True) if t != ents[1].dtype]
+        raise BadWeightsError(
+            f"{tp.name}: weight_scale 1/s = {bad[1]:.6g} does not fit its {ents[1].dtype} dtype (it would be "
+            f"stored as {float_range.describe(bad[1], ents[1].dtype)})",
+            hint=(f"a source stored in {' or '.join(others)} writes it in that dtype; " if others else "")
+            + "or write a GGUF: --layout i2_s, tl1 or tl2 keep a float32 scale",
+        )
+    inv = inv64.astype(np.float32).reshape(want)
+    data = float_to_bytes(inv, FLOAT_BY_NAME[ents[1].dtype], ents[1].name)
     return [codes, data]
 
 

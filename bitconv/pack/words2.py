@@ -1,0 +1,86 @@
+"""What the two 2-bit-in-32-bit-word layouts (MLX affine, compressed-tensors int2) share:
+the word packing of ternary codes, the per-group scale grid both store, and the check that
+a source's own scale group fits a target group size.
+
+Both formats keep one scale per (row, group of G consecutive values along K): a source
+whose scales are per tensor or per row is written with its scale repeated per group, a
+source with its own group g with g a multiple of G likewise. Nothing is ever averaged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BadWeightsError, LayoutError
+from ..quant import GroupSize, Ternary
+from .kernel_args import bad_values_error, ternary_bytes
+
+
+def n_words(k: int) -> int:
+    return (k + 15) // 16
+
+
+def pack_words(values: np.ndarray, offset: int, name: str) -> np.ndarray:
+    """Ternary int8 [M, K] -> uint32 [M, ceil(K/16)], code t + offset, 16 a word, LSB first."""
+    from ..kernels.words2 import words2_pack
+
+    u = ternary_bytes(values, name)
+    if u.ndim != 2:
+        raise LayoutError(f"{name}: a 2-bit word layout takes a 2-D weight, got shape {list(u.shape)}")
+    out = np.empty((u.shape[0], n_words(u.shape[1])), dtype=np.uint32)
+    if words2_pack(u, offset, out):
+        raise bad_values_error(name)
+    return out
+
+
+def unpack_words(words: np.ndarray, k: int, offset: int, name: str) -> tuple[np.ndarray, int]:
+    """uint32 (or int32) words [M, W] -> (int8 values [M, K], count of non-ternary codes)."""
+    from ..kernels.words2 import words2_unpack
+
+    w = np.ascontiguousarray(words).view(np.uint32)
+    if w.ndim != 2 or w.shape[1] != n_words(k):
+        raise LayoutError(f"{name}: packed shape {list(w.shape)} does not hold K={k} values "
+                          f"(expected [M, {n_words(k)}])", hint="the file is corrupt or its shape entry disagrees")
+    vals = np.empty((w.shape[0], k), dtype=np.int8)
+    bad = words2_unpack(w, offset, vals.view(np.uint8))
+    return vals, int(bad)
+
+
+def group_fits(source_group: GroupSize, g: int) -> bool:
+    """A source group a grid of G-value groups can hold as is (tensor, row or a multiple of G)."""
+    return source_group in ("tensor", "row", None) or int(source_group) % g == 0
+
+
+def grid_scales(tern: Ternary, g: int, name: str) -> np.ndarray:
+    """The scales as [M, K / g] float32, each source scale repeated over the groups it covers."""
+    m, k = tern.shape
+    if k % g:
+        raise LayoutError(f"{name}: K={k} is not a multiple of the group size {g}")
+    s = np.asarray(tern.scales, dtype=np.float32)
+    ng = k // g
+    if tern.group == "tensor" or s.size == 1:
+        return np.full((m, ng), s.reshape(-1)[0], dtype=np.float32)
+    if tern.group == "row":
+        return np.repeat(s.reshape(m, 1), ng, axis=1)
+    src = int(tern.group)
+    if src % g:
+        raise LayoutError(f"{name}: its own group-{src} scales do not fit group-{g} storage")
+    return np.ascontiguousarray(np.repeat(s.reshape(m, k // src), src // g, axis=1))
+
+
+def coarsest(values: np.ndarray, scales: np.ndarray, g: int) -> Ternary:
+    """A Ternary read from a [M, K/g] scale grid, with the coarsest group that holds the same
+    scales (tensor, row, else g): a per-tensor model written with repeated scales reads back
+    per tensor, so it can go on into a layout that holds one scale per tensor."""
+    s = np.asarray(scales, dtype=np.float32)
+    if s.size and np.all(s == s.reshape(-1)[0]):
+        return Ternary(values, s.reshape(-1)[0], "tensor")
+    if np.all(s == s[:, :1]):
+        return Ternary(values, np.ascontiguousarray(s[:, :1]), "row")
+    return Ternary(values, s, g)
+
+
+def check_scales(s: np.ndarray, name: str) -> None:
+    if s.size == 0 or not np.all(np.isfinite(s)) or not np.all(s > 0):
+        raise BadWeightsError(f"{name}: scales must be finite and positive, got {s.reshape(-1)[:4].tolist()}",
+                              hint="the checkpoint is corrupt; fix or re-export it")

@@ -1,0 +1,109 @@
+"""What the MLX and compressed-tensors writers share: a Hugging Face-named safetensors
+folder (the container `SafetensorsWriter` already streams), the float dtype the model runs
+in, and whether a stored scale dtype holds the source's scales exactly.
+
+Each of those writers owns its config keys and tensor entries; this module only keeps the
+container steps they would otherwise copy (shard split, headers, copied tokenizer files).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..model import EMBEDDING, OUTPUT, LINEAR
+from ..plan import ConvertOptions
+from ..readers.checkpoint import Checkpoint
+from ..source_kind import SourceKind, kind_summary
+from .safetensors_writer import (INDEX_FILE, SINGLE_FILE, Entry, FolderLayout, Shard, _copied_files, _layout_shard,
+                                 _metadata, _split_shards, _CONFIG_DTYPE)
+
+_FLOATS = ("bf16", "f16", "f32")
+_CONFIG_NAME = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
+# relative rounding of a scale stored in a narrower float (half an ulp)
+ROUNDING = {"bf16": 2.0 ** -9, "f16": 2.0 ** -11, "f32": 0.0}
+
+
+def model_dtype(ckpt: Checkpoint) -> str:
+    """The float dtype the model runs in: its config's dtype, else its embedding's, else f32.
+    Scales are stored in it, because both engines compute in the model's dtype (mlx-lm's
+    quantized_matmul takes scales in the activations' dtype; compressed-tensors creates
+    `weight_scale` in the weight's dtype and copies a stored scale into it)."""
+    cfg = ckpt.spec.config or {}
+    named = _CONFIG_DTYPE.get(str(cfg.get("dtype") or cfg.get("torch_dtype") or "").lower())
+    if named:
+        return named
+    for t in ckpt.tensors:
+        if t.role == EMBEDDING and t.dtype in _FLOATS:
+            return t.dtype
+    return "f32"
+
+
+def scale_exact_in(src_dtype: str, kind: Any, dtype: str) -> bool:
+    """Whether `dtype` holds a source tensor's scales exactly, known before reading them: an
+    exact-ternary float tensor's `s` is one of its stored values (s·1), so its own dtype or a
+    wider one holds it; every scale fits float32 (bitconv keeps scales in float32)."""
+    if dtype == "f32":
+        return True
+    if kind == SourceKind.EXACT:
+        return src_dtype == dtype
+    return False
+
+
+def rounding_warning(names: list[str], dtype: str, fmt: str) -> str:
+    return (f"{len(names)} tensor(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) have scales that "
+            f"{dtype} may not hold exactly: {fmt} stores them in the model's dtype {dtype}, rounding each to "
+            f"nearest (at most {ROUNDING[dtype]:.3g} relative, i.e. 2^{int(__import__('math').log2(ROUNDING[dtype]))})"
+            "; convert from a float32 model to keep them exact")
+
+
+def folder_layout(ckpt: Checkpoint, units: list[list[Entry]], tensors, options: ConvertOptions,
+                  config: dict[str, Any], extra_metadata: dict[str, str]) -> FolderLayout:
+    """Shards, headers and copied files of a folder whose entries the writer chose."""
+    metadata = _metadata(ckpt, options, [])
+    metadata.pop("bitconv.linear_class", None)
+    metadata.pop("bitconv.group_size", None)
+    metadata.update(extra_metadata)
+    metadata["bitconv.source.kinds"] = json.dumps(kind_summary(tp.source for tp in tensors), sort_keys=True)
+    parts = _split_shards(units, options.max_shard_size)
+    shards = []
+    for i, part in enumerate(parts):
+        file = SINGLE_FILE if len(parts) == 1 else f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
+        shard = Shard(file, part)
+        for e in part:
+            e.shard = i
+        _layout_shard(shard, metadata)
+        shards.append(shard)
+    entries = {}
+    for tp, unit in zip(tensors, units):
+        entries[tp.name] = unit
+    return FolderLayout(shards=shards, entries=entries, config=config, copied=_copied_files(ckpt), metadata=metadata)
+
+
+def source_config(ckpt: Checkpoint) -> dict[str, Any]:
+    """A deep copy of the source's config.json (GGUF sources: the keys a Hugging Face config
+    of the family needs, from the hyperparameters)."""
+    spec, hp = ckpt.spec, ckpt.spec.hparams
+    if spec.config:
+        return json.loads(json.dumps(spec.config))
+    return {"hidden_size": hp.hidden_size, "intermediate_size": hp.intermediate_size,
+            "num_hidden_layers": hp.num_layers, "num_attention_heads": hp.num_heads,
+            "num_key_value_heads": hp.num_kv_heads, "head_dim": hp.head_dim, "vocab_size": hp.vocab_size,
+            "max_position_embeddings": hp.context_length, "rope_theta": hp.rope_theta, "rms_norm_eps": hp.rms_eps,
+            "hidden_act": hp.hidden_act, "tie_word_embeddings": hp.tie_embeddings,
+            "bos_token_id": hp.bos_token_id, "eos_token_id": hp.eos_token_id}
+
+
+def config_dtype_name(dtype: str) -> str:
+    return _CONFIG_NAME[dtype]
+
+
+def has_output(ckpt: Checkpoint) -> bool:
+    return any(t.role == OUTPUT for t in ckpt.tensors)
+
+
+def linears(ckpt: Checkpoint):
+    return [t for t in ckpt.tensors if t.role == LINEAR]
+
+
+__all__ = ["INDEX_FILE", "model_dtype", "scale_exact_in", "rounding_warning", "folder_layout", "source_config"]
