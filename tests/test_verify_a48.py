@@ -127,3 +127,10 @@ def test_cli_prints_the_sparsity_table(demo):
     assert p.returncode in (0, 1), p.stderr
     assert "artifact sparsity (a4.8)" in p.stdout
     assert "linear parameters active per token" in p.stdout
+
+
+def test_act_none_reports_no_activation_quantization(ckpt_factory):
+    model = ckpt_factory("relu2", vocab=300, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2)
+    r = verify(model, model, act="none", tokens=64, ctx=32, min_top1=0.0, max_ppl_increase=1.0)
+    assert r.act == "none" and r.act_quant is False and r.source_act_quant is True
+    assert r.sparsity["activations_collected"]
