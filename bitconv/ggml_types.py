@@ -95,18 +95,26 @@ def float_to_bytes(arr: np.ndarray, ggml_type: int, name: str = "tensor", flag: 
     if ggml_type == BF16:  # in blocks: whole-array temporaries would be 4 float32-sized copies
         flat = a.reshape(-1)
         out = np.empty(flat.size, dtype=np.uint16)
-        first, lost = -1, 0
+        first, lost, first_nz, nz_in, nz_out = -1, 0, -1, 0, 0
         for i in range(0, flat.size, _BLOCK):
             bits = flat[i:i + _BLOCK].view(np.uint32)
             top = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
             out[i:i + _BLOCK] = top
-            # finite in, inf or (from non-zero) zero out: exponent all ones, or all but the sign zero
+            # finite in, inf out (exponent all ones); a lone value rounded to 0 is ordinary
+            # rounding, a tensor whose every non-zero value rounds to 0 is lost (see narrow_f16)
             fin = (bits & 0x7F800000) != 0x7F800000
-            gone = fin & (((top & 0x7F80) == 0x7F80) | (((top & 0x7FFF) == 0) & ((bits & 0x7FFFFFFF) != 0)))
+            gone = fin & ((top & 0x7F80) == 0x7F80)
+            nonzero = fin & ((bits & 0x7FFFFFFF) != 0)
+            nz_in += int(np.count_nonzero(nonzero))
+            nz_out += int(np.count_nonzero(fin & ((top & 0x7FFF) != 0)))
+            if first_nz < 0 and nonzero.any():
+                first_nz = i + int(np.argmax(nonzero))
             n = int(np.count_nonzero(gone))
             if n and first < 0:
                 first = i + int(np.argmax(gone))
             lost += n
+        if not lost and nz_in and not nz_out:
+            first, lost = first_nz, nz_in
         if lost:
             raise narrowing_error(name, float(flat[first]), first, lost, "bf16", flag)
         return out.view(np.uint8)

@@ -91,8 +91,7 @@ def test_huge_latent_weights_scale_refused(latent_f32, tmp_path):
     assert_refused(r, outdir=out, keep=set(), contains=("blk.0.attn_q.weight", "stored as inf"))
 
 
-@pytest.mark.parametrize("value,etype,stored", [(1e5, "auto", "inf"), (1e-9, "f16", "0"),
-                                                 (3.4e38, "bf16", "inf"), (1e-41, "bf16", "0")])
+@pytest.mark.parametrize("value,etype,stored", [(1e5, "auto", "inf"), (3.4e38, "bf16", "inf")])
 @pytest.mark.parametrize("family,dtype", [("llama", "f32"), ("silu", "bf16")])
 def test_float_embedding_value_out_of_range_is_refused(ckpt_factory, tmp_path, value, etype, stored, family, dtype):
     """A finite embedding value of 1e5 became inf in an F16 token_embd with exit 0 (the
@@ -171,3 +170,40 @@ def test_float_range_rules():
     assert float_range.holds(2.0 ** -24, "f16", scale=True)  # held exactly
     assert float_range.holders(1e5, scale=True) == ["bf16", "f32"]
     assert float_range.describe(1e5, "f16") == "inf" and float_range.describe(1e-9, "f16") == "0"
+
+
+@pytest.mark.parametrize("value,etype", [(1e-9, "f16"), (1e-41, "bf16")])
+def test_lone_tiny_embedding_value_rounds_to_zero_like_any_converter(ckpt_factory, tmp_path, value, etype):
+    """A lone weight below the type's smallest value is ordinary rounding (a real 500M-value
+    embedding holds hundreds of |w| < 3e-8): written as 0, exit 0. Refusing it refused every
+    seeded model whose head held one such weight."""
+    from safetensors.torch import load_file as tload, save_file as tsave
+    from bitconv.readers import open_source
+
+    src = tmp_path / "src"
+    shutil.copytree(ckpt_factory("llama", dtype="f32", **TINY), src)
+    w = tload(str(src / "model.safetensors"))
+    w["model.embed_tokens.weight"].view(-1)[773] = value
+    tsave(w, str(src / "model.safetensors"), metadata={"format": "pt"})
+    r = run_cli("convert", src, tmp_path / "m.gguf", "--embedding-type", etype)
+    assert r.exit_code == 0, r.output
+    emb = open_source(tmp_path / "m.gguf").get("token_embd.weight").load().reshape(-1)
+    assert float(emb[773]) == 0.0 and float(np.abs(emb).max()) > 0
+
+
+@pytest.mark.parametrize("value,etype", [(1e-9, "f16"), (1e-41, "bf16")])
+def test_float_tensor_zeroed_by_narrowing_is_refused(ckpt_factory, tmp_path, value, etype):
+    """An embedding whose every non-zero value rounds to 0 in the chosen type would be written
+    as a zero tensor: refused, naming the tensor and the value."""
+    from safetensors.torch import load_file as tload, save_file as tsave
+
+    src = tmp_path / "src"
+    shutil.copytree(ckpt_factory("llama", dtype="f32", **TINY), src)
+    w = tload(str(src / "model.safetensors"))
+    emb = w["model.embed_tokens.weight"]
+    w["model.embed_tokens.weight"] = (emb.sign() * value).contiguous()
+    tsave(w, str(src / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_cli("convert", src, out / "m.gguf", "--embedding-type", etype)
+    assert_refused(r, outdir=out, keep=set(), contains=("token_embd.weight", "stored as 0"))

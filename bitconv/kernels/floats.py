@@ -87,12 +87,17 @@ def narrow_f16(x, out):
     even as numpy's `astype(np.float16)` does.
 
     Returns (bad, lost, first): how many inputs were not finite, how many finite inputs
-    float16 cannot hold (a non-zero value that rounds to 0, or one that overflows to inf),
-    and the index of the first of those (-1 when none). Counting them here costs nothing
-    next to the conversion itself; writing them would store a value the source does not have.
+    float16 cannot hold, and the index of the first of those (-1 when none). A value is lost
+    when it overflows to inf, or when the tensor has non-zero values and every one of them
+    rounds to 0 (the tensor would be zeroed). A lone tiny weight (|w| < 3e-8) that rounds to
+    0 is ordinary rounding, below float16's resolution there, as in every converter: real
+    embeddings of 500M values hold hundreds of them. Writing a lost value would store a
+    tensor the source does not have.
     """
     bad = 0
-    lost = 0
+    over = 0
+    nz_in = 0
+    nz_out = 0
     for i in range(x.size):  # branch-free, so the loop still vectorizes
         v = to_f32(x[np.uint64(i)])
         h = _f32_to_f16_bits(v)
@@ -100,13 +105,19 @@ def narrow_f16(x, out):
         fin = np.isfinite(v)
         mag = np.int32(h) & np.int32(0x7FFF)
         bad += not fin
-        lost += fin and (mag == np.int32(0x7C00) or (mag == np.int32(0) and v != np.float32(0)))
+        over += fin and mag == np.int32(0x7C00)
+        nz_in += fin and v != np.float32(0)
+        nz_out += fin and mag != np.int32(0)
+    lost = over
+    zeroed = nz_in > 0 and nz_out == 0
+    if zeroed:
+        lost = nz_in
     first = -1
     if lost:
         for i in range(x.size):
             v = to_f32(x[np.uint64(i)])
             mag = np.int32(out[np.uint64(i)]) & np.int32(0x7FFF)
-            if np.isfinite(v) and (mag == np.int32(0x7C00) or (mag == np.int32(0) and v != np.float32(0))):
+            if np.isfinite(v) and (mag == np.int32(0x7C00) or (zeroed and v != np.float32(0))):
                 first = i
                 break
     return bad, lost, first
