@@ -242,7 +242,8 @@ class SparsityStats:
         out_layers = []
         tot_sites: dict[str, SiteCounts] = {}
         tot_params = tot_active = 0.0
-        per_kind: dict[str, list[float]] = {k: [0.0, 0.0, 0, 0] for k in LINEARS}  # params, active, zeros, ternary params
+        # per linear kind: params, active params, zero weights, ternary params
+        per_kind: dict[str, list[float]] = {k: [0.0, 0.0, 0, 0] for k in LINEARS}
         complete = bool(layers)
         for i in layers:
             sites = {s: c for (l, s), c in self.sites.items() if l == i}
@@ -325,8 +326,9 @@ def render_sparsity(rep: dict[str, Any], console: Any, title: str = "sparsity") 
     if "attn_out_in" in sites and sites["attn_out_in"]["topk_dropped_fraction"]:
         parts.append(f"TopK dropped {pct(sites['attn_out_in']['topk_dropped_fraction'])}% of o_proj's input")
     if "ffn_down_in" in sites and sites["ffn_down_in"]["input_zero_fraction"] is not None:
-        parts.append(f"relu²(gate)·up exactly 0 at {pct(sites['ffn_down_in']['input_zero_fraction'])}% of down_proj's "
-                     f"input ({pct(sites['ffn_down_in']['zero_fraction'])}% after quantization)")
+        down = sites["ffn_down_in"]
+        parts.append(f"relu²(gate)·up exactly 0 at {pct(down['input_zero_fraction'])}% of down_proj's input "
+                     f"({pct(down['zero_fraction'])}% after quantization)")
     if tot["active_params"] is not None and tot["params"]:
         parts.append(f"{tot['active_params']:,} of {tot['params']:,} linear parameters active per token")
     if parts:
