@@ -94,10 +94,6 @@ def convert(
         check_emit_path(emit, output, local_source_paths(source, options), force=force, dry_run=dry_run)
     ckpt = open_source(source, revision=revision, token=token,
                        gguf_options=gguf_read_options(source_i2s_variant, kernel_config))
-    if into_folder:  # named as a release names it, now that the model's name is known
-        output = output / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
-        if not dry_run:
-            check_output(output, force, local_source_paths(source, options))
     if not dry_run:  # a Hub source's files are known only now; still nothing written yet
         check_not_source(output, checkpoint_paths(ckpt, options))
     if emit is not None:
@@ -105,6 +101,12 @@ def convert(
     kind_notes = decide_source_kinds(ckpt, ternarize=options.ternarize)
     plan = writer.plan(ckpt, output, options)
     plan.notes = kind_notes + plan.notes
+    if into_folder:  # named as a release names it, once the model and the planned layout are known
+        output = plan.output = _name_in_folder(output, ckpt, plan.options)
+        if not dry_run:
+            check_output(output, force, checkpoint_paths(ckpt, options))
+        if emit is not None:
+            check_emit_path(emit, output, checkpoint_paths(ckpt, options), force=force, dry_run=dry_run)
     if on_plan is not None:
         on_plan(plan)
     kernel_ini = kernel_config_for(plan) if emit is not None else None
@@ -315,6 +317,12 @@ def check_emit_path(path: Path, output: Path, sources: list[Path], force: bool =
         raise UsageError(f"{path}: --emit-kernel-config names a folder; give a file name")
     if not dry_run:
         check_side_file(path, force, is_bitconv_kernel_config, "kernel config")
+
+
+def _name_in_folder(folder: Path, ckpt: Checkpoint, options: ConvertOptions) -> Path:
+    """`convert SRC folder/`: the GGUF's path inside FOLDER, `<model>-<layout>.gguf` as a release
+    names it (the layout the plan settled on)."""
+    return folder / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
 
 
 def check_folder_target(folder: Path) -> None:
