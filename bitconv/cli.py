@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -23,8 +24,46 @@ from . import __version__
 from .errors import BitconvError, UsageError
 from .output import Output
 
+def _flags_without_type(params: list) -> list:
+    """typer 0.29+ shows `<bool>` after every flag, which reads as if `--force` took a value
+    (`--force true` then fails): a flag takes no value, so it shows no type."""
+    for param in params:
+        if getattr(param, "is_flag", False) and hasattr(param, "display_type_rich"):
+            param.display_type_rich = lambda ctx=None: None
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    """A typer command whose help reads as click's always did, whatever typer version renders it.
+
+    typer 0.27+ writes required arguments as `{source}` in the usage line and 0.29+ puts
+    `<bool>` after every flag. Here usage shows arguments as SOURCE / [SOURCE] and flags show
+    no type. typer before 0.27 renders that way already; this keeps it so under 0.27-0.29
+    (pyproject allows <0.30: tests/test_help.py checks the text under whatever is installed).
+    """
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))  # with --help, which click adds here
+
+    def collect_usage_pieces(self, ctx):
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if getattr(param, "param_type_name", "") == "argument":
+                name = (param.metavar or param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+class _Group(typer.core.TyperGroup):
+    """The `bitconv` group: its --version / --help flags without `<bool>` (see `_Command`)."""
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="bitconv",
+    cls=_Group,
     help="Convert ternary (BitNet b1.58) checkpoints into GGUF / packed safetensors that real engines run, "
     "and verify what the conversion cost.",
     no_args_is_help=True,
@@ -85,9 +124,13 @@ def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | Non
     """
     from .writers.atomic import cleanup_on_signals, hold_signals, reset_written, written
 
+    from .one_time import subscribe
+
     reset_written()
     try:
-        with cleanup_on_signals():  # SIGTERM/SIGHUP clean up as Ctrl-C does
+        # SIGTERM/SIGHUP clean up as Ctrl-C does; a one-time step over a second (a first
+        # run's kernel compile) is said in one line instead of silence
+        with cleanup_on_signals(), subscribe(out.note):
             code = fn()
     except BitconvError as exc:
         with hold_signals(reraise=False):
@@ -144,6 +187,10 @@ def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, o
     return code
 
 
+def _refuse(exc: BitconvError) -> int:
+    raise exc
+
+
 def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*", text)
     if not m:
@@ -188,11 +235,11 @@ class ConvertArgs:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@app.command(epilog=CONVERT_EXAMPLES)
+@app.command(epilog=CONVERT_EXAMPLES, cls=_Command)
 def convert(
     source: Annotated[str, typer.Argument(help="Hub repo id (org/name), local folder, .gguf file, or builtin:NAME.")],
     output: Annotated[str, typer.Argument(help="Output .gguf file (a folder/ with a trailing slash: written into it), or folder for --format safetensors / mlx / compressed-tensors.")],
-    layout: Annotated[str, typer.Option(help="Ternary layout: q2_0, tq2_0, tq1_0 (llama.cpp); i2_s, tl1, tl2 (bitnet.cpp).")] = "tq2_0",
+    layout: Annotated[Optional[str], typer.Option(help="Ternary layout: q2_0, tq2_0, tq1_0 (llama.cpp); i2_s, tl1, tl2 (bitnet.cpp). Default: the layout of the engine that runs the model (relu² BitNet: i2_s for bitnet.cpp; SiLU BitNet, Llama, Qwen3: tq2_0 for llama.cpp), named in a note.", show_default=False)] = None,
     format: Annotated[str, typer.Option("--format", help="gguf, safetensors (Hugging Face packed bitnet), mlx (mlx-lm) or compressed-tensors (vLLM pack-quantized int2).")] = "gguf",
     group_size: Annotated[str, typer.Option(help="Scale group: tensor, row, or N values along K.")] = "tensor",
     embedding_type: Annotated[str, typer.Option(help="token_embd type: auto (q2_0 when ternary in the source and --layout q2_0, else f16), f16, bf16, f32 or q2_0.")] = "auto",
@@ -226,8 +273,13 @@ def convert(
     every output into the folder OUTPUT from one read of the source, with a manifest.
     """
     out = Output(_mode(json_, quiet))
-    layouts = [x.strip() for x in layout.split(",") if x.strip()]
     formats = [x.strip() for x in format.split(",") if x.strip()]
+    if layout is not None and formats and "gguf" not in [f.lower() for f in formats]:
+        _run(out, debug, lambda: _refuse(UsageError(
+            f"--layout {layout} applies to GGUF output, but --format {format} has one packing of its own",
+            hint="drop --layout, or add gguf to --format")))
+    layouts = [x.strip() for x in (layout or "auto").split(",") if x.strip()]
+    layout = layout or "auto"
     several = len(layouts) > 1 or len(formats) > 1
     release_mode = several or bool(manifest) or model_card or verify_ or upload_repo is not None
 
@@ -331,15 +383,14 @@ def _release_body(out: Output, source: str, output: str, layouts: list[str], for
 
 
 def _progress(out: Output):
+    """convert's progress bar on stderr in a terminal; rates from work done (bitconv/progress.py)."""
     from contextlib import nullcontext
 
     if not out.show_progress:
         return nullcontext(None)
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from .progress import bytes_progress
 
-    return Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=out.err, transient=True)
+    return bytes_progress(out.err)
 
 
 def _render_codegen(out: Output, plan, dry_run: bool = False) -> None:
@@ -397,6 +448,8 @@ def _source_cell(tp) -> str:
     kind = tp.source_kind or ""
     if kind in ("exact_ternary", "packed_ternary"):
         kind += f" ({tp.source.group or 'tensor'})"
+    elif kind == "float":  # not a linear: say which float tensor it is (norm, embedding, output layer)
+        kind = "float " + {"output": "output layer"}.get(tp.role, tp.role)
     return kind
 
 
@@ -430,7 +483,7 @@ def _render_release(out: Output, result) -> None:
         out.info(f"uploaded: {result.uploaded}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def check(
     manifest: Annotated[Path, typer.Argument(help="A bitconv-manifest.json.")],
     source: Annotated[Optional[Path], typer.Option("--source", help="Where the local source folder (or file) is now; the manifest names it only by name.")] = None,
@@ -457,7 +510,7 @@ def check(
     _run(out, debug, body)
 
 
-@app.command()
+@app.command(cls=_Command)
 def inspect(
     file: Annotated[Path, typer.Argument(help="A .gguf file, or a safetensors file or model folder.")],
     kernel_config: Annotated[Optional[Path], typer.Option(help="Check every TL tensor's tiles against a bitnet.cpp build's include/kernel_config.ini; exit 1 naming each tensor that differs or whose shape the build lacks.")] = None,
@@ -488,6 +541,8 @@ def inspect(
                 out.info("bitconv: " + ", ".join(f"{k}={v}" for k, v in info["bitconv"].items()))
             for why in (info.get("type_readings") or {}).values():
                 out.info(why)
+            for note in info.get("notes") or []:  # exactly ternary or not; a Hadamard rotation
+                out.info(note)
             t = Table()
             for col in ("tensor", "shape", "type", "bytes"):
                 t.add_column(col, justify="right" if col == "bytes" else "left")
@@ -514,7 +569,7 @@ def _render_kernel_check(out: Output, check) -> None:
         out.err.print(f"[red]kernel config mismatch:[/red] {escape(check.summary())}", soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def doctor(
     file: Annotated[Path, typer.Argument(help="Any .gguf file (bitconv's or another tool's).")],
     engine: Annotated[Optional[str], typer.Option(help="Check for this engine: llama.cpp or bitnet.cpp (default: the one the file's types point to).")] = None,
@@ -537,7 +592,7 @@ def doctor(
     _run(out, debug, body)
 
 
-@app.command()
+@app.command(cls=_Command)
 def verify(
     artifact: Annotated[str, typer.Argument(help="A GGUF file (bitconv's or another tool's) or packed safetensors folder.")],
     source: Annotated[str, typer.Option("--source", help="The model it was converted from (as for convert).")],
@@ -569,13 +624,14 @@ def verify(
     def body() -> int:
         from .verify import render_report, verify as run_verify
 
-        report = run_verify(
-            artifact, source, text=text, tokens=tokens, ctx=ctx, device=device, act_quant=act_quant,
-            reference=reference, max_ppl_increase=_fraction(max_ppl_increase), min_top1=min_top1,
-            max_weight_error=max_weight_error, max_kl=max_kl, dtype=dtype, score_from=score_from,
-            fast=fast, revision=revision, kernel_config=kernel_config, source_i2s_variant=source_i2s_variant,
-            act=act, kv_bits=kv_bits,
-        )
+        with _verify_progress(out, tokens) as on_progress:
+            report = run_verify(
+                artifact, source, text=text, tokens=tokens, ctx=ctx, device=device, act_quant=act_quant,
+                reference=reference, max_ppl_increase=_fraction(max_ppl_increase), min_top1=min_top1,
+                max_weight_error=max_weight_error, max_kl=max_kl, dtype=dtype, score_from=score_from,
+                fast=fast, revision=revision, kernel_config=kernel_config, source_i2s_variant=source_i2s_variant,
+                act=act, kv_bits=kv_bits, progress=on_progress,
+            )
         data = report.to_dict()
         data["ok"] = bool(report.passed)
         out.result(data)
@@ -584,6 +640,28 @@ def verify(
         return 0 if report.passed else 1
 
     _run(out, debug, body)
+
+
+@contextmanager
+def _verify_progress(out: Output, tokens: int):
+    """verify's progress on stderr in a terminal (nothing with --json / --quiet): it runs all
+    windows through one decoder layer at a time, so the bar moves per layer and its rate is
+    tokens through the whole model per second (layers done / layers x tokens, from work done)."""
+    if not out.show_progress:
+        yield None
+        return
+    from .progress import count_progress
+
+    with count_progress(out.err, "tokens") as bar:
+        task = bar.add_task(f"scoring ≤{tokens} tokens", total=float(tokens))
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage == "layer" and total:
+                bar.update(task, completed=tokens * done / total, description=f"layer {done}/{total}")
+            elif stage == "metrics":
+                bar.update(task, description="comparing logits" if done < total else "done")
+
+        yield on_progress
 
 
 def _fraction(text: str) -> float:

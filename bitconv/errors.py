@@ -59,8 +59,8 @@ class ConversionError(BitconvError):
     """The conversion failed on valid input (disk full, engine limitation at write time)."""
 
 
-class VerificationFailed(BitconvError):
-    """An artifact crossed a verify threshold."""
+class SourceChangedError(ConversionError):
+    """A source file was replaced, truncated or rewritten while a conversion read it."""
 
 
 class UploadError(BitconvError):

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from . import __version__
 from .convert import (build_options, check_emit_applies, check_emit_path, checkpoint_paths, kernel_config_for,
-                      local_source_paths, prepare_tensors)
+                      local_source_paths, prepare_tensors, source_snapshot)
 from .errors import BitconvError, ConversionError, InputError, OutputExistsError, UploadError, UsageError
 from .model import SourceInfo
 from .plan import ConversionPlan, ConvertOptions, TensorPlan
@@ -315,8 +315,13 @@ def release(
     foreign = gguf_read_options(option_kwargs.pop("source_i2s_variant", None), option_kwargs.get("kernel_config"))
     ckpt = open_source(source, revision=revision, token=token, gguf_options=foreign)
     _check_not_source(outdir, paths, checkpoint_paths(ckpt))
+    from .rotation import refuse_rotated
+
+    refuse_rotated(ckpt, ",".join(formats))  # no target keeps a Hadamard rotation (issue 20)
     # what each source tensor is, before any folder is made (a float model is refused here)
     decide_source_kinds(ckpt, ternarize=bool(option_kwargs.get("ternarize")))
+    if "gguf" in formats and "auto" in layouts:  # no --layout: the one the model's engine runs
+        layouts, paths = _resolve_auto(ckpt, outdir, layouts, paths, option_kwargs)
     if dry_run:
         return _release(ckpt, source, outdir, layouts, formats, keep_going, write_manifest, model_card, verify,
                         verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
@@ -350,6 +355,19 @@ def _check_not_source(outdir: Path, paths: dict[str, Path] | None, sources: list
         return
     for p in (*paths.values(), outdir / MANIFEST_NAME, outdir / "README.md"):
         check_not_source(Path(p), sources)
+
+
+def _resolve_auto(ckpt: Checkpoint, outdir: Path, layouts: list[str], paths: dict[str, Path] | None,
+                  option_kwargs: dict[str, Any]) -> tuple[list[str], dict[str, Path] | None]:
+    """Replace `auto` in LAYOUTS (and as a key of PATHS) by the default layout for CKPT."""
+    from .default_layout import AUTO, choose_gguf_plan
+
+    plan, _why = choose_gguf_plan(ckpt, outdir / "default.gguf", build_options(layout=AUTO, **option_kwargs))
+    chosen = plan.options.layout
+    layouts = list(dict.fromkeys(chosen if x == AUTO else x for x in layouts))
+    if paths and AUTO in paths:
+        paths = {(chosen if k == AUTO else k): v for k, v in paths.items()}
+    return layouts, paths
 
 
 def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_going, write_manifest, model_card,
@@ -404,8 +422,9 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
         return result
     stats: list[TensorStats] = []
     live = [t for t in targets if t.ok]
+    snapshot = source_snapshot(ckpt, targets[0].options if targets else None)
     if live:
-        _write_all(ckpt, live, force, stats, progress)
+        _write_all(ckpt, live, force, stats, progress, snapshot)
     for t in live:
         if t.ok:
             t.sha256, t.size, t.files = _hash_artifact(t.path)
@@ -429,6 +448,8 @@ def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_goin
         if write_manifest:
             result.manifest = build_manifest(ckpt, targets, outdir, command, option_kwargs, layouts, formats,
                                              timestamp, source_arg=str(source))
+            # the hashes just taken are of the files read only if none changed since they were opened
+            snapshot.verify()
             stage.text(result.manifest_path, json.dumps(result.manifest, indent=2, sort_keys=True) + "\n",
                        ours=is_bitconv_manifest, what="manifest")
         if model_card:
@@ -457,7 +478,7 @@ def _side_files(outdir: Path, manifest: bool, card: bool,
 
 
 def _write_all(ckpt: Checkpoint, targets: list[Target], force: bool, stats: list[TensorStats],
-               progress: Callable[[TensorPlan], None] | None) -> None:
+               progress: Callable[[TensorPlan], None] | None, snapshot: Any = None) -> None:
     """Read each source tensor once and feed it to every target's writer thread."""
     queues = {id(t): queue.Queue(maxsize=2) for t in targets}
     by_source = [{tp.source.name: tp for tp in t.plan.tensors} for t in targets]
@@ -475,6 +496,8 @@ def _write_all(ckpt: Checkpoint, targets: list[Target], force: bool, stats: list
         try:
             with atomic_path(t.path, force=force) as tmp:
                 get_writer(t.options.format).write(tmp, t.plan, items())
+                if snapshot is not None:
+                    snapshot.verify()  # a source replaced or rewritten meanwhile: this output is not committed
         except BitconvError as exc:
             t.error, t.exit_code = str(exc), exc.exit_code
         except BaseException as exc:  # noqa: BLE001 - reported per target, never swallowed silently

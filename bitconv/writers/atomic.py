@@ -85,7 +85,8 @@ def check_not_source(output: Path, sources: Iterable[Path], what: str = "output"
                     where = ("is the source" if o == s else "is inside the source folder"
                              if _inside(o, s) else "contains the source")
                     raise UsageError(f"{output}: the {what} {where} {src}; refusing to write there",
-                                     hint="choose an output outside the model folder")
+                                     hint="choose an output outside the model folder" if src.is_dir()
+                                     else "choose another output path")
 
 
 def check_output(path: Path, force: bool, sources: Iterable[Path] = ()) -> None:
@@ -133,7 +134,7 @@ def is_bitconv_output(folder: Path) -> bool:
         try:
             m = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
             listed = {str(a["path"]).split("/")[0] for a in m["artifacts"]} if isinstance(m, dict) else set()
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return False
         if "bitconv_version" in m and names <= listed | {MANIFEST_NAME, "README.md"}:
             return True
@@ -154,7 +155,7 @@ def _stamped(path: Path) -> bool:
                 return False
             header = json.loads(f.read(n))
         return "bitconv.version" in (header.get("__metadata__") or {})
-    except (OSError, ValueError, struct.error, AttributeError):
+    except (OSError, ValueError, struct.error, AttributeError, RecursionError):
         return False
 
 
