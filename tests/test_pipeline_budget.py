@@ -216,3 +216,22 @@ def test_raw_chunks_read_rows_and_cover_the_tensor_once(ckpt_factory, monkeypatc
     assert rows_read[0] == (0, 3) and rows_read[-1][1] == emb.shape[0] and len(rows_read) == len(parts)
     np.testing.assert_array_equal(np.concatenate([p for _, p in parts]), whole)
     assert all(p.dtype == np.uint16 for _, p in parts)  # bfloat16 as its bits, as load_raw gives it
+
+
+def test_raw_chunks_read_a_tensor_without_row_reads_once(ckpt_factory):
+    """A reader without row reads (a GGUF source) is read once, not once per chunk."""
+    import numpy as np
+
+    from bitconv.readers import open_source
+    from bitconv.readers.chunked import raw_chunks
+
+    src = ckpt_factory("llama", dtype="bf16", tie=False, seed=8)
+    emb = next(t for t in open_source(src).tensors if t.source_name == "model.embed_tokens.weight")
+    whole = np.ascontiguousarray(emb.load_raw()).reshape(-1)
+    reads = []
+    orig = emb._load_raw
+    emb._load_raw_rows = None
+    emb._load_raw = lambda: reads.append(1) or orig()
+    parts = list(raw_chunks(emb, chunk_bytes=3 * emb.shape[1] * 2))
+    assert len(reads) == 1
+    np.testing.assert_array_equal(np.concatenate([p for _, p in parts]), whole)

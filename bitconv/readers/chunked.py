@@ -5,8 +5,8 @@ embedding or head) needs the whole result, but not the whole source: read whole,
 model's 1 GB bfloat16 embedding (128256 x 4096) sat in memory beside the 1 GB F16 it was
 narrowed into, so the largest tensor cost twice its size in peak RSS. Readers that can read
 a range of rows (`SourceTensor.load_raw_rows`: the safetensors reader reads just those bytes
-through its held descriptor) are asked for ~16 MiB at a time; the others give their whole
-array once, walked in slices.
+through its held descriptor) are asked for ~4 MiB at a time; the others (a GGUF source)
+give their whole array once.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def raw_chunks(st: SourceTensor, chunk_bytes: int | None = None) -> Iterator[tup
     per_row = count // rows if rows else 0
     itemsize = max(1, st.source_nbytes // count) if count and st.source_nbytes else 4
     step = max(1, (chunk_bytes or CHUNK_BYTES) // max(1, per_row * itemsize))
-    if len(shape) < 2 or step >= rows:
+    if len(shape) < 2 or step >= rows or st._load_raw_rows is None:  # no row reads: one read, walked whole
         yield 0, np.ascontiguousarray(st.load_raw()).reshape(-1)
         return
     for r in range(0, rows, step):
