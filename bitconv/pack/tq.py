@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import BadWeightsError
 from ..quant import GroupSize, Ternary
 from .base import Layout
+from .inspect_bytes import CodeCount, block_codes, block_scales_f16, count_code3
 from .kernel_args import bad_values_error, block_scale_bits, ternary_bytes
 
 QK = 256
@@ -38,6 +39,11 @@ class _TQ(Layout):
     def _kernels(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
         """(pack, unpack) numba kernels, imported here so importing a layout never imports numba."""
         raise NotImplementedError
+
+    def stored_scales(self, data: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+        if shape[1] % QK:
+            return None
+        return block_scales_f16(data, self.codes_bytes + 2, self.codes_bytes)  # d ends each block
 
     def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
         m, k = tern.shape
@@ -125,6 +131,11 @@ class TQ2_0(_TQ, name="tq2_0"):
     bits_per_weight = 2.0625
     codes_bytes = 64
     description = "llama.cpp ternary, 2.06 bpw (runs in upstream llama.cpp)"
+
+    def invalid_codes(self, data: np.ndarray, shape: tuple[int, int]) -> CodeCount | None:
+        if shape[1] % QK:
+            return None
+        return CodeCount(count_code3(block_codes(data, self.codes_bytes + 2, 0, self.codes_bytes)), "2-bit code 3")
 
     def _kernels(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
         from ..kernels.tq import tq2_0_pack, tq2_0_unpack
