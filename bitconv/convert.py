@@ -14,13 +14,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .default_layout import AUTO, choose_gguf_plan
 from .embedding_types import TERNARY_TYPES as TERNARY_EMBEDDING_TYPES
 from .embedding_types import parse_type as parse_embedding_type
-from .errors import OutputExistsError, UsageError
+from .errors import UsageError
 from .model import LINEAR
 from .pack import layout_class, layout_names
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
-from .pipeline import OrderedMap, ordered_map
+from .pipeline import OrderedMap, memory_budget, ordered_map
 from .quant import TensorStats, check_finite, parse_group_size, serial_torch, tensor_stats, ternarize_with_stats
 from .readers import open_source
 from .readers.checkpoint import Checkpoint, gguf_read_options
@@ -38,7 +39,7 @@ def convert(
     source: str | Path,
     output: str | Path,
     *,
-    layout: str = "tq2_0",
+    layout: str = "auto",
     format: str = "gguf",
     group_size: str | int = "tensor",
     embedding_type: str = "auto",
@@ -81,7 +82,8 @@ def convert(
         max_shard_size=max_shard_size, name=name, ternarize=ternarize,
     )
     writer = get_writer(options.format)
-    if options.format == "gguf":
+    auto = options.format == "gguf" and options.layout == AUTO
+    if options.format == "gguf" and not auto:
         layout_class(options.layout)  # an unknown --layout is a usage error, before any download
     into_folder = into_folder and options.format == "gguf"
     if into_folder:
@@ -90,21 +92,33 @@ def convert(
         check_output(output, force, local_source_paths(source, options))
     emit = options.emit_kernel_config
     if emit is not None:
-        check_emit_applies([options.layout] if options.format == "gguf" else ["safetensors"])
+        if not auto:  # a default layout is known only once planned (kernel_config_for checks it then)
+            check_emit_applies([options.layout] if options.format == "gguf" else [options.format])
         check_emit_path(emit, output, local_source_paths(source, options), force=force, dry_run=dry_run)
     ckpt = open_source(source, revision=revision, token=token,
                        gguf_options=gguf_read_options(source_i2s_variant, kernel_config))
-    if into_folder:  # named as a release names it, now that the model's name is known
-        output = output / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
-        if not dry_run:
-            check_output(output, force, local_source_paths(source, options))
+    snapshot = source_snapshot(ckpt, options)  # the files as opened; checked before the output is committed
     if not dry_run:  # a Hub source's files are known only now; still nothing written yet
         check_not_source(output, checkpoint_paths(ckpt, options))
     if emit is not None:
         check_emit_path(emit, output, checkpoint_paths(ckpt, options), force=force, dry_run=dry_run)
+    from .rotation import refuse_rotated
+
+    refuse_rotated(ckpt, options.format)  # no target of bitconv keeps a Hadamard rotation (issue 20)
     kind_notes = decide_source_kinds(ckpt, ternarize=options.ternarize)
-    plan = writer.plan(ckpt, output, options)
-    plan.notes = kind_notes + plan.notes
+    if auto:  # the layout of the engine that runs this family, said in a note (default_layout.py)
+        plan, why = choose_gguf_plan(ckpt, output, options)
+        options = plan.options
+        plan.notes = kind_notes + [why] + plan.notes
+    else:
+        plan = writer.plan(ckpt, output, options)
+        plan.notes = kind_notes + plan.notes
+    if into_folder:  # named as a release names it, once the model and the planned layout are known
+        output = plan.output = _name_in_folder(output, ckpt, plan.options)
+        if not dry_run:
+            check_output(output, force, checkpoint_paths(ckpt, options))
+        if emit is not None:
+            check_emit_path(emit, output, checkpoint_paths(ckpt, options), force=force, dry_run=dry_run)
     if on_plan is not None:
         on_plan(plan)
     kernel_ini = kernel_config_for(plan) if emit is not None else None
@@ -123,6 +137,7 @@ def convert(
             writer.write(tmp, plan, tensors)
         finally:
             tensors.close()
+        snapshot.verify()  # a source replaced or rewritten meanwhile: exit 1, the temporary removed
     size = sum(p.stat().st_size for p in output.rglob("*")) if output.is_dir() else output.stat().st_size
     return ConversionResult(plan=plan, written=True, stats=stats, seconds=time.perf_counter() - start,
                             output_bytes=size)
@@ -177,8 +192,11 @@ def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats], progress: Pr
         direct = direct_bytes(tp) if (direct_bytes is not None and encode_source is not None) else None
         return _float_bytes(tp) if direct is None else direct
 
+    def held(tp: TensorPlan) -> int:  # what its result keeps while the writer writes it
+        return tp.nbytes if encode is not None else _float_bytes(tp)
+
     return PreparedTensors(ordered_map(job, plan.tensors, workers=workers, max_pending=PIPELINE_AHEAD,
-                                       cost=cost, budget=PIPELINE_BUDGET), stats, progress)
+                                       cost=cost, budget=memory_budget(), held=held), stats, progress)
 
 
 class PreparedTensors(Iterator[tuple[TensorPlan, "Payload | Encoded"]]):
@@ -210,7 +228,6 @@ class PreparedTensors(Iterator[tuple[TensorPlan, "Payload | Encoded"]]):
 
 
 PIPELINE_AHEAD = 4  # tensors submitted ahead of the one being written
-PIPELINE_BUDGET = 160 * 1024 * 1024  # float32 bytes of source tensors in flight (one job always runs)
 
 
 def _float_bytes(tp: TensorPlan) -> int:
@@ -246,7 +263,8 @@ def kernel_config_for(plan: ConversionPlan) -> str:
     from .pack.tiles import codegen_command, kernel_config_text, tiles_from_metadata
 
     if plan.options.layout not in TL_LAYOUTS:
-        raise UsageError("--emit-kernel-config applies to --layout tl1 or tl2")
+        raise UsageError(f"--emit-kernel-config writes the tiles of a TL layout, and this run writes "
+                         f"{plan.options.layout}", hint="add --layout tl1 or tl2, or drop --emit-kernel-config")
     cmd = codegen_command(plan.options.layout, tiles_from_metadata(plan.layout_metadata),
                           plan.options.name or plan.spec.name)
     # The matching bitnet.cpp codegen call, as comments configparser (and bitnet.cpp) ignore;
@@ -288,6 +306,21 @@ def local_source_paths(source: str | Path, options: ConvertOptions | None = None
     return paths
 
 
+def source_snapshot(ckpt: Checkpoint, options: ConvertOptions | None = None) -> "SourceSnapshot":
+    """The identity of every file the conversion reads (`source_files`): the reader's held
+    files as opened, the rest (config, tokenizer, kernel config) as they are now."""
+    from .source_files import SourceSnapshot
+
+    paths: list[Path] = list(ckpt.files)
+    tok = ckpt.spec.tokenizer_dir
+    if tok is not None and Path(tok).is_dir():
+        paths += sorted(p for p in Path(tok).iterdir() if p.name.startswith(("tokenizer", "special_tokens",
+                                                                             "added_tokens", "vocab", "merges")))
+    if options is not None and options.kernel_config is not None:
+        paths.append(Path(options.kernel_config))
+    return SourceSnapshot.take(paths, ckpt.held)
+
+
 def checkpoint_paths(ckpt: Checkpoint, options: ConvertOptions | None = None) -> list[Path]:
     """Every path an opened checkpoint reads: its files, its folder, its tokenizer folder."""
     spec = ckpt.spec
@@ -315,6 +348,12 @@ def check_emit_path(path: Path, output: Path, sources: list[Path], force: bool =
         raise UsageError(f"{path}: --emit-kernel-config names a folder; give a file name")
     if not dry_run:
         check_side_file(path, force, is_bitconv_kernel_config, "kernel config")
+
+
+def _name_in_folder(folder: Path, ckpt: Checkpoint, options: ConvertOptions) -> Path:
+    """`convert SRC folder/`: the GGUF's path inside FOLDER, `<model>-<layout>.gguf` as a release
+    names it (the layout the plan settled on)."""
+    return folder / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
 
 
 def check_folder_target(folder: Path) -> None:

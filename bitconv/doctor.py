@@ -175,9 +175,13 @@ def check_container(c: _Ctx) -> Iterable[Finding]:
                           f"GGML type {info.ggml_type} is not a type bitconv knows for shape {list(info.shape)}",
                           "engines that do not know it refuse the file; check which tool wrote it")
     ordered = sorted((i for i in f.index if i.nbytes is not None), key=lambda i: i.offset)
+    cut = getattr(f, "truncation", None)
+    if cut is not None:  # once for the file: where it ends and every tensor past it (any type)
+        yield Finding("truncated", "error", cut.subject(), cut.message(),
+                      "the file is truncated: download or write it again")
     for info in ordered:
         end = info.offset + info.nbytes
-        if end > c.size:
+        if end > c.size and cut is None:
             yield Finding("truncated", "error", info.name,
                           f"its {info.type_name} data needs {info.nbytes} bytes from byte {info.offset} "
                           f"but the file ends at {c.size}", "the file is truncated: download or write it again")
@@ -479,6 +483,10 @@ def check_arch(c: _Ctx) -> Iterable[Finding]:
     elif c.arch is None:
         yield Finding("no-arch", "error", "general.architecture", "missing: no engine can load the file",
                       "write the file again with a converter")
+    elif not isinstance(c.arch, str):  # engines read it as a string; any other type fails to load
+        yield Finding("no-arch", "error", "general.architecture",
+                      f"not a string ({type(c.arch).__name__} {str(c.arch)[:40]}): no engine can load the file",
+                      "write the file again with a converter")
 
 
 def check_i2s_order(c: _Ctx) -> Iterable[Finding]:
@@ -490,9 +498,16 @@ def check_i2s_order(c: _Ctx) -> Iterable[Finding]:
                       "if it came from an ARM build, pass --source-i2s-variant arm when converting it")
 
 
+def check_forks(c: _Ctx) -> Iterable[Finding]:
+    """Hadamard-rotation keys and fork-claimed type ids (43, 142, 143): bitconv/doctor_forks.py."""
+    from .doctor_forks import fork_findings
+
+    return fork_findings(c)
+
+
 CHECKS: tuple[Callable[[_Ctx], Iterable[Finding]], ...] = (
     check_container, check_type_ids, check_arch, check_float_linears, check_activation, check_head,
-    check_norms, check_scales, check_codes, check_tokenizer, check_i2s_order,
+    check_norms, check_scales, check_codes, check_tokenizer, check_i2s_order, check_forks,
 )
 
 

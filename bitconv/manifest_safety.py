@@ -18,6 +18,7 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .config_values import parse_json
 from .errors import CorruptFileError, InputError
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
@@ -72,12 +73,15 @@ def load_manifest(path: Path) -> dict[str, Any]:
     if st.st_size > MAX_MANIFEST_BYTES:
         raise CorruptFileError(f"{path}: {st.st_size} bytes is too large for a bitconv manifest")
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
+        m = parse_json(path.read_text(encoding="utf-8"), path)
+    except ValueError as exc:  # UnicodeDecodeError
         raise CorruptFileError(f"{path}: not valid JSON ({exc})") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
-    errs = schema_errors(m, json.loads(SCHEMA_PATH.read_text()))
+    try:
+        errs = schema_errors(m, json.loads(SCHEMA_PATH.read_text()))
+    except RecursionError:  # parsed, but nested deeper than the schema check can walk
+        raise CorruptFileError(f"{path}: not a bitconv manifest: JSON nested too deeply") from None
     if errs:
         more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
         raise CorruptFileError(f"{path}: not a bitconv manifest: {errs[0]}{more}",

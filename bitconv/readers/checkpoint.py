@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..model import LINEAR_KINDS, NORM_KINDS, ModelSpec, SourceTensor, kind_of, layer_of
 
@@ -42,6 +43,8 @@ class Checkpoint:
     spec: ModelSpec
     tensors: list[SourceTensor]
     files: list[Path] = field(default_factory=list)  # every source file read, for provenance
+    # identity of the files a reader holds open (source_files.HeldFile): what was actually read
+    held: dict[Path, Any] = field(default_factory=dict)
     source_kinds_decided: bool = False  # source_kind.decide_source_kinds ran (it runs once)
     source_kind_notes: list[str] = field(default_factory=list)  # what it found, for plans and reports
 

@@ -90,7 +90,8 @@ def tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: 
         from . import cpu_kernels
 
         values, d = cpu_kernels.tq2_0_values(blocks, m, k, out, name)
-        tern = collapse_block_scales(np.empty((m, 0), np.int8), d, group, "tensor")
+        codes = values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+        tern = collapse_block_scales(codes, d, group, "tensor")  # live blocks with d = 0 read as 0
         return TTernary(values, torch.from_numpy(np.array(tern.scales, np.float32)), tern.group)
     if not isinstance(raw, torch.Tensor):
         with warnings.catch_warnings():  # a read-only memmap: torch only reads it (copy to the device)
@@ -107,7 +108,6 @@ def tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: 
     q = (raw_dev[:, :64].reshape(nb, 2, 1, 32) >> shifts) & 3
     values = q.reshape(m, k).to(torch.int8) - 1
     return TTernary(values, put(torch.from_numpy(np.array(tern.scales, np.float32))), tern.group)
-
 
 
 def h2d(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
