@@ -8,8 +8,13 @@ intermediate 4096, vocab 32002, tied), by default:
 * `bf16`   34 layers, bfloat16, 2.0 GB (more layers, so that it is at least 2 GB too)
 * `packed` the f32 model converted once to a packed Hugging Face folder (already ternary)
 
+and, asked for with --models, `exact-bf16:24` (or another dtype / layer count): the same shapes
+as a Llama whose float weights are exact ternary s·t (Ternary-Bonsai style), the model
+family `--format mlx` and `--format compressed-tensors` write (issue 20);
+
 and converts each into every GGUF layout that accepts its shapes (and --format safetensors
-for the float models), each run in a fresh child process. Reported per row:
+for the float models, plus mlx and compressed-tensors for the exact-ternary Llama), each run
+in a fresh child process. Reported per row:
 
 * `convert s`: wall time of `bitconv.convert.convert()` inside the child, best of --repeat
   (interpreter start, imports and numba's one-time start-up, `bitconv.kernels.warm()`,
@@ -27,6 +32,7 @@ the table; take the best of several runs.
     python bench/bench_convert.py                                 # the default table (~10 min)
     python bench/bench_convert.py --models f32 --layouts i2_s,tl2 --repeat 1
     python bench/bench_convert.py --models f16:24                # fp16 source, 24 layers
+    python bench/bench_convert.py --models exact-bf16:24 --layouts tq2_0,mlx,compressed-tensors
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ t0 = time.perf_counter()
 from bitconv.convert import convert
 from bitconv.kernels import warm
 warm()  # numba's one-time start-up, like the imports: in `process s`, not in `convert s`
-fmt = "safetensors" if sys.argv[3] == "safetensors" else "gguf"
+fmt = sys.argv[3] if sys.argv[3] in ("safetensors", "mlx", "compressed-tensors") else "gguf"
 t = time.perf_counter()
 r = convert(sys.argv[1], sys.argv[2], layout=sys.argv[3] if fmt == "gguf" else "tq2_0", format=fmt, force=True)
 t1 = time.perf_counter()
@@ -79,7 +85,7 @@ ckpt = open_source(folder)
 names = wanted or [n for n in layout_names() if layout_class(n).ggml_type is not None]
 ok, skipped = [], {}
 for name in names:
-    if name == "safetensors":
+    if name in ("safetensors", "mlx", "compressed-tensors"):
         ok.append(name)
         continue
     try:
@@ -180,14 +186,22 @@ def make_model(workdir: Path, spec: str, built: dict[str, Path]) -> tuple[str, P
         return f"packed ({base.name})", out
     dtype, _, layers = spec.partition(":")
     layers = int(layers or 24)
-    tag = f"large-{dtype}-l{layers}"
+    exact = dtype.startswith("exact-")
+    dtype = dtype.removeprefix("exact-")
+    tag = f"{'llama-exact' if exact else 'large'}-{dtype}-l{layers}"
     folder = workdir / tag
     if not (folder / "config.json").exists():
         t = time.perf_counter()
-        run_child(CHILD_MAKE, str(folder), json.dumps(dict(SHAPE, layers=layers, dtype=dtype)))
+        shape = dict(SHAPE, layers=layers, dtype=dtype)
+        if exact:  # a plain Llama with exact-ternary linears: what the MLX / compressed-tensors writers take
+            shape.update(family="llama", weights="exact")
+        run_child(CHILD_MAKE, str(folder), json.dumps(shape))
         print(f"wrote {tag} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     built[tag] = folder
     return tag, folder
+
+
+FOLDER_TARGETS = ("safetensors", "mlx", "compressed-tensors")
 
 
 def targets(folder: Path, wanted: str, packed: bool) -> list[str]:
@@ -197,6 +211,8 @@ def targets(folder: Path, wanted: str, packed: bool) -> list[str]:
     ok = res["ok"]
     if not wanted and not packed:
         ok.append("safetensors")
+        if "llama-exact" in folder.name:
+            ok += ["mlx", "compressed-tensors"]
     return ok
 
 
@@ -225,7 +241,7 @@ def main() -> None:
             files = source_files(folder)
             src_bytes = sum(f.stat().st_size for f in files)
             for target in targets(folder, args.layouts, spec == "packed"):
-                out = workdir / (f"out-{target}" + ("" if target == "safetensors" else ".gguf"))
+                out = workdir / (f"out-{target}" + ("" if target in FOLDER_TARGETS else ".gguf"))
                 best = None
                 for _ in range(args.repeat):
                     remove(out)  # a fresh file each run, as the floor writes one (replacing costs an unlink)
@@ -250,12 +266,12 @@ def main() -> None:
         print(json.dumps({"load_average": load, "cpus": os.cpu_count(), "rows": rows}, indent=2))
         return
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs; best of {args.repeat}")
-    head = (f"{'source':<22} {'GB':>5} {'target':<12} {'convert s':>9} {'floor s':>8} {'x floor':>8} "
+    head = (f"{'source':<22} {'GB':>5} {'target':<18} {'convert s':>9} {'floor s':>8} {'x floor':>8} "
             f"{'process s':>10} {'CPU s':>6} {'peak RSS MiB':>13}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['model']:<22} {r['source_bytes'] / 1e9:>5.2f} {r['target']:<12} {r['seconds']:>9.2f} "
+        print(f"{r['model']:<22} {r['source_bytes'] / 1e9:>5.2f} {r['target']:<18} {r['seconds']:>9.2f} "
               f"{r['floor_seconds']:>8.2f} {r['x_floor']:>8.2f} {r['process_seconds']:>10.2f} "
               f"{r['cpu_seconds']:>6.1f} {r['peak_rss'] / MiB:>13.0f}")
     print("(convert s: convert() inside a fresh process; process s: the whole process, imports included;\n"

@@ -95,26 +95,34 @@ def _mode(json_: bool, quiet: bool) -> str:
 
 @dataclass
 class Outcome:
-    """What a writing command leaves on disk when it is done: `expected` paths, all renamed
-    into place, or `done` (set once nothing is left to do). An interrupt that lands after
-    that is not a failure: the run succeeded (issue 21: one outcome, one exit code)."""
+    """What a writing command leaves on disk: the `expected` paths. An interrupt that lands
+    after the run's outcome is settled is not a failure of the run (issue 21: one outcome,
+    one exit code): settled when the body set `code` (its exit code, known), or, where
+    `final`, once every expected path was renamed into place (a single convert: nothing
+    after the rename can change the result; not a release that still verifies or uploads,
+    or one with a failed output, whose exit code is not 0)."""
 
     expected: list[Path] = field(default_factory=list)
-    done: bool = False
+    final: bool = True
+    code: int | None = None
 
-    def complete(self, written: list[Path]) -> bool:
-        return self.done or (bool(self.expected) and {str(p) for p in self.expected} <= {str(p) for p in written})
+    def settled(self, written: list[Path]) -> int | None:
+        """The run's exit code if the outcome was settled before the interrupt, else None."""
+        if self.code is not None:
+            return self.code
+        done = self.final and bool(self.expected) and {str(p) for p in self.expected} <= {str(p) for p in written}
+        return 0 if done else None
 
 
 def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | None = None) -> None:
     """Run a command body, mapping typed errors to one line and an exit code.
 
     `outcome` is given for commands that write: an interrupt's message then says exactly
-    what is on disk (`writers.atomic.written`), and a run whose outputs were all renamed
-    into place before the signal landed exits 0. Commands that write nothing (verify,
-    check, ...) say only that they were interrupted.
+    what is on disk (`writers.atomic.written`), and a run whose result was settled before
+    the signal landed keeps its exit code (`Outcome.settled`). Commands that write nothing
+    (verify, check, ...) say only that they were interrupted.
     """
-    from .writers.atomic import Interrupted, cleanup_on_signals, hold_signals, reset_written, written
+    from .writers.atomic import cleanup_on_signals, hold_signals, reset_written, written
 
     from .one_time import subscribe
 
@@ -128,7 +136,7 @@ def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | Non
         with hold_signals(reraise=False):
             if debug:
                 traceback.print_exc()
-            out.error(str(exc), written=[str(p) for p in written()])
+            out.error(_with_written(str(exc), exc, written()), written=[str(p) for p in written()])
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as `Interrupted`
         with hold_signals(reraise=False):  # a second signal must not cut this report short
@@ -137,10 +145,19 @@ def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | Non
     except Exception as exc:  # an unexpected failure is a bug: say so, exit 1
         if debug:
             traceback.print_exc()
-        out.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                  written=[str(p) for p in written()])
+        out.error(_with_written(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                                exc, written()), written=[str(p) for p in written()])
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+def _with_written(message: str, exc: BaseException, on_disk: list[Path]) -> str:
+    """An error after some files were renamed into place says which (still one line)."""
+    from .errors import UploadError
+
+    if not on_disk or isinstance(exc, UploadError):  # an upload error already says the release is on disk
+        return message
+    return f"{message}; written before it: {', '.join(escape(str(p)) for p in on_disk)}"
 
 
 def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, on_disk: list[Path]) -> int:
@@ -153,11 +170,13 @@ def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, o
         out.error(what)
         return code
     listed = ", ".join(escape(str(p)) for p in on_disk)
-    if on_disk and outcome.complete(on_disk):
+    settled = outcome.settled(on_disk) if on_disk else None
+    if settled is not None:
         out.warn(f"{name} arrived after the run was complete; it is ignored")
-        out.result({"ok": True, "written": [str(p) for p in on_disk], "late_signal": name})
+        if not out.emitted:  # the body's own result did not get out before the signal
+            out.result({"ok": settled == 0, "written": [str(p) for p in on_disk], "late_signal": name})
         out.info(f"[green]wrote[/green] {listed}")
-        return 0
+        return settled
     if not on_disk:
         out.error(f"{what}; no output was left behind (temporary files removed; nothing existing was changed)")
     else:
@@ -306,6 +325,8 @@ def _convert_body(out: Output, source: str, output: str, layout: str, format: st
 
         result = run_convert(source, output, layout=layout, format=format, force=force, dry_run=dry_run,
                              progress=on_tensor, on_plan=on_plan, **args.kwargs())
+    if outcome is not None:
+        outcome.code = 0
     for w in result.plan.warnings[task.get("warned", 0):]:  # found while writing (e.g. the tokenizer's)
         out.warn(w)
     data = result.to_dict()
@@ -332,6 +353,7 @@ def _release_body(out: Output, source: str, output: str, layouts: list[str], for
     def on_plan(planned) -> None:
         if outcome is not None:
             outcome.expected = planned.paths()
+            outcome.final = not (verify or upload_repo) and all(t.ok for t in planned.targets)
 
     with _progress(out) as bar:
         task = bar.add_task("converting", total=None) if bar is not None and not dry_run else None
@@ -345,7 +367,7 @@ def _release_body(out: Output, source: str, output: str, layouts: list[str], for
             **args.kwargs(),
         )
     if outcome is not None:
-        outcome.done = True
+        outcome.code = result.exit_code
     out.result(result.to_dict())
     if out.human:
         if dry_run:
@@ -478,7 +500,7 @@ def check(
         out.result(report)
         if out.human:
             for p in report["problems"]:
-                out.err.print(f"[red]mismatch:[/red] {p}")
+                out.err.print(f"[red]mismatch:[/red] {escape(p)}", soft_wrap=True)
             for n in report["notes"]:
                 out.warn(n)
             out.info(f"checked {report['checked']} file(s): " + ("[green]all match[/green]" if report["ok"] else
@@ -519,6 +541,8 @@ def inspect(
                 out.info("bitconv: " + ", ".join(f"{k}={v}" for k, v in info["bitconv"].items()))
             for why in (info.get("type_readings") or {}).values():
                 out.info(why)
+            for note in info.get("notes") or []:  # exactly ternary or not; a Hadamard rotation
+                out.info(note)
             t = Table()
             for col in ("tensor", "shape", "type", "bytes"):
                 t.add_column(col, justify="right" if col == "bytes" else "left")

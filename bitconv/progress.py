@@ -87,12 +87,12 @@ class EtaColumn(ProgressColumn):
 def bytes_progress(console) -> Progress:
     """convert: bytes of source tensors done, of all."""
     origins = _Origins()
-    return Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(), RateColumn(origins),
+    return Progress(TextColumn("{task.description:<28}", markup=False), BarColumn(), DownloadColumn(), RateColumn(origins),
                     EtaColumn(origins), console=console, transient=True)
 
 
 def count_progress(console, unit: str) -> Progress:
     """verify: a bar of work (in UNIT-equivalents, of all) with its rate in UNIT/s."""
     origins = _Origins()
-    return Progress(TextColumn("{task.description:<20}"), BarColumn(), RateColumn(origins, unit),
+    return Progress(TextColumn("{task.description:<20}", markup=False), BarColumn(), RateColumn(origins, unit),
                     EtaColumn(origins), console=console, transient=True)

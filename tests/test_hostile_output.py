@@ -57,11 +57,18 @@ def test_force_never_deletes_a_user_folder(src, outdir, fmt):
     assert tree_digest(target) == before
 
 
-def test_force_never_deletes_an_empty_user_folder(src, outdir):
+def test_force_into_an_empty_folder_writes_there(src, outdir):
+    """Issue 25 item 7: an empty folder holds nothing of the user's, so --force may replace it
+    (main refused it as 'a folder bitconv did not write'); a non-empty one stays refused."""
     (outdir / "empty").mkdir()
     r = run_cli("convert", src, outdir / "empty", "--format", "safetensors", "--force")
-    assert_refused(r, outdir=outdir, contains=("did not write",), keep={"empty"})
-    assert (outdir / "empty").is_dir()
+    assert r.exit_code == 0, r.output
+    assert (outdir / "empty" / "model.safetensors").is_file() and temp_leftovers(outdir) == []
+    (outdir / "mine").mkdir()
+    (outdir / "mine" / "notes.txt").write_text("keep me")
+    r = run_cli("convert", src, outdir / "mine", "--format", "safetensors", "--force")
+    assert_refused(r, outdir=outdir, contains=("did not write",), keep={"empty", "mine"})
+    assert (outdir / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_folder_without_force_is_refused(src, outdir):

@@ -133,8 +133,19 @@ class GGUFFile:
             raise InputError(f"{self.path}: is a folder, not a GGUF file", hint="name the .gguf file inside it")
         if not self.path.exists():
             raise SourceNotFoundError(f"{self.path}: no such file")
+        from ..source_files import HeldFile, require_regular
+
+        require_regular(self.path, "GGUF file")  # a FIFO would block the open below forever
+        # sources read tensor bytes through a held descriptor (source_files: a mapped file that
+        # shrinks is a SIGBUS; a replaced one would be read by path); the header is parsed
+        # from a map of that same descriptor
+        self.held = HeldFile(self.path) if strict else None
         try:
-            self.data = np.memmap(self.path, dtype=np.uint8, mode="r")
+            if self.held is not None:
+                with open(self.held.fd, "rb", closefd=False) as fobj:
+                    self.data = np.memmap(fobj, dtype=np.uint8, mode="r")
+            else:
+                self.data = np.memmap(self.path, dtype=np.uint8, mode="r")
         except (OSError, ValueError) as exc:
             why = getattr(exc, "strerror", None) or str(exc)
             if self.path.is_file() and self.path.stat().st_size == 0:  # numpy: "cannot mmap an empty file"
@@ -247,8 +258,10 @@ class GGUFFile:
                 if layout is None and t in AMBIGUOUS:  # lenient: no reading fits, so no size either
                     raise ValueError(t)
                 n = tensor_nbytes(t, shape) if layout is None else get_layout(layout).nbytes(shape)
-            except ValueError:
+            except ValueError as exc:
                 if self.strict:
+                    if str(exc).startswith("ne[0]"):
+                        raise ValueError(f"tensor {name!r}: {exc}") from None
                     raise ValueError(f"tensor {name!r} has GGML type {t}, which bitconv does not read") from None
                 n = None
             if off % align and self.strict:
@@ -309,11 +322,9 @@ class GGUFFile:
         if info.nbytes is None or info.offset + info.nbytes > self.data.size:
             raise CorruptFileError(f"{self.path}: tensor {name!r} ({info.type_name}) cannot be read",
                                    hint="run `bitconv doctor` on the file for details")
+        if self.held is not None:  # a copy through the held descriptor: a truncation is a typed error
+            return self.held.read_at(info.offset, info.nbytes, np.uint8, f"tensor {name!r}")
         return self.data[info.offset:info.offset + info.nbytes]
-
-    def is_bitconv(self) -> bool:
-        """Whether bitconv wrote the file (its layouts are then described by bitconv.* keys)."""
-        return "bitconv.layout" in self.kv or "bitconv.version" in self.kv
 
     def bitconv_metadata(self) -> dict[str, Any]:
         out = {}
@@ -323,7 +334,7 @@ class GGUFFile:
                 if isinstance(value, str) and value[:1] in "[{":
                     try:
                         value = json.loads(value)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         pass
                 out[k] = value
         return out
@@ -515,6 +526,12 @@ def open_gguf(path: Path, source: SourceInfo, options: GGUFReadOptions | None = 
     for info in f.tensors.values():
         kind = kind_of(info.name)
         role = _ROLES.get(kind, "norm" if kind.endswith("norm") else LINEAR)
+        heads = qk_heads(info.name)
+        if heads and (len(info.shape) != 2 or info.shape[0] % (2 * heads)):
+            # checked before any load: un-permuting the rope order reshapes rows into heads
+            raise CorruptFileError(f"{path}: {info.name} of shape {list(info.shape)} is not {heads} heads of "
+                                   f"an even number of rows each (arch llama q/k rope order)",
+                                   hint="the tensor's shape contradicts the file's head counts")
         if info.ggml_type in FLOAT_TYPES or upstream_type(info.ggml_type) is not None:
             if role == LINEAR and info.ggml_type not in FLOAT_TYPES:
                 raise InputError(f"{path}: {info.name} is {info.type_name}, not a ternary layout or a float type",
@@ -565,7 +582,7 @@ def open_gguf(path: Path, source: SourceInfo, options: GGUFReadOptions | None = 
         config=config, tokenizer_dir=None, packed=bool(layouts) or any(t.is_ternary for t in tensors),
         gguf_metadata=dict(f.kv),
     )
-    ckpt = Checkpoint(spec=spec, tensors=tensors, files=[path])
+    ckpt = Checkpoint(spec=spec, tensors=tensors, files=[path], held={path: f.held.identity})
     # A GGUF without output.weight uses token_embd as the output layer (llama.cpp does the same).
     validate_checkpoint(ckpt, set(family.layer_names.values()), output_required=False)
     return ckpt

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..archs import architecture_for
 from ..errors import ConversionError, LayoutError, UsageError
+from ..float_range import check_scales as range_check
 from ..ggml_types import FLOAT_BY_NAME, float_to_bytes
 from ..model import LINEAR, OUTPUT
 from ..pack.ct_int2 import CTInt2, strategy_of
@@ -107,7 +108,7 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
                 continue
             name = hf_name(src.name, arch)
             shape = tuple(int(x) for x in src.shape)
-            quantize = src.role == LINEAR or (src.role == OUTPUT and src.kind == SourceKind.EXACT)
+            quantize = src.role == LINEAR or (src.role == OUTPUT and src.is_ternary)
             if quantize:
                 group = src.group if src.is_ternary else options.group_size
                 layout.check(name, shape, group)
@@ -125,7 +126,7 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
                 out = src.dtype if src.dtype in ("bf16", "f16", "f32") else dtype
                 ents = [Entry(name, out, shape)]
                 note = None
-                if src.kind in (SourceKind.EXACT, SourceKind.PACKED) and src.role != LINEAR:
+                if src.is_ternary and src.role != LINEAR:
                     note = (f"ternary in the source (group {src.group}) but written as {out}, dequantized (same "
                             "values): compressed-tensors' pack-quantized format quantizes Linear modules only")
                     warnings.append(f"{name}: {note}")
@@ -171,7 +172,7 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
             arr = np.asarray(payload)
             if tuple(arr.shape) != tuple(ents[0].shape):
                 raise ConversionError(f"{tp.name}: got shape {list(arr.shape)}, planned {list(ents[0].shape)}")
-            return Encoded([float_to_bytes(arr, FLOAT_BY_NAME[ents[0].dtype])])
+            return Encoded([float_to_bytes(arr, FLOAT_BY_NAME[ents[0].dtype], tp.name)])
         if not isinstance(payload, Ternary) or tuple(payload.shape) != tuple(tp.shape):
             raise ConversionError(f"{tp.name}: expected a ternary [{tp.shape[0]}, {tp.shape[1]}] tensor")
         layout = CTInt2()
@@ -181,8 +182,7 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
             raise ConversionError(f"{tp.name}: scales of shape {list(s.shape)} do not fit the planned "
                                   f"{list(ents[1].shape)}")
         dt = ents[1].dtype
-        if dt == "f16" and not np.all(np.isfinite(s.astype(np.float16))):
-            raise ConversionError(f"{tp.name}: a scale {float(s.max()):.6g} overflows float16",
-                                  hint="convert from a bf16 or f32 model")
+        range_check(tp.name, s, dt, "compressed-tensors'")  # issue 25: f16 overflow / underflow refused
         shape = np.asarray(tp.shape, dtype="<i8")
-        return Encoded([packed.reshape(-1).view(np.uint8), float_to_bytes(s, FLOAT_BY_NAME[dt]), shape.view(np.uint8)])
+        return Encoded([packed.reshape(-1).view(np.uint8), float_to_bytes(s, FLOAT_BY_NAME[dt], tp.name),
+                        shape.view(np.uint8)])
