@@ -92,12 +92,18 @@ def convert(
         check_output(output, force, local_source_paths(source, options))
     emit = options.emit_kernel_config
     if emit is not None:
-        check_emit_applies([options.layout] if options.format == "gguf" else ["safetensors"])
+        check_emit_applies([("no --layout given" if auto else options.layout)] if options.format == "gguf"
+                           else ["safetensors"])
         check_emit_path(emit, output, local_source_paths(source, options), force=force, dry_run=dry_run)
     ckpt = open_source(source, revision=revision, token=token,
                        gguf_options=gguf_read_options(source_i2s_variant, kernel_config))
     snapshot = source_snapshot(ckpt, options)  # the files as opened; checked before the output is committed
+    why = None
     if into_folder:  # named as a release names it, now that the model's name is known
+        if auto:  # ... and its layout: the default is chosen first (default_layout.py)
+            decide_source_kinds(ckpt, ternarize=options.ternarize)
+            plan, why = choose_gguf_plan(ckpt, output / "default.gguf", options)
+            options, auto = plan.options, False
         output = output / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
         if not dry_run:
             check_output(output, force, local_source_paths(source, options))
@@ -115,7 +121,7 @@ def convert(
         plan.notes = kind_notes + [why] + plan.notes
     else:
         plan = writer.plan(ckpt, output, options)
-        plan.notes = kind_notes + plan.notes
+        plan.notes = kind_notes + ([why] if why else []) + plan.notes
     if on_plan is not None:
         on_plan(plan)
     kernel_ini = kernel_config_for(plan) if emit is not None else None

@@ -427,3 +427,11 @@ def test_default_keeps_a_ternary_embedding_ternary(ckpt_factory, tmp_path):
     res = convert(src, tmp_path / "again.gguf")
     assert res.plan.options.layout == "q2_0", res.plan.notes
     assert GGUFFile(tmp_path / "again.gguf").tensors[EMB].type_name == "Q2_0"
+
+
+def test_default_layout_into_a_folder_is_named_by_the_chosen_layout(tmp_path):
+    out = tmp_path / "od"
+    out.mkdir()
+    r = run("convert", DEMO, f"{out}/", "--json")
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in out.iterdir()] == ["tiny-bitnet-i2_s.gguf"]
