@@ -21,7 +21,7 @@ from .errors import UsageError
 from .model import LINEAR
 from .pack import layout_class, layout_names
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
-from .pipeline import OrderedMap, ordered_map
+from .pipeline import OrderedMap, memory_budget, ordered_map
 from .quant import TensorStats, check_finite, parse_group_size, serial_torch, tensor_stats, ternarize_with_stats
 from .readers import open_source
 from .readers.checkpoint import Checkpoint, gguf_read_options
@@ -92,21 +92,12 @@ def convert(
         check_output(output, force, local_source_paths(source, options))
     emit = options.emit_kernel_config
     if emit is not None:
-        check_emit_applies([("no --layout given" if auto else options.layout)] if options.format == "gguf"
-                           else ["safetensors"])
+        if not auto:  # a default layout is known only once planned (kernel_config_for checks it then)
+            check_emit_applies([options.layout] if options.format == "gguf" else [options.format])
         check_emit_path(emit, output, local_source_paths(source, options), force=force, dry_run=dry_run)
     ckpt = open_source(source, revision=revision, token=token,
                        gguf_options=gguf_read_options(source_i2s_variant, kernel_config))
     snapshot = source_snapshot(ckpt, options)  # the files as opened; checked before the output is committed
-    why = None
-    if into_folder:  # named as a release names it, now that the model's name is known
-        if auto:  # ... and its layout: the default is chosen first (default_layout.py)
-            decide_source_kinds(ckpt, ternarize=options.ternarize)
-            plan, why = choose_gguf_plan(ckpt, output / "default.gguf", options)
-            options, auto = plan.options, False
-        output = output / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
-        if not dry_run:
-            check_output(output, force, local_source_paths(source, options))
     if not dry_run:  # a Hub source's files are known only now; still nothing written yet
         check_not_source(output, checkpoint_paths(ckpt, options))
     if emit is not None:
@@ -121,7 +112,13 @@ def convert(
         plan.notes = kind_notes + [why] + plan.notes
     else:
         plan = writer.plan(ckpt, output, options)
-        plan.notes = kind_notes + ([why] if why else []) + plan.notes
+        plan.notes = kind_notes + plan.notes
+    if into_folder:  # named as a release names it, once the model and the planned layout are known
+        output = plan.output = _name_in_folder(output, ckpt, plan.options)
+        if not dry_run:
+            check_output(output, force, checkpoint_paths(ckpt, options))
+        if emit is not None:
+            check_emit_path(emit, output, checkpoint_paths(ckpt, options), force=force, dry_run=dry_run)
     if on_plan is not None:
         on_plan(plan)
     kernel_ini = kernel_config_for(plan) if emit is not None else None
@@ -195,8 +192,11 @@ def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats], progress: Pr
         direct = direct_bytes(tp) if (direct_bytes is not None and encode_source is not None) else None
         return _float_bytes(tp) if direct is None else direct
 
+    def held(tp: TensorPlan) -> int:  # what its result keeps while the writer writes it
+        return tp.nbytes if encode is not None else _float_bytes(tp)
+
     return PreparedTensors(ordered_map(job, plan.tensors, workers=workers, max_pending=PIPELINE_AHEAD,
-                                       cost=cost, budget=PIPELINE_BUDGET), stats, progress)
+                                       cost=cost, budget=memory_budget(), held=held), stats, progress)
 
 
 class PreparedTensors(Iterator[tuple[TensorPlan, "Payload | Encoded"]]):
@@ -228,7 +228,6 @@ class PreparedTensors(Iterator[tuple[TensorPlan, "Payload | Encoded"]]):
 
 
 PIPELINE_AHEAD = 4  # tensors submitted ahead of the one being written
-PIPELINE_BUDGET = 160 * 1024 * 1024  # float32 bytes of source tensors in flight (one job always runs)
 
 
 def _float_bytes(tp: TensorPlan) -> int:
@@ -264,7 +263,8 @@ def kernel_config_for(plan: ConversionPlan) -> str:
     from .pack.tiles import codegen_command, kernel_config_text, tiles_from_metadata
 
     if plan.options.layout not in TL_LAYOUTS:
-        raise UsageError("--emit-kernel-config applies to --layout tl1 or tl2")
+        raise UsageError(f"--emit-kernel-config writes the tiles of a TL layout, and this run writes "
+                         f"{plan.options.layout}", hint="add --layout tl1 or tl2, or drop --emit-kernel-config")
     cmd = codegen_command(plan.options.layout, tiles_from_metadata(plan.layout_metadata),
                           plan.options.name or plan.spec.name)
     # The matching bitnet.cpp codegen call, as comments configparser (and bitnet.cpp) ignore;
@@ -348,6 +348,12 @@ def check_emit_path(path: Path, output: Path, sources: list[Path], force: bool =
         raise UsageError(f"{path}: --emit-kernel-config names a folder; give a file name")
     if not dry_run:
         check_side_file(path, force, is_bitconv_kernel_config, "kernel config")
+
+
+def _name_in_folder(folder: Path, ckpt: Checkpoint, options: ConvertOptions) -> Path:
+    """`convert SRC folder/`: the GGUF's path inside FOLDER, `<model>-<layout>.gguf` as a release
+    names it (the layout the plan settled on)."""
+    return folder / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
 
 
 def check_folder_target(folder: Path) -> None:
