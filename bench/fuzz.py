@@ -10,6 +10,18 @@ the seed and case number that reproduce it).
 
     python bench/fuzz.py --seed 1 --count 100000            # long run, prints a table
     python bench/fuzz.py --seed 1 --count 200 --targets gguf --show 5
+    python bench/fuzz.py --seed 1 --count 20000 --targets gguf,safetensors --self-check
+
+`--self-check` (issue 25): every input a reader accepted is also converted (a random
+layout or format), and an exit 0 is judged on the output, read back: every scale and
+float value finite, non-zero where the source's was (a float that vanishes only next to a
+tensor 2^11 times larger is rounding, not loss), within its type's rounding of the source,
+the linears' ternary codes equal to the source's (packed: its own; exact ternary: sign;
+latent: an independent numpy absmean), every carried head-size / expert key agreeing with
+the tensors. A refusal is rendered through the CLI's error printer (markup in user data
+must not crash it). A wrong file with exit 0 counts like an untyped exception.
+JSON mutations include 100,000-deep nesting, numbers beyond float64 and int64, wrong types
+and strings with rich markup; GGUF string values get markup too.
 
 tests/test_hostile_fuzz.py runs a short seeded run of the same cases in CI.
 """
@@ -38,8 +50,12 @@ import numpy as np
 
 INTERESTING_INTS = [0, 1, -1, 2, 3, 7, 31, 32, 33, 255, 256, 4096, 2**16, 2**31 - 1, 2**31, 2**32 - 1, 2**32,
                     2**40, 2**62, 2**63 - 1, 2**63, 2**64 - 1, -(2**31), -(2**63), 10**12]
+MARKUP = ["[/x]", "[bold]", "o[/x].gguf", "[/]", "[link=file:///etc/passwd]x[/link]", "[red]e[/red][/red]"]
+DEEP = "\u0000DEEP\u0000"  # replaced by 100,000-deep JSON text when serialized (json.dumps would recurse)
+HUGE = "\u0000HUGE\u0000"  # replaced by a number literal beyond float64 / int64
 INTERESTING_JSON = [None, True, False, 0, -1, 1, 1.5, -256, 10**12, 10**30, float("1e308"), "", "abc", "256",
-                    [], [1, 2], {}, {"a": 1}, "../../etc/passwd", "/", "x" * 300, [[[[[]]]]], -0.0]
+                    [], [1, 2], {}, {"a": 1}, "../../etc/passwd", "/", "x" * 300, [[[[[]]]]], -0.0,
+                    2**32, 2**63, 2**64, 1e39, 1e-50, 5e-324, *MARKUP, DEEP, HUGE]
 
 
 # -- GGUF (de)serialization -------------------------------------------------------------
@@ -64,7 +80,11 @@ def _gguf_value(vtype: int, value: Any, sub: int | None) -> bytes:
         return struct.pack("<Q", len(b)) + b
     if vtype == 9:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
-        return struct.pack("<IQ", sub, len(items)) + b"".join(_gguf_value(sub, v, None) for v in items)
+        inner = None
+        if sub == 9:  # an array of arrays: each inner array's item type from its first item
+            first = next((x for v in items if isinstance(v, (list, tuple)) for x in v), 0)
+            inner = 8 if isinstance(first, str) else 6 if isinstance(first, float) else 5
+        return struct.pack("<IQ", sub, len(items)) + b"".join(_gguf_value(sub, v, inner) for v in items)
     fmt = _FMT[vtype]
     try:
         return struct.pack(fmt, value)
@@ -152,7 +172,7 @@ def mutate_json(rng: random.Random, obj: Any, keys: list[str] | None = None) -> 
         elif r < 0.25 and isinstance(parent[key], (int, float)) and not isinstance(parent[key], bool):
             parent[key] = rng.choice([-1, 0, 2, 10**9, 10**12, 2**63]) * (parent[key] or 1) if r < 0.2 else -parent[key]
         elif r < 0.3 and isinstance(parent[key], str):
-            parent[key] = parent[key] + rng.choice(["/..", "\0", "é", "x" * 10])
+            parent[key] = parent[key] + rng.choice(["/..", "\0", "é", "x" * 10, *MARKUP])
         elif r < 0.35 and isinstance(parent[key], list) and parent[key]:
             parent[key] = parent[key] * rng.choice([2, 0]) if rng.random() < 0.5 else parent[key][:1]
         else:
@@ -205,7 +225,16 @@ def mutate_gguf(rng: random.Random, parts) -> bytes:
                 t[0] = rng.choice(["blk.0.attn_q.weight", "blk.9.attn_q.weight", "blk.x.attn_q.weight", "blk",
                                    "token_embd.weight", "weird.weight", "blk.0.unknown.weight", ""])
         elif op == 9 and tensors:
-            del tensors[rng.randrange(len(tensors))]
+            if rng.random() < 0.5:
+                del tensors[rng.randrange(len(tensors))]
+            else:  # markup in a string the printers show (arch, name) or a tensor name
+                i = rng.randrange(len(kv)) if kv else 0
+                if kv and kv[i][1] == 8 and rng.random() < 0.7:
+                    key, vt, v, sub = kv[i]
+                    kv[i] = (key, vt, rng.choice([v + rng.choice(MARKUP), rng.choice(MARKUP)]), sub)
+                else:
+                    t = rng.choice(tensors)
+                    t[0] = t[0] + rng.choice(MARKUP)
         else:  # array-valued metadata: nested, wrong item type, huge counts
             key = rng.choice(["tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
                               "tokenizer.ggml.merges", "general.architecture"])
@@ -215,6 +244,38 @@ def mutate_gguf(rng: random.Random, parts) -> bytes:
         data = data[: rng.randrange(len(data) + 1)]
     out = gguf_bytes(kv, tensors, data, align)
     return mutate_bytes(rng, out, header_bias=4096) if rng.random() < 0.2 else out
+
+
+# bit patterns at the edges of the float types a value or scale may hold (little-endian)
+SPECIAL_F16 = [0x7C00, 0xFC00, 0x7E00, 0x0001, 0x03FF, 0x0400, 0x7BFF, 0x8001, 0x0000, 0x8000, 0x3C00]
+SPECIAL_F32 = [1e5, -1e5, 1e-9, 1e-30, 1e-41, 1e-45, 3.4e38, float("inf"), float("nan"), 0.0, 65504.0, 65520.0,
+               1e39 if False else 3.3e38, 6e-8, 2.0 ** -24, 2.0 ** -25]
+
+
+def mutate_values(rng: random.Random, data: bytes, regions: list[tuple[int, int, str]]) -> bytes:
+    """Overwrite a few values inside tensor data with edge floats (regions: start, end, dtype
+    of each tensor's bytes). Headers stay valid, so the damage reaches the writers."""
+    b = bytearray(data)
+    for _ in range(rng.choice([1, 1, 2, 4, 16])):
+        if not regions:
+            break
+        start, end, dt = rng.choice(regions)
+        if end <= start:
+            continue
+        if dt in ("f32", "F32"):
+            pos = start + 4 * rng.randrange(max((end - start) // 4, 1))
+            b[pos:pos + 4] = struct.pack("<f", rng.choice(SPECIAL_F32))
+        elif dt in ("bf16", "BF16"):
+            pos = start + 2 * rng.randrange(max((end - start) // 2, 1))
+            b[pos:pos + 2] = struct.pack("<f", rng.choice(SPECIAL_F32))[2:4]
+        else:  # f16 values, or the fp16 scale words inside TQ/Q2_0 blocks, or any 2 bytes
+            pos = start + 2 * rng.randrange(max((end - start) // 2, 1))
+            b[pos:pos + 2] = struct.pack("<H", rng.choice(SPECIAL_F16))
+        if rng.random() < 0.2:  # a whole run of one value: a tensor that is all tiny, all huge
+            v = bytes(b[pos:pos + (4 if dt in ("f32", "F32") else 2)])
+            n = min(end - start, 4096)
+            b[start:start + n] = (v * (n // len(v) + 1))[:n]
+    return bytes(b)
 
 
 def safetensors_parts(path: Path) -> tuple[dict, bytes]:
@@ -337,7 +398,155 @@ def _write(path: Path, data: bytes | str) -> None:
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, allow_nan=True)
+    text = json.dumps(obj, allow_nan=True)
+    if DEEP in text or HUGE in text:  # json.dumps escapes the NULs: match its form
+        text = text.replace(json.dumps(DEEP), "[" * 100_000 + "]" * 100_000)
+        text = text.replace(json.dumps(HUGE), "1" + "0" * 400)
+    return text
+
+
+# -- self-check: convert what was accepted and judge the output --------------------------
+SELF_CHECK = {"on": False}
+
+
+class WrongFile(Exception):
+    """A conversion exited 0 with an output that does not hold the source's values."""
+
+
+def _abs_ternarize(w: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """Per-tensor absmean ternarization in plain numpy (FORMATS.md §1), independent of bitconv's kernels."""
+    w = np.asarray(w, dtype=np.float32)
+    s = np.float32(max(np.float32(np.abs(w.astype(np.float64)).mean()), np.float32(1e-5)))
+    return np.clip(np.rint(w / s), -1, 1).astype(np.int8), s
+
+
+def _source_codes(st) -> tuple[np.ndarray, np.ndarray]:
+    """The ternary codes and the per-value scale the source holds for a linear (or None)."""
+    from bitconv.source_kind import SourceKind
+
+    if st.is_ternary:
+        t = st.load_ternary()
+        return np.asarray(t.values), np.broadcast_to(t.expanded_scales(), t.shape)
+    w = np.asarray(st.load(), dtype=np.float32)
+    if st.kind == SourceKind.EXACT:
+        return np.sign(w).astype(np.int8), np.abs(w)
+    t, s = _abs_ternarize(w)
+    return t, np.full(w.shape, s, np.float32)
+
+
+def _check_output(src_ckpt, out_path: Path, fmt: str) -> None:
+    """Raise WrongFile naming the first way OUT_PATH differs from what SRC_CKPT holds."""
+    from bitconv.model import LINEAR
+    from bitconv.readers import open_source
+    from bitconv.source_kind import decide_source_kinds
+
+    out = open_source(out_path)
+    decide_source_kinds(out, ternarize=True)
+    if fmt == "gguf":
+        _check_head_keys(out)
+    by_name = {t.name: t for t in src_ckpt.tensors}
+    for ot in out.tensors:
+        st = by_name.get(ot.name)
+        if st is None:
+            raise WrongFile(f"{ot.name}: in the output, not in the source")
+        if ot.role == LINEAR or ot.is_ternary:
+            o = ot.load_ternary()
+            if not np.all(np.isfinite(o.scales)):
+                raise WrongFile(f"{ot.name}: a scale is not finite")
+            codes, scale = _source_codes(st)
+            if not np.array_equal(np.asarray(o.values), codes):
+                raise WrongFile(f"{ot.name}: codes differ from the source's "
+                                f"({int(np.count_nonzero(np.asarray(o.values) != codes))} values)")
+            got = np.broadcast_to(o.expanded_scales(), o.shape)
+            nz = codes != 0  # a scale matters where a code is non-zero
+            if np.any(nz & (got == 0) & (scale != 0)):
+                raise WrongFile(f"{ot.name}: a scale is 0 where the source's is not")
+            # fp16 block scales round within 2^-11 (bf16 1/s within 2^-8: safetensors of a bf16 source)
+            rel = np.abs(got[nz].astype(np.float64) - scale[nz]) / np.maximum(np.abs(scale[nz]), 1e-300)
+            if rel.size and rel.max() > 2.0 ** -7:
+                raise WrongFile(f"{ot.name}: a scale differs from the source's by {rel.max():.3g} (relative)")
+            continue
+        o = np.asarray(ot.load(), dtype=np.float64)
+        w = np.asarray(st.load(), dtype=np.float64)
+        if o.shape != w.shape:
+            raise WrongFile(f"{ot.name}: shape {o.shape} != source {w.shape}")
+        fin = np.isfinite(w)
+        if not np.all(np.isfinite(o[fin])):
+            raise WrongFile(f"{ot.name}: a finite source value is not finite in the output")
+        amax = float(np.abs(w[fin]).max()) if fin.any() else 0.0
+        vanished = (w != 0) & (o == 0) & (np.abs(w) > amax * 2.0 ** -11)
+        if np.any(vanished):
+            raise WrongFile(f"{ot.name}: {int(vanished.sum())} value(s) vanished to 0 (largest |x| {amax:.3g})")
+        err = np.abs(o - w)[fin]
+        if err.size and np.any(err > np.abs(w[fin]) * 2.0 ** -8 + amax * 2.0 ** -11):  # bf16 rounding at worst
+            raise WrongFile(f"{ot.name}: values differ from the source's beyond the type's rounding")
+
+
+def _check_head_keys(ckpt) -> None:
+    """The output's carried head-size and expert keys against its tensors (written out here,
+    not bitconv's own check, so the fuzzer also judges versions that lack that check)."""
+    kv = ckpt.spec.gguf_metadata or {}
+    arch = (kv.get("general.architecture") or (None,))[0]
+    if not isinstance(arch, str):
+        raise WrongFile(f"general.architecture is {arch!r}")
+    shapes = {t.name: t.shape for t in ckpt.tensors}
+    hp = ckpt.spec.hparams
+    for key, kind, heads in (("attention.key_length", "attn_k", hp.num_kv_heads),
+                             ("attention.value_length", "attn_v", hp.num_kv_heads)):
+        v = kv.get(f"{arch}.{key}", (None,))[0]
+        shape = shapes.get(f"blk.0.{kind}.weight")
+        if v is not None and shape is not None and heads and v * heads != shape[0]:
+            raise WrongFile(f"{arch}.{key} = {v} but {kind} has {shape[0]} rows for {heads} kv head(s)")
+    for key in ("expert_count", "expert_used_count"):
+        v = kv.get(f"{arch}.{key}", (None,))[0]
+        if v not in (None, 0):
+            raise WrongFile(f"{arch}.{key} = {v} in a model without expert tensors")
+
+
+def _render_error(exc: BaseException) -> None:
+    """What the CLI prints for a refusal, to a buffer: markup in the message must not crash it."""
+    import io
+
+    from bitconv.output import Output
+
+    out = Output("human")
+    out.err.file = io.StringIO()
+    out.error(str(exc))
+
+
+def _convert_and_check(rng: random.Random, source: Path, work: Path) -> None:
+    """Convert SOURCE as a user would (random layout / format) and judge an exit 0."""
+    from bitconv.convert import convert
+    from bitconv.errors import BitconvError
+    from bitconv.readers import open_source
+
+    fmt = rng.choice(["gguf", "gguf", "gguf", "safetensors"])
+    layout = rng.choice(["tq2_0", "tq1_0", "q2_0", "i2_s", "tl1", "tl2"])
+    out = work / ("out.gguf" if fmt == "gguf" else "out-st")
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    try:
+        res = convert(source, out, layout=layout, format=fmt, embedding_type=rng.choice(["auto", "auto", "bf16"]))
+    except BitconvError as exc:
+        _render_error(exc)
+        raise
+    if not res.written:
+        return
+    src = open_source(source)
+    from bitconv.source_kind import decide_source_kinds
+
+    decide_source_kinds(src, ternarize=True)
+    _check_output(src, out, fmt)
+
+
+def _with_self_check(rng: random.Random, read: Callable[[], Any], source: Path, work: Path) -> Callable[[], Any]:
+    if not SELF_CHECK["on"]:
+        return read
+
+    def both() -> None:
+        read()
+        _convert_and_check(rng, source, work)
+    return both
 
 
 def case_gguf(rng: random.Random, s: Seeds, work: Path) -> None:
@@ -345,8 +554,21 @@ def case_gguf(rng: random.Random, s: Seeds, work: Path) -> None:
     from bitconv.readers import open_source
 
     name = rng.choice(sorted(s.gguf_parts))
-    if rng.random() < 0.25:
+    r = rng.random()
+    if r < 0.2:
         data = mutate_bytes(rng, (s.root / name).read_bytes(), header_bias=8192)
+    elif r < 0.45:  # the index intact, values and block scales at the edges of their types
+        kv, tensors, blob, align = s.gguf_parts[name]
+        from bitconv.ggml_types import tensor_nbytes
+
+        regions = []
+        for tname, ne, ttype, off in tensors:
+            try:
+                n = tensor_nbytes(ttype, tuple(reversed(ne)))
+            except ValueError:
+                continue
+            regions.append((off, off + n, {0: "f32", 1: "f16", 30: "bf16"}.get(ttype, "blocks")))
+        data = gguf_bytes(kv, tensors, mutate_values(rng, blob, regions), align)
     else:
         data = mutate_gguf(rng, s.gguf_parts[name])
     p = work / "case.gguf"
@@ -355,7 +577,7 @@ def case_gguf(rng: random.Random, s: Seeds, work: Path) -> None:
     def read() -> None:
         _typed_ok(inspect_path, p)
         _load_all(open_source(p))
-    return read
+    return _with_self_check(rng, read, p, work)
 
 
 def case_safetensors(rng: random.Random, s: Seeds, work: Path) -> None:
@@ -364,7 +586,11 @@ def case_safetensors(rng: random.Random, s: Seeds, work: Path) -> None:
 
     folder = _fresh(work / "st", s.folder)
     header, data = s.st_parts
-    if rng.random() < 0.3:
+    if rng.random() < 0.35:  # the header intact, values at the edges of their types
+        regions = [(v["data_offsets"][0], v["data_offsets"][1], v["dtype"]) for k, v in header.items()
+                   if k != "__metadata__"]
+        raw = safetensors_bytes(header, mutate_values(rng, data, regions))
+    elif rng.random() < 0.3:
         raw = mutate_bytes(rng, safetensors_bytes(header, data), header_bias=len(json.dumps(header)) + 8)
     else:
         h = mutate_json(rng, header, keys=["dtype", "shape", "data_offsets", "__metadata__"])
@@ -374,7 +600,7 @@ def case_safetensors(rng: random.Random, s: Seeds, work: Path) -> None:
     def read() -> None:
         _typed_ok(inspect_path, folder)
         _load_all(open_source(folder))
-    return read
+    return _with_self_check(rng, read, folder, work)
 
 
 def case_index(rng: random.Random, s: Seeds, work: Path) -> None:
@@ -406,16 +632,15 @@ def case_config(rng: random.Random, s: Seeds, work: Path) -> None:
         _typed_ok(inspect_path, folder)
         ckpt = open_source(folder)
         get_writer(fmt).plan(ckpt, work / "out", build_options(layout=layout, format=fmt))
-    return read
+    return _with_self_check(rng, read, folder, work)
 
 
 def case_tokenizer(rng: random.Random, s: Seeds, work: Path) -> None:
     from bitconv.writers.tokenizer import load_tokenizer
 
-    folder = work / "tok"
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir()
+    folder = _fresh(work / "tok", s.folder)  # a whole model, so --self-check can convert it
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
     which = rng.random()
     if which < 0.5:
         keys = ["model", "vocab", "merges", "added_tokens", "id", "content", "special", "type", "pre_tokenizer"]
@@ -428,7 +653,7 @@ def case_tokenizer(rng: random.Random, s: Seeds, work: Path) -> None:
     else:
         _write(folder / "tokenizer.model", mutate_bytes(rng, s.spm))
     bos, eos = rng.choice([None, 0, 5]), rng.choice([None, 1])
-    return lambda: load_tokenizer(folder, s.config["vocab_size"], bos, eos)
+    return _with_self_check(rng, lambda: load_tokenizer(folder, s.config["vocab_size"], bos, eos), folder, work)
 
 
 def case_manifest(rng: random.Random, s: Seeds, work: Path) -> None:
@@ -464,11 +689,17 @@ class Report:
     accepted: Counter = field(default_factory=Counter)
     typed: Counter = field(default_factory=Counter)
     untyped: dict[str, list[str]] = field(default_factory=dict)  # root cause -> example case ids
+    wrong: dict[str, list[str]] = field(default_factory=dict)  # self-check: what was wrong -> case ids
+    converted: Counter = field(default_factory=Counter)  # self-check: exit 0 conversions judged
     seconds: float = 0.0
 
     @property
     def n_untyped(self) -> int:
         return sum(len(v) for v in self.untyped.values())
+
+    @property
+    def n_wrong(self) -> int:
+        return sum(len(v) for v in self.wrong.values())
 
 
 def root_cause(exc: BaseException) -> str:
@@ -479,16 +710,19 @@ def root_cause(exc: BaseException) -> str:
 
 
 def run(seed: int, count: int, targets: list[str], work: Path, seeds: Seeds | None = None,
-        time_limit: float | None = None, case_timeout: int = 20, progress: bool = False) -> Report:
-    """Run COUNT cases round-robin over TARGETS; case i uses Random(f"{seed}:{i}")."""
+        time_limit: float | None = None, case_timeout: int = 20, progress: bool = False,
+        self_check: bool = False, start_case: int = 0) -> Report:
+    """Run COUNT cases round-robin over TARGETS; case i uses Random(f"{seed}:{i}") (i from
+    START_CASE, so a long campaign runs in chunks that never repeat a case)."""
     from bitconv.errors import BitconvError
 
+    SELF_CHECK["on"] = self_check
     seeds = seeds or make_seeds(work / "seeds")
     rep = Report()
     start = time.perf_counter()
     old = signal.signal(signal.SIGALRM, _alarm) if case_timeout else None
     try:
-        for i in range(count):
+        for i in range(start_case, start_case + count):
             if time_limit is not None and time.perf_counter() - start > time_limit:
                 break
             target = targets[i % len(targets)]
@@ -507,6 +741,10 @@ def run(seed: int, count: int, targets: list[str], work: Path, seeds: Seeds | No
             try:
                 read()
                 rep.accepted[target] += 1
+                if self_check:
+                    rep.converted[target] += 1
+            except WrongFile as exc:  # exit 0 with a wrong output: as bad as a crash
+                rep.wrong.setdefault(f"{target}: {str(exc)[:100]}", []).append(f"--seed {seed} --case {i}")
             except BitconvError:
                 rep.typed[target] += 1
             except (CaseTimeout, Exception) as exc:  # noqa: BLE001 - untyped: the bug being hunted
@@ -515,8 +753,8 @@ def run(seed: int, count: int, targets: list[str], work: Path, seeds: Seeds | No
                 if case_timeout:
                     signal.alarm(0)
             if progress and (i + 1) % 1000 == 0:
-                print(f"  {i + 1} cases, {rep.n_untyped} untyped, {time.perf_counter() - start:.0f} s",
-                      file=sys.stderr, flush=True)
+                print(f"  {i + 1} cases, {rep.n_untyped} untyped, {rep.n_wrong} wrong, "
+                      f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     finally:
         if case_timeout:
             signal.signal(signal.SIGALRM, old)
@@ -527,13 +765,18 @@ def run(seed: int, count: int, targets: list[str], work: Path, seeds: Seeds | No
 def print_report(rep: Report, seed: int, show: int = 3) -> None:
     total = sum(rep.cases.values())
     print(f"fuzz seed {seed}: {total} cases in {rep.seconds:.0f} s ({total / max(rep.seconds, 1e-9):.0f}/s)")
-    print(f"{'target':<12}{'cases':>9}{'accepted':>10}{'typed':>9}{'untyped':>9}{'skipped':>9}")
+    print(f"{'target':<12}{'cases':>9}{'accepted':>10}{'typed':>9}{'untyped':>9}{'wrong':>7}{'skipped':>9}")
     for t in rep.cases:
         bad = sum(len(v) for k, v in rep.untyped.items() if k.startswith(t + ":"))
-        print(f"{t:<12}{rep.cases[t]:>9}{rep.accepted[t]:>10}{rep.typed[t]:>9}{bad:>9}{rep.skipped[t]:>9}")
+        wrong = sum(len(v) for k, v in rep.wrong.items() if k.startswith(t + ":"))
+        print(f"{t:<12}{rep.cases[t]:>9}{rep.accepted[t]:>10}{rep.typed[t]:>9}{bad:>9}{wrong:>7}{rep.skipped[t]:>9}")
     print(f"untyped: {rep.n_untyped} in {len(rep.untyped)} root cause(s)")
     for cause, ids in sorted(rep.untyped.items(), key=lambda kv: -len(kv[1])):
         print(f"  {len(ids):>6}  {cause}   e.g. {'; '.join(ids[:show])}")
+    if rep.converted or rep.wrong:
+        print(f"self-check: {sum(rep.converted.values())} exit-0 conversions judged, {rep.n_wrong} wrong file(s)")
+        for cause, ids in sorted(rep.wrong.items(), key=lambda kv: -len(kv[1])):
+            print(f"  {len(ids):>6}  {cause}   e.g. {'; '.join(ids[:show])}")
 
 
 def main() -> int:
@@ -546,7 +789,10 @@ def main() -> int:
     ap.add_argument("--memory-gb", type=float, default=8.0, help="address-space limit: a runaway allocation "
                     "becomes a MemoryError (counted untyped) instead of swapping the machine")
     ap.add_argument("--show", type=int, default=3)
+    ap.add_argument("--self-check", action="store_true", help="convert every accepted input and judge the output")
+    ap.add_argument("--start", type=int, default=0, help="first case number (chunks of one campaign)")
     args = ap.parse_args()
+    SELF_CHECK["on"] = args.self_check
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     limit = int(args.memory_gb * (1 << 30))
@@ -564,12 +810,15 @@ def main() -> int:
             try:
                 read()
                 print(f"{target}: accepted")
+            except WrongFile as exc:
+                print(f"{target}: WRONG FILE with exit 0: {exc}")
             except BitconvError as exc:
                 print(f"{target}: typed {type(exc).__name__}: {exc}")
             return 0
-        rep = run(args.seed, args.count, targets, work, time_limit=args.time_limit, progress=True)
+        rep = run(args.seed, args.count, targets, work, time_limit=args.time_limit, progress=True,
+                  self_check=args.self_check, start_case=args.start)
     print_report(rep, args.seed, args.show)
-    return 1 if rep.untyped else 0
+    return 1 if rep.untyped or rep.wrong else 0
 
 
 if __name__ == "__main__":

@@ -18,12 +18,25 @@ from .errors import CorruptFileError
 MISSING = object()
 
 
+def parse_json(text: str | bytes, where: str | Path) -> Any:
+    """json.loads for text from a file bitconv did not write: invalid JSON, and JSON nested
+    too deep for the parser (100,000 brackets raise RecursionError, not ValueError), are
+    one `CorruptFileError` naming WHERE."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # includes UnicodeDecodeError
+        raise CorruptFileError(f"{where}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CorruptFileError(f"{where}: JSON nested too deeply to read",
+                               hint="no real config, tokenizer, index or manifest nests like this") from None
+
+
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON file that must hold an object (config.json, tokenizer files): any failure is one
     `CorruptFileError` naming the file, never a bare ValueError or a list where a dict is used."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:  # includes UnicodeDecodeError
+        value = parse_json(path.read_text(encoding="utf-8"), path)
+    except ValueError as exc:  # UnicodeDecodeError
         raise CorruptFileError(f"{path}: not valid JSON ({exc})") from None
     except OSError as exc:
         raise CorruptFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
@@ -41,9 +54,9 @@ LIMITS = {
     "num_attention_heads": 1 << 14,
     "num_key_value_heads": 1 << 14,
     "head_dim": 1 << 16,
-    "max_position_embeddings": 1 << 32,
+    "max_position_embeddings": (1 << 32) - 1,  # GGUF's context_length is a uint32
 }
-DEFAULT_LIMIT = 1 << 32
+DEFAULT_LIMIT = (1 << 32) - 1  # the GGUF keys these values become are uint32
 
 
 def _where(source: str, key: str) -> str:

@@ -14,16 +14,17 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .default_layout import AUTO, choose_gguf_plan
 from .embedding_types import TERNARY_TYPES as TERNARY_EMBEDDING_TYPES
 from .embedding_types import parse_type as parse_embedding_type
-from .errors import OutputExistsError, UsageError
+from .errors import UsageError
 from .model import LINEAR
 from .pack import layout_class, layout_names
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
-from .pipeline import OrderedMap, ordered_map
+from .pipeline import OrderedMap, memory_budget, ordered_map
 from .quant import TensorStats, check_finite, parse_group_size, serial_torch, tensor_stats, ternarize_with_stats
-from .readers import GGUFReadOptions, open_source
-from .readers.checkpoint import Checkpoint
+from .readers import open_source
+from .readers.checkpoint import Checkpoint, gguf_read_options
 from .exact_ternary import recover
 from .source_kind import SourceKind, decide_source_kinds
 from .writers import get_writer
@@ -38,7 +39,7 @@ def convert(
     source: str | Path,
     output: str | Path,
     *,
-    layout: str = "tq2_0",
+    layout: str = "auto",
     format: str = "gguf",
     group_size: str | int = "tensor",
     embedding_type: str = "auto",
@@ -81,7 +82,8 @@ def convert(
         max_shard_size=max_shard_size, name=name, ternarize=ternarize,
     )
     writer = get_writer(options.format)
-    if options.format == "gguf":
+    auto = options.format == "gguf" and options.layout == AUTO
+    if options.format == "gguf" and not auto:
         layout_class(options.layout)  # an unknown --layout is a usage error, before any download
     into_folder = into_folder and options.format == "gguf"
     if into_folder:
@@ -94,6 +96,7 @@ def convert(
         check_emit_path(emit, output, local_source_paths(source, options), force=force, dry_run=dry_run)
     ckpt = open_source(source, revision=revision, token=token,
                        gguf_options=gguf_read_options(source_i2s_variant, kernel_config))
+    snapshot = source_snapshot(ckpt, options)  # the files as opened; checked before the output is committed
     if into_folder:  # named as a release names it, now that the model's name is known
         output = output / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
         if not dry_run:
@@ -106,8 +109,13 @@ def convert(
 
     refuse_rotated(ckpt, options.format)  # no target of bitconv keeps a Hadamard rotation (issue 20)
     kind_notes = decide_source_kinds(ckpt, ternarize=options.ternarize)
-    plan = writer.plan(ckpt, output, options)
-    plan.notes = kind_notes + plan.notes
+    if auto:  # the layout of the engine that runs this family, said in a note (default_layout.py)
+        plan, why = choose_gguf_plan(ckpt, output, options)
+        options = plan.options
+        plan.notes = kind_notes + [why] + plan.notes
+    else:
+        plan = writer.plan(ckpt, output, options)
+        plan.notes = kind_notes + plan.notes
     if on_plan is not None:
         on_plan(plan)
     kernel_ini = kernel_config_for(plan) if emit is not None else None
@@ -126,6 +134,7 @@ def convert(
             writer.write(tmp, plan, tensors)
         finally:
             tensors.close()
+        snapshot.verify()  # a source replaced or rewritten meanwhile: exit 1, the temporary removed
     size = sum(p.stat().st_size for p in output.rglob("*")) if output.is_dir() else output.stat().st_size
     return ConversionResult(plan=plan, written=True, stats=stats, seconds=time.perf_counter() - start,
                             output_bytes=size)
@@ -180,8 +189,11 @@ def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats], progress: Pr
         direct = direct_bytes(tp) if (direct_bytes is not None and encode_source is not None) else None
         return _float_bytes(tp) if direct is None else direct
 
+    def held(tp: TensorPlan) -> int:  # what its result keeps while the writer writes it
+        return tp.nbytes if encode is not None else _float_bytes(tp)
+
     return PreparedTensors(ordered_map(job, plan.tensors, workers=workers, max_pending=PIPELINE_AHEAD,
-                                       cost=cost, budget=PIPELINE_BUDGET), stats, progress)
+                                       cost=cost, budget=memory_budget(), held=held), stats, progress)
 
 
 class PreparedTensors(Iterator[tuple[TensorPlan, "Payload | Encoded"]]):
@@ -213,7 +225,6 @@ class PreparedTensors(Iterator[tuple[TensorPlan, "Payload | Encoded"]]):
 
 
 PIPELINE_AHEAD = 4  # tensors submitted ahead of the one being written
-PIPELINE_BUDGET = 160 * 1024 * 1024  # float32 bytes of source tensors in flight (one job always runs)
 
 
 def _float_bytes(tp: TensorPlan) -> int:
@@ -291,6 +302,21 @@ def local_source_paths(source: str | Path, options: ConvertOptions | None = None
     return paths
 
 
+def source_snapshot(ckpt: Checkpoint, options: ConvertOptions | None = None) -> "SourceSnapshot":
+    """The identity of every file the conversion reads (`source_files`): the reader's held
+    files as opened, the rest (config, tokenizer, kernel config) as they are now."""
+    from .source_files import SourceSnapshot
+
+    paths: list[Path] = list(ckpt.files)
+    tok = ckpt.spec.tokenizer_dir
+    if tok is not None and Path(tok).is_dir():
+        paths += sorted(p for p in Path(tok).iterdir() if p.name.startswith(("tokenizer", "special_tokens",
+                                                                             "added_tokens", "vocab", "merges")))
+    if options is not None and options.kernel_config is not None:
+        paths.append(Path(options.kernel_config))
+    return SourceSnapshot.take(paths, ckpt.held)
+
+
 def checkpoint_paths(ckpt: Checkpoint, options: ConvertOptions | None = None) -> list[Path]:
     """Every path an opened checkpoint reads: its files, its folder, its tokenizer folder."""
     spec = ckpt.spec
@@ -326,17 +352,3 @@ def check_folder_target(folder: Path) -> None:
         what = "is not a folder" if folder.exists() else "does not exist"
         raise UsageError(f"{folder}/: a trailing slash names a folder to write the GGUF into, and it {what}",
                          hint="create the folder first, or name the output file (e.g. model.gguf)")
-
-
-def gguf_read_options(i2s_variant: str | None, kernel_config: str | Path | None) -> GGUFReadOptions:
-    """How to read a foreign GGUF source; the variant name is checked like --i2s-variant."""
-    if i2s_variant is not None:
-        from .pack.i2s import I2S
-
-        i2s_variant = I2S(i2s_variant).variant
-    return GGUFReadOptions(i2s_variant=i2s_variant, kernel_config=Path(kernel_config) if kernel_config else None)
-
-
-def open_checkpoint(source: str | Path, revision: str | None = None, token: str | None = None) -> Checkpoint:
-    """Open a source without converting it (verify and inspect use this)."""
-    return open_source(source, revision=revision, token=token)

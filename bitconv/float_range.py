@@ -10,9 +10,13 @@ value and the types that would hold it.
 
 Two rules, because the two kinds of value fail differently:
 
-* a **value** (a weight of a float tensor) must keep its class: finite stays finite and
-  non-zero stays non-zero. Ordinary rounding (and a tiny value's subnormal precision) is
-  the cost of the type the user chose, and its error is below the type's resolution;
+* a **value** (a weight of a float tensor) must stay finite, and must not vanish where it
+  matters: a non-zero value that rounds to 0 is refused when it is larger than the
+  tensor's largest magnitude times the type's precision (2^-11 for fp16), so a tensor whose
+  values all underflow (an embedding scaled by 1e-9 is written as zeros) is refused, while
+  the odd 2e-8 among values of order 1 (every real embedding has some) rounds to 0 within
+  the type's resolution, as any converter writes it. Ordinary rounding and a tiny value's
+  subnormal precision are the cost of the type the user chose;
 * a **scale** multiplies a whole block, so it must also keep the relative precision of a
   normal number of its type (2^-11 for fp16): a subnormal fp16 scale that loses bits is
   refused, one the type holds exactly (a source that stored it that way) is kept.
@@ -110,10 +114,38 @@ def scale_error(name: str, value: float, where: str, fmt: str, alternatives: lis
     )
 
 
-def value_error(name: str, value: float, index: int, count: int, fmt: str, hint: str) -> BadWeightsError:
-    """The refusal of a float tensor that FMT cannot hold (COUNT values, the first at INDEX)."""
+def tensor_loss(fmt: str, over: int, first_over: int, amax: float, umax: float,
+                first_under: int) -> tuple[int, int] | None:
+    """(index of the first value lost, how many) by the value rule, from a narrowing pass's
+    counts (`kernels.floats.narrow_f16`): every overflow, or the largest underflow when it
+    is not negligible next to the tensor's largest magnitude AMAX. None: nothing lost."""
+    if over:
+        return first_over, over
+    if umax > 0 and umax > amax * 2.0 ** -FORMATS[fmt].bits:
+        return first_under, 1
+    return None
+
+
+def check_scales(name: str, scales: np.ndarray, fmt: str, where: str) -> None:
+    """Refuse the first scale (per-group, as written) FMT cannot hold by the scale rule
+    (overflow, 0, or a subnormal that loses bits), naming the formats that would hold it."""
+    s = np.asarray(scales, dtype=np.float64).reshape(-1)
+    bad = lost(s, fmt, scale=True) | ~np.isfinite(s)
+    if bad.any():
+        v = float(s[int(np.argmax(bad))])
+        others = [f for f in holders(v, scale=True) if f != fmt]
+        raise scale_error(name, v, where, fmt, [f"a {f} source (the scales take its dtype)" for f in others])
+
+
+def value_error(name: str, value: float, index: int, count: int, fmt: str, hint: str,
+                amax: float | None = None) -> BadWeightsError:
+    """The refusal of a float tensor that FMT cannot hold (COUNT values, the first at INDEX;
+    AMAX, the tensor's largest magnitude, is named when a value would vanish)."""
+    stored_as = describe(value, fmt)
+    if stored_as == "0" and amax is not None:
+        stored_as += f", in a tensor whose largest magnitude is only {amax:.6g}"
     return BadWeightsError(
         f"{name}: value {value:.6g} (element {index}{f', one of {count}' if count > 1 else ''}) does not fit "
-        f"{fmt} (it would be stored as {describe(value, fmt)})",
+        f"{fmt} (it would be stored as {stored_as})",
         hint=hint,
     )

@@ -69,6 +69,9 @@ def tensor_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
             return n // other[1] * other[2]
     if cls is None or len(shape) != 2:
         raise ValueError(f"unsupported GGML type {ggml_type} for shape {list(shape)}")
+    if cls.block_k and int(shape[1]) % cls.block_k:  # as ggml's gguf reader: ne[0] whole blocks
+        raise ValueError(f"ne[0] = {int(shape[1])} is not a multiple of the {cls.name.upper()} block size "
+                         f"{cls.block_k}")
     return cls().nbytes((int(shape[0]), int(shape[1])))
 
 
@@ -78,50 +81,62 @@ _BLOCK = 1 << 20
 def float_to_bytes(arr: np.ndarray, ggml_type: int, name: str = "tensor", flag: str | None = None) -> np.ndarray:
     """Float32 array -> the little-endian bytes of F32/F16/BF16 (BF16 rounds to nearest even).
 
-    A finite value the type cannot hold (overflow to inf, a non-zero value rounded to 0) is
-    refused by NAME (`float_range`), never written; FLAG is the option that picks the type,
-    named in the hint with the types that hold the value."""
+    A tensor the type cannot hold (a finite value overflowing to inf, or values that vanish
+    to 0 where they matter: `float_range`'s value rule) is refused by NAME, never written;
+    FLAG is the option that picks the type, named in the hint with the types that hold it."""
     a = np.ascontiguousarray(arr, dtype=np.float32)
     if ggml_type == F32:
         return a.reshape(-1).view(np.uint8)
+    flat = a.reshape(-1)
     if ggml_type == F16:  # one compiled pass; rounds exactly as numpy's astype(float16)
         from .kernels.floats import narrow_f16
 
         out = np.empty(a.size, dtype=np.int16)
-        _, lost, first = narrow_f16(a.reshape(-1), out)
-        if lost:
-            raise narrowing_error(name, float(a.reshape(-1)[first]), int(first), int(lost), "f16", flag)
+        _, over, first_over, amax, umax, first_under = narrow_f16(flat, out)
+        check_narrowed(name, "f16", flat, over, first_over, float(amax), float(umax), first_under, flag)
         return out.view(np.uint8)
     if ggml_type == BF16:  # in blocks: whole-array temporaries would be 4 float32-sized copies
-        flat = a.reshape(-1)
         out = np.empty(flat.size, dtype=np.uint16)
-        first, lost, first_nz, nz_in, nz_out = -1, 0, -1, 0, 0
+        over, first_over, amax, umax, first_under = 0, -1, 0.0, 0.0, -1
         for i in range(0, flat.size, _BLOCK):
             bits = flat[i:i + _BLOCK].view(np.uint32)
             top = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
             out[i:i + _BLOCK] = top
-            # finite in, inf out (exponent all ones); a lone value rounded to 0 is ordinary
-            # rounding, a tensor whose every non-zero value rounds to 0 is lost (see narrow_f16)
             fin = (bits & 0x7F800000) != 0x7F800000
-            gone = fin & ((top & 0x7F80) == 0x7F80)
-            nonzero = fin & ((bits & 0x7FFFFFFF) != 0)
-            nz_in += int(np.count_nonzero(nonzero))
-            nz_out += int(np.count_nonzero(fin & ((top & 0x7FFF) != 0)))
-            if first_nz < 0 and nonzero.any():
-                first_nz = i + int(np.argmax(nonzero))
-            n = int(np.count_nonzero(gone))
-            if n and first < 0:
-                first = i + int(np.argmax(gone))
-            lost += n
-        if not lost and nz_in and not nz_out:
-            first, lost = first_nz, nz_in
-        if lost:
-            raise narrowing_error(name, float(flat[first]), first, lost, "bf16", flag)
+            ov = fin & ((top & 0x7F80) == 0x7F80)
+            un = ((top & 0x7FFF) == 0) & ((bits & 0x7FFFFFFF) != 0)  # finite by construction
+            n = int(np.count_nonzero(ov))
+            if n and first_over < 0:
+                first_over = i + int(np.argmax(ov))
+            over += n
+            mag = np.abs(flat[i:i + _BLOCK])
+            if fin.any():
+                amax = max(amax, float(mag[fin].max()))
+            if un.any():
+                u = float(mag[un].max())
+                if u > umax:
+                    umax, first_under = u, i + int(np.argmax(un & (mag == np.float32(u))))
+        check_narrowed(name, "bf16", flat, over, first_over, amax, umax, first_under, flag)
         return out.view(np.uint8)
     raise ValueError(f"not a float type: {ggml_type}")
 
 
-def narrowing_error(name: str, value: float, index: int, count: int, fmt: str, flag: str | None):
+def check_narrowed(name: str, fmt: str, values: np.ndarray, over: int, first_over: int, amax: float,
+                   umax: float, first_under: int, flag: str | None, widen_one=None) -> None:
+    """Refuse a narrowed tensor `float_range.tensor_loss` says lost values; VALUES (as the
+    pass read them; WIDEN_ONE turns one raw item into float32) give the one to name."""
+    from .float_range import tensor_loss
+
+    loss = tensor_loss(fmt, over, first_over, amax, umax, first_under)
+    if loss is None:
+        return
+    index, count = loss
+    value = float(widen_one(values[index:index + 1])) if widen_one is not None else float(values[index])
+    raise narrowing_error(name, value, int(index), int(count), fmt, flag, None if over else amax)
+
+
+def narrowing_error(name: str, value: float, index: int, count: int, fmt: str, flag: str | None,
+                    amax: float | None = None):
     """The refusal of a float tensor FMT cannot hold, naming the types (and FLAG) that would."""
     from .float_range import holders, value_error
 
@@ -132,7 +147,7 @@ def narrowing_error(name: str, value: float, index: int, count: int, fmt: str, f
         hint = f"types that hold it: {', '.join(types)}"
     else:
         hint = "no float type bitconv writes holds it; fix the source"
-    return value_error(name, value, index, count, fmt, hint)
+    return value_error(name, value, index, count, fmt, hint, amax)
 
 
 def bytes_to_float(data: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:

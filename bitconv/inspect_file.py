@@ -35,8 +35,7 @@ def _inspect_gguf(path: Path) -> dict[str, Any]:
         "bitconv": bitconv,
         # ids that engines disagree on (39, 42): the reading taken and why
         "type_readings": {str(t): why for t, (_, why) in sorted(f.readings.items())},
-        "tokenizer": {"model": f.get("tokenizer.ggml.model"), "pre": f.get("tokenizer.ggml.pre"),
-                      "size": len(tokens) if isinstance(tokens, list) else 0},
+        "tokenizer": _tokenizer_summary(f, tokens),
         "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.type_name, "bytes": t.nbytes}
                     for t in f.tensors.values()],
         "file_bytes": path.stat().st_size,
@@ -125,3 +124,27 @@ def _inspect_safetensors(path: Path) -> dict[str, Any]:
         "tensors": tensors,
         "file_bytes": sum(p.stat().st_size for p in shards.files),
     }
+
+
+def _tokenizer_summary(f, tokens: Any) -> dict[str, Any]:
+    """What the file's tokenizer keys hold. `size` counts the tokens only when they are
+    strings (an array of u32 was reported as "size 0"); otherwise `problem` says what the
+    key holds instead, and None means the file has no tokenizer."""
+    out: dict[str, Any] = {"model": f.get("tokenizer.ggml.model"), "pre": f.get("tokenizer.ggml.pre")}
+    if tokens is None:
+        out["size"] = None
+        out["problem"] = "no tokenizer.ggml.tokens: engines cannot load the file as is"
+    elif isinstance(tokens, (list, tuple)) and all(isinstance(t, str) for t in tokens):
+        out["size"] = len(tokens)
+    else:
+        vtype = f.kv.get("tokenizer.ggml.tokens", (None, None, None))
+        sub = vtype[2] if vtype[1] is not None and int(vtype[1]) == 9 else vtype[1]
+        try:
+            import gguf
+
+            kind = gguf.GGUFValueType(int(sub)).name.lower()
+        except (TypeError, ValueError):
+            kind = type(tokens).__name__
+        out["size"] = None
+        out["problem"] = f"tokenizer.ggml.tokens holds {kind} values, not strings: not a usable vocabulary"
+    return out

@@ -95,7 +95,8 @@ def test_huge_latent_weights_scale_refused(latent_f32, tmp_path):
 @pytest.mark.parametrize("family,dtype", [("llama", "f32"), ("silu", "bf16")])
 def test_float_embedding_value_out_of_range_is_refused(ckpt_factory, tmp_path, value, etype, stored, family, dtype):
     """A finite embedding value of 1e5 became inf in an F16 token_embd with exit 0 (the
-    direct bf16/f32 -> F16 pass and the float32 path both); BF16 the same at its own range."""
+    direct bf16/f32 -> F16 pass and the float32 path both); BF16 the same at its own range.
+    Underflow: an embedding whose every value is that small was written as all zeros."""
     from safetensors.torch import load_file as tload, save_file as tsave
 
     if dtype == "bf16" and etype == "bf16":
@@ -103,14 +104,31 @@ def test_float_embedding_value_out_of_range_is_refused(ckpt_factory, tmp_path, v
     src = tmp_path / "src"
     shutil.copytree(ckpt_factory(family, dtype=dtype, **TINY), src)
     w = tload(str(src / "model.safetensors"))
-    w["model.embed_tokens.weight"].view(-1)[773] = value
-    held = float(w["model.embed_tokens.weight"].view(-1)[773])  # as the source stores it
+    e = w["model.embed_tokens.weight"]
+    if stored == "0":  # the whole table that small, as a model trained at another scale
+        e.copy_((e.float().sign() * value).to(e.dtype))
+    e.view(-1)[773] = value
+    held = float(e.view(-1)[773])  # as the source stores it
     tsave(w, str(src / "model.safetensors"), metadata={"format": "pt"})
     out = tmp_path / "out"
     out.mkdir()
     r = run_cli("convert", src, out / "m.gguf", "--embedding-type", etype)
     assert_refused(r, outdir=out, keep=set(),
-                   contains=("token_embd.weight", f"value {held:.6g}", f"stored as {stored}", "--embedding-type"))
+                   contains=("token_embd.weight", f"{abs(held):.6g} (element", f"stored as {stored}", "--embedding-type"))
+
+
+def test_negligible_underflow_is_rounding_not_loss(latent_f32, tmp_path):
+    """One 2e-8 among values of order 1 rounds to 0 in F16 within the type's resolution (every
+    real embedding has such values): written, as any converter writes it; its neighbours kept."""
+    from bitconv.readers import open_source
+
+    def edit(w):
+        w["model.embed_tokens.weight"].reshape(-1)[773] = 2e-8
+    src = _edited(latent_f32, tmp_path / "src", edit)
+    r = run_cli("convert", src, tmp_path / "m.gguf")
+    assert r.exit_code == 0, r.output
+    got = open_source(tmp_path / "m.gguf").get("token_embd.weight").load().reshape(-1)
+    assert got[773] == 0 and np.count_nonzero(got) == got.size - 1
 
 
 def test_float_embedding_in_range_type_is_written(latent_f32, tmp_path):
@@ -207,3 +225,16 @@ def test_float_tensor_zeroed_by_narrowing_is_refused(ckpt_factory, tmp_path, val
     out.mkdir()
     r = run_cli("convert", src, out / "m.gguf", "--embedding-type", etype)
     assert_refused(r, outdir=out, keep=set(), contains=("token_embd.weight", "stored as 0"))
+
+
+@pytest.mark.parametrize("fmt", ["mlx", "compressed-tensors"])
+def test_engine_folder_scales_out_of_f16_are_refused(ckpt_factory, tmp_path, fmt):
+    """MLX and compressed-tensors store scales in the source's dtype: an f16 source with tiny
+    latent weights has s ~ 5e-6, an fp16 subnormal that loses bits (written with exit 0 before;
+    only an overflow to inf was checked, as exit 1)."""
+    base = ckpt_factory("llama", dtype="f16", **TINY)
+    src = _edited(base, tmp_path / "src", lambda w: w.__setitem__(Q, (w[Q] * np.float16(1e-4)).astype(np.float16)))
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_cli("convert", src, out / "m", "--format", fmt)
+    assert_refused(r, outdir=out, keep=set(), contains=("q_proj", "does not fit", "f16 scale"))

@@ -326,17 +326,19 @@ def test_float16_output_rounds_as_numpy_does():
     with np.errstate(over="ignore", invalid="ignore"):
         want = x.astype(np.float16)
     out = np.empty(x.size, dtype=np.int16)
-    bad, lost, first = narrow_f16(x, out)  # the kernel float_to_bytes runs (it refuses `lost` values)
+    bad, over, first_over, amax, umax, first_under = narrow_f16(x, out)  # the kernel float_to_bytes runs
     got = out.view(np.float16)
     nan = np.isnan(want)
     np.testing.assert_array_equal(np.isnan(got), nan)
     np.testing.assert_array_equal(got[~nan].view(np.uint16), want[~nan].view(np.uint16))
     assert count_nonfinite(x) == int(np.count_nonzero(~np.isfinite(x))) == bad
-    gone = np.isfinite(x) & np.isinf(want)  # values float16 does not hold (a lone underflow is rounding)
-    assert lost == int(np.count_nonzero(gone)) and first == int(np.argmax(gone))
-    tiny = np.float32([0, 1e-9, -2e-8, 0])  # every non-zero value rounds to 0: the tensor is lost
-    assert narrow_f16(tiny, np.empty(4, dtype=np.int16)) == (0, 2, 1)
-    held = x[~gone & np.isfinite(x)]
+    fin = np.isfinite(x)
+    overflow = fin & np.isinf(want)
+    under = fin & (want == 0) & (x != 0)
+    assert over == int(np.count_nonzero(overflow)) and first_over == int(np.argmax(overflow))
+    assert amax == np.abs(x[fin]).max() and umax == np.abs(x[under]).max()
+    assert abs(x[first_under]) == umax and first_under == int(np.argmax(under & (np.abs(x) == umax)))
+    held = x[fin & ~overflow]  # float_to_bytes writes these (its underflows are negligible next to 65504)
     np.testing.assert_array_equal(float_to_bytes(held, F16).view(np.uint16), held.astype(np.float16).view(np.uint16))
 
 

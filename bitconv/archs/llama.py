@@ -25,6 +25,11 @@ def _permute(a, n_head: int, inverse: bool):
     if a.ndim == 0 or a.shape[0] == 1:
         return a
     rows = a.shape[0]
+    if n_head <= 0 or rows % (2 * n_head):
+        from ..errors import LayoutError
+
+        raise LayoutError(f"{rows} q/k rows are not {n_head} heads of an even number of rows each",
+                          hint="the tensor's shape contradicts the model's head counts")
     half = rows // n_head // 2
     shape = (n_head, half, 2) if inverse else (n_head, 2, half)
     return a.reshape(*shape, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)

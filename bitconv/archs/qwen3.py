@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UnsupportedArchitectureError
+from ..config_values import get_bool
+from ..errors import CorruptFileError, UnsupportedArchitectureError
 from ..model import HParams
 from .base import BITNET_CPP, Architecture, register
 
@@ -28,8 +29,19 @@ class Qwen3(Architecture):
     }
 
     def hparams(self, config: dict[str, Any], source: str = "config.json") -> HParams:
-        layer_types = config.get("layer_types") or []
-        if config.get("use_sliding_window") or (isinstance(layer_types, list) and "sliding_attention" in layer_types):
+        layer_types = config.get("layer_types")
+        if layer_types is None:
+            layer_types = []
+        # a string or a list of other things was ignored before: "sliding_attention" as a string
+        # converted with exit 0 into a file whose every layer attends fully
+        if not isinstance(layer_types, list) or not all(isinstance(t, str) for t in layer_types):
+            raise CorruptFileError(f"{source}: layer_types must be a list of strings (one per layer), got "
+                                   f"{type(layer_types).__name__}: {str(layer_types)[:40]!r}")
+        unknown = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+        if unknown:
+            raise UnsupportedArchitectureError(f"{source}: Qwen3 layer type {unknown[0]!r} is not supported "
+                                               "(bitconv knows full_attention only)")
+        if get_bool(config, "use_sliding_window", source) or "sliding_attention" in layer_types:
             raise UnsupportedArchitectureError(
                 f"{source}: Qwen3 with sliding-window attention is not supported (bitconv's forward pass and the "
                 "GGUF keys it writes assume full attention in every layer)")

@@ -86,41 +86,43 @@ def narrow_f16(x, out):
     """1-D weights as `widen` reads them -> float16 bits in int16 `out`, rounded to nearest
     even as numpy's `astype(np.float16)` does.
 
-    Returns (bad, lost, first): how many inputs were not finite, how many finite inputs
-    float16 cannot hold, and the index of the first of those (-1 when none). A value is lost
-    when it overflows to inf, or when the tensor has non-zero values and every one of them
-    rounds to 0 (the tensor would be zeroed). A lone tiny weight (|w| < 3e-8) that rounds to
-    0 is ordinary rounding, below float16's resolution there, as in every converter: real
-    embeddings of 500M values hold hundreds of them. Writing a lost value would store a
-    tensor the source does not have.
+    Returns (bad, over, first_over, amax, umax, first_under): how many inputs were not
+    finite; how many finite ones overflow to inf and the first of them (-1: none); the
+    largest finite |x|; the largest |x| of the non-zero inputs that round to 0 and the
+    first input of that size (-1: none). `float_range` judges these (a value that rounds to
+    0 is lost only when it is not negligible next to the tensor's largest). Counting them
+    here costs nothing next to the conversion itself.
     """
     bad = 0
     over = 0
-    nz_in = 0
-    nz_out = 0
+    amax = np.float32(0)
+    umax = np.float32(0)
     for i in range(x.size):  # branch-free, so the loop still vectorizes
         v = to_f32(x[np.uint64(i)])
         h = _f32_to_f16_bits(v)
         out[np.uint64(i)] = h
         fin = np.isfinite(v)
         mag = np.int32(h) & np.int32(0x7FFF)
+        a = abs(v) if fin else np.float32(0)
         bad += not fin
         over += fin and mag == np.int32(0x7C00)
-        nz_in += fin and v != np.float32(0)
-        nz_out += fin and mag != np.int32(0)
-    lost = over
-    zeroed = nz_in > 0 and nz_out == 0
-    if zeroed:
-        lost = nz_in
-    first = -1
-    if lost:
+        amax = max(amax, a)
+        umax = max(umax, a if mag == np.int32(0) else np.float32(0))
+    first_over = -1
+    first_under = -1
+    if over or umax > 0:
         for i in range(x.size):
             v = to_f32(x[np.uint64(i)])
+            if not np.isfinite(v):
+                continue
             mag = np.int32(out[np.uint64(i)]) & np.int32(0x7FFF)
-            if np.isfinite(v) and (mag == np.int32(0x7C00) or (zeroed and v != np.float32(0))):
-                first = i
+            if first_over < 0 and mag == np.int32(0x7C00):
+                first_over = i
+            if first_under < 0 and umax > 0 and abs(v) == umax:
+                first_under = i
+            if (first_over >= 0 or not over) and (first_under >= 0 or umax == 0):
                 break
-    return bad, lost, first
+    return bad, over, first_over, amax, umax, first_under
 
 
 @jit

@@ -33,6 +33,7 @@ class Layout:
     tensor_scale_only: ClassVar[bool] = True  # only one scale per tensor can be stored
     engine: ClassVar[str] = "bitnet.cpp"  # the engine that owns the format and judges its files
     scale_type: ClassVar[str] = "f32"  # the float type the layout stores its scales in (float_range)
+    block_k: ClassVar[int | None] = None  # values per block along K (llama.cpp block types): K must be whole blocks
     description: ClassVar[str] = ""
 
     def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
@@ -123,6 +124,16 @@ class Layout:
                    if float_range.holds(value, layout_class(n).scale_type, scale=True)]
         raise float_range.scale_error(name, value, self.name.upper(), self.scale_type,
                                       [f"--layout {', '.join(holders)}"] if holders else [])
+
+    def _check_whole_blocks(self, name: str, shape: tuple[int, int]) -> None:
+        """Reading: data of a block type whose K is not whole blocks (K < 256 for TQ) was
+        never a valid tensor; unpacking it read nothing and returned uninitialized values."""
+        if self.block_k and (len(shape) != 2 or int(shape[1]) % self.block_k):
+            from ..errors import CorruptFileError
+
+            raise CorruptFileError(f"{name}: shape {list(shape)} cannot hold {self.name.upper()} data: K is not a "
+                                   f"multiple of its {self.block_k}-value blocks",
+                                   hint="ggml refuses such a tensor too; the file is damaged")
 
     def _check_data(self, data: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
         data = np.asarray(data).reshape(-1).view(np.uint8)

@@ -35,6 +35,7 @@ class Q2_0(Layout, name="q2_0"):
     bits_per_weight = 2.25
     tensor_scale_only = False
     scale_type = "f16"  # each block's d
+    block_k = QK
     engine = "llama.cpp"
     description = "llama.cpp mainline 2-bit, 2.25 bpw (CPU, CUDA, Metal, Vulkan in stock llama.cpp)"
 
@@ -68,6 +69,7 @@ class Q2_0(Layout, name="q2_0"):
         the 64-block scales are collapsed back into it when they agree."""
         from ..kernels.q2_0 import q2_0_unpack
 
+        self._check_whole_blocks(name, shape)  # K not whole 64-blocks: no block holds these values
         data = self._check_data(data, shape, name)
         m, k = shape
         nb = m * (k // QK)

@@ -277,7 +277,7 @@ def table_from_metadata(value: Any) -> dict[Shape, TileConfig]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise CorruptFileError(f"bad tile table in metadata: {value[:80]!r}") from None
     if not isinstance(value, Mapping):
         raise CorruptFileError(f"bad tile table in metadata: expected a mapping, got {type(value).__name__}")

@@ -25,6 +25,7 @@ QK = 256
 class _TQ(Layout):
     tensor_scale_only = False
     scale_type = "f16"  # each block's d
+    block_k = QK
     engine = "llama.cpp"
     codes_bytes: int  # bytes of codes per 256-value block
 
@@ -57,6 +58,7 @@ class _TQ(Layout):
 
     def unpack(self, data: np.ndarray, shape: tuple[int, int], name: str = "tensor",
                group: GroupSize = "tensor") -> Ternary:
+        self._check_whole_blocks(name, shape)  # K < 256: no block holds these values
         data = self._check_data(data, shape, name)
         m, k = shape
         nb = m * (k // QK)
@@ -85,18 +87,29 @@ def collapse_block_scales(values: np.ndarray, d: np.ndarray, group: GroupSize, n
     largest K-group; at worst the qk-blocks themselves (256 for TQ, 64 for Q2_0).
     """
     m, nblk = d.shape
+    free = d != 0
+    if not free.all():  # a d = 0 is free only where the block's codes are all 0 (issue 25): a
+        # block with codes and d = 0 computes zeros in the engine, so it must read back as zeros
+        zero_d = ~free
+        live = np.any(values.reshape(m, nblk, qk)[zero_d] != 0, axis=1) if nblk else np.zeros(0, bool)
+        if live.any():
+            d = d.copy()
+            d[zero_d] = np.where(live, np.float32(np.nan), 0)  # NaN: agrees with no group scale
     candidates: list[GroupSize] = [group, "tensor", "row"]
     candidates += [qk * per for per in range(nblk // 2, 1, -1) if nblk % per == 0]
     for g in candidates:
         s = _group_scales(d, g, qk)
         if s is not None:
             return Ternary(values, s, g)
-    return Ternary(values, d, qk)
+    return Ternary(values, np.nan_to_num(d, nan=0.0), qk)
 
 
 def _group_scales(d: np.ndarray, group: GroupSize, qk: int) -> np.ndarray | None:
-    """The scales of `group` when every non-zero block scale agrees with its group's, else None."""
+    """The scales of `group` when every non-zero block scale agrees with its group's, else None
+    (a NaN, a live block stored with d = 0, agrees with none)."""
     m, nblk = d.shape
+    if np.isnan(d).any() and group in ("tensor", "row"):
+        return None
     if group == "tensor":
         nz = d[d != 0]
         if nz.size == 0 or np.all(nz == nz[0]):

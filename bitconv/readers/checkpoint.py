@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..model import LINEAR_KINDS, NORM_KINDS, ModelSpec, SourceTensor, kind_of, layer_of
 
@@ -42,6 +43,8 @@ class Checkpoint:
     spec: ModelSpec
     tensors: list[SourceTensor]
     files: list[Path] = field(default_factory=list)  # every source file read, for provenance
+    # identity of the files a reader holds open (source_files.HeldFile): what was actually read
+    held: dict[Path, Any] = field(default_factory=dict)
     source_kinds_decided: bool = False  # source_kind.decide_source_kinds ran (it runs once)
     source_kind_notes: list[str] = field(default_factory=list)  # what it found, for plans and reports
 
@@ -56,3 +59,12 @@ class Checkpoint:
 
     def has(self, name: str) -> bool:
         return any(t.name == name for t in self.tensors)
+
+
+def gguf_read_options(i2s_variant: str | None, kernel_config: str | Path | None) -> GGUFReadOptions:
+    """How to read a foreign GGUF source; the variant name is checked like --i2s-variant."""
+    if i2s_variant is not None:
+        from ..pack.i2s import I2S
+
+        i2s_variant = I2S(i2s_variant).variant
+    return GGUFReadOptions(i2s_variant=i2s_variant, kernel_config=Path(kernel_config) if kernel_config else None)

@@ -19,7 +19,7 @@ import gguf
 import numpy as np
 
 from ..config_values import MISSING
-from ..errors import CorruptFileError, InputError
+from ..errors import CorruptFileError, InputError, SourceNotFoundError
 from ..exact_ternary import detect
 from ..source_kind import mark_exact
 from ..ggml_types import FLOAT_TYPES, bytes_to_float, dequantize_upstream, tensor_nbytes, type_name, upstream_type
@@ -63,6 +63,51 @@ class GGUFTensorInfo:
         return self.layout.upper() if self.layout else type_name(self.ggml_type)
 
 
+@dataclass
+class Truncation:
+    """A file that ends before its tensor index says its data does: where it ends, the
+    tensors whose data starts at or past that byte, and the one it ends inside (if known).
+    Said once for the whole file, so no intact tensor is blamed for the bytes that are
+    missing after it (a TL2 tensor's span otherwise looks wrong when its neighbours are gone)."""
+
+    file_end: int
+    past: list[str]
+    cut: str | None = None
+    total: int = 0  # tensors in the index
+
+    def subject(self) -> str:
+        return self.cut or (self.past[0] if self.past else "file")
+
+    def message(self) -> str:
+        parts = []
+        if self.past:
+            shown = ", ".join(self.past[:4]) + (f" and {len(self.past) - 4} more" if len(self.past) > 4 else "")
+            parts.append(f"{len(self.past)} of {self.total} tensors lie past it ({shown})")
+        if self.cut:
+            parts.append(f"{self.cut} is cut short")
+        return f"the file ends at byte {self.file_end}; " + (" and ".join(parts) or "tensor data lies past it")
+
+
+def find_truncation(raw: list, start: int, size: int, nbytes) -> Truncation | None:
+    """RAW: (name, shape, type, relative offset) per tensor; NBYTES(type, shape) -> size or
+    None when the type alone cannot tell (ids engines disagree on). None: nothing missing."""
+    spans = sorted((start + off, name, nbytes(t, shape)) for name, shape, t, off in raw)
+    past = [name for at, name, _ in spans if at >= size]
+    cut = None
+    inside = [(at, name, n) for at, name, n in spans if at < size]
+    if inside:
+        at, name, n = inside[-1]
+        later = [a for a, _, _ in spans if a > at]
+        if n is not None:
+            if at + n > size:
+                cut = name
+        elif later and later[0] > size:  # its data runs to the next tensor, which starts past the end
+            cut = name
+    if not past and cut is None:
+        return None
+    return Truncation(size, past, cut, len(raw))
+
+
 class _Refused(Exception):
     """Carries a typed InputError out of the parser's catch-all for malformed bytes."""
 
@@ -84,10 +129,28 @@ class GGUFFile:
     def __init__(self, path: str | Path, *, strict: bool = True) -> None:
         self.path = Path(path)
         self.strict = strict
+        if self.path.is_dir():  # a user's mistake, said in words rather than as [Errno 21]
+            raise InputError(f"{self.path}: is a folder, not a GGUF file", hint="name the .gguf file inside it")
+        if not self.path.exists():
+            raise SourceNotFoundError(f"{self.path}: no such file")
+        from ..source_files import HeldFile, require_regular
+
+        require_regular(self.path, "GGUF file")  # a FIFO would block the open below forever
+        # sources read tensor bytes through a held descriptor (source_files: a mapped file that
+        # shrinks is a SIGBUS; a replaced one would be read by path); the header is parsed
+        # from a map of that same descriptor
+        self.held = HeldFile(self.path) if strict else None
         try:
-            self.data = np.memmap(self.path, dtype=np.uint8, mode="r")
+            if self.held is not None:
+                with open(self.held.fd, "rb", closefd=False) as fobj:
+                    self.data = np.memmap(fobj, dtype=np.uint8, mode="r")
+            else:
+                self.data = np.memmap(self.path, dtype=np.uint8, mode="r")
         except (OSError, ValueError) as exc:
-            raise CorruptFileError(f"{self.path}: cannot open ({exc})") from None
+            why = getattr(exc, "strerror", None) or str(exc)
+            if self.path.is_file() and self.path.stat().st_size == 0:  # numpy: "cannot mmap an empty file"
+                why = "the file is empty"
+            raise CorruptFileError(f"{self.path}: cannot open ({why})") from None
         self._bytes = memoryview(self.data)  # header parsing slices this: a memmap slice costs ~4 us
         self._pos = 0
         try:
@@ -183,6 +246,10 @@ class GGUFFile:
         align = self.alignment()
         self.data_start = start = (self._pos + align - 1) // align * align
         self.index: list[GGUFTensorInfo] = []
+        self.truncation = find_truncation(raw, start, self.data.size, _size_or_none)
+        if self.truncation is not None and self.strict:
+            raise _Refused(CorruptFileError(f"{self.path}: {self.truncation.message()}",
+                                            hint="the file is truncated: download or write it again"))
         self.readings = self._resolve_ambiguous(raw, start, align)
         self.tensors: dict[str, GGUFTensorInfo] = {}
         for name, shape, t, off in raw:
@@ -191,8 +258,10 @@ class GGUFFile:
                 if layout is None and t in AMBIGUOUS:  # lenient: no reading fits, so no size either
                     raise ValueError(t)
                 n = tensor_nbytes(t, shape) if layout is None else get_layout(layout).nbytes(shape)
-            except ValueError:
+            except ValueError as exc:
                 if self.strict:
+                    if str(exc).startswith("ne[0]"):
+                        raise ValueError(f"tensor {name!r}: {exc}") from None
                     raise ValueError(f"tensor {name!r} has GGML type {t}, which bitconv does not read") from None
                 n = None
             if off % align and self.strict:
@@ -230,11 +299,15 @@ class GGUFFile:
         ends = sorted({off for *_, off in raw} | {self.data.size - start})
         spans = {a: b - a for a, b in zip(ends, ends[1:])}  # an offset past the end has no span: 0
         meta = self.bitconv_metadata()
+        # a truncated file (doctor reads it leniently): the tensors the end took away say nothing
+        missing = set() if self.truncation is None else {*self.truncation.past, self.truncation.cut}
         out = {}
         for t in sorted({t for _, _, t, _ in raw} & set(AMBIGUOUS)):
+            whole = [(n, s, spans.get(o, 0)) for n, s, tt, o in raw if tt == t and n not in missing]
+            if not whole:
+                continue
             try:
-                out[t] = resolve(self.path, t, [(n, s, spans.get(o, 0)) for n, s, tt, o in raw if tt == t], meta,
-                                 align)
+                out[t] = resolve(self.path, t, whole, meta, align)
             except InputError as exc:  # a typed refusal, not "corrupt"
                 if self.strict:
                     raise _Refused(exc) from None
@@ -249,11 +322,9 @@ class GGUFFile:
         if info.nbytes is None or info.offset + info.nbytes > self.data.size:
             raise CorruptFileError(f"{self.path}: tensor {name!r} ({info.type_name}) cannot be read",
                                    hint="run `bitconv doctor` on the file for details")
+        if self.held is not None:  # a copy through the held descriptor: a truncation is a typed error
+            return self.held.read_at(info.offset, info.nbytes, np.uint8, f"tensor {name!r}")
         return self.data[info.offset:info.offset + info.nbytes]
-
-    def is_bitconv(self) -> bool:
-        """Whether bitconv wrote the file (its layouts are then described by bitconv.* keys)."""
-        return "bitconv.layout" in self.kv or "bitconv.version" in self.kv
 
     def bitconv_metadata(self) -> dict[str, Any]:
         out = {}
@@ -263,10 +334,20 @@ class GGUFFile:
                 if isinstance(value, str) and value[:1] in "[{":
                     try:
                         value = json.loads(value)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         pass
                 out[k] = value
         return out
+
+
+def _size_or_none(ggml_type: int, shape: tuple[int, ...]) -> int | None:
+    """Bytes of a tensor when its type alone tells (not for ids engines disagree on)."""
+    if ggml_type in AMBIGUOUS:
+        return None
+    try:
+        return tensor_nbytes(ggml_type, shape)
+    except ValueError:
+        return None
 
 
 def _float32(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -445,6 +526,12 @@ def open_gguf(path: Path, source: SourceInfo, options: GGUFReadOptions | None = 
     for info in f.tensors.values():
         kind = kind_of(info.name)
         role = _ROLES.get(kind, "norm" if kind.endswith("norm") else LINEAR)
+        heads = qk_heads(info.name)
+        if heads and (len(info.shape) != 2 or info.shape[0] % (2 * heads)):
+            # checked before any load: un-permuting the rope order reshapes rows into heads
+            raise CorruptFileError(f"{path}: {info.name} of shape {list(info.shape)} is not {heads} heads of "
+                                   f"an even number of rows each (arch llama q/k rope order)",
+                                   hint="the tensor's shape contradicts the file's head counts")
         if info.ggml_type in FLOAT_TYPES or upstream_type(info.ggml_type) is not None:
             if role == LINEAR and info.ggml_type not in FLOAT_TYPES:
                 raise InputError(f"{path}: {info.name} is {info.type_name}, not a ternary layout or a float type",
@@ -495,7 +582,7 @@ def open_gguf(path: Path, source: SourceInfo, options: GGUFReadOptions | None = 
         config=config, tokenizer_dir=None, packed=bool(layouts) or any(t.is_ternary for t in tensors),
         gguf_metadata=dict(f.kv),
     )
-    ckpt = Checkpoint(spec=spec, tensors=tensors, files=[path])
+    ckpt = Checkpoint(spec=spec, tensors=tensors, files=[path], held={path: f.held.identity})
     # A GGUF without output.weight uses token_embd as the output layer (llama.cpp does the same).
     validate_checkpoint(ckpt, set(family.layer_names.values()), output_required=False)
     return ckpt

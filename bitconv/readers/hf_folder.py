@@ -163,7 +163,7 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
     )
     files = sorted(set(shards.files) | {folder / "config.json"} |
                    {folder / f for f in TOKENIZER_FILES + ("model.safetensors.index.json",) if (folder / f).exists()})
-    ckpt = Checkpoint(spec=spec, tensors=tensors, files=files)
+    ckpt = Checkpoint(spec=spec, tensors=tensors, files=files, held=shards.identities())
     validate_checkpoint(ckpt, set(arch.layer_names.values()))
     return ckpt
 

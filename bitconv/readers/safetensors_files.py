@@ -16,6 +16,7 @@ import numpy as np
 from safetensors import safe_open
 
 from ..errors import CorruptFileError, InputError, SourceNotFoundError
+from ..source_files import FileIdentity, HeldFile
 
 INDEX_NAME = "model.safetensors.index.json"
 _DTYPES = {"BF16": "bf16", "F16": "f16", "F32": "f32", "U8": "u8", "I8": "i8", "F64": "f64",
@@ -45,11 +46,12 @@ class ShardSet:
         self._where: dict[str, Path] = {}
         self._handles: dict[Path, object] = {}
         self._headers: dict[Path, tuple[int, dict]] = {}
+        self._held: dict[Path, HeldFile] = {}
         index = folder / INDEX_NAME
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 raise CorruptFileError(f"{index}: not a valid safetensors index ({type(exc).__name__}: {exc})",
                                        hint="it must be an object with a weight_map of tensor name -> file") from None
             if not isinstance(weight_map, dict):
@@ -97,9 +99,21 @@ class ShardSet:
                     hint="the index and shards come from different versions; fetch the model again",
                 )
 
+    def held(self, path: Path) -> HeldFile:
+        """The descriptor this set reads PATH's tensors through, opened on first use (at
+        open time: `_open` validates every file's header through it)."""
+        h = self._held.get(path)
+        if h is None:
+            h = self._held[path] = HeldFile(path)
+        return h
+
+    def identities(self) -> dict[Path, FileIdentity]:
+        return {p: h.identity for p, h in self._held.items()}
+
     def _open(self, path: Path):
         h = self._handles.get(path)
         if h is None:
+            self.held(path)  # a FIFO is refused here, before safe_open would block on it
             try:
                 h = safe_open(str(path), framework="numpy")  # headers only: no torch import
             except Exception as exc:  # safetensors raises its own error type for bad headers
@@ -123,15 +137,6 @@ class ShardSet:
         sl = self._open(self._where[name]).get_slice(name)
         return tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype(), sl.get_dtype().lower())
 
-    def get_torch(self, name: str) -> "torch.Tensor":  # noqa: F821 - torch is imported where used
-        path = self._where[name]
-        try:
-            # a handle of its own: its memory map keeps every page read through it resident,
-            # so it is dropped (and the file unmapped) once this tensor is freed
-            return safe_open(str(path), framework="pt").get_tensor(name)
-        except Exception as exc:
-            raise CorruptFileError(f"{path}: cannot read tensor {name!r} ({exc})") from None
-
     def _entries(self, path: Path) -> tuple[int, dict]:
         """(start of the data buffer, the header's tensor entries) of one file, read once.
 
@@ -139,17 +144,21 @@ class ShardSet:
         cached = self._headers.get(path)
         if cached is None:
             self._open(path)  # validation
-            with open(path, "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(n))
+            held = self.held(path)
+            n = int(held.read_at(0, 1, "<u8", "the header length")[0])
+            try:
+                header = json.loads(held.read_at(8, n, np.uint8, "the header").tobytes())
+            except (ValueError, RecursionError) as exc:  # not what safe_open validated: changed since
+                raise CorruptFileError(f"{path}: header unreadable ({type(exc).__name__})") from None
             cached = (8 + n, header)
             self._headers[path] = cached
         return cached
 
-    def raw(self, name: str) -> np.ndarray:
-        """The tensor's bytes as stored, memory-mapped (copy-on-write, nothing is read until
-        used): float32/float16/uint8/int8 arrays, bfloat16 as uint16. The map is released
-        with the array, so pages read through it do not accumulate over a conversion."""
+    def raw(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """The tensor's bytes as stored (ROWS [start, stop) only, when given), read from the
+        file's held descriptor into a new array (`source_files`: a mapped source that shrinks
+        kills the process with SIGBUS; a read of it is a typed error): float32/float16/
+        uint8/int8 arrays, bfloat16 as uint16."""
         path = self._where[name]
         start, header = self._entries(path)
         entry = header[name]
@@ -158,18 +167,21 @@ class ShardSet:
             raise CorruptFileError(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
         shape = tuple(int(d) for d in entry["shape"])
         begin, end = (int(x) for x in entry["data_offsets"])
+        first = 0
+        if rows is not None and shape:
+            lo, hi = (max(0, min(int(r), shape[0])) for r in rows)
+            per_row = int(np.prod(shape[1:], dtype=np.int64))
+            first, shape = lo * per_row, (max(hi - lo, 0), *shape[1:])
         count = int(np.prod(shape, dtype=np.int64))
         if count == 0:
             return np.zeros(shape, dtype=dt)
-        try:
-            return np.memmap(path, dtype=dt, mode="c", offset=start + begin, shape=shape)
-        except (OSError, ValueError) as exc:
-            raise CorruptFileError(f"{path}: cannot read tensor {name!r} ({exc})") from None
+        data = self.held(path).read_at(start + begin + first * dt.itemsize, count, dt, f"tensor {name!r}")
+        return data.reshape(shape)
 
     def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of a tensor as `get` returns it; only those pages of the map are read."""
+        """Rows [start, stop) of a tensor as `get` returns it; only those rows are read."""
         kind = self._entries(self._where[name])[1][name]["dtype"]
-        return _widen(self.raw(name)[start:stop], kind, np.float32)
+        return _widen(self.raw(name, (start, stop)), kind, np.float32)
 
     def get(self, name: str, dtype=np.float32) -> np.ndarray:
         """The tensor as a numpy array: floats as `dtype` (float32: the file's own bytes when

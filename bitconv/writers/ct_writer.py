@@ -42,6 +42,7 @@ import numpy as np
 
 from ..archs import architecture_for
 from ..errors import ConversionError, LayoutError, UsageError
+from ..float_range import check_scales as range_check
 from ..ggml_types import FLOAT_BY_NAME, float_to_bytes
 from ..model import LINEAR, OUTPUT
 from ..pack.ct_int2 import CTInt2, strategy_of
@@ -171,7 +172,7 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
             arr = np.asarray(payload)
             if tuple(arr.shape) != tuple(ents[0].shape):
                 raise ConversionError(f"{tp.name}: got shape {list(arr.shape)}, planned {list(ents[0].shape)}")
-            return Encoded([float_to_bytes(arr, FLOAT_BY_NAME[ents[0].dtype])])
+            return Encoded([float_to_bytes(arr, FLOAT_BY_NAME[ents[0].dtype], tp.name)])
         if not isinstance(payload, Ternary) or tuple(payload.shape) != tuple(tp.shape):
             raise ConversionError(f"{tp.name}: expected a ternary [{tp.shape[0]}, {tp.shape[1]}] tensor")
         layout = CTInt2()
@@ -181,8 +182,7 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
             raise ConversionError(f"{tp.name}: scales of shape {list(s.shape)} do not fit the planned "
                                   f"{list(ents[1].shape)}")
         dt = ents[1].dtype
-        if dt == "f16" and not np.all(np.isfinite(s.astype(np.float16))):
-            raise ConversionError(f"{tp.name}: a scale {float(s.max()):.6g} overflows float16",
-                                  hint="convert from a bf16 or f32 model")
+        range_check(tp.name, s, dt, "compressed-tensors'")  # issue 25: f16 overflow / underflow refused
         shape = np.asarray(tp.shape, dtype="<i8")
-        return Encoded([packed.reshape(-1).view(np.uint8), float_to_bytes(s, FLOAT_BY_NAME[dt]), shape.view(np.uint8)])
+        return Encoded([packed.reshape(-1).view(np.uint8), float_to_bytes(s, FLOAT_BY_NAME[dt], tp.name),
+                        shape.view(np.uint8)])

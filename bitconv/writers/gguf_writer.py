@@ -14,7 +14,7 @@ from .. import __version__
 from ..errors import CorruptFileError, LayoutError
 from ..embedding_types import TERNARY_TYPES as TERNARY_EMBEDDING_TYPES
 from ..embedding_types import resolve as resolve_embedding_type
-from ..ggml_types import BF16, F16, F32, FLOAT_BY_NAME, float_to_bytes, narrowing_error
+from ..ggml_types import BF16, F16, F32, FLOAT_BY_NAME, check_narrowed, float_to_bytes
 from ..model import EMBEDDING, LINEAR, NORM, OUTPUT, kind_of
 from ..pack import Layout, get_layout
 from ..plan import ConversionPlan, ConvertOptions, TensorPlan
@@ -58,6 +58,11 @@ class GGUFWriter(Writer, format="gguf"):
         if drop_output and has_output:
             warnings.append("dropped output.weight: the 'bitnet' graph uses token_embd as the output layer")
         refuse_linear_norms(ckpt)
+        if spec.gguf_metadata:
+            check_carried_keys(ckpt, spec.gguf_metadata)
+            if spec.tokenizer_dir is None and "tokenizer.ggml.tokens" not in spec.gguf_metadata:
+                warnings.append("the source GGUF has no tokenizer (no tokenizer.ggml.tokens): the output has none "
+                                "either, and llama.cpp / bitnet.cpp will not load it until one is added")
         tensors: list[TensorPlan] = []
         for src in ckpt.tensors:
             if src.role == OUTPUT and (hp.tie_embeddings or drop_output):
@@ -130,20 +135,27 @@ class GGUFWriter(Writer, format="gguf"):
         if not self._direct(tp):
             return None
         from ..kernels.floats import narrow_f16
+        from ..readers.mapped import chunks
 
         raw = src.load_raw()  # bfloat16 as its uint16 bits (SourceTensor.load_raw)
         view = kernel_view(raw, raw.dtype == np.uint16, tp.name)
         out = np.empty(view.size, dtype=np.int16)
         flat = view.reshape(-1)
-        bad, lost, first = narrow_f16(flat, out)
+        bad = over = 0
+        first_over = first_under = -1
+        amax = umax = 0.0
+        for a, part in chunks(flat):  # the source pages read are given back as it goes
+            b, o, fo, am, um, fu = narrow_f16(part, out[a:a + part.size])
+            bad, over = bad + int(b), over + int(o)
+            if fo >= 0 and first_over < 0:
+                first_over = a + int(fo)
+            amax = max(amax, float(am))
+            if float(um) > umax:  # the first input of the largest size that rounds to 0
+                umax, first_under = float(um), a + int(fu)
         if bad:
             raise_nonfinite(tp.name, int(bad), tuple(src.shape))
-        if lost:  # a finite value F16 cannot hold (1e5 -> inf, 1e-9 -> 0): never written
-            from ..kernels.floats import widen
-
-            one = np.empty(1, dtype=np.float32)
-            widen(flat[first:first + 1], one)
-            raise narrowing_error(tp.name, float(one[0]), int(first), int(lost), "f16", _type_flag(tp))
+        check_narrowed(tp.name, "f16", flat, over, first_over, float(amax), float(umax), first_under,
+                       _type_flag(tp), widen_one=_widen_one)  # 1e5 -> inf, all-tiny -> 0: never written
         return Encoded([out.view(np.uint8)])
 
     def encode(self, plan: ConversionPlan, tp: TensorPlan, payload: Payload) -> Encoded:
@@ -155,6 +167,14 @@ class GGUFWriter(Writer, format="gguf"):
             layout = plan.layout if tp.role == LINEAR else get_layout(tp.out_type)  # token_embd/output as Q2_0
             return Encoded([layout.pack(payload, tp.name)])
         return Encoded([float_to_bytes(payload, FLOAT_BY_NAME[tp.out_type], tp.name, _type_flag(tp))])
+
+
+def _widen_one(raw: np.ndarray) -> float:
+    from ..kernels.floats import widen
+
+    one = np.empty(1, dtype=np.float32)
+    widen(np.ascontiguousarray(raw), one)
+    return float(one[0])
 
 
 def _type_flag(tp: TensorPlan) -> str | None:
@@ -183,6 +203,11 @@ class ArrayPackingGGUFWriter(gguf.GGUFWriter):
 
     def _pack_val(self, val: Any, vtype: gguf.GGUFValueType, add_vtype: bool,
                   sub_type: gguf.GGUFValueType | None = None) -> bytes:
+        if vtype == gguf.GGUFValueType.ARRAY and isinstance(val, (list, tuple)) and not val and sub_type is not None:
+            # an empty array is valid GGUF (ggml reads n = 0); gguf-py refuses to write one,
+            # so a source's empty array is written here: item type, count 0
+            head = self._pack("I", vtype) if add_vtype else b""
+            return head + self._pack("I", sub_type) + self._pack("Q", 0)
         if (vtype == gguf.GGUFValueType.ARRAY and isinstance(val, list) and len(val) >= self._MIN_FAST
                 and self.endianess == gguf.GGUFEndian.LITTLE):
             body = self._pack_array(val, sub_type)
@@ -313,6 +338,54 @@ def _carry_gguf_keys(w: gguf.GGUFWriter, kv: dict[str, Any], arch: str) -> None:
         written.add(key)
 
 
+# `<arch>.X` keys bitconv carries from a GGUF source that describe the tensors: each must
+# agree with them (a foreign file's contradiction would otherwise be copied into the output)
+_EXPERT_KEYS = ("expert_count", "expert_used_count", "expert_shared_count", "expert_group_count")
+
+
+def check_carried_keys(ckpt: Checkpoint, kv: dict[str, Any]) -> None:
+    """Refuse a GGUF source whose model keys contradict its tensors, before anything is
+    written: key/value head sizes that are not the q/k/v rows per head, an expert count in
+    a model without expert tensors, and arrays of arrays (ggml's GGUF reader rejects them,
+    so a carried one makes a file no engine loads)."""
+    hp = ckpt.spec.hparams
+    src = str(ckpt.spec.source.path)
+    src_arch = kv.get("general.architecture", (None,))[0]
+    shapes = {t.name: t.shape for t in ckpt.tensors}
+
+    def rows_per_head(kind: str, heads: int) -> int | None:
+        shape = shapes.get(f"blk.0.{kind}.weight")
+        return int(shape[0]) // heads if shape and heads and int(shape[0]) % heads == 0 else None
+
+    expected: dict[str, tuple[int, str]] = {
+        "attention.key_length": (rows_per_head("attn_k", hp.num_kv_heads) or hp.head_dim, "attn_k rows per kv head"),
+        "attention.value_length": (rows_per_head("attn_v", hp.num_kv_heads) or hp.head_dim, "attn_v rows per kv head"),
+    }
+    if not any(".ffn_gate_exps." in n or ".ffn_up_exps." in n for n in shapes):
+        expected.update({k: (0, "the model has no expert tensors") for k in _EXPERT_KEYS})
+    for key in sorted(kv):
+        value, vtype, sub = kv[key]
+        if vtype == gguf.GGUFValueType.ARRAY and sub == gguf.GGUFValueType.ARRAY and _is_carried(key, src_arch):
+            raise CorruptFileError(f"{src}: {key} is an array of arrays, which ggml's GGUF reader refuses",
+                                   hint="no engine would load an output carrying it; remove the key from the source")
+        if not (src_arch and key.startswith(src_arch + ".")):
+            continue
+        want = expected.get(key[len(src_arch) + 1:])
+        if want is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value != want[0]:
+            raise CorruptFileError(f"{src}: {key} = {value!r} contradicts the tensors ({want[1]}: {want[0]})",
+                                   hint="the file's metadata does not describe its tensors; an engine would "
+                                        "misread it, so it is not carried into a new file")
+
+
+def _is_carried(key: str, src_arch: str | None) -> bool:
+    """Whether `_carry_gguf_keys` / `_copy_tokenizer_kv` copy this source key."""
+    if key.startswith("bitconv.") or key in _OWN_KEYS:
+        return False
+    return key.startswith(("tokenizer.", "general.")) or bool(src_arch and key.startswith(src_arch + "."))
+
+
 def _write_tokenizer(w: gguf.GGUFWriter, plan: ConversionPlan) -> None:
     spec, hp = plan.spec, plan.spec.hparams
     if spec.tokenizer_dir is not None:
@@ -324,7 +397,7 @@ def _write_tokenizer(w: gguf.GGUFWriter, plan: ConversionPlan) -> None:
         tok.add_to_gguf(w)
         plan.warnings.extend(tok.warnings)
     elif spec.gguf_metadata:
-        _copy_tokenizer_kv(w, spec.gguf_metadata)
+        _copy_tokenizer_kv(w, spec.gguf_metadata)  # none: plan() warned
     else:
         plan.warnings.append("the source has no tokenizer: the file cannot be run by an engine as is")
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..archs import architecture_for
 from ..errors import ConversionError, LayoutError, UsageError
+from ..float_range import check_scales as range_check
 from ..ggml_types import FLOAT_BY_NAME, float_to_bytes
 from ..model import EMBEDDING, LINEAR, OUTPUT
 from ..pack.mlx_affine import MLXAffine2, choose_group_size
@@ -194,18 +195,17 @@ class MLXWriter(SafetensorsWriter, format="mlx"):
             arr = np.asarray(payload)
             if tuple(arr.shape) != tuple(ents[0].shape):
                 raise ConversionError(f"{tp.name}: got shape {list(arr.shape)}, planned {list(ents[0].shape)}")
-            return Encoded([float_to_bytes(arr, FLOAT_BY_NAME[ents[0].dtype])])
+            return Encoded([float_to_bytes(arr, FLOAT_BY_NAME[ents[0].dtype], tp.name)])
         if not isinstance(payload, Ternary) or tuple(payload.shape) != tuple(tp.shape):
             raise ConversionError(f"{tp.name}: expected a ternary [{tp.shape[0]}, {tp.shape[1]}] tensor")
         layout = MLXAffine2(plan.layout_metadata["quantization"]["group_size"])
         words = layout.pack_codes(payload.values, tp.name)
         s, b = layout.scales_biases(payload, tp.name)
         dt = ents[1].dtype
-        if dt == "f16" and not np.all(np.isfinite(s.astype(np.float16))):
-            raise ConversionError(f"{tp.name}: a scale {float(s.max()):.6g} overflows float16",
-                                  hint="convert from a bf16 or f32 model")
-        return Encoded([words.reshape(-1).view(np.uint8), float_to_bytes(s, FLOAT_BY_NAME[dt]),
-                        float_to_bytes(b, FLOAT_BY_NAME[dt])])
+        range_check(tp.name, s, dt, "MLX's")  # issue 25: 1e5 -> inf, 1e-9 -> 0 in f16 refused, never written
+        range_check(tp.name, b, dt, "MLX's bias")
+        return Encoded([words.reshape(-1).view(np.uint8), float_to_bytes(s, FLOAT_BY_NAME[dt], tp.name),
+                        float_to_bytes(b, FLOAT_BY_NAME[dt], tp.name)])
 
     @staticmethod
     def _encode_bitnet(tp: TensorPlan, payload: Payload, ents: list[Entry]) -> Encoded:
@@ -217,6 +217,6 @@ class MLXWriter(SafetensorsWriter, format="mlx"):
             raise ConversionError(f"{tp.name}: expected a ternary [{tp.shape[0]}, {tp.shape[1]}] tensor")
         s = np.asarray(payload.scales, dtype=np.float32).reshape(ents[1].shape)
         check_scales(s, tp.name)
-        if ents[1].dtype == "f16" and not np.all(np.isfinite(s.astype(np.float16))):
-            raise ConversionError(f"{tp.name}: a scale {float(s.max()):.6g} overflows float16")
-        return Encoded([HF2Bit().pack_codes(payload.values, tp.name), float_to_bytes(s, FLOAT_BY_NAME[ents[1].dtype])])
+        range_check(tp.name, s, ents[1].dtype, "MLX bitnet's")  # f16 overflow / underflow refused
+        return Encoded([HF2Bit().pack_codes(payload.values, tp.name),
+                        float_to_bytes(s, FLOAT_BY_NAME[ents[1].dtype], tp.name)])

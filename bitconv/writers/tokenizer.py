@@ -109,7 +109,7 @@ def _special_vocab(folder: Path, bpe: bool, n_vocab: int, warnings: list[str]) -
     logger.propagate = False
     try:
         return gguf.SpecialVocab(folder, load_merges=bpe, n_vocab=n_vocab)
-    except (ValueError, TypeError, AttributeError, OSError, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, AttributeError, OSError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptFileError(
             f"{folder}: tokenizer_config.json / tokenizer.json / config.json special tokens unreadable "
             f"({type(exc).__name__}: {exc})".splitlines()[0]
