@@ -165,3 +165,16 @@ def test_engine_folders_are_verify_artifacts(bonsai, tmp_path, fmt):
     bad = verify(out, bonsai, tokens=256, ctx=128, max_weight_error=0.0).to_dict()
     changed = [x for x in bad["tensors"] if x["name"] == "blk.0.ffn_down.weight"]
     assert not bad["passed"] or (changed and (changed[0]["mismatched"] or changed[0]["problem"])), changed
+
+
+@pytest.mark.parametrize("fmt,drop", [("mlx", ".biases"), ("mlx", ".scales"), ("compressed-tensors", ".weight_shape"),
+                                      ("compressed-tensors", ".weight_scale")])
+def test_damaged_engine_folder_is_a_clear_error(bonsai, tmp_path, fmt, drop):
+    out = tmp_path / fmt
+    convert(bonsai, out, format=fmt)
+    t = _st(out)
+    del t["model.layers.0.self_attn.q_proj" + drop]
+    save_file(t, str(out / "model.safetensors"), metadata={"format": "pt"})
+    r = subprocess.run([sys.executable, "-m", "bitconv.cli", "convert", str(out), str(tmp_path / "x.gguf")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "q_proj" in r.stdout + r.stderr

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import CorruptFileError, InputError
 from ..model import SourceTensor
 from ..pack.ct_int2 import CTInt2, OFFSET as CT_OFFSET
 from ..pack.mlx_affine import GROUP_SIZES, MLXAffine2, OFFSET as MLX_OFFSET
@@ -74,10 +74,21 @@ def quantized_tensor(fmt: str, shards: ShardSet, hf_name: str, name: str, role: 
                      config: dict[str, Any]) -> SourceTensor:
     """The SourceTensor of one stored quantized tensor: ternary when exact, else computed floats."""
     base = hf_name[: -len(".weight_packed")] if fmt == CT else hf_name[: -len(".weight")]
+    where = shards.path_of(hf_name)
+    for side in _SIDE[fmt]:
+        if base + side not in shards:
+            raise CorruptFileError(f"{where}: {hf_name} has no {base + side}",
+                                   hint=f"a {fmt} quantized tensor needs {' and '.join(base + x for x in _SIDE[fmt])}")
     words = shards.raw(hf_name)
+    if words.ndim != 2 or words.dtype.itemsize != 4:
+        raise CorruptFileError(f"{where}: {hf_name} is {words.dtype} of shape {list(words.shape)}, "
+                               "not 32-bit words [M, W]")
     if fmt == MLX:
         g = int(config["quantization"]["group_size"])
         scales, biases = shards.get(base + ".scales"), shards.get(base + ".biases")
+        if scales.ndim != 2 or scales.shape != biases.shape or scales.shape[0] != words.shape[0]:
+            raise CorruptFileError(f"{where}: {base}.scales {list(scales.shape)} / .biases {list(biases.shape)} do "
+                                   f"not fit {hf_name} {list(words.shape)}")
         m, k = int(words.shape[0]), int(scales.shape[1]) * g
         lay = MLXAffine2(g)
         exact = (words.shape[1] * 16 == k and count_bad(words, k, MLX_OFFSET) == 0
@@ -92,8 +103,12 @@ def quantized_tensor(fmt: str, shards: ShardSet, hf_name: str, name: str, role: 
             raise InputError(f"{shards.path_of(hf_name)}: {base}.weight_shape {list(shape)} is not [M, K]")
         m, k = shape
         scales = shards.get(base + ".weight_scale")
-        scales = scales.reshape(m, -1) if scales.size % max(m, 1) == 0 else scales
-        g = k // max(scales.shape[-1], 1)
+        if m != words.shape[0] or words.shape[1] != (k + 15) // 16 or scales.size == 0 or scales.size % max(m, 1) \
+                or k % (scales.size // max(m, 1)):
+            raise CorruptFileError(f"{where}: {hf_name} {list(words.shape)} / weight_scale {list(scales.shape)} do not "
+                                   f"fit weight_shape {list(shape)}")
+        scales = scales.reshape(m, -1)
+        g = k // scales.shape[-1]
         exact = count_bad(words, k, CT_OFFSET) == 0 and np.all(scales > 0) and np.all(np.isfinite(scales))
 
         def read():
