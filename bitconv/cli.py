@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -23,8 +24,46 @@ from . import __version__
 from .errors import BitconvError, UsageError
 from .output import Output
 
+def _flags_without_type(params: list) -> list:
+    """typer 0.29+ shows `<bool>` after every flag, which reads as if `--force` took a value
+    (`--force true` then fails): a flag takes no value, so it shows no type."""
+    for param in params:
+        if getattr(param, "is_flag", False) and hasattr(param, "display_type_rich"):
+            param.display_type_rich = lambda ctx=None: None
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    """A typer command whose help reads as click's always did, whatever typer version renders it.
+
+    typer 0.27+ writes required arguments as `{source}` in the usage line and 0.29+ puts
+    `<bool>` after every flag. Here usage shows arguments as SOURCE / [SOURCE] and flags show
+    no type. typer before 0.27 renders that way already; this keeps it so under 0.27-0.29
+    (pyproject allows <0.30: tests/test_help.py checks the text under whatever is installed).
+    """
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))  # with --help, which click adds here
+
+    def collect_usage_pieces(self, ctx):
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if getattr(param, "param_type_name", "") == "argument":
+                name = (param.metavar or param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+class _Group(typer.core.TyperGroup):
+    """The `bitconv` group: its --version / --help flags without `<bool>` (see `_Command`)."""
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="bitconv",
+    cls=_Group,
     help="Convert ternary (BitNet b1.58) checkpoints into GGUF / packed safetensors that real engines run, "
     "and verify what the conversion cost.",
     no_args_is_help=True,
@@ -56,36 +95,48 @@ def _mode(json_: bool, quiet: bool) -> str:
 
 @dataclass
 class Outcome:
-    """What a writing command leaves on disk when it is done: `expected` paths, all renamed
-    into place, or `done` (set once nothing is left to do). An interrupt that lands after
-    that is not a failure: the run succeeded (issue 21: one outcome, one exit code)."""
+    """What a writing command leaves on disk: the `expected` paths. An interrupt that lands
+    after the run's outcome is settled is not a failure of the run (issue 21: one outcome,
+    one exit code): settled when the body set `code` (its exit code, known), or, where
+    `final`, once every expected path was renamed into place (a single convert: nothing
+    after the rename can change the result; not a release that still verifies or uploads,
+    or one with a failed output, whose exit code is not 0)."""
 
     expected: list[Path] = field(default_factory=list)
-    done: bool = False
+    final: bool = True
+    code: int | None = None
 
-    def complete(self, written: list[Path]) -> bool:
-        return self.done or (bool(self.expected) and {str(p) for p in self.expected} <= {str(p) for p in written})
+    def settled(self, written: list[Path]) -> int | None:
+        """The run's exit code if the outcome was settled before the interrupt, else None."""
+        if self.code is not None:
+            return self.code
+        done = self.final and bool(self.expected) and {str(p) for p in self.expected} <= {str(p) for p in written}
+        return 0 if done else None
 
 
 def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | None = None) -> None:
     """Run a command body, mapping typed errors to one line and an exit code.
 
     `outcome` is given for commands that write: an interrupt's message then says exactly
-    what is on disk (`writers.atomic.written`), and a run whose outputs were all renamed
-    into place before the signal landed exits 0. Commands that write nothing (verify,
-    check, ...) say only that they were interrupted.
+    what is on disk (`writers.atomic.written`), and a run whose result was settled before
+    the signal landed keeps its exit code (`Outcome.settled`). Commands that write nothing
+    (verify, check, ...) say only that they were interrupted.
     """
-    from .writers.atomic import Interrupted, cleanup_on_signals, hold_signals, reset_written, written
+    from .writers.atomic import cleanup_on_signals, hold_signals, reset_written, written
+
+    from .one_time import subscribe
 
     reset_written()
     try:
-        with cleanup_on_signals():  # SIGTERM/SIGHUP clean up as Ctrl-C does
+        # SIGTERM/SIGHUP clean up as Ctrl-C does; a one-time step over a second (a first
+        # run's kernel compile) is said in one line instead of silence
+        with cleanup_on_signals(), subscribe(out.note):
             code = fn()
     except BitconvError as exc:
         with hold_signals(reraise=False):
             if debug:
                 traceback.print_exc()
-            out.error(str(exc), written=[str(p) for p in written()])
+            out.error(_with_written(str(exc), exc, written()), written=[str(p) for p in written()])
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as `Interrupted`
         with hold_signals(reraise=False):  # a second signal must not cut this report short
@@ -94,10 +145,19 @@ def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | Non
     except Exception as exc:  # an unexpected failure is a bug: say so, exit 1
         if debug:
             traceback.print_exc()
-        out.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                  written=[str(p) for p in written()])
+        out.error(_with_written(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                                exc, written()), written=[str(p) for p in written()])
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+def _with_written(message: str, exc: BaseException, on_disk: list[Path]) -> str:
+    """An error after some files were renamed into place says which (still one line)."""
+    from .errors import UploadError
+
+    if not on_disk or isinstance(exc, UploadError):  # an upload error already says the release is on disk
+        return message
+    return f"{message}; written before it: {', '.join(escape(str(p)) for p in on_disk)}"
 
 
 def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, on_disk: list[Path]) -> int:
@@ -110,11 +170,13 @@ def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, o
         out.error(what)
         return code
     listed = ", ".join(escape(str(p)) for p in on_disk)
-    if on_disk and outcome.complete(on_disk):
+    settled = outcome.settled(on_disk) if on_disk else None
+    if settled is not None:
         out.warn(f"{name} arrived after the run was complete; it is ignored")
-        out.result({"ok": True, "written": [str(p) for p in on_disk], "late_signal": name})
+        if not out.emitted:  # the body's own result did not get out before the signal
+            out.result({"ok": settled == 0, "written": [str(p) for p in on_disk], "late_signal": name})
         out.info(f"[green]wrote[/green] {listed}")
-        return 0
+        return settled
     if not on_disk:
         out.error(f"{what}; no output was left behind (temporary files removed; nothing existing was changed)")
     else:
@@ -123,6 +185,10 @@ def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, o
                   + (f"; not written: {', '.join(escape(str(p)) for p in missing)}" if missing else "")
                   + " (re-run with --force to replace them)", written=[str(p) for p in on_disk])
     return code
+
+
+def _refuse(exc: BitconvError) -> int:
+    raise exc
 
 
 def parse_size(text: str) -> int:
@@ -169,11 +235,11 @@ class ConvertArgs:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@app.command(epilog=CONVERT_EXAMPLES)
+@app.command(epilog=CONVERT_EXAMPLES, cls=_Command)
 def convert(
     source: Annotated[str, typer.Argument(help="Hub repo id (org/name), local folder, .gguf file, or builtin:NAME.")],
     output: Annotated[str, typer.Argument(help="Output .gguf file (a folder/ with a trailing slash: written into it), or folder for --format safetensors / mlx / compressed-tensors.")],
-    layout: Annotated[str, typer.Option(help="Ternary layout: q2_0, tq2_0, tq1_0 (llama.cpp); i2_s, tl1, tl2 (bitnet.cpp).")] = "tq2_0",
+    layout: Annotated[Optional[str], typer.Option(help="Ternary layout: q2_0, tq2_0, tq1_0 (llama.cpp); i2_s, tl1, tl2 (bitnet.cpp). Default: the layout of the engine that runs the model (relu² BitNet: i2_s for bitnet.cpp; SiLU BitNet, Llama, Qwen3: tq2_0 for llama.cpp), named in a note.", show_default=False)] = None,
     format: Annotated[str, typer.Option("--format", help="gguf, safetensors (Hugging Face packed bitnet), mlx (mlx-lm) or compressed-tensors (vLLM pack-quantized int2).")] = "gguf",
     group_size: Annotated[str, typer.Option(help="Scale group: tensor, row, or N values along K.")] = "tensor",
     embedding_type: Annotated[str, typer.Option(help="token_embd type: auto (q2_0 when ternary in the source and --layout q2_0, else f16), f16, bf16, f32 or q2_0.")] = "auto",
@@ -207,8 +273,13 @@ def convert(
     every output into the folder OUTPUT from one read of the source, with a manifest.
     """
     out = Output(_mode(json_, quiet))
-    layouts = [x.strip() for x in layout.split(",") if x.strip()]
     formats = [x.strip() for x in format.split(",") if x.strip()]
+    if layout is not None and formats and "gguf" not in [f.lower() for f in formats]:
+        _run(out, debug, lambda: _refuse(UsageError(
+            f"--layout {layout} applies to GGUF output, but --format {format} has one packing of its own",
+            hint="drop --layout, or add gguf to --format")))
+    layouts = [x.strip() for x in (layout or "auto").split(",") if x.strip()]
+    layout = layout or "auto"
     several = len(layouts) > 1 or len(formats) > 1
     release_mode = several or bool(manifest) or model_card or verify_ or upload_repo is not None
 
@@ -254,6 +325,8 @@ def _convert_body(out: Output, source: str, output: str, layout: str, format: st
 
         result = run_convert(source, output, layout=layout, format=format, force=force, dry_run=dry_run,
                              progress=on_tensor, on_plan=on_plan, **args.kwargs())
+    if outcome is not None:
+        outcome.code = 0
     for w in result.plan.warnings[task.get("warned", 0):]:  # found while writing (e.g. the tokenizer's)
         out.warn(w)
     data = result.to_dict()
@@ -280,6 +353,7 @@ def _release_body(out: Output, source: str, output: str, layouts: list[str], for
     def on_plan(planned) -> None:
         if outcome is not None:
             outcome.expected = planned.paths()
+            outcome.final = not (verify or upload_repo) and all(t.ok for t in planned.targets)
 
     with _progress(out) as bar:
         task = bar.add_task("converting", total=None) if bar is not None and not dry_run else None
@@ -293,7 +367,7 @@ def _release_body(out: Output, source: str, output: str, layouts: list[str], for
             **args.kwargs(),
         )
     if outcome is not None:
-        outcome.done = True
+        outcome.code = result.exit_code
     out.result(result.to_dict())
     if out.human:
         if dry_run:
@@ -309,15 +383,14 @@ def _release_body(out: Output, source: str, output: str, layouts: list[str], for
 
 
 def _progress(out: Output):
+    """convert's progress bar on stderr in a terminal; rates from work done (bitconv/progress.py)."""
     from contextlib import nullcontext
 
     if not out.show_progress:
         return nullcontext(None)
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from .progress import bytes_progress
 
-    return Progress(TextColumn("{task.description:<28}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=out.err, transient=True)
+    return bytes_progress(out.err)
 
 
 def _render_codegen(out: Output, plan, dry_run: bool = False) -> None:
@@ -375,6 +448,8 @@ def _source_cell(tp) -> str:
     kind = tp.source_kind or ""
     if kind in ("exact_ternary", "packed_ternary"):
         kind += f" ({tp.source.group or 'tensor'})"
+    elif kind == "float":  # not a linear: say which float tensor it is (norm, embedding, output layer)
+        kind = "float " + {"output": "output layer"}.get(tp.role, tp.role)
     return kind
 
 
@@ -408,7 +483,7 @@ def _render_release(out: Output, result) -> None:
         out.info(f"uploaded: {result.uploaded}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def check(
     manifest: Annotated[Path, typer.Argument(help="A bitconv-manifest.json.")],
     source: Annotated[Optional[Path], typer.Option("--source", help="Where the local source folder (or file) is now; the manifest names it only by name.")] = None,
@@ -425,7 +500,7 @@ def check(
         out.result(report)
         if out.human:
             for p in report["problems"]:
-                out.err.print(f"[red]mismatch:[/red] {p}")
+                out.err.print(f"[red]mismatch:[/red] {escape(p)}", soft_wrap=True)
             for n in report["notes"]:
                 out.warn(n)
             out.info(f"checked {report['checked']} file(s): " + ("[green]all match[/green]" if report["ok"] else
@@ -435,7 +510,7 @@ def check(
     _run(out, debug, body)
 
 
-@app.command()
+@app.command(cls=_Command)
 def inspect(
     file: Annotated[Path, typer.Argument(help="A .gguf file, or a safetensors file or model folder.")],
     kernel_config: Annotated[Optional[Path], typer.Option(help="Check every TL tensor's tiles against a bitnet.cpp build's include/kernel_config.ini; exit 1 naming each tensor that differs or whose shape the build lacks.")] = None,
@@ -492,7 +567,7 @@ def _render_kernel_check(out: Output, check) -> None:
         out.err.print(f"[red]kernel config mismatch:[/red] {escape(check.summary())}", soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def doctor(
     file: Annotated[Path, typer.Argument(help="Any .gguf file (bitconv's or another tool's).")],
     engine: Annotated[Optional[str], typer.Option(help="Check for this engine: llama.cpp or bitnet.cpp (default: the one the file's types point to).")] = None,
@@ -515,7 +590,7 @@ def doctor(
     _run(out, debug, body)
 
 
-@app.command()
+@app.command(cls=_Command)
 def verify(
     artifact: Annotated[str, typer.Argument(help="A GGUF file (bitconv's or another tool's) or packed safetensors folder.")],
     source: Annotated[str, typer.Option("--source", help="The model it was converted from (as for convert).")],
@@ -547,13 +622,14 @@ def verify(
     def body() -> int:
         from .verify import render_report, verify as run_verify
 
-        report = run_verify(
-            artifact, source, text=text, tokens=tokens, ctx=ctx, device=device, act_quant=act_quant,
-            reference=reference, max_ppl_increase=_fraction(max_ppl_increase), min_top1=min_top1,
-            max_weight_error=max_weight_error, max_kl=max_kl, dtype=dtype, score_from=score_from,
-            fast=fast, revision=revision, kernel_config=kernel_config, source_i2s_variant=source_i2s_variant,
-            act=act, kv_bits=kv_bits,
-        )
+        with _verify_progress(out, tokens) as on_progress:
+            report = run_verify(
+                artifact, source, text=text, tokens=tokens, ctx=ctx, device=device, act_quant=act_quant,
+                reference=reference, max_ppl_increase=_fraction(max_ppl_increase), min_top1=min_top1,
+                max_weight_error=max_weight_error, max_kl=max_kl, dtype=dtype, score_from=score_from,
+                fast=fast, revision=revision, kernel_config=kernel_config, source_i2s_variant=source_i2s_variant,
+                act=act, kv_bits=kv_bits, progress=on_progress,
+            )
         data = report.to_dict()
         data["ok"] = bool(report.passed)
         out.result(data)
@@ -562,6 +638,28 @@ def verify(
         return 0 if report.passed else 1
 
     _run(out, debug, body)
+
+
+@contextmanager
+def _verify_progress(out: Output, tokens: int):
+    """verify's progress on stderr in a terminal (nothing with --json / --quiet): it runs all
+    windows through one decoder layer at a time, so the bar moves per layer and its rate is
+    tokens through the whole model per second (layers done / layers x tokens, from work done)."""
+    if not out.show_progress:
+        yield None
+        return
+    from .progress import count_progress
+
+    with count_progress(out.err, "tokens") as bar:
+        task = bar.add_task(f"scoring ≤{tokens} tokens", total=float(tokens))
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage == "layer" and total:
+                bar.update(task, completed=tokens * done / total, description=f"layer {done}/{total}")
+            elif stage == "metrics":
+                bar.update(task, description="comparing logits" if done < total else "done")
+
+        yield on_progress
 
 
 def _fraction(text: str) -> float:

@@ -14,9 +14,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .default_layout import AUTO, choose_gguf_plan
 from .embedding_types import TERNARY_TYPES as TERNARY_EMBEDDING_TYPES
 from .embedding_types import parse_type as parse_embedding_type
-from .errors import OutputExistsError, UsageError
+from .errors import UsageError
 from .model import LINEAR
 from .pack import layout_class, layout_names
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
@@ -38,7 +39,7 @@ def convert(
     source: str | Path,
     output: str | Path,
     *,
-    layout: str = "tq2_0",
+    layout: str = "auto",
     format: str = "gguf",
     group_size: str | int = "tensor",
     embedding_type: str = "auto",
@@ -81,7 +82,8 @@ def convert(
         max_shard_size=max_shard_size, name=name, ternarize=ternarize,
     )
     writer = get_writer(options.format)
-    if options.format == "gguf":
+    auto = options.format == "gguf" and options.layout == AUTO
+    if options.format == "gguf" and not auto:
         layout_class(options.layout)  # an unknown --layout is a usage error, before any download
     into_folder = into_folder and options.format == "gguf"
     if into_folder:
@@ -104,8 +106,13 @@ def convert(
     if emit is not None:
         check_emit_path(emit, output, checkpoint_paths(ckpt, options), force=force, dry_run=dry_run)
     kind_notes = decide_source_kinds(ckpt, ternarize=options.ternarize)
-    plan = writer.plan(ckpt, output, options)
-    plan.notes = kind_notes + plan.notes
+    if auto:  # the layout of the engine that runs this family, said in a note (default_layout.py)
+        plan, why = choose_gguf_plan(ckpt, output, options)
+        options = plan.options
+        plan.notes = kind_notes + [why] + plan.notes
+    else:
+        plan = writer.plan(ckpt, output, options)
+        plan.notes = kind_notes + plan.notes
     if on_plan is not None:
         on_plan(plan)
     kernel_ini = kernel_config_for(plan) if emit is not None else None

@@ -181,9 +181,13 @@ def check_container(c: _Ctx) -> Iterable[Finding]:
                           f"GGML type {info.ggml_type} is not a type bitconv knows for shape {list(info.shape)}",
                           "engines that do not know it refuse the file; check which tool wrote it")
     ordered = sorted((i for i in f.index if i.nbytes is not None), key=lambda i: i.offset)
+    cut = getattr(f, "truncation", None)
+    if cut is not None:  # once for the file: where it ends and every tensor past it (any type)
+        yield Finding("truncated", "error", cut.subject(), cut.message(),
+                      "the file is truncated: download or write it again")
     for info in ordered:
         end = info.offset + info.nbytes
-        if end > c.size:
+        if end > c.size and cut is None:
             yield Finding("truncated", "error", info.name,
                           f"its {info.type_name} data needs {info.nbytes} bytes from byte {info.offset} "
                           f"but the file ends at {c.size}", "the file is truncated: download or write it again")

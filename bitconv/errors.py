@@ -65,3 +65,13 @@ class SourceChangedError(ConversionError):
 
 class VerificationFailed(BitconvError):
     """An artifact crossed a verify threshold."""
+
+
+class UploadError(BitconvError):
+    """The release is written but could not be published (offline, network, auth, no repo).
+    Exit 2 when the fix is the user's input or setup (offline mode, a token, a repo name),
+    1 when the Hub or the network failed."""
+
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int = 1) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code

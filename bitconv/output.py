@@ -70,6 +70,7 @@ class SafeConsole(Console):
 class Output:
     def __init__(self, mode: str = "human") -> None:
         self.mode = mode  # "human" | "json" | "quiet"
+        self.emitted = False  # a result document was written (--json prints exactly one)
         self.console = SafeConsole(stderr=False, highlight=False)
         self.err = SafeConsole(stderr=True, highlight=False)
 
@@ -85,6 +86,11 @@ class Output:
         """`soft_wrap`: never break the line (commands meant to be copied and pasted)."""
         if self.human:
             self.console.print(message, soft_wrap=soft_wrap)
+
+    def note(self, message: str) -> None:
+        """What the tool is doing that the user may wonder about (stderr; human mode only)."""
+        if self.human:
+            self.err.print(f"[cyan]note:[/cyan] {message}", soft_wrap=True)  # one line, for grep and tests
 
     def warn(self, message: str) -> None:
         if self.mode != "quiet":
@@ -105,5 +111,6 @@ class Output:
             self.console.print(table)
 
     def result(self, data: dict[str, Any]) -> None:
+        self.emitted = True
         if self.mode == "json":
             sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 from . import __version__
 from .convert import (build_options, check_emit_applies, check_emit_path, checkpoint_paths, kernel_config_for,
                       local_source_paths, prepare_tensors, source_snapshot)
-from .errors import BitconvError, ConversionError, InputError, OutputExistsError, UsageError
+from .errors import BitconvError, ConversionError, InputError, OutputExistsError, UploadError, UsageError
 from .model import SourceInfo
 from .plan import ConversionPlan, ConvertOptions, TensorPlan
 from .quant import TensorStats
@@ -317,6 +317,8 @@ def release(
     _check_not_source(outdir, paths, checkpoint_paths(ckpt))
     # what each source tensor is, before any folder is made (a float model is refused here)
     decide_source_kinds(ckpt, ternarize=bool(option_kwargs.get("ternarize")))
+    if "gguf" in formats and "auto" in layouts:  # no --layout: the one the model's engine runs
+        layouts, paths = _resolve_auto(ckpt, outdir, layouts, paths, option_kwargs)
     if dry_run:
         return _release(ckpt, source, outdir, layouts, formats, keep_going, write_manifest, model_card, verify,
                         verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
@@ -331,11 +333,12 @@ def release(
                         verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
                         progress, option_kwargs, start, on_plan)
     except BaseException:
-        for p in created:  # folders this call made, while still empty: nothing of the user's
-            try:
-                p.rmdir()
-            except OSError:
-                break
+        with hold_signals(reraise=False):  # a second signal must not leave the folders behind
+            for p in created:  # folders this call made, while still empty: nothing of the user's
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
         raise
 
 
@@ -349,6 +352,19 @@ def _check_not_source(outdir: Path, paths: dict[str, Path] | None, sources: list
         return
     for p in (*paths.values(), outdir / MANIFEST_NAME, outdir / "README.md"):
         check_not_source(Path(p), sources)
+
+
+def _resolve_auto(ckpt: Checkpoint, outdir: Path, layouts: list[str], paths: dict[str, Path] | None,
+                  option_kwargs: dict[str, Any]) -> tuple[list[str], dict[str, Path] | None]:
+    """Replace `auto` in LAYOUTS (and as a key of PATHS) by the default layout for CKPT."""
+    from .default_layout import AUTO, choose_gguf_plan
+
+    plan, _why = choose_gguf_plan(ckpt, outdir / "default.gguf", build_options(layout=AUTO, **option_kwargs))
+    chosen = plan.options.layout
+    layouts = list(dict.fromkeys(chosen if x == AUTO else x for x in layouts))
+    if paths and AUTO in paths:
+        paths = {(chosen if k == AUTO else k): v for k, v in paths.items()}
+    return layouts, paths
 
 
 def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_going, write_manifest, model_card,
@@ -629,9 +645,10 @@ def check_manifest(path: str | Path, source: str | Path | None = None) -> dict[s
         if p.is_file() and "bytes" in a and p.stat().st_size != a["bytes"]:
             problems.append(f"artifact changed: {a['path']} ({p.stat().st_size} bytes != {a['bytes']})")
             continue
-        digest = _hash_artifact(p)[0]
+        digest, _, files = _hash_artifact(p)
         if digest != a["sha256"]:
-            problems.append(f"artifact changed: {a['path']} (sha256 {digest[:12]}… != {a['sha256'][:12]}…)")
+            each = _folder_changes(a, files) if files is not None and isinstance(a.get("files"), dict) else []
+            problems.extend(each or [f"artifact changed: {a['path']} (sha256 {digest[:12]}… != {a['sha256'][:12]}…)"])
     for f, p in sources:
         if p is None:
             problems.append(f"source file not checkable here: {f['path']}")
@@ -643,6 +660,18 @@ def check_manifest(path: str | Path, source: str | Path | None = None) -> dict[s
             problems.append(f"source file changed: {p}")
     return {"manifest": str(path), "checked": checked, "ok": not problems, "problems": problems,
             "source_checked": note is None and src_root is not None, "notes": notes}
+
+
+def _folder_changes(artifact: dict[str, Any], now: dict[str, str]) -> list[str]:
+    """Each file of a folder artifact (packed safetensors) that is missing, changed or new,
+    against the per-file sha256s the manifest recorded (issue 21: name each one)."""
+    recorded: dict[str, str] = artifact["files"]
+    name = artifact["path"]
+    out = [f"missing file of artifact {name}: {rel}" for rel in sorted(recorded) if rel not in now]
+    out += [f"file of artifact {name} changed: {rel} (sha256 {now[rel][:12]}… != {str(recorded[rel])[:12]}…)"
+            for rel in sorted(recorded) if rel in now and now[rel] != recorded[rel]]
+    out += [f"file of artifact {name} not in the manifest: {rel}" for rel in sorted(now) if rel not in recorded]
+    return out
 
 
 def _source_root(src: dict[str, Any], given: str | Path | None,
@@ -735,10 +764,49 @@ def render_model_card(ckpt: Checkpoint, targets: list[Target], outdir: Path) -> 
 
 
 def upload(outdir: Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
-    """Publish OUTDIR with huggingface_hub's public API (create_repo + upload_folder)."""
-    from huggingface_hub import HfApi
+    """Publish OUTDIR with huggingface_hub's public API (create_repo + upload_folder).
 
-    api = HfApi(token=token)
-    url = api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(outdir), commit_message=f"bitconv {__version__} release")
+    Every failure is one typed line that says the release is on disk (`UploadError`):
+    offline mode, no or a refused token, a missing repository, the network, the Hub."""
+    from huggingface_hub import HfApi
+    from huggingface_hub import errors as hf_errors
+
+    kept = f"the release is written in {outdir}"
+    try:
+        api = HfApi(token=token)
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(outdir), commit_message=f"bitconv {__version__} release")
+    except hf_errors.OfflineModeIsEnabled:
+        raise UploadError(f"not uploaded to {repo_id}: HF_HUB_OFFLINE is set, so the Hub cannot be reached; {kept}",
+                          hint="unset HF_HUB_OFFLINE and run again with --force", exit_code=2) from None
+    except hf_errors.LocalTokenNotFoundError:
+        raise UploadError(f"not uploaded to {repo_id}: no Hub token; {kept}",
+                          hint="log in with `hf auth login` or set HF_TOKEN", exit_code=2) from None
+    except hf_errors.RepositoryNotFoundError:
+        raise UploadError(f"not uploaded to {repo_id}: no such repository, or this token cannot see it; {kept}",
+                          hint="check the repo name and that the token may write to it", exit_code=2) from None
+    except hf_errors.HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise UploadError(f"not uploaded to {repo_id}: the Hub refused the token (HTTP {status}); {kept}",
+                              hint="use a token with write access (`hf auth login` or HF_TOKEN)", exit_code=2) from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UploadError(f"not uploaded to {repo_id}: the Hub answered HTTP {status} ({first}); {kept}",
+                          hint="try again later") from None
+    except Exception as exc:
+        if not _is_network_error(exc):
+            raise
+        raise UploadError(f"not uploaded to {repo_id}: the Hub could not be reached ({type(exc).__name__}); {kept}",
+                          hint="check the network and run again with --force") from None
     return str(url)
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """A connection, DNS or timeout failure, from the OS or the HTTP client huggingface_hub
+    uses (httpx, or requests in older versions)."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    names = {"TransportError", "RequestError", "ConnectionError", "ConnectError", "Timeout", "TimeoutException",
+             "NetworkError", "ProtocolError"}
+    return any(c.__name__ in names and c.__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
+               for c in type(exc).__mro__)

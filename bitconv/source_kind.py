@@ -5,7 +5,8 @@
 | `packed_ternary` | ternary on disk (HF uint8 + weight_scale, a GGUF)   | its own `t` and scales      |
 | `exact_ternary`  | float weights that are exactly `s·t` per group      | `t` and scales recovered    |
 | `bitnet_latent`  | latent weights of a BitNet model (ternarized online)| absmean, as the model does  |
-| `plain_float`    | anything else                                       | refused, unless --ternarize |
+| `plain_float`    | a float linear of any other model                   | refused, unless --ternarize |
+| `float`          | not a linear: embedding, output layer, norm         | kept as floats (f16/f32...) |
 
 A BitNet model is one whose family is a BitNet architecture or whose config carries a
 bitnet `quantization_config`: transformers ternarizes its float weights with absmean at
@@ -40,7 +41,8 @@ class SourceKind(str, Enum):
     PACKED = "packed_ternary"
     EXACT = "exact_ternary"
     LATENT = "bitnet_latent"
-    FLOAT = "plain_float"
+    FLOAT = "plain_float"  # a float *linear* of a model that is neither BitNet nor ternary
+    KEPT_FLOAT = "float"  # not a linear (embedding, output layer, norm): floats, kept as floats
 
     def __str__(self) -> str:  # JSON and messages show the value
         return self.value
@@ -140,9 +142,9 @@ def decide_source_kinds(ckpt: "Checkpoint", *, ternarize: bool = False) -> list[
             if found is not None:
                 mark_exact(st, found)
             else:
-                st.kind = SourceKind.FLOAT
+                st.kind = SourceKind.KEPT_FLOAT
         else:
-            st.kind = SourceKind.PACKED if st.is_ternary else SourceKind.FLOAT
+            st.kind = SourceKind.PACKED if st.is_ternary else SourceKind.KEPT_FLOAT
     exact = [t for t in ckpt.tensors if t.kind == SourceKind.EXACT]
     if exact:
         groups = Counter(str(t.group) for t in exact)

@@ -77,7 +77,9 @@ def train_tokenizer(text_path: Path, vocab_size: int):
         processors.ByteLevel(trim_offsets=False),
         processors.TemplateProcessing(
             single=f"{BOS} $A",
-            pair=f"{BOS} $A {BOS} $B",
+            # one BOS for a pair too: gguf-py's SpecialVocab reads a BOS between A and B as an
+            # unknown separator and warns on every GGUF conversion (the demo never encodes pairs)
+            pair=f"{BOS} $A $B",
             special_tokens=[(BOS, bos_id)],
         ),
     ])

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from bitconv import __version__
 from bitconv.cli import app
 from bitconv.readers.gguf_file import GGUFFile
+import waiting
 
 runner = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1"})
 
@@ -89,7 +90,7 @@ def test_dry_run_writes_nothing_and_lists_plan(silu_ckpt, tmp_path, tq2_file):
 
 
 def test_dry_run_reports_refusals_too(relu2_ckpt, tmp_path):
-    r = run("convert", relu2_ckpt, tmp_path / "x.gguf", "--dry-run")
+    r = run("convert", relu2_ckpt, tmp_path / "x.gguf", "--layout", "tq2_0", "--dry-run")
     assert r.exit_code == 2 and "relu2" in r.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -170,8 +171,8 @@ def test_exit_codes(silu_ckpt, tmp_path):
 
 def test_console_script_json_error(tmp_path):
     """The installed entry point: --json errors are one JSON document on stdout, exit 2."""
-    p = subprocess.run([sys.executable, "-m", "bitconv.cli", "convert", str(tmp_path / "nope"),
-                        str(tmp_path / "x.gguf"), "--json"], capture_output=True, text=True, timeout=120)
+    p = waiting.run([sys.executable, "-m", "bitconv.cli", "convert", str(tmp_path / "nope"),
+                     str(tmp_path / "x.gguf"), "--json"], 120, capture_output=True, text=True)
     assert p.returncode == 2
     doc = json.loads(p.stdout)
     assert doc["ok"] is False and str(tmp_path / "nope") in doc["error"]

@@ -4,7 +4,6 @@ dry runs alike; and every file a mode writes is exactly what its dry run lists (
 
 from __future__ import annotations
 
-import configparser
 import dataclasses
 import inspect
 import json
@@ -18,12 +17,6 @@ from bitconv.pack.tiles import read_kernel_config
 from bitconv.release import MANIFEST_NAME
 
 from hostile_helpers import assert_refused, run_cli, temp_leftovers
-
-
-def _ini_shapes(path: Path) -> set[tuple[int, int]]:
-    parser = configparser.ConfigParser()
-    parser.read(path)
-    return {(int(parser[s]["m"]), int(parser[s]["k"])) for s in parser.sections()}
 
 
 def test_every_convert_option_reaches_every_mode():
@@ -140,3 +133,39 @@ def test_trailing_slash_writes_into_the_folder(silu_ckpt, tmp_path):
     assert_refused(r, contains=("trailing slash", "is not a folder"))
     assert a_file.read_text() == "mine"
     assert temp_leftovers(tmp_path) == []
+
+
+def test_single_output_with_manifest_beside_the_source(silu_ckpt, tmp_path, monkeypatch):
+    """Issue 25, 7: `convert src o.gguf --manifest` run from the folder holding src/ was refused
+    as "output contains the source"; the folder is written into, never replaced."""
+    import shutil
+
+    shutil.copytree(silu_ckpt, tmp_path / "src")
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("convert", "src", "o.gguf", "--manifest")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o.gguf").is_file() and (tmp_path / MANIFEST_NAME).is_file()
+    r = run_cli("convert", "src", "src/o.gguf", "--manifest")  # inside the source folder: still refused
+    assert_refused(r, contains=("source",))
+    assert not (tmp_path / "src" / "o.gguf").exists() and not (tmp_path / "src" / MANIFEST_NAME).exists()
+
+
+def test_an_error_after_outputs_were_written_names_them(silu_ckpt, tmp_path, monkeypatch):
+    """An error that stops a release after its outputs were renamed into place (here a typed
+    error from verify) says which files are on disk, in the one error line and in --json."""
+    import bitconv.verify as ver
+    from bitconv.errors import InputError
+
+    def refuse(*a, **k):
+        raise InputError("the evaluation text is empty")
+
+    monkeypatch.setattr(ver, "verify", refuse)
+    out = tmp_path / "rel"
+    r = run_cli("convert", silu_ckpt, out, "--layout", "tq2_0,i2_s", "--verify")
+    line = assert_refused(r, contains=("evaluation text is empty", "written before it"))
+    on_disk = sorted(p.name for p in out.iterdir())
+    assert on_disk == [f"{Path(silu_ckpt).name}-i2_s.gguf", f"{Path(silu_ckpt).name}-tq2_0.gguf"]
+    assert all(n in line for n in on_disk) and MANIFEST_NAME not in on_disk
+    r = run_cli("convert", silu_ckpt, out, "--layout", "tq2_0,i2_s", "--verify", "--force", "--json")
+    assert r.exit_code == 2
+    assert sorted(Path(p).name for p in json.loads(r.stdout)["written"]) == on_disk

@@ -438,24 +438,26 @@ def test_relu2_to_tq_refused_with_reason_and_alternative(relu2_ckpt, tmp_path, l
 
 def test_relu2_allowed_with_override_warns(relu2_ckpt, tmp_path):
     out = tmp_path / "r.gguf"
-    r = runner.invoke(app, ["convert", str(relu2_ckpt), str(out), "--allow-engine-mismatch"])
+    r = runner.invoke(app, ["convert", str(relu2_ckpt), str(out), "--layout", "tq2_0", "--allow-engine-mismatch"])
     assert r.exit_code == 0, r.output
     assert "warning:" in r.stderr and "relu2" in r.stderr
     f = GGUFFile(out)
     assert f.get("bitnet.hidden_activation") == "relu2" and f.get("bitconv.hidden_act") == "relu2"
     assert json.loads(f.get("bitconv.options"))["allow_engine_mismatch"] is True
-    res = convert(relu2_ckpt, tmp_path / "r2.gguf", allow_engine_mismatch=True)
+    res = convert(relu2_ckpt, tmp_path / "r2.gguf", layout="tq2_0", allow_engine_mismatch=True)
     assert any("relu2" in w for w in res.plan.warnings)
 
 
 def test_untied_lm_head_to_tq_refused(untied_silu_ckpt, tmp_path):
     out = tmp_path / "u.gguf"
     with pytest.raises(LayoutError) as ei:
-        convert(untied_silu_ckpt, out)
+        convert(untied_silu_ckpt, out, layout="tq2_0")
     msg = str(ei.value)
     assert "lm_head" in msg and "token_embd" in msg and "--allow-engine-mismatch" in msg
     assert list(tmp_path.iterdir()) == []
-    res = convert(untied_silu_ckpt, out, allow_engine_mismatch=True)
+    with pytest.raises(LayoutError, match="no GGUF engine runs"):  # nor does a default layout guess one
+        convert(untied_silu_ckpt, out)
+    res = convert(untied_silu_ckpt, out, layout="tq2_0", allow_engine_mismatch=True)
     assert any("lm_head" in w for w in res.plan.warnings)
     assert any("output.weight" in w for w in res.plan.warnings)  # dropped: the graph cannot hold it
     assert "output.weight" not in GGUFFile(out).tensors

@@ -24,6 +24,7 @@ from bitconv.writers import atomic
 from bitconv.writers.atomic import exclusive_rename, is_bitconv_output
 
 from hostile_helpers import assert_refused, run_cli, temp_leftovers, tree_digest
+import waiting
 
 
 @pytest.fixture
@@ -300,8 +301,9 @@ def test_two_processes_racing_for_one_path(src, outdir):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
-    codes = sorted(p.wait(timeout=300) for p in procs)
-    errs = [p.stderr.read() for p in procs]
+    done = [waiting.communicate(p, 300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    errs = [err for _, err in done]
     assert codes in ([0, 2],), (codes, errs)
     assert temp_leftovers(outdir) == [] and [p.name for p in outdir.iterdir()] == ["m.gguf"]
     convert(src, outdir / "check.gguf", layout="i2_s")
@@ -310,7 +312,10 @@ def test_two_processes_racing_for_one_path(src, outdir):
 
 # -- signals ----------------------------------------------------------------------------
 _SLOW = textwrap.dedent("""
-    import sys, time, pathlib
+    import signal, sys, time, pathlib
+    # Ctrl-C as in a terminal, even when the suite runs where SIGINT is ignored (a job started
+    # with `&` in a script): Python then inherits SIG_IGN and would sleep through the signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import bitconv.convert as conv
     original = conv.prepare_tensors
     def slow(*a, **k):
@@ -318,7 +323,7 @@ _SLOW = textwrap.dedent("""
             yield item
             if i == 2:
                 pathlib.Path(sys.argv[1]).write_text("ready")
-                time.sleep(120)
+                time.sleep(3600)  # until the signal; the test's budget ends a hang
     conv.prepare_tensors = slow
     from bitconv.cli import app
     app(sys.argv[2:])
@@ -338,13 +343,11 @@ def test_signal_cleans_up_and_keeps_earlier_output(src, outdir, tmp_path, sig, f
     p = subprocess.Popen([sys.executable, "-c", _SLOW, str(ready), "convert", str(src), str(target),
                           "--format", fmt, "--force", "--group-size", "row"],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not ready.exists() and p.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    waiting.wait_for(ready.exists, 120, proc=p)  # the event; the budget stretches with the load
     assert ready.exists(), p.communicate()
     assert temp_leftovers(outdir), "the conversion should be writing its temporary output now"
     p.send_signal(sig)
-    _, err = p.communicate(timeout=60)
+    _, err = waiting.communicate(p, 60)
     assert p.returncode == 128 + sig or (sig == signal.SIGINT and p.returncode == 130), (p.returncode, err)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert [ln for ln in lines if ln.startswith("error:")] == lines[-1:], err

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import waiting
 
 
 @pytest.mark.slow
@@ -27,8 +28,8 @@ def test_thread_count_does_not_change_the_bytes(ckpt_factory, tmp_path, layout, 
         out = tmp_path / f"t{threads}.gguf"
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        p = subprocess.run([sys.executable, "-m", "bitconv.cli", "convert", str(src), str(out), "--layout", layout,
-                            "--group-size", group, "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+        p = waiting.run([sys.executable, "-m", "bitconv.cli", "convert", str(src), str(out), "--layout", layout,
+                         "--group-size", group, "--quiet"], 300, env=env, capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
         digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
     assert digests[0] == digests[1]

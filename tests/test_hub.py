@@ -21,6 +21,7 @@ import pytest
 from bitconv.convert import convert
 from bitconv.errors import SourceNotFoundError
 from bitconv.readers.gguf_file import GGUFFile
+import waiting
 
 REPO = "bitconv-test/tiny-bitnet"
 
@@ -63,8 +64,8 @@ def env_for(hf_home: Path) -> dict[str, str]:
 
 
 def bitconv_cli(hf_home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bitconv.cli", *map(str, args)], env=env_for(hf_home),
-                          capture_output=True, text=True, timeout=180)
+    return waiting.run([sys.executable, "-m", "bitconv.cli", *map(str, args)], 180, env=env_for(hf_home),
+                       capture_output=True, text=True)
 
 
 def tensor_bytes(path: Path) -> dict[str, bytes]:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+import waiting
+
 pytestmark = pytest.mark.slow
 
 MiB = 1024 * 1024
@@ -60,8 +62,8 @@ print(json.dumps({"linears": len(r.stats), "bytes": r.output_bytes}))
 
 def peak_rss(code: str, *args: str) -> tuple[dict, int]:
     env = dict(os.environ, TORCHDYNAMO_DISABLE="1", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
-    p = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-c", code, *map(str, args)],
-                       env=env, capture_output=True, text=True, timeout=300)
+    p = waiting.run([sys.executable, "-c", LAUNCHER, sys.executable, "-c", code, *map(str, args)], 300,
+                    env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     rss = int(next(ln for ln in reversed(lines) if ln.startswith("@@MAXRSS")).split()[1])

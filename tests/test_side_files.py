@@ -157,3 +157,51 @@ def test_side_file_guard_is_the_outputs_guard(tmp_path):
             st.text(tmp_path / "new.md", ours, ours=is_bitconv_model_card, what="model card")
             raise RuntimeError("failed later")
     assert sorted(os.listdir(tmp_path)) == ["README.md"]
+
+
+# -- --force into an empty folder (issue 25, 7): nothing to lose, and nothing lost in a race ----
+@pytest.mark.parametrize("fmt", ["gguf", "safetensors"])
+def test_force_into_an_empty_folder_still_needs_force(silu_ckpt, out, fmt):
+    from bitconv.convert import convert
+
+    (out / "empty").mkdir()
+    r = run_cli("convert", silu_ckpt, out / "empty", "--format", fmt)
+    assert_refused(r, outdir=out, contains=("already exists", "--force"), keep={"empty"})
+    r = run_cli("convert", silu_ckpt, out / "empty", "--format", fmt, "--force")
+    assert r.exit_code == 0, r.output
+    convert(silu_ckpt, out / "check", format=fmt)
+    assert list(tree_digest(out / "empty").values()) == list(tree_digest(out / "check").values())
+    assert temp_leftovers(out) == []
+
+
+@pytest.mark.parametrize("when", ["while writing", "at the rename"])
+def test_empty_folder_that_gains_a_file_is_not_replaced(silu_ckpt, out, monkeypatch, when):
+    """Emptiness is checked again at the commit and, after the atomic swap, by rmdir of the
+    swapped-out folder: a file that appeared meanwhile stays where it was, and the run says so."""
+    import bitconv.convert as conv
+    from bitconv.writers import atomic
+
+    target = out / "empty"
+    target.mkdir()
+    if when == "while writing":
+        original = conv.prepare_tensors
+
+        def late_file(*a, **k):
+            (target / "mine.txt").write_text("appeared")
+            return original(*a, **k)
+
+        monkeypatch.setattr(conv, "prepare_tensors", late_file)
+        words = ("did not write", str(target))
+    else:
+        original = atomic._renameat2
+
+        def racing(src_, dst, flags):
+            if flags == atomic._RENAME_EXCHANGE and not (target / "mine.txt").exists():
+                (target / "mine.txt").write_text("appeared")
+            return original(src_, dst, flags)
+
+        monkeypatch.setattr(atomic, "_renameat2", racing)
+        words = ("appeared", str(target))
+    r = run_cli("convert", silu_ckpt, target, "--format", "safetensors", "--force")
+    assert_refused(r, outdir=out, contains=words, keep={"empty"})
+    assert [p.name for p in target.iterdir()] == ["mine.txt"]

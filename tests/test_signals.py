@@ -84,6 +84,12 @@ _CHILD = textwrap.dedent("""
             return _verify(*a, **k)
         ver.verify = slow_verify
 
+    if "uploading" in hooks:
+        def slow_upload(outdir, repo_id, **k):
+            reached("uploading")
+            return "https://huggingface.co/" + repo_id
+        rel.upload = slow_upload
+
     from bitconv.cli import app
     app(argv)
 """)
@@ -232,3 +238,39 @@ def test_ctrl_c_during_verify_does_not_talk_about_outputs(src, tmp_path):
     assert code == 130, err
     line = _last_error(err)
     assert "interrupted" in line and "output" not in line
+
+
+def test_hold_signals_defers_to_the_end_of_the_body():
+    """Library level: a signal inside a hold runs no exception into the body; it is raised
+    once the body is done (reraise) or dropped (a cleanup already handling one)."""
+    from bitconv.writers.atomic import Interrupted, cleanup_on_signals, hold_signals
+
+    steps = []
+    with cleanup_on_signals():
+        with pytest.raises(Interrupted) as info:
+            with hold_signals():
+                signal.raise_signal(signal.SIGTERM)  # delivered and handled before it returns
+                steps.append("after the signal")
+                signal.raise_signal(signal.SIGINT)
+                steps.append("after the second")
+        assert info.value.signum == signal.SIGTERM and steps == ["after the signal", "after the second"]
+        with hold_signals(reraise=False):
+            signal.raise_signal(signal.SIGINT)
+            steps.append("dropped")
+    assert steps[-1] == "dropped"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.slow
+def test_signal_during_upload_is_not_a_success(src, tmp_path):
+    """Every file is in place while the upload runs, yet the run is not done: a signal then
+    is an interrupt (exit 128+n) whose message names the files on disk."""
+    out = tmp_path / "rel"
+    child = Child(tmp_path, "uploading", "convert", src, out, "--layout", "tq2_0", "--upload-repo", "me/tiny")
+    child.wait_for("uploading")
+    child.signal(signal.SIGTERM)
+    code, _, err = child.finish()
+    assert code == 128 + signal.SIGTERM, err
+    line = _last_error(err)
+    assert "after the run was complete" not in err and "written before it" in line
+    assert all(p.name in line for p in out.iterdir())

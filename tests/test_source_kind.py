@@ -169,8 +169,8 @@ def test_dry_run_json_shows_every_source_kind(ckpts, tmp_path):
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     kinds = {t["name"]: t["source_kind"] for t in d["plan"]["tensors"]}
-    assert kinds["blk.0.attn_q.weight"] == "exact_ternary" and kinds["token_embd.weight"] == "plain_float"
-    assert d["plan"]["source_kinds"]["counts"] == {"exact_ternary": 14, "plain_float": 7}
+    assert kinds["blk.0.attn_q.weight"] == "exact_ternary" and kinds["token_embd.weight"] == "float"
+    assert d["plan"]["source_kinds"]["counts"] == {"exact_ternary": 14, "float": 7}
     r = CliRunner().invoke(app, ["convert", str(ckpts["fp16"]), str(tmp_path / "m.gguf"), "--dry-run"])
     assert r.exit_code == 0 and "exact_ternary (tensor)" in r.output and "14 exact_ternary" in r.output
 

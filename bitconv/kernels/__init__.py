@@ -35,6 +35,10 @@ def jit(fn: Callable[..., Any] | None = None, *, inline: bool = False) -> Any:
     buffer the caller allocated aliases nothing)."""
     import numba
 
+    from ..one_time import watch_numba
+
+    watch_numba(_cache_dir)  # a first run's compile is announced, and progress rates skip it
+
     def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
         opts = dict(nogil=True, fastmath=False, inline="always" if inline else "never")
         try:
@@ -43,6 +47,12 @@ def jit(fn: Callable[..., Any] | None = None, *, inline: bool = False) -> Any:
             return numba.njit(cache=False, **opts)(f)  # compiled in every process instead: slower, same code
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _cache_dir(dispatcher: Any) -> str | None:
+    """Where numba keeps DISPATCHER's compiled code (None when unknown or not cached)."""
+    cache = getattr(dispatcher, "_cache", None)
+    return getattr(cache, "_cache_path", None)
 
 
 def warm() -> None:

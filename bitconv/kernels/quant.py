@@ -133,7 +133,8 @@ def quantize(x, thr, q, wt, nnz):
             for i in range(n - full):
                 xpad[i] = to_f32(xr[full + i])
             _quantize_blocks(xpad, qpad, BLOCK, t, sq, sw, cnt, sq64, sw64, fbuf)
-            qr[full:] = qpad[: n - full]
+            for i in range(n - full):  # not `qr[full:] = qpad[...]`: a slice copy makes numba compile
+                qr[full + i] = qpad[i]  # its shape-mismatch error path (string formatting), ~8 s cold
         a = 0.0
         b = 0.0
         c = 0

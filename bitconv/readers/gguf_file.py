@@ -19,7 +19,7 @@ import gguf
 import numpy as np
 
 from ..config_values import MISSING
-from ..errors import CorruptFileError, InputError
+from ..errors import CorruptFileError, InputError, SourceNotFoundError
 from ..exact_ternary import detect
 from ..source_kind import mark_exact
 from ..ggml_types import FLOAT_TYPES, bytes_to_float, dequantize_upstream, tensor_nbytes, type_name, upstream_type
@@ -63,6 +63,51 @@ class GGUFTensorInfo:
         return self.layout.upper() if self.layout else type_name(self.ggml_type)
 
 
+@dataclass
+class Truncation:
+    """A file that ends before its tensor index says its data does: where it ends, the
+    tensors whose data starts at or past that byte, and the one it ends inside (if known).
+    Said once for the whole file, so no intact tensor is blamed for the bytes that are
+    missing after it (a TL2 tensor's span otherwise looks wrong when its neighbours are gone)."""
+
+    file_end: int
+    past: list[str]
+    cut: str | None = None
+    total: int = 0  # tensors in the index
+
+    def subject(self) -> str:
+        return self.cut or (self.past[0] if self.past else "file")
+
+    def message(self) -> str:
+        parts = []
+        if self.past:
+            shown = ", ".join(self.past[:4]) + (f" and {len(self.past) - 4} more" if len(self.past) > 4 else "")
+            parts.append(f"{len(self.past)} of {self.total} tensors lie past it ({shown})")
+        if self.cut:
+            parts.append(f"{self.cut} is cut short")
+        return f"the file ends at byte {self.file_end}; " + (" and ".join(parts) or "tensor data lies past it")
+
+
+def find_truncation(raw: list, start: int, size: int, nbytes) -> Truncation | None:
+    """RAW: (name, shape, type, relative offset) per tensor; NBYTES(type, shape) -> size or
+    None when the type alone cannot tell (ids engines disagree on). None: nothing missing."""
+    spans = sorted((start + off, name, nbytes(t, shape)) for name, shape, t, off in raw)
+    past = [name for at, name, _ in spans if at >= size]
+    cut = None
+    inside = [(at, name, n) for at, name, n in spans if at < size]
+    if inside:
+        at, name, n = inside[-1]
+        later = [a for a, _, _ in spans if a > at]
+        if n is not None:
+            if at + n > size:
+                cut = name
+        elif later and later[0] > size:  # its data runs to the next tensor, which starts past the end
+            cut = name
+    if not past and cut is None:
+        return None
+    return Truncation(size, past, cut, len(raw))
+
+
 class _Refused(Exception):
     """Carries a typed InputError out of the parser's catch-all for malformed bytes."""
 
@@ -84,6 +129,10 @@ class GGUFFile:
     def __init__(self, path: str | Path, *, strict: bool = True) -> None:
         self.path = Path(path)
         self.strict = strict
+        if self.path.is_dir():  # a user's mistake, said in words rather than as [Errno 21]
+            raise InputError(f"{self.path}: is a folder, not a GGUF file", hint="name the .gguf file inside it")
+        if not self.path.exists():
+            raise SourceNotFoundError(f"{self.path}: no such file")
         from ..source_files import HeldFile, require_regular
 
         require_regular(self.path, "GGUF file")  # a FIFO would block the open below forever
@@ -98,7 +147,10 @@ class GGUFFile:
             else:
                 self.data = np.memmap(self.path, dtype=np.uint8, mode="r")
         except (OSError, ValueError) as exc:
-            raise CorruptFileError(f"{self.path}: cannot open ({exc})") from None
+            why = getattr(exc, "strerror", None) or str(exc)
+            if self.path.is_file() and self.path.stat().st_size == 0:  # numpy: "cannot mmap an empty file"
+                why = "the file is empty"
+            raise CorruptFileError(f"{self.path}: cannot open ({why})") from None
         self._bytes = memoryview(self.data)  # header parsing slices this: a memmap slice costs ~4 us
         self._pos = 0
         try:
@@ -194,6 +246,10 @@ class GGUFFile:
         align = self.alignment()
         self.data_start = start = (self._pos + align - 1) // align * align
         self.index: list[GGUFTensorInfo] = []
+        self.truncation = find_truncation(raw, start, self.data.size, _size_or_none)
+        if self.truncation is not None and self.strict:
+            raise _Refused(CorruptFileError(f"{self.path}: {self.truncation.message()}",
+                                            hint="the file is truncated: download or write it again"))
         self.readings = self._resolve_ambiguous(raw, start, align)
         self.tensors: dict[str, GGUFTensorInfo] = {}
         for name, shape, t, off in raw:
@@ -243,11 +299,15 @@ class GGUFFile:
         ends = sorted({off for *_, off in raw} | {self.data.size - start})
         spans = {a: b - a for a, b in zip(ends, ends[1:])}  # an offset past the end has no span: 0
         meta = self.bitconv_metadata()
+        # a truncated file (doctor reads it leniently): the tensors the end took away say nothing
+        missing = set() if self.truncation is None else {*self.truncation.past, self.truncation.cut}
         out = {}
         for t in sorted({t for _, _, t, _ in raw} & set(AMBIGUOUS)):
+            whole = [(n, s, spans.get(o, 0)) for n, s, tt, o in raw if tt == t and n not in missing]
+            if not whole:
+                continue
             try:
-                out[t] = resolve(self.path, t, [(n, s, spans.get(o, 0)) for n, s, tt, o in raw if tt == t], meta,
-                                 align)
+                out[t] = resolve(self.path, t, whole, meta, align)
             except InputError as exc:  # a typed refusal, not "corrupt"
                 if self.strict:
                     raise _Refused(exc) from None
@@ -282,6 +342,16 @@ class GGUFFile:
                         pass
                 out[k] = value
         return out
+
+
+def _size_or_none(ggml_type: int, shape: tuple[int, ...]) -> int | None:
+    """Bytes of a tensor when its type alone tells (not for ids engines disagree on)."""
+    if ggml_type in AMBIGUOUS:
+        return None
+    try:
+        return tensor_nbytes(ggml_type, shape)
+    except ValueError:
+        return None
 
 
 def _float32(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:

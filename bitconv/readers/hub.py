@@ -7,6 +7,7 @@ HF_HUB_OFFLINE), so bitconv shares the cache with every other HF tool.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -52,11 +53,26 @@ def download(repo_id: str, revision: str | None = None, token: str | None = None
     except hf_errors.RevisionNotFoundError:
         raise SourceNotFoundError(f"{repo_id}: revision {revision!r} does not exist") from None
     except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as exc:
+        offline = _offline_mode()
         raise SourceNotFoundError(
-            f"{repo_id}{'@' + revision if revision else ''}: not in the local Hugging Face cache and the Hub "
-            f"cannot be reached ({type(exc).__name__})",
-            hint="download it first with `hf download`, unset HF_HUB_OFFLINE, or pass a local folder",
+            f"{repo_id}{'@' + revision if revision else ''}: not in the local Hugging Face cache and "
+            + ("HF_HUB_OFFLINE is set, so the Hub was not asked" if offline else
+               f"the Hub cannot be reached ({type(exc).__name__})"),
+            # only name the setting the user has: "unset HF_HUB_OFFLINE" when it is unset misleads
+            hint="download it first with `hf download`, "
+                 + ("unset HF_HUB_OFFLINE, " if offline else "check the network connection, ")
+                 + "or pass a local folder",
         ) from None
     except hf_errors.HfHubHTTPError as exc:
         raise SourceNotFoundError(f"{repo_id}: the Hub refused the download ({exc})") from None
     return folder, folder.name
+
+
+def _offline_mode() -> bool:
+    """Whether huggingface_hub runs offline (HF_HUB_OFFLINE set to a true value)."""
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except (ImportError, AttributeError):  # pragma: no cover - older huggingface_hub
+        return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")

@@ -85,7 +85,8 @@ def check_not_source(output: Path, sources: Iterable[Path], what: str = "output"
                     where = ("is the source" if o == s else "is inside the source folder"
                              if _inside(o, s) else "contains the source")
                     raise UsageError(f"{output}: the {what} {where} {src}; refusing to write there",
-                                     hint="choose an output outside the model folder")
+                                     hint="choose an output outside the model folder" if src.is_dir()
+                                     else "choose another output path")
 
 
 def check_output(path: Path, force: bool, sources: Iterable[Path] = ()) -> None:
@@ -302,18 +303,48 @@ def _commit(tmp: Path, path: Path, force: bool, ours: Callable[[Path], bool] | N
     if not tmp.is_dir() and not path.is_dir():
         os.replace(tmp, path)
         return False
+    was_empty = _empty_dir(path)
     if _renameat2(tmp, path, _RENAME_EXCHANGE):
-        _remove(tmp)  # tmp now holds what was at `path`
+        if not was_empty:
+            _remove(tmp)  # tmp now holds what was at `path`: bitconv's earlier output
+        elif not _rmdir(tmp):
+            _renameat2(tmp, path, _RENAME_EXCHANGE)  # files appeared in it: swap back, lose nothing
+            raise _gained_files(path)
         return False
     old = path.with_name(f".{path.name}.bitconv-old-{os.getpid()}")
     os.rename(path, old)
+    if was_empty and not _rmdir(old):
+        os.rename(old, path)
+        raise _gained_files(path)
     try:
         os.rename(tmp, path)
     except BaseException:
-        os.rename(old, path)
+        if not was_empty:
+            os.rename(old, path)
         raise
-    _remove(old)
+    if not was_empty:
+        _remove(old)
     return False
+
+
+def _empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and not path.is_symlink() and next(os.scandir(path), None) is None
+    except OSError:
+        return False
+
+
+def _rmdir(path: Path) -> bool:
+    try:
+        os.rmdir(path)
+        return True
+    except OSError:
+        return False
+
+
+def _gained_files(path: Path) -> OutputExistsError:
+    return OutputExistsError(f"{path}: files appeared in the empty folder while this conversion was writing; "
+                             f"it was not replaced", hint="choose another output path")
 
 
 def exclusive_rename(src: Path, dst: Path) -> None:
@@ -392,8 +423,8 @@ def cleanup_on_signals() -> Iterator[None]:
     while the body runs, so the cleanup that handles Ctrl-C runs for them too. Only the main
     thread can install handlers; elsewhere (release writer threads) this does nothing and
     the main thread's handler raises there, which the writer threads then see."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if _holding or threading.current_thread() is not threading.main_thread():
+        yield  # signals are held (see `hold_signals`): do not turn them back into exceptions
         return
     previous = {}
     for s in _SIGNALS:
@@ -457,7 +488,8 @@ def hold_signals(reraise: bool = True) -> Iterator[None]:
     try:
         for s in _HELD:
             try:
-                if signal.getsignal(s) is not signal.SIG_IGN:
+                current = signal.getsignal(s)  # None: a handler set outside Python, which could not be restored
+                if current is not None and current is not signal.SIG_IGN:
                     previous[s] = signal.signal(s, _record)
             except (ValueError, OSError):
                 pass

@@ -4,16 +4,19 @@ what the source computes (issue 4).
 Each case builds a seeded random checkpoint with bitconv.synth (hidden 256, 2 layers),
 converts it with `convert(..., format="safetensors")`, loads the folder with transformers'
 own `from_pretrained` (BitNetForCausalLM, or LlamaForCausalLM for the Llama family; its
-linears become `BitLinear` with uint8 codes) and compares the logits over 320 tokens with
-the float SOURCE loaded by transformers in online mode (`autobitlinear` + `online`: f32/bf16
+linears become `BitLinear` with uint8 codes) and compares the logits over 160 tokens of the
+eval text with the float SOURCE loaded by transformers in online mode (`autobitlinear` + `online`: f32/bf16
 master weights ternarized on the fly). The two transformers modes quantize activations
 slightly differently (x_q / (input_scale · weight_scale) vs ActQuant(x) @ (s·t)ᵀ) and a
 bf16 source stores 1/s in bf16, so they are close but not equal. The models have a trained
-model's logit scale (`synth.SANE_LOGIT_STD`), where those differences show: measured here,
-worst case over the cases below (the offline autobitlinear source, run by transformers in
-bf16): top-1 0.944, relative L2 0.031, mean KL 1.8e-3; every float32 case KL <= 9.8e-4.
-Gates sit 3x or more beyond: disagreement <= 0.18, relative L2 <= 0.1, KL <= 6e-3. Another
-model (another seed) lands at KL 3.98, 660x the KL gate.
+model's logit scale (`synth.SANE_LOGIT_STD`), where those differences show. The gates are
+per family (tests/judges/_reference.py TRANSFORMERS_GATES: mean KL and top-1, each 3x beyond
+the worst measured; the values are there): tight for the Llama family (no sub-norms, KL
+1e-4, top-1 0.94), looser for the BitNet families, whose 8-bit activation rounding after
+each sub-norm flips more argmaxes of these near-uniform random models. Relative L2 of the
+logits is no longer a gate: it separated nothing the KL gate did not (issue 22). Which
+planted defects these judges catch is pinned by test_mutations.py. Another model (another
+seed) lands at KL ~3.5, 580x the largest KL gate.
 
 Both packed conventions are also judged as SOURCE: a `bitlinear` folder (weight_scale =
 1/s, HF1BitLLM-style) and an `autobitlinear` offline folder (weight_scale = s, tied
@@ -48,6 +51,7 @@ from bitconv.quant import ternarize  # noqa: E402
 from bitconv.synth import SANE_LOGIT_STD, make_checkpoint  # noqa: E402
 
 from ._metrics import mean_kl  # noqa: E402
+from ._reference import TRANSFORMERS_GATES, Gates, Verdict, judge, text_ids  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -56,15 +60,20 @@ pytestmark = pytest.mark.judge
 
 ONLINE = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
 DIMS = dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2, vocab=512)
-MIN_TOP1, MAX_REL_L2, MAX_KL = 0.82, 0.1, 6e-3  # worst measured 0.944, 0.031, 1.8e-3
-APART = 100  # another model must be this many MAX_KLs away (measured 3.98 = 660x)
+# Against the float source: the per-family gates shared with the mutation check
+# (_reference.TRANSFORMERS_GATES, measured values there). Against transformers' own run of an
+# offline autobitlinear source, which it can only run in bf16: measured KL <= 1.8e-3, top-1
+# >= 0.944 (bf16 activations); gates 3x.
+BF16_GATES = Gates(max_kl=6e-3, min_top1=0.83)
+APART = 100  # another model must be this many (largest) KL gates away (measured 3.98 = 660x)
 LINEAR_SUFFIXES = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
                    "gate_proj.weight", "up_proj.weight", "down_proj.weight")
 MEASURED: dict[str, tuple[float, float]] = {}  # case -> (top-1, rel L2), printed with -s
 
 
-def _tokens(seed: int, batch: int = 2, t: int = 160) -> torch.Tensor:
-    return torch.randint(0, DIMS["vocab"], (batch, t), generator=torch.Generator().manual_seed(seed))
+def _tokens(src: Path, t: int = 160) -> torch.Tensor:
+    """The first `t` tokens of the eval text through the source's tokenizer, as a [1, t] batch."""
+    return torch.tensor([text_ids(src, t)])
 
 
 def _float_source(tmp: Path, family: str, *, seed: int, tie: bool, dtype: str = "bf16") -> Path:
@@ -130,17 +139,12 @@ def _logits(folder: Path, tokens: torch.Tensor, *, expect: str, dtype: torch.dty
         return model(tokens, use_cache=False).logits.float()
 
 
-def _compare(case: str, got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, float]:
-    assert got.shape == ref.shape
-    top1 = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
-    rel = float(torch.linalg.vector_norm(got - ref) / torch.linalg.vector_norm(ref))
-    kl = mean_kl(ref, got)
-    MEASURED[case] = (top1, rel, kl)
-    print(f"\n{case}: top-1 {top1:.4f} >= {MIN_TOP1}, rel L2 {rel:.4f} <= {MAX_REL_L2}, KL {kl:.2e} <= {MAX_KL:.0e}")
-    assert top1 >= MIN_TOP1, f"{case}: top-1 agreement {top1:.4f} < {MIN_TOP1}"
-    assert rel <= MAX_REL_L2, f"{case}: relative L2 error {rel:.4f} > {MAX_REL_L2}"
-    assert kl <= MAX_KL, f"{case}: mean KL {kl:.2e} > {MAX_KL:.0e}"
-    return top1, rel, kl
+def _compare(case: str, got: torch.Tensor, ref: torch.Tensor, gates: Gates) -> Verdict:
+    v = judge(case, ref[0].numpy(), got[0].numpy(), gates)
+    MEASURED[case] = (v.top1, v.kl)
+    print(f"\n{v}")
+    assert v.passed, str(v)
+    return v
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -161,10 +165,10 @@ def test_float_source_to_transformers(tmp_path, family, seed, tie, shard):
     out = tmp_path / "out"
     convert(src, out, format="safetensors", **({"max_shard_size": shard} if shard else {}))
     assert (out / "model.safetensors.index.json").exists() == bool(shard)
-    tokens = _tokens(seed)
+    tokens = _tokens(src)
     ref = _logits(_transformers_view(src, family), tokens, expect="online")
     got = _logits(out, tokens, expect="bitlinear")
-    _compare(f"{family} float->safetensors", got, ref)
+    _compare(f"{family} float->safetensors", got, ref, TRANSFORMERS_GATES[family])
 
 
 # family, seed, tie, GGUF layout of the intermediate file
@@ -179,10 +183,10 @@ def test_gguf_source_to_transformers(tmp_path, family, seed, tie, layout):
     gguf_path, out = tmp_path / "m.gguf", tmp_path / "out"
     convert(src, gguf_path, layout=layout)
     convert(gguf_path, out, format="safetensors")
-    tokens = _tokens(seed)
+    tokens = _tokens(src)
     ref = _logits(_transformers_view(src, family), tokens, expect="online")
     got = _logits(out, tokens, expect="bitlinear")
-    _compare(f"{family} float->{layout}->safetensors", got, ref)
+    _compare(f"{family} float->{layout}->safetensors", got, ref, TRANSFORMERS_GATES[family])
 
 
 # family, seed, tie, packed convention of the SOURCE
@@ -210,10 +214,10 @@ def test_packed_source_to_transformers(tmp_path, family, seed, tie, linear_class
         else:
             assert torch.equal(a[name], b[name]), name
 
-    tokens = _tokens(seed)
+    tokens = _tokens(src)
     got = _logits(out, tokens, expect="bitlinear")
     ref = _logits(_transformers_view(src, family), tokens, expect="online")
-    _compare(f"{family} {linear_class}->safetensors vs online", got, ref)
+    _compare(f"{family} {linear_class}->safetensors vs online", got, ref, TRANSFORMERS_GATES[family])
     if family != "silu":  # transformers cannot load a 1bitLLM-named folder
         # what transformers computes on the packed source itself
         if linear_class == "bitlinear":
@@ -222,7 +226,8 @@ def test_packed_source_to_transformers(tmp_path, family, seed, tie, linear_class
             # transformers 5.23 loads an offline autobitlinear folder only in its own dtype:
             # asked for float32 it keeps embeddings and norms in bf16 and the forward fails
             own = _logits(packed, tokens, expect="offline", dtype=torch.bfloat16)
-        _compare(f"{family} {linear_class}->safetensors vs packed source", got, own)
+        _compare(f"{family} {linear_class}->safetensors vs packed source", got, own,
+                 TRANSFORMERS_GATES[family] if linear_class == "bitlinear" else BF16_GATES)
 
 
 def test_judge_tells_models_apart(tmp_path):
@@ -232,8 +237,9 @@ def test_judge_tells_models_apart(tmp_path):
     other = _float_source(tmp_path / "b", "relu2", seed=72, tie=True)
     out = tmp_path / "out"
     convert(src, out, format="safetensors")
-    tokens = _tokens(71)
+    tokens = _tokens(src)
     got = _logits(out, tokens, expect="bitlinear")
     kl = mean_kl(_logits(other, tokens, expect="online"), got)
-    print(f"\nanother model: KL {kl:.3f} > {APART} x {MAX_KL:.0e}")
-    assert kl > APART * MAX_KL
+    worst = max(g.max_kl for g in [*TRANSFORMERS_GATES.values(), BF16_GATES])
+    print(f"\nanother model: KL {kl:.3f} > {APART} x {worst:.0e}")
+    assert kl > APART * worst
