@@ -541,6 +541,8 @@ def inspect(
                 out.info("bitconv: " + ", ".join(f"{k}={v}" for k, v in info["bitconv"].items()))
             for why in (info.get("type_readings") or {}).values():
                 out.info(why)
+            for note in info.get("notes") or []:  # exactly ternary or not; a Hadamard rotation
+                out.info(note)
             t = Table()
             for col in ("tensor", "shape", "type", "bytes"):
                 t.add_column(col, justify="right" if col == "bytes" else "left")
@@ -610,8 +612,8 @@ def verify(
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of the source.")] = None,
     kernel_config: Annotated[Optional[Path], typer.Option(help="Tiles of TL tensors in a GGUF another tool wrote (a bitnet.cpp kernel_config.ini).")] = None,
     source_i2s_variant: Annotated[Optional[str], typer.Option(help="I2_S code order of a GGUF another tool wrote: x86-act (default) or arm.")] = None,
-    act: Annotated[str, typer.Option("--act", help="Activation scheme of the artifact side: a8 (BitNet b1.58's per-token int8, the default) or another registered scheme; the source keeps its own.")] = "a8",
-    kv_bits: Annotated[Optional[int], typer.Option("--kv-bits", help="Quantize the artifact side's KV cache to this many bits (schemes that support it).")] = None,
+    act: Annotated[str, typer.Option("--act", help="Activation scheme of the artifact side: a8 (BitNet b1.58's per-token int8, the default), a4.8 (BitNet a4.8: 4-bit inputs to attention and FFN, top-50% + 8-bit o_proj input, 8-bit down_proj input) or none; the source keeps its own. Any scheme but a8 also reports the artifact's sparsity.")] = "a8",
+    kv_bits: Annotated[Optional[int], typer.Option("--kv-bits", help="Quantize the artifact side's keys and values after rope to 3, 4 or 8 bits (absmax per token and head).")] = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,

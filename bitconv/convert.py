@@ -21,10 +21,10 @@ from .errors import UsageError
 from .model import LINEAR
 from .pack import layout_class, layout_names
 from .plan import ConversionPlan, ConversionResult, ConvertOptions, TensorPlan
-from .pipeline import OrderedMap, ordered_map
+from .pipeline import OrderedMap, memory_budget, ordered_map
 from .quant import TensorStats, check_finite, parse_group_size, serial_torch, tensor_stats, ternarize_with_stats
-from .readers import GGUFReadOptions, open_source
-from .readers.checkpoint import Checkpoint
+from .readers import open_source
+from .readers.checkpoint import Checkpoint, gguf_read_options
 from .exact_ternary import recover
 from .source_kind import SourceKind, decide_source_kinds
 from .writers import get_writer
@@ -92,19 +92,19 @@ def convert(
         check_output(output, force, local_source_paths(source, options))
     emit = options.emit_kernel_config
     if emit is not None:
-        check_emit_applies([options.layout] if options.format == "gguf" else ["safetensors"])
+        if not auto:  # a default layout is known only once planned (kernel_config_for checks it then)
+            check_emit_applies([options.layout] if options.format == "gguf" else [options.format])
         check_emit_path(emit, output, local_source_paths(source, options), force=force, dry_run=dry_run)
     ckpt = open_source(source, revision=revision, token=token,
                        gguf_options=gguf_read_options(source_i2s_variant, kernel_config))
     snapshot = source_snapshot(ckpt, options)  # the files as opened; checked before the output is committed
-    if into_folder:  # named as a release names it, now that the model's name is known
-        output = output / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
-        if not dry_run:
-            check_output(output, force, local_source_paths(source, options))
     if not dry_run:  # a Hub source's files are known only now; still nothing written yet
         check_not_source(output, checkpoint_paths(ckpt, options))
     if emit is not None:
         check_emit_path(emit, output, checkpoint_paths(ckpt, options), force=force, dry_run=dry_run)
+    from .rotation import refuse_rotated
+
+    refuse_rotated(ckpt, options.format)  # no target of bitconv keeps a Hadamard rotation (issue 20)
     kind_notes = decide_source_kinds(ckpt, ternarize=options.ternarize)
     if auto:  # the layout of the engine that runs this family, said in a note (default_layout.py)
         plan, why = choose_gguf_plan(ckpt, output, options)
@@ -113,6 +113,12 @@ def convert(
     else:
         plan = writer.plan(ckpt, output, options)
         plan.notes = kind_notes + plan.notes
+    if into_folder:  # named as a release names it, once the model and the planned layout are known
+        output = plan.output = _name_in_folder(output, ckpt, plan.options)
+        if not dry_run:
+            check_output(output, force, checkpoint_paths(ckpt, options))
+        if emit is not None:
+            check_emit_path(emit, output, checkpoint_paths(ckpt, options), force=force, dry_run=dry_run)
     if on_plan is not None:
         on_plan(plan)
     kernel_ini = kernel_config_for(plan) if emit is not None else None
@@ -186,8 +192,11 @@ def prepare_tensors(plan: ConversionPlan, stats: list[TensorStats], progress: Pr
         direct = direct_bytes(tp) if (direct_bytes is not None and encode_source is not None) else None
         return _float_bytes(tp) if direct is None else direct
 
+    def held(tp: TensorPlan) -> int:  # what its result keeps while the writer writes it
+        return tp.nbytes if encode is not None else _float_bytes(tp)
+
     return PreparedTensors(ordered_map(job, plan.tensors, workers=workers, max_pending=PIPELINE_AHEAD,
-                                       cost=cost, budget=PIPELINE_BUDGET), stats, progress)
+                                       cost=cost, budget=memory_budget(), held=held), stats, progress)
 
 
 class PreparedTensors(Iterator[tuple[TensorPlan, "Payload | Encoded"]]):
@@ -219,7 +228,6 @@ class PreparedTensors(Iterator[tuple[TensorPlan, "Payload | Encoded"]]):
 
 
 PIPELINE_AHEAD = 4  # tensors submitted ahead of the one being written
-PIPELINE_BUDGET = 160 * 1024 * 1024  # float32 bytes of source tensors in flight (one job always runs)
 
 
 def _float_bytes(tp: TensorPlan) -> int:
@@ -255,7 +263,8 @@ def kernel_config_for(plan: ConversionPlan) -> str:
     from .pack.tiles import codegen_command, kernel_config_text, tiles_from_metadata
 
     if plan.options.layout not in TL_LAYOUTS:
-        raise UsageError("--emit-kernel-config applies to --layout tl1 or tl2")
+        raise UsageError(f"--emit-kernel-config writes the tiles of a TL layout, and this run writes "
+                         f"{plan.options.layout}", hint="add --layout tl1 or tl2, or drop --emit-kernel-config")
     cmd = codegen_command(plan.options.layout, tiles_from_metadata(plan.layout_metadata),
                           plan.options.name or plan.spec.name)
     # The matching bitnet.cpp codegen call, as comments configparser (and bitnet.cpp) ignore;
@@ -341,23 +350,15 @@ def check_emit_path(path: Path, output: Path, sources: list[Path], force: bool =
         check_side_file(path, force, is_bitconv_kernel_config, "kernel config")
 
 
+def _name_in_folder(folder: Path, ckpt: Checkpoint, options: ConvertOptions) -> Path:
+    """`convert SRC folder/`: the GGUF's path inside FOLDER, `<model>-<layout>.gguf` as a release
+    names it (the layout the plan settled on)."""
+    return folder / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
+
+
 def check_folder_target(folder: Path) -> None:
     """A GGUF output named with a trailing slash is a folder the file goes into: it must be one."""
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise UsageError(f"{folder}/: a trailing slash names a folder to write the GGUF into, and it {what}",
                          hint="create the folder first, or name the output file (e.g. model.gguf)")
-
-
-def gguf_read_options(i2s_variant: str | None, kernel_config: str | Path | None) -> GGUFReadOptions:
-    """How to read a foreign GGUF source; the variant name is checked like --i2s-variant."""
-    if i2s_variant is not None:
-        from .pack.i2s import I2S
-
-        i2s_variant = I2S(i2s_variant).variant
-    return GGUFReadOptions(i2s_variant=i2s_variant, kernel_config=Path(kernel_config) if kernel_config else None)
-
-
-def open_checkpoint(source: str | Path, revision: str | None = None, token: str | None = None) -> Checkpoint:
-    """Open a source without converting it (verify and inspect use this)."""
-    return open_source(source, revision=revision, token=token)

@@ -555,9 +555,16 @@ def check_i2s_order(c: _Ctx) -> Iterable[Finding]:
                       "if it came from an ARM build, pass --source-i2s-variant arm when converting it")
 
 
+def check_forks(c: _Ctx) -> Iterable[Finding]:
+    """Hadamard-rotation keys and fork-claimed type ids (43, 142, 143): bitconv/doctor_forks.py."""
+    from .doctor_forks import fork_findings
+
+    return fork_findings(c)
+
+
 CHECKS: tuple[Callable[[_Ctx], Iterable[Finding]], ...] = (
     check_container, check_type_ids, check_arch, check_float_linears, check_activation, check_head,
-    check_norms, check_scales, check_codes, check_tokenizer, check_i2s_order,
+    check_norms, check_scales, check_codes, check_tokenizer, check_i2s_order, check_forks,
 )
 
 

@@ -63,10 +63,6 @@ class SourceChangedError(ConversionError):
     """A source file was replaced, truncated or rewritten while a conversion read it."""
 
 
-class VerificationFailed(BitconvError):
-    """An artifact crossed a verify threshold."""
-
-
 class UploadError(BitconvError):
     """The release is written but could not be published (offline, network, auth, no repo).
     Exit 2 when the fix is the user's input or setup (offline mode, a token, a repo name),

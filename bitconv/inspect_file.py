@@ -39,7 +39,52 @@ def _inspect_gguf(path: Path) -> dict[str, Any]:
         "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.type_name, "bytes": t.nbytes}
                     for t in f.tensors.values()],
         "file_bytes": path.stat().st_size,
+        "notes": _rotation_notes({k: v for k, (v, _, _) in f.kv.items()}, {}),
     }
+
+
+def _rotation_notes(gguf_kv: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    from .rotation import describe, rotation_from_config, rotation_from_gguf
+
+    rot = rotation_from_gguf(gguf_kv) or rotation_from_config(config)
+    if rot is None:
+        return []
+    return [f"weights pre-rotated by a {describe(rot)}: an engine that does not apply it runs and writes "
+            "fluent garbage; bitconv refuses to write it into a format that would drop it"]
+
+
+def _engine_notes(folder: Path, config: dict[str, Any]) -> list[str]:
+    """What an MLX / compressed-tensors folder holds: exactly ternary, or what a lossy tool
+    computed (named), and any Hadamard rotation it declares."""
+    notes = _rotation_notes({}, config)
+    from .config_values import get_dict
+    from .errors import BitconvError
+    from .readers.engine_folders import engine_format
+
+    try:
+        fmt = engine_format(config, get_dict(config, "quantization_config", "config.json"), str(folder))
+    except BitconvError as exc:
+        return notes + [exc.message if hasattr(exc, "message") else str(exc)]
+    if fmt is None:
+        return notes
+    from .model import SourceInfo
+    from .readers.hf_folder import open_folder
+
+    try:
+        ckpt = open_folder(folder, SourceInfo("folder", str(folder), folder))
+    except BitconvError as exc:
+        return notes + [f"{fmt} folder; its tensors could not be read as a model: {exc}"]
+    computed = [t.source_name for t in ckpt.tensors if t.computed_from]
+    ternary = [t for t in ckpt.tensors if t.is_ternary]
+    if computed:
+        notes.append(f"{fmt} folder NOT exactly ternary: {len(computed)} quantized tensor(s) ({', '.join(computed[:3])}"
+                     f"{', ...' if len(computed) > 3 else ''}) hold values no ternary weight has (a stock lossy "
+                     "quantizer's output); bitconv reads them as the floats the engine computes")
+    else:
+        groups = sorted({str(t.group) for t in ternary})
+        notes.append(f"{fmt} folder, exactly ternary: {len(ternary)} tensor(s) with their own codes and scales "
+                     f"(groups: {', '.join(groups)})")
+    return notes
 
 
 def _inspect_safetensors(path: Path) -> dict[str, Any]:
@@ -53,7 +98,7 @@ def _inspect_safetensors(path: Path) -> dict[str, Any]:
         n = 1
         for d in shape:
             n *= d
-        size = {"bf16": 2, "f16": 2, "f32": 4, "u8": 1, "i8": 1, "f64": 8}.get(dtype, 0) * n
+        size = {"bf16": 2, "f16": 2, "f32": 4, "u8": 1, "i8": 1, "f64": 8, "u32": 4, "i32": 4, "i64": 8}.get(dtype, 0) * n
         tensors.append({"name": name, "shape": list(shape), "type": dtype.upper(), "bytes": size})
     config: dict[str, Any] = {}
     if (folder / "config.json").exists():
@@ -69,8 +114,10 @@ def _inspect_safetensors(path: Path) -> dict[str, Any]:
     hp_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "vocab_size", "max_position_embeddings", "rope_theta", "rms_norm_eps",
                "hidden_act", "tie_word_embeddings")
+    notes = _engine_notes(folder, config)
     return {
         "path": str(path), "format": "safetensors", "arch": archs[0] if isinstance(archs, list) and archs else None,
+        "notes": notes,
         "hparams": {k: config[k] for k in hp_keys if k in config},
         "quantization_config": config.get("quantization_config"),
         "tokenizer": {"size": tok_size},

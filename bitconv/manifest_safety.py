@@ -3,7 +3,8 @@
 Why: a manifest is a file anyone can hand you. Before this module, an artifact path of
 `../../etc` or `/usr` was followed and hashed, a source root of `/` was walked, and a list
 where an object belongs crashed. Now the manifest is validated against its JSON schema
-before any path in it is touched, and every recorded path is resolved strictly inside the
+before any path in it is touched (by the `jsonschema` library, a runtime dependency: a
+hand-written subset validator was one more thing to keep in step with the schema), and every recorded path is resolved strictly inside the
 folder it is relative to: no absolute paths, no `..`, no symlink that leads out, no device,
 FIFO or socket where a file belongs. A violation is an `InputError` (exit 2) naming the path.
 """
@@ -22,47 +23,31 @@ from .errors import CorruptFileError, InputError
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
 MAX_MANIFEST_BYTES = 64 << 20
-_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
 
-def schema_errors(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
-    """The subset of JSON Schema the manifest schema uses: type, enum, required, properties,
-    additionalProperties, items, pattern, minimum. One message per violation."""
-    errs: list[str] = []
-    types = schema.get("type")
-    if types is not None:
-        allowed = types if isinstance(types, list) else [types]
-        if not any(_is_type(value, t) for t in allowed):
-            return [f"{where} must be {' or '.join(allowed)}, got {_kind(value)}"]
-    if "enum" in schema and value not in schema["enum"]:
-        errs.append(f"{where} must be one of {', '.join(map(json.dumps, schema['enum']))}, got {_short(value)}")
-    if isinstance(value, dict):
-        for key in schema.get("required", []):
-            if key not in value:
-                errs.append(f"{where} lacks required key {key!r}")
-        props = schema.get("properties", {})
-        extra = schema.get("additionalProperties")
-        for key, v in value.items():
-            if key in props:
-                errs += schema_errors(v, props[key], f"{where}.{key}")
-            elif isinstance(extra, dict):
-                errs += schema_errors(v, extra, f"{where}.{key}")
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, v in enumerate(value):
-            errs += schema_errors(v, schema["items"], f"{where}[{i}]")
-    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
-        errs.append(f"{where} does not match {schema['pattern']}: {_short(value)}")
-    if _is_type(value, "number") and "minimum" in schema and value < schema["minimum"]:
-        errs.append(f"{where} must be >= {schema['minimum']}, got {value}")
-    return errs
+def schema_errors(value: Any, schema: dict[str, Any]) -> list[str]:
+    """Every violation of `schema` (JSON Schema 2020-12, checked by the `jsonschema` library),
+    one short message each, naming where in the document it is (`$.artifacts[0].sha256`)."""
+    from jsonschema import Draft202012Validator
+
+    errs = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
+    return [_message(e) for e in errs]
 
 
-def _is_type(value: Any, t: str) -> bool:
-    if t == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if t == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, _TYPES.get(t, object))
+def _message(err) -> str:
+    where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+    if err.validator == "type":
+        want = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        return f"{where} must be {' or '.join(want)}, got {_kind(err.instance)}"
+    if err.validator == "enum":
+        return f"{where} must be one of {', '.join(map(json.dumps, err.validator_value))}, got {_short(err.instance)}"
+    if err.validator == "required":  # the message names the key; the instance may be large
+        return f"{where} lacks required key {err.message.split(' is a required property')[0]}"
+    if err.validator == "pattern":
+        return f"{where} does not match {err.validator_value}: {_short(err.instance)}"
+    if err.validator == "minimum":
+        return f"{where} must be >= {err.validator_value}, got {err.instance}"
+    return f"{where}: {err.message[:200]}"
 
 
 def _kind(value: Any) -> str:

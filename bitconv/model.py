@@ -100,6 +100,9 @@ class SourceTensor:
     kind: Any = None  # a `source_kind.SourceKind`, decided once per checkpoint
     detection: Any = None  # exact-ternary floats: the `exact_ternary.Detection` that found them
     _load_raw: Callable[[], np.ndarray] | None = None  # the values as stored (see load_raw)
+    # floats an engine computes from a lossy quantized tensor (a stock `mlx_lm.convert` 2-bit or
+    # compressed-tensors int2 folder): "mlx" / "compressed-tensors"; None for stored values
+    computed_from: str | None = None
 
     @property
     def is_ternary(self) -> bool:

@@ -220,7 +220,10 @@ def ternarize_with_stats(w: np.ndarray, group: GroupSize = "tensor", name: str =
     tern, sums = _ternarize(w, group, name, bf16_bits)
     s = tern.scales.reshape(-1).astype(np.float64)
     n = tern.values.size
-    err2 = sums.sumsq - 2.0 * float(np.dot(s, sums.wt)) + float(np.dot(s * s, sums.nnz))
+    # np.sum, not np.dot: a dot product of more than 10,000 values runs on OpenBLAS's threads
+    # (one per core), which then spin for nothing between tensors, and their partial sums
+    # depend on the thread count (issue 23); these are one value per group, cheap either way
+    err2 = sums.sumsq - 2.0 * float(np.sum(s * sums.wt)) + float(np.sum(s * s * sums.nnz))
     rel = (max(err2, 0.0) ** 0.5) / (sums.sumsq ** 0.5) if sums.sumsq > 0 else 0.0
     nnz = int(sums.nnz.sum())
     return tern, _stats(name, tern, (n - nnz) / max(n, 1), rel)
@@ -273,6 +276,17 @@ def _stats(name: str, tern: Ternary, zero_fraction: float, rel: float | None) ->
                        scale_max=float(s.max()), zero_fraction=zero_fraction, rel_error=rel)
 
 
+def _norm(x: np.ndarray, chunk: int = 1 << 20) -> float:
+    """‖x‖₂ with float64 sums of float64 squares, chunk by chunk, in a fixed order, without
+    BLAS (np.linalg.norm's dot product runs on OpenBLAS's threads, which spin afterwards and
+    whose partial sums depend on the thread count)."""
+    total = 0.0
+    for a in range(0, x.size, chunk):
+        c = x[a:a + chunk].astype(np.float64)
+        total += float(np.sum(c * c))
+    return total ** 0.5
+
+
 def tensor_stats(name: str, tern: Ternary, source: np.ndarray | None) -> TensorStats:
     """Scale summary, zero share and ‖W − s·t‖/‖W‖ (None when there is no float source).
 
@@ -282,8 +296,8 @@ def tensor_stats(name: str, tern: Ternary, source: np.ndarray | None) -> TensorS
     rel = None
     if source is not None:
         w = np.asarray(source, dtype=np.float32)
-        denom = float(np.linalg.norm(w.reshape(-1)))
-        diff = float(np.linalg.norm((w - tern.dequantize()).reshape(-1)))
+        denom = _norm(w.reshape(-1))
+        diff = _norm((w - tern.dequantize()).reshape(-1))
         rel = diff / denom if denom > 0 else 0.0
     zeros = tern.values.size - int(np.count_nonzero(tern.values))
     return _stats(name, tern, zeros / max(tern.values.size, 1), rel)

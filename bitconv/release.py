@@ -315,6 +315,9 @@ def release(
     foreign = gguf_read_options(option_kwargs.pop("source_i2s_variant", None), option_kwargs.get("kernel_config"))
     ckpt = open_source(source, revision=revision, token=token, gguf_options=foreign)
     _check_not_source(outdir, paths, checkpoint_paths(ckpt))
+    from .rotation import refuse_rotated
+
+    refuse_rotated(ckpt, ",".join(formats))  # no target keeps a Hadamard rotation (issue 20)
     # what each source tensor is, before any folder is made (a float model is refused here)
     decide_source_kinds(ckpt, ternarize=bool(option_kwargs.get("ternarize")))
     if "gguf" in formats and "auto" in layouts:  # no --layout: the one the model's engine runs

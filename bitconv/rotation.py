@@ -25,7 +25,8 @@ MODEL_TYPE_PREFIX = "prism_hadamard"
 
 def rotation_from_gguf(metadata: dict[str, Any]) -> dict[str, Any] | None:
     """The `prism.hadamard.*` keys of a GGUF's metadata (name without the prefix -> value), or None."""
-    keys = {k[len(GGUF_PREFIX):]: v for k, v in (metadata or {}).items() if str(k).startswith(GGUF_PREFIX)}
+    keys = {k[len(GGUF_PREFIX):]: (v[0] if isinstance(v, tuple) and len(v) == 3 else v)  # GGUFFile.kv: (value, type, pos)
+            for k, v in (metadata or {}).items() if str(k).startswith(GGUF_PREFIX)}
     return keys or None
 
 

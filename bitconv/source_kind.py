@@ -79,6 +79,36 @@ def _probe_is_float(st: SourceTensor) -> bool:
     return block_stats(rows, RTOL.get(st.dtype, RTOL["f32"])) is None
 
 
+def _needs_detection(st: SourceTensor, bitnet: bool) -> bool:
+    """The tensors `decide_source_kinds` reads: float linears and embeddings of a plain family."""
+    if st.kind == SourceKind.EXACT or st.is_ternary or bitnet:
+        return False
+    return st.role in (LINEAR, EMBEDDING, OUTPUT)
+
+
+def _detections(todo: list[SourceTensor]):
+    """`detect_tensor` of each tensor, in order, on the conversion pipeline's workers.
+
+    Each detection runs torch on one thread (`serial_torch`) and the workers are the
+    parallelism: torch's own OpenMP team, started for every small op of the chunked scan,
+    spun between ops (issue 23: 9 CPU-s and 24 s wall for what one thread does in 1.9 s,
+    on 2 loaded cores). The pipeline's memory budget bounds the float32 copies in flight."""
+    from .pipeline import memory_budget, ordered_map
+    from .quant import serial_torch
+
+    def job(st: SourceTensor) -> Detection | None:
+        with serial_torch():
+            return detect_tensor(st)
+
+    def cost(st: SourceTensor) -> int:  # the float32 copy `detect` scans
+        n = 4
+        for d in st.shape:
+            n *= int(d)
+        return n
+
+    return ordered_map(job, todo, cost=cost, budget=memory_budget())
+
+
 def detect_tensor(st: SourceTensor) -> Detection | None:
     """Exact-ternary detection of one float source tensor (reads it once)."""
     if len(st.shape) != 2 or st.dtype not in ("bf16", "f16", "f32"):
@@ -121,30 +151,32 @@ def decide_source_kinds(ckpt: "Checkpoint", *, ternarize: bool = False) -> list[
         return list(ckpt.source_kind_notes)
     bitnet = is_bitnet_model(ckpt.spec)
     notes: list[str] = []
-    for st in ckpt.tensors:
-        if st.kind == SourceKind.EXACT:  # a reader that had to decode the floats already found it
-            continue
-        if st.role == LINEAR:
-            if st.is_ternary:
-                st.kind = SourceKind.PACKED
-            elif bitnet:
-                st.kind = SourceKind.LATENT
-            else:
-                found = detect_tensor(st)
+    todo = [st for st in ckpt.tensors if _needs_detection(st, bitnet)]
+    with _detections(todo) as found_in_order:
+        for st in ckpt.tensors:
+            if st.kind == SourceKind.EXACT:  # a reader that had to decode the floats already found it
+                continue
+            if st.role == LINEAR:
+                if st.is_ternary:
+                    st.kind = SourceKind.PACKED
+                elif bitnet:
+                    st.kind = SourceKind.LATENT
+                else:
+                    found = next(found_in_order)
+                    if found is not None:
+                        mark_exact(st, found)
+                    else:
+                        if not ternarize:
+                            raise not_ternary_error(ckpt, st)
+                        st.kind = SourceKind.FLOAT
+            elif st.role in (EMBEDDING, OUTPUT) and not bitnet and not st.is_ternary:
+                found = next(found_in_order)
                 if found is not None:
                     mark_exact(st, found)
                 else:
-                    if not ternarize:
-                        raise not_ternary_error(ckpt, st)
-                    st.kind = SourceKind.FLOAT
-        elif st.role in (EMBEDDING, OUTPUT) and not bitnet and not st.is_ternary:
-            found = detect_tensor(st)
-            if found is not None:
-                mark_exact(st, found)
+                    st.kind = SourceKind.KEPT_FLOAT
             else:
-                st.kind = SourceKind.KEPT_FLOAT
-        else:
-            st.kind = SourceKind.PACKED if st.is_ternary else SourceKind.KEPT_FLOAT
+                st.kind = SourceKind.PACKED if st.is_ternary else SourceKind.KEPT_FLOAT
     exact = [t for t in ckpt.tensors if t.kind == SourceKind.EXACT]
     if exact:
         groups = Counter(str(t.group) for t in exact)

@@ -18,10 +18,9 @@ Rules every kernel module here follows:
   first conversion on a machine pays the compile time. Where no cache location is
   writable (a read-only install without a user cache dir) kernels are compiled in each
   process instead of failing (a few seconds per conversion). numba keys a cached kernel on
-  its own file only: a kernel that calls a jitted helper of another module keeps its old
-  machine code when only the helper's file changes. Installs rewrite every file, so this
-  bites only while editing: keep shared helpers tiny and stable (`floats.to_f32`), and
-  delete `bitconv/kernels/__pycache__` after changing one.
+  its own file only, but its machine code holds the jitted helpers it calls from other
+  files (`floats.to_f32`): `cache.py` adds a digest of every kernel source to the key, so
+  editing any of them recompiles every kernel (tests/test_kernel_cache.py).
 """
 
 from __future__ import annotations
@@ -35,6 +34,9 @@ def jit(fn: Callable[..., Any] | None = None, *, inline: bool = False) -> Any:
     buffer the caller allocated aliases nothing)."""
     import numba
 
+    from .cache import install
+
+    install()  # cached kernels are keyed on every kernel source, not only their own file
     from ..one_time import watch_numba
 
     watch_numba(_cache_dir)  # a first run's compile is announced, and progress rates skip it

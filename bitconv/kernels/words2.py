@@ -59,3 +59,19 @@ def words2_unpack(words, offset, vals):
                 bad += 1
             o[j] = np.uint8(t & 255)
     return bad
+
+
+@jit
+def words2_count_bad(words, offset, k):
+    """The number of codes among the first K of each row that are no ternary value (what
+    `words2_unpack` would count), without writing the values: a reader's open-time check."""
+    m = words.shape[0]
+    bad = 0
+    off = np.int32(offset)
+    for i in range(m):
+        row = words[i]
+        for j in range(k):
+            t = np.int32((row[j >> 4] >> np.uint32(2 * (j & 15))) & np.uint32(3)) - off
+            if t < -1 or t > 1:
+                bad += 1
+    return bad

@@ -70,13 +70,20 @@ def grid_scales(tern: Ternary, g: int, name: str) -> np.ndarray:
 
 def coarsest(values: np.ndarray, scales: np.ndarray, g: int) -> Ternary:
     """A Ternary read from a [M, K/g] scale grid, with the coarsest group that holds the same
-    scales (tensor, row, else g): a per-tensor model written with repeated scales reads back
-    per tensor, so it can go on into a layout that holds one scale per tensor."""
+    scales (tensor, row, else the widest multiple of g over which they repeat): a per-tensor
+    model written with repeated scales reads back per tensor, a group-128 one stored in groups
+    of 64 as group 128, so each goes on into any layout that holds its own group."""
     s = np.asarray(scales, dtype=np.float32)
     if s.size and np.all(s == s.reshape(-1)[0]):
         return Ternary(values, s.reshape(-1)[0], "tensor")
     if np.all(s == s[:, :1]):
         return Ternary(values, np.ascontiguousarray(s[:, :1]), "row")
+    m, ng = s.shape
+    for f in range(ng // 2, 1, -1):  # the widest group of f·g values whose scales are one value
+        if ng % f == 0:
+            blocks = s.reshape(m, ng // f, f)
+            if np.all(blocks == blocks[:, :, :1]):
+                return Ternary(values, np.ascontiguousarray(blocks[:, :, 0]), g * f)
     return Ternary(values, s, g)
 
 
@@ -84,3 +91,14 @@ def check_scales(s: np.ndarray, name: str) -> None:
     if s.size == 0 or not np.all(np.isfinite(s)) or not np.all(s > 0):
         raise BadWeightsError(f"{name}: scales must be finite and positive, got {s.reshape(-1)[:4].tolist()}",
                               hint="the checkpoint is corrupt; fix or re-export it")
+
+
+def count_bad(words: np.ndarray, k: int, offset: int) -> int:
+    """Codes that are no ternary value in stored words (read-only scan, no values written)."""
+    from ..kernels.words2 import words2_count_bad
+
+    w = np.ascontiguousarray(words).view(np.uint32)
+    if w.ndim != 2 or w.shape[1] != n_words(k):
+        raise LayoutError(f"packed shape {list(w.shape)} does not hold K={k} values (expected [M, {n_words(k)}])",
+                          hint="the file is corrupt or its shape entry disagrees")
+    return int(words2_count_bad(w, offset, k))

@@ -59,3 +59,12 @@ class Checkpoint:
 
     def has(self, name: str) -> bool:
         return any(t.name == name for t in self.tensors)
+
+
+def gguf_read_options(i2s_variant: str | None, kernel_config: str | Path | None) -> GGUFReadOptions:
+    """How to read a foreign GGUF source; the variant name is checked like --i2s-variant."""
+    if i2s_variant is not None:
+        from ..pack.i2s import I2S
+
+        i2s_variant = I2S(i2s_variant).variant
+    return GGUFReadOptions(i2s_variant=i2s_variant, kernel_config=Path(kernel_config) if kernel_config else None)

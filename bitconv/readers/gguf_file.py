@@ -326,10 +326,6 @@ class GGUFFile:
             return self.held.read_at(info.offset, info.nbytes, np.uint8, f"tensor {name!r}")
         return self.data[info.offset:info.offset + info.nbytes]
 
-    def is_bitconv(self) -> bool:
-        """Whether bitconv wrote the file (its layouts are then described by bitconv.* keys)."""
-        return "bitconv.layout" in self.kv or "bitconv.version" in self.kv
-
     def bitconv_metadata(self) -> dict[str, Any]:
         out = {}
         for key, (value, _, _) in self.kv.items():

@@ -108,7 +108,10 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
     from ..config_values import get_dict
 
     qconfig = get_dict(config, "quantization_config", str(folder / "config.json"))
-    if qconfig and qconfig.get("quant_method") not in (None, "bitnet"):
+    from . import engine_folders
+
+    engine = engine_folders.engine_format(config, qconfig, str(folder / "config.json"))  # MLX / compressed-tensors
+    if qconfig and qconfig.get("quant_method") not in (None, "bitnet") and engine is None:
         raise InputError(
             f"{folder / 'config.json'}: quantization method {qconfig.get('quant_method')!r} is not ternary; "
             "bitconv reads float or Hugging Face bitnet-packed checkpoints"
@@ -117,10 +120,10 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
     tensors: list[SourceTensor] = []
     packed_any = False
     for hf_name in shards.names():
-        if hf_name.endswith(".weight_scale"):
+        if hf_name.endswith(".weight_scale") or engine_folders.is_side_tensor(engine, hf_name):
             continue
         try:
-            mapped = arch.map_name(hf_name)
+            mapped = arch.map_name(engine_folders.weight_name(engine, hf_name))
         except KeyError:
             raise InputError(
                 f"{shards.path_of(hf_name)}: tensor {hf_name!r} is not part of a {arch.hf_names[0]} model",
@@ -129,6 +132,10 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
         if mapped is None:
             continue
         name, role = mapped
+        if engine_folders.is_quantized(engine, shards, hf_name):
+            packed_any = True
+            tensors.append(engine_folders.quantized_tensor(engine, shards, hf_name, name, role, config))
+            continue
         shape, dtype = shards.info(hf_name)
         if role == LINEAR and dtype == "u8":
             packed_any = True
@@ -152,7 +159,7 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
         config=config,
         tokenizer_dir=folder if any((folder / f).exists() for f in TOKENIZER_FILES) else None,
         packed=packed_any,
-        quantization=dict(qconfig),
+        quantization=dict(qconfig) if engine is None else {},  # the engine format's config is not the model's
     )
     files = sorted(set(shards.files) | {folder / "config.json"} |
                    {folder / f for f in TOKENIZER_FILES + ("model.safetensors.index.json",) if (folder / f).exists()})

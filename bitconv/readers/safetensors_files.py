@@ -19,9 +19,11 @@ from ..errors import CorruptFileError, InputError, SourceNotFoundError
 from ..source_files import FileIdentity, HeldFile
 
 INDEX_NAME = "model.safetensors.index.json"
-_DTYPES = {"BF16": "bf16", "F16": "f16", "F32": "f32", "U8": "u8", "I8": "i8", "F64": "f64"}
+_DTYPES = {"BF16": "bf16", "F16": "f16", "F32": "f32", "U8": "u8", "I8": "i8", "F64": "f64",
+           "U32": "u32", "I32": "i32", "I64": "i64"}  # 32/64-bit ints: MLX and compressed-tensors folders
 _NP_DTYPES = {"BF16": np.dtype("<u2"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "U8": np.dtype("u1"),
-              "I8": np.dtype("i1"), "F64": np.dtype("<f8")}
+              "I8": np.dtype("i1"), "F64": np.dtype("<f8"), "U32": np.dtype("<u4"), "I32": np.dtype("<i4"),
+              "I64": np.dtype("<i8")}
 
 
 def _safe_join(folder: Path, rel: str, index_path: Path) -> Path:
@@ -134,15 +136,6 @@ class ShardSet:
     def info(self, name: str) -> tuple[tuple[int, ...], str]:
         sl = self._open(self._where[name]).get_slice(name)
         return tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype(), sl.get_dtype().lower())
-
-    def get_torch(self, name: str) -> "torch.Tensor":  # noqa: F821 - torch is imported where used
-        path = self._where[name]
-        try:
-            # a handle of its own: its memory map keeps every page read through it resident,
-            # so it is dropped (and the file unmapped) once this tensor is freed
-            return safe_open(str(path), framework="pt").get_tensor(name)
-        except Exception as exc:
-            raise CorruptFileError(f"{path}: cannot read tensor {name!r} ({exc})") from None
 
     def _entries(self, path: Path) -> tuple[int, dict]:
         """(start of the data buffer, the header's tensor entries) of one file, read once.

@@ -98,7 +98,7 @@ class LayerLoader:
         for kind in LAYER_LINEARS + LAYER_NORMS + LAYER_SUB_NORMS + LAYER_QK_NORMS + LAYER_IN_NORMS:
             name = f"blk.{i}.{kind}.weight"
             if name in self.by_name:
-                out[kind] = self.load_raw(name, on_device=(self.cuda or self.fused_cpu) and kind in LAYER_LINEARS,
+                out[kind] = self.load_raw(name, on_device=(self._stager is not None or self.fused_cpu) and kind in LAYER_LINEARS,
                                           out=bufs.get(kind))
         return out
 

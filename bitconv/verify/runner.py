@@ -19,7 +19,7 @@ import torch
 
 from ..errors import InputError, UsageError
 from ..model import HParams, SourceTensor
-from ..quant import GroupSize, Ternary, ternarize
+from ..quant import GroupSize, Ternary
 from ..readers.checkpoint import Checkpoint
 from .act_schemes import A8, NoQuant, is_int8_fused
 from .backends.float32 import FloatBackend
@@ -29,6 +29,7 @@ from .graph import decoder_layer
 from .head import HeadMixin
 from .load import LayerLoader
 from .ops import Kernels, adjacent, as_tokens, pack2, rms_norm, rope_inv_freq, want_compile
+from .source_ref import absmean_ternary
 from .staging import Stager
 from .weights import (ATTN, FFN_IN, IN_NORM, LAYER_IN_NORMS, LAYER_LINEARS, LAYER_NORMS, LAYER_QK_NORMS,
                       LAYER_SUB_NORMS, Groups, LayerWeights, Linear, Payload, TTernary)
@@ -55,8 +56,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 class Runner(LayerLoader, HeadMixin):
     """Streams one checkpoint through the forward pass, one decoder layer at a time.
 
-    `reference`: "ternary" ternarizes float latent linears with absmean (`bitconv.quant.
-    ternarize`, per tensor unless `groups` says otherwise) and takes tensors already ternary
+    `reference`: "ternary" ternarizes float latent linears with absmean (`source_ref`, not
+    the converter's quantizer; per tensor unless `groups` says otherwise) and takes tensors already ternary
     on disk as they are; "fp" uses float weights as they are (ternary tensors dequantized).
     `keep=True` keeps every prepared layer on the device (ternary codes 2-bit packed on the
     int path), for repeated forwards; the default frees each layer after use.
@@ -67,14 +68,16 @@ class Runner(LayerLoader, HeadMixin):
     BITCONV_COMPILE is not 0) compiles the fused helpers. `head_dtype` (default: `dtype`) is
     the dtype of the output projection alone; `head_math="bf16"` runs a float32 head as a
     bfloat16 GEMM and recomputes each row's largest logits in float32 (verify's fast CPU
-    path).
+    path). `stage` (default: on CUDA) reads and copies layers through `staging.Stager` and
+    decodes TQ2_0 with the torch decoder, as on a GPU.
     """
 
     def __init__(self, ckpt: Checkpoint, *, act_quant: bool = True, scheme: Any = None, reference: str = "ternary",
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  groups: Groups = None, keep: bool = False, micro_batch: int | None = None,
                  int_path: bool | None = None, compile: bool | None = None,
-                 head_dtype: torch.dtype | None = None, head_math: str | None = None) -> None:
+                 head_dtype: torch.dtype | None = None, head_math: str | None = None,
+                 stage: bool | None = None) -> None:
         if reference not in REFERENCES:
             raise UsageError(f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
         self.ckpt = ckpt
@@ -106,7 +109,9 @@ class Runner(LayerLoader, HeadMixin):
         self._cache: dict[int, LayerWeights] = {}
         self._gguf = None
         self._fd: int | None = None
-        self._stager = Stager(self.device) if self.cuda else None
+        # CUDA streams layers through pinned staging buffers; stage=True runs that same loading
+        # code on the CPU (how CI tests the GPU path's pure functions without a GPU)
+        self._stager = Stager(self.device) if (self.cuda if stage is None else stage) else None
         self._check_tensors()
         self._rope = rope_inv_freq(self.hp, ckpt.spec.config)
         self._head: torch.Tensor | None = None
@@ -147,10 +152,12 @@ class Runner(LayerLoader, HeadMixin):
             return TTernary.from_numpy(raw, "cpu")
         if self.reference == "fp":
             return None
-        return TTernary.from_numpy(ternarize(raw, self.group_of(name), name), "cpu")
+        # the model's own absmean written apart from the converter's quantizer (`source_ref`):
+        # a bug in the conversion's scales cannot then be on both sides of the comparison
+        return absmean_ternary(raw, self.group_of(name))
 
     def _to_dev(self, t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        if t.device.type == "cpu" and self.cuda:
+        if t.device.type == "cpu" and self._stager is not None:
             t = self._stager.put(t)
         return t if dtype is None else t.to(dtype)
 

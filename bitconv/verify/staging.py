@@ -18,13 +18,17 @@ class Stager:
     memory per tensor (or copying from pageable memory, which the driver stages through a
     small buffer) ends up waiting for the queued compute; here the only wait is, at the start
     of a layer, for the copies made two layers earlier from the same buffer. File bytes are
-    read straight into the pinned buffer (`read`), in parallel chunks."""
+    read straight into the pinned buffer (`read`), in parallel chunks.
+
+    On a CPU device the same code runs with pageable buffers and no events (the copies are
+    synchronous), which is how CI tests the staging layout without a GPU."""
 
     ALIGN = 4096
     READ_CHUNK = 8 << 20
 
     def __init__(self, device: torch.device) -> None:
-        self.device = device
+        self.device = torch.device(device)
+        self.pinned = self.device.type == "cuda"
         self.bufs: list[torch.Tensor | None] = [None, None]
         self.events: list[Any] = [None, None]
         self.retired: list[list[torch.Tensor]] = [[], []]
@@ -37,22 +41,25 @@ class Stager:
         ev = self.events[self.slot]
         if ev is not None:
             ev.synchronize()
+        if ev is not None or not self.pinned:  # this slot's copies have run: outgrown buffers can go
             self.retired[self.slot].clear()
 
     def end(self) -> None:
+        if not self.pinned:  # CPU copies are done when they return
+            return
         ev = torch.cuda.Event()
         ev.record()
         self.events[self.slot] = ev
 
     def reserve(self, n: int) -> torch.Tensor:
-        """n bytes of this layer's pinned buffer (uint8, CPU)."""
+        """n bytes of this layer's (pinned) buffer (uint8, CPU), each reservation 4 KiB-aligned."""
         buf = self.bufs[self.slot]
         if buf is None or self.off + n > buf.numel():
             if buf is not None:
                 self.retired[self.slot].append(buf)  # its copies may still be queued: keep it alive
             cap = max(self.off + n, 2 * (buf.numel() if buf is not None else 0), 1 << 24)
             with torch.inference_mode(False):  # a normal tensor: refilled in and out of inference mode
-                buf = torch.empty(cap, dtype=torch.uint8, pin_memory=True)
+                buf = torch.empty(cap, dtype=torch.uint8, pin_memory=self.pinned)
             self.bufs[self.slot] = buf
             self.off = 0
         host = buf[self.off:self.off + n]

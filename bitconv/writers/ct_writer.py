@@ -108,7 +108,7 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
                 continue
             name = hf_name(src.name, arch)
             shape = tuple(int(x) for x in src.shape)
-            quantize = src.role == LINEAR or (src.role == OUTPUT and src.kind == SourceKind.EXACT)
+            quantize = src.role == LINEAR or (src.role == OUTPUT and src.is_ternary)
             if quantize:
                 group = src.group if src.is_ternary else options.group_size
                 layout.check(name, shape, group)
@@ -126,7 +126,7 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
                 out = src.dtype if src.dtype in ("bf16", "f16", "f32") else dtype
                 ents = [Entry(name, out, shape)]
                 note = None
-                if src.kind in (SourceKind.EXACT, SourceKind.PACKED) and src.role != LINEAR:
+                if src.is_ternary and src.role != LINEAR:
                     note = (f"ternary in the source (group {src.group}) but written as {out}, dequantized (same "
                             "values): compressed-tensors' pack-quantized format quantizes Linear modules only")
                     warnings.append(f"{name}: {note}")

@@ -135,12 +135,23 @@ class GGUFWriter(Writer, format="gguf"):
         if not self._direct(tp):
             return None
         from ..kernels.floats import narrow_f16
+        from ..readers.mapped import chunks
 
         raw = src.load_raw()  # bfloat16 as its uint16 bits (SourceTensor.load_raw)
         view = kernel_view(raw, raw.dtype == np.uint16, tp.name)
         out = np.empty(view.size, dtype=np.int16)
         flat = view.reshape(-1)
-        bad, over, first_over, amax, umax, first_under = narrow_f16(flat, out)
+        bad = over = 0
+        first_over = first_under = -1
+        amax = umax = 0.0
+        for a, part in chunks(flat):  # the source pages read are given back as it goes
+            b, o, fo, am, um, fu = narrow_f16(part, out[a:a + part.size])
+            bad, over = bad + int(b), over + int(o)
+            if fo >= 0 and first_over < 0:
+                first_over = a + int(fo)
+            amax = max(amax, float(am))
+            if float(um) > umax:  # the first input of the largest size that rounds to 0
+                umax, first_under = float(um), a + int(fu)
         if bad:
             raise_nonfinite(tp.name, int(bad), tuple(src.shape))
         check_narrowed(tp.name, "f16", flat, over, first_over, float(amax), float(umax), first_under,

@@ -246,11 +246,18 @@ class SafetensorsWriter(Writer, format="safetensors"):
                                     "expects out_features // 4 packed rows and will not load it")
                 tensors.append(TensorPlan(name, shape, LINEAR, "hf2bit", sum(e.nbytes for e in ents), src, group))
             else:
+                dt, note = src.dtype, None
                 if src.dtype not in _FLOATS:
-                    raise InputError(f"{src.source_name}: a {src.role} tensor of type {src.dtype} cannot be "
-                                     "written as a float safetensors tensor")
-                ents = [Entry(name, src.dtype, tuple(int(x) for x in src.shape))]
-                tensors.append(TensorPlan(name, tuple(src.shape), src.role, src.dtype, ents[0].nbytes, src))
+                    if not (src.is_ternary and len(src.shape) == 2):
+                        raise InputError(f"{src.source_name}: a {src.role} tensor of type {src.dtype} cannot be "
+                                         "written as a float safetensors tensor")
+                    # a ternary embedding/head (Q2_0 GGUF, MLX, int2): its values s·t, in the model's dtype
+                    dt = scale_dtypes.default
+                    note = (f"ternary in the source ({src.dtype}, group {src.group}) but written as {dt}, "
+                            "dequantized: transformers' bitnet format keeps embeddings as floats")
+                    warnings.append(f"{name}: {note}")
+                ents = [Entry(name, dt, tuple(int(x) for x in src.shape))]
+                tensors.append(TensorPlan(name, tuple(src.shape), src.role, dt, ents[0].nbytes, src, note=note))
             entries[name] = ents
         distinct = sorted({str(g) for g in groups})
         if distinct and distinct != ["tensor"]:
