@@ -85,10 +85,12 @@ def collapse_block_scales(values: np.ndarray, d: np.ndarray, group: GroupSize, n
     option, which a repack of an already-ternary source does not apply; or a file bitconv
     did not write), the coarsest group the scales agree on is taken: tensor, row, then the
     largest K-group; at worst the qk-blocks themselves (256 for TQ, 64 for Q2_0).
+    A caller that decodes the codes elsewhere (verify's GPU staging) passes VALUES with no
+    columns: its zero-scale blocks are then taken as free.
     """
     m, nblk = d.shape
     free = d != 0
-    if not free.all():  # a d = 0 is free only where the block's codes are all 0 (issue 25): a
+    if not free.all() and values.size:  # a d = 0 is free only where the block's codes are all 0 (issue 25): a
         # block with codes and d = 0 computes zeros in the engine, so it must read back as zeros
         zero_d = ~free
         live = np.any(values.reshape(m, nblk, qk)[zero_d] != 0, axis=1) if nblk else np.zeros(0, bool)

@@ -88,7 +88,8 @@ def tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: 
         from . import cpu_kernels
 
         values, d = cpu_kernels.tq2_0_values(blocks, m, k, out)
-        tern = collapse_block_scales(np.empty((m, 0), np.int8), d, group, "tensor")
+        codes = values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+        tern = collapse_block_scales(codes, d, group, "tensor")  # live blocks with d = 0 read as 0
         return TTernary(values, torch.from_numpy(np.array(tern.scales, np.float32)), tern.group)
     if not isinstance(raw, torch.Tensor):
         with warnings.catch_warnings():  # a read-only memmap: torch only reads it (copy to the device)
