@@ -53,9 +53,10 @@ def default_workers() -> int:
     affinity mask: `taskset`, a container's cpuset), at most MAX_DEFAULT_WORKERS.
 
     Why a cap: one thread writes the output in order, so the workers can at best keep it
-    busy. One thread's conversion work measured 0.6-2.7 CPU-seconds per second of the I/O
-    floor (`bench/bench_convert.py --single`, work/floor; README "Conversion at scale"), so
-    a third or fourth worker already waits on the writer; more only add memory in flight."""
+    busy. One thread's conversion work measured 1.3-3.8 CPU-seconds per second of the I/O
+    floor on the 2-core AMD EPYC (`bench/bench_convert.py --single`, work/floor; README
+    "Conversion at scale"), so up to 4 workers keep the writer busy; a fifth would wait on
+    it and only add memory in flight."""
     env = os.environ.get(ENV_THREADS, "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
