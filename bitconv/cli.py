@@ -363,7 +363,9 @@ def _release_body(out: Output, source: str, output: str, layouts: list[str], for
             verify=verify, upload_repo=upload_repo, private=private, timestamp=timestamp,
             force=force, dry_run=dry_run, command=sys.argv[1:], on_plan=on_plan,
             paths={layouts[0]: out_path} if single else None,
-            progress=(lambda tp: bar.update(task, advance=1, description=tp.name)) if task is not None else None,
+            # bytes of source tensors done, as a single convert counts (the bar's columns are bytes)
+            progress=(lambda tp: bar.update(task, advance=tp.source.source_nbytes, description=tp.name))
+            if task is not None else None,
             **args.kwargs(),
         )
     if outcome is not None:
@@ -612,8 +614,8 @@ def verify(
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of the source.")] = None,
     kernel_config: Annotated[Optional[Path], typer.Option(help="Tiles of TL tensors in a GGUF another tool wrote (a bitnet.cpp kernel_config.ini).")] = None,
     source_i2s_variant: Annotated[Optional[str], typer.Option(help="I2_S code order of a GGUF another tool wrote: x86-act (default) or arm.")] = None,
-    act: Annotated[str, typer.Option("--act", help="Activation scheme of the artifact side: a8 (BitNet b1.58's per-token int8, the default) or another registered scheme; the source keeps its own.")] = "a8",
-    kv_bits: Annotated[Optional[int], typer.Option("--kv-bits", help="Quantize the artifact side's KV cache to this many bits (schemes that support it).")] = None,
+    act: Annotated[str, typer.Option("--act", help="Activation scheme of the artifact side: a8 (BitNet b1.58's per-token int8, the default), a4.8 (BitNet a4.8: 4-bit inputs to attention and FFN, top-50% + 8-bit o_proj input, 8-bit down_proj input) or none; the source keeps its own. Any scheme but a8 also reports the artifact's sparsity.")] = "a8",
+    kv_bits: Annotated[Optional[int], typer.Option("--kv-bits", help="Quantize the artifact side's keys and values after rope to 3, 4 or 8 bits (absmax per token and head).")] = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -657,7 +659,7 @@ def _verify_progress(out: Output, tokens: int):
 
         def on_progress(stage: str, done: int, total: int) -> None:
             if stage == "layer" and total:
-                bar.update(task, completed=tokens * done / total, description=f"layer {done}/{total}")
+                bar.update(task, completed=tokens * done / total, description=f"≤{tokens} tokens, layer {done}/{total}")
             elif stage == "metrics":
                 bar.update(task, description="comparing logits" if done < total else "done")
 

@@ -92,15 +92,12 @@ def convert(
         check_output(output, force, local_source_paths(source, options))
     emit = options.emit_kernel_config
     if emit is not None:
-        check_emit_applies([options.layout] if options.format == "gguf" else ["safetensors"])
+        if not auto:  # a default layout is known only once planned (kernel_config_for checks it then)
+            check_emit_applies([options.layout] if options.format == "gguf" else [options.format])
         check_emit_path(emit, output, local_source_paths(source, options), force=force, dry_run=dry_run)
     ckpt = open_source(source, revision=revision, token=token,
                        gguf_options=gguf_read_options(source_i2s_variant, kernel_config))
     snapshot = source_snapshot(ckpt, options)  # the files as opened; checked before the output is committed
-    if into_folder:  # named as a release names it, now that the model's name is known
-        output = output / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
-        if not dry_run:
-            check_output(output, force, local_source_paths(source, options))
     if not dry_run:  # a Hub source's files are known only now; still nothing written yet
         check_not_source(output, checkpoint_paths(ckpt, options))
     if emit is not None:
@@ -116,6 +113,12 @@ def convert(
     else:
         plan = writer.plan(ckpt, output, options)
         plan.notes = kind_notes + plan.notes
+    if into_folder:  # named as a release names it, once the model and the planned layout are known
+        output = plan.output = _name_in_folder(output, ckpt, plan.options)
+        if not dry_run:
+            check_output(output, force, checkpoint_paths(ckpt, options))
+        if emit is not None:
+            check_emit_path(emit, output, checkpoint_paths(ckpt, options), force=force, dry_run=dry_run)
     if on_plan is not None:
         on_plan(plan)
     kernel_ini = kernel_config_for(plan) if emit is not None else None
@@ -260,7 +263,8 @@ def kernel_config_for(plan: ConversionPlan) -> str:
     from .pack.tiles import codegen_command, kernel_config_text, tiles_from_metadata
 
     if plan.options.layout not in TL_LAYOUTS:
-        raise UsageError("--emit-kernel-config applies to --layout tl1 or tl2")
+        raise UsageError(f"--emit-kernel-config writes the tiles of a TL layout, and this run writes "
+                         f"{plan.options.layout}", hint="add --layout tl1 or tl2, or drop --emit-kernel-config")
     cmd = codegen_command(plan.options.layout, tiles_from_metadata(plan.layout_metadata),
                           plan.options.name or plan.spec.name)
     # The matching bitnet.cpp codegen call, as comments configparser (and bitnet.cpp) ignore;
@@ -344,6 +348,12 @@ def check_emit_path(path: Path, output: Path, sources: list[Path], force: bool =
         raise UsageError(f"{path}: --emit-kernel-config names a folder; give a file name")
     if not dry_run:
         check_side_file(path, force, is_bitconv_kernel_config, "kernel config")
+
+
+def _name_in_folder(folder: Path, ckpt: Checkpoint, options: ConvertOptions) -> Path:
+    """`convert SRC folder/`: the GGUF's path inside FOLDER, `<model>-<layout>.gguf` as a release
+    names it (the layout the plan settled on)."""
+    return folder / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
 
 
 def check_folder_target(folder: Path) -> None:

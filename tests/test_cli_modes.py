@@ -169,3 +169,11 @@ def test_an_error_after_outputs_were_written_names_them(silu_ckpt, tmp_path, mon
     r = run_cli("convert", silu_ckpt, out, "--layout", "tq2_0,i2_s", "--verify", "--force", "--json")
     assert r.exit_code == 2
     assert sorted(Path(p).name for p in json.loads(r.stdout)["written"]) == on_disk
+
+
+def test_emit_kernel_config_with_the_default_layout_names_the_layout_chosen(silu_ckpt, tmp_path):
+    """Without --layout the layout is chosen from the model; a non-TL choice is refused naming it."""
+    ini = tmp_path / "k.ini"
+    r = run_cli("convert", silu_ckpt, tmp_path / "m.gguf", "--emit-kernel-config", ini)
+    assert_refused(r, contains=("--emit-kernel-config", "tq2_0"))
+    assert not ini.exists() and not (tmp_path / "m.gguf").exists()

@@ -21,6 +21,7 @@ class Sides:
     fast: bool  # verify's fast CPU path
     compute: str  # what the forward passes computed with, for the report
     notes: list[str] = field(default_factory=list)
+    stats: Any = None  # act_schemes.SparsityStats of the artifact side
 
     def runners(self) -> list[Any]:
         return [r for r in (self.art, self.src, self.fp) if r is not None]
@@ -38,7 +39,7 @@ def make_sides(art, src, *, dev, tdtype, dtype_name: str, act_quant: bool | None
     forces both, `art_scheme` (from --act/--kv-bits) sets the artifact's alone."""
     import torch
 
-    from .act_schemes import is_int8_fused
+    from .act_schemes import SparsityStats, get_scheme, is_int8_fused
     from .head import HEAD_EXACT
     from .runner import Runner
 
@@ -72,11 +73,18 @@ def make_sides(art, src, *, dev, tdtype, dtype_name: str, act_quant: bool | None
         compute = f"{dtype_name} linears (transformers' operation order), {dtype_name} head"
     if not art_aq:
         compute = compute.replace("int8 linears (exact)", f"{dtype_name} linears (no activation quantization)")
+    # the artifact's sparsity: its ternary weights as `stream` reads them, its activations
+    # wherever a scheme runs on the float backend (an explicit scheme; a8 with --no-fast: the
+    # int8 kernels fuse a8 and never hand the quantized input back)
+    stats = SparsityStats()
     if art_scheme is not None:
-        art_aq = True
+        art_scheme.stats = stats
+        art_aq = art_scheme.name != "none"  # the report's "act. quant artifact" line
         if not is_int8_fused(art_scheme):
             compute += f"; the artifact with activation scheme {act!r}" + (
                 f" and a {kv_bits}-bit KV cache" if kv_bits is not None else "") + " on the float backend"
+    elif art_aq:
+        art_scheme = get_scheme("a8", None, stats)  # the same rule (is_int8_fused): the same numbers
     r_art = Runner(art, act_quant=art_aq, scheme=art_scheme, reference="ternary", **kw)
     r_src = Runner(src, act_quant=src_aq, reference="ternary", groups=groups, **kw)
     r_fp = Runner(src, act_quant=False, reference="fp", **kw) if reference == "fp" else None
@@ -86,4 +94,4 @@ def make_sides(art, src, *, dev, tdtype, dtype_name: str, act_quant: bool | None
                      "without activation quantization")
     if any(st.role == LINEAR and not st.is_ternary for st in art.tensors):
         notes.append("the artifact has float linears: verify ternarizes them on the fly like the source")
-    return Sides(r_art, r_src, r_fp, art_aq, src_aq, bool(fast), compute, notes)
+    return Sides(r_art, r_src, r_fp, art_aq, src_aq, bool(fast), compute, notes, stats)

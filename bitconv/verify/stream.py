@@ -84,6 +84,12 @@ def stream_layers(sides: Sides, wtok, num_layers: int, max_weight_error: float, 
                             if k in tern_src}
             check_layer(i, r_art, r_src, raw_art, raw_src, tern_art, tern_src, r_fp is not None,
                         max_weight_error, checks, failures)
+            if sides.stats is not None:  # the artifact's zero weights, for the sparsity report
+                for kind in raw_art:
+                    if kind in LINEAR_KINDS:
+                        ta = tern_art.get(kind)
+                        sides.stats.observe_weight(i, kind, ta.values if ta is not None else None,
+                                                   r_art.by_name[f"blk.{i}.{kind}.weight"].shape)
             with clock.timed("source"):
                 lw_src = r_src.prepare_layer(i, {**raw_src, **tern_src})
             lw_fp = r_fp.prepare_layer(i, raw_src) if r_fp is not None else None
