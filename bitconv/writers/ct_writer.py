@@ -51,7 +51,7 @@ from ..plan import ConversionPlan, ConvertOptions, TensorPlan
 from ..quant import Ternary
 from ..readers.checkpoint import Checkpoint
 from ..rotation import refuse_rotated
-from ..source_kind import SourceKind, is_bitnet_model
+from ..source_kind import is_bitnet_model
 from .base import Encoded, Payload
 from .engine_folder import folder_layout, has_output, model_dtype, rounding_warning, scale_exact_in, source_config
 from .safetensors_writer import Entry, SafetensorsWriter, hf_name
