@@ -49,7 +49,6 @@ RELU2_ARCHES = ("bitnet-b1.58", "bitnet-25")
 RELU2_NAMES = ("relu2", "relu_squared", "squared_relu", "relu^2", "relu²")
 RELU2_MODELS = ("bitnet-b1.58-2b", "bitnet-b1.58-2b-4t", "bitnet-2b")  # known relu² checkpoints
 
-TAIL = 32  # bitnet.cpp tensors end in a 32-byte tail whose first 4 bytes are the scale
 INVERTED_FACTOR = 100.0  # "orders of magnitude": a scale this far from the others is suspect
 
 
@@ -101,12 +100,6 @@ def _roundup(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 
 
-def _tl2_size(m: int, k: int) -> int:
-    from .pack.tl2 import TL2
-
-    return TL2().nbytes((m, k))
-
-
 # which reading of AMBIGUOUS[id] each engine applies
 ENGINE_READING = {39: {BITNET_CPP: 0, LLAMA_CPP: 1}, 42: {LLAMA_CPP: 0, BITNET_CPP: 1}}
 
@@ -131,6 +124,7 @@ class _Ctx:
         self.slot = {id(i): max(0, nxt.get(i.offset, self.size) - i.offset) for i in f.index}
         self.last = {id(i): i.offset not in nxt for i in f.index}
         self.readings: dict[int, list[str]] = {}
+        self.layouts: dict[int, list[str | None]] = {}  # ambiguous id -> the layouts of its supported readings
 
     def fits(self, info: GGUFTensorInfo, nbytes: int | None) -> bool:
         if nbytes is None:
@@ -214,6 +208,7 @@ def check_type_ids(c: _Ctx) -> Iterable[Finding]:
                 if all(mk is not None and _fits(r.nbytes(*mk), c.slot[id(i)], c.align) for mk, i in zip(mks, infos)):
                     supported.append(r)
             c.readings[t] = [_short_label(r.label) for r in supported]
+            c.layouts[t] = [r.layout for r in supported]
             engine_reading = {e: AMBIGUOUS[t][ix] for e, ix in ENGINE_READING[t].items()}
             what = "; ".join(f"{e} reads it as {_short_label(r.label)}" for e, r in engine_reading.items())
             names = [_short_label(r.label) for r in supported]
@@ -344,59 +339,49 @@ def check_norms(c: _Ctx) -> Iterable[Finding]:
                           "convert again from the original model (norms stay F32)")
 
 
-def _scale_offset(c: _Ctx, info: GGUFTensorInfo) -> int | None:
-    """Where the per-tensor scale of a bitnet.cpp tensor sits (start of its 32-byte tail)."""
-    mk = c.matrix(info)
-    if mk is None:
+def _layout(c: _Ctx, info: GGUFTensorInfo):
+    """The `pack/` layout a tensor's bytes are read as (an ambiguous id: the first reading
+    its bytes support), None for float and foreign types."""
+    from .pack import get_layout, layout_for_ggml_type
+
+    t = info.ggml_type
+    if t in FLOAT_TYPES:
         return None
-    if info.ggml_type in (36, 38):
-        return mk[0] * mk[1] // 4
-    if info.ggml_type == 39 and any(r.startswith("TL2") for r in c.readings.get(39, [])):
-        return _tl2_size(*mk) - TAIL
-    return None
+    if t in AMBIGUOUS_TYPES:
+        names = c.layouts.get(t) or [None]
+        return get_layout(names[0]) if names[0] is not None else None
+    cls = layout_for_ggml_type(t)
+    return cls() if cls is not None else None
 
 
-def _block_fields(c: _Ctx, info: GGUFTensorInfo) -> tuple[int, int, int, int] | None:
-    """(block bytes, d offset in block, code bytes offset, code bytes) of a block type, else None."""
-    if info.ggml_type == 35:
-        return 66, 64, 0, 64
-    if info.ggml_type == 34:
-        return 54, 52, 0, 0  # base-3 digits: every byte value decodes to trits
-    if info.ggml_type == 42 and (c.readings.get(42) or [""])[0].startswith("Q2_0"):
-        return 18, 0, 2, 16
-    return None
-
-
-def _readable(c: _Ctx, info: GGUFTensorInfo, nbytes: int | None) -> bool:
-    return nbytes is not None and info.offset + nbytes <= c.size
+def _tensor_bytes(c: _Ctx, info: GGUFTensorInfo):
+    """(layout, [M, K], the tensor's bytes) for a ternary linear whose bytes are all in the
+    file, else None (a truncated tensor is reported by check_container)."""
+    mk = c.matrix(info)
+    lay = _layout(c, info) if mk is not None else None
+    if lay is None:
+        return None
+    try:
+        n = lay.nbytes(mk)
+    except (ValueError, ZeroDivisionError, ArithmeticError):
+        return None
+    if info.offset + n > c.size:
+        return None
+    return lay, mk, c.f.data[info.offset:info.offset + n]
 
 
 def _scales(c: _Ctx) -> dict[str, tuple[np.ndarray, int]]:
-    """tensor -> (its scales as float32, K) for every ternary linear whose scales can be read."""
+    """tensor -> (its stored scales as float32, K) for every ternary linear whose layout
+    keeps scales in its bytes (`Layout.stored_scales`)."""
     out = {}
     for info in _linears(c.f):
-        mk = c.matrix(info)
-        if mk is None:
+        got = _tensor_bytes(c, info)
+        if got is None:
             continue
-        off = _scale_offset(c, info)
-        if off is not None:
-            if _readable(c, info, off + 4):
-                out[info.name] = (np.ascontiguousarray(c.f.data[info.offset + off:info.offset + off + 4])
-                                  .view("<f4").astype(np.float32), mk[1])
-            continue
-        bf = _block_fields(c, info)
-        if bf is None:
-            continue
-        blk, doff, _, _ = bf
-        per = {66: 256, 54: 256, 18: 64}[blk]
-        if mk[1] % per:
-            continue
-        n = mk[0] * (mk[1] // per) * blk
-        if not _readable(c, info, n):
-            continue
-        blocks = c.f.data[info.offset:info.offset + n].reshape(-1, blk)
-        d = np.ascontiguousarray(blocks[:, doff:doff + 2]).view("<f2").reshape(-1).astype(np.float32)
-        out[info.name] = (d, mk[1])
+        lay, mk, data = got
+        s = lay.stored_scales(data, mk)
+        if s is not None:
+            out[info.name] = (np.asarray(s, dtype=np.float32).reshape(-1), mk[1])
     return out
 
 
@@ -438,63 +423,21 @@ def check_scales(c: _Ctx) -> Iterable[Finding]:
                           "convert again from the original checkpoint")
 
 
-_B55 = np.uint64(0x5555555555555555)
-
-
-def _count_code3(raw: np.ndarray) -> int:
-    """How many 2-bit fields of `raw` hold 3 (both bits set)."""
-    raw = np.ascontiguousarray(raw).reshape(-1)
-    n8 = raw.size // 8 * 8
-    total = 0
-    if n8:
-        w = raw[:n8].view("<u8")
-        hits = w & (w >> np.uint64(1)) & _B55
-        total += int(np.unpackbits(hits.view(np.uint8)).sum())
-    rest = raw[n8:]
-    if rest.size:
-        total += int(np.unpackbits((rest & (rest >> 1) & 0x55).astype(np.uint8)).sum())
-    return total
-
-
-def _count_bad_nibbles(raw: np.ndarray) -> int:
-    raw = np.ascontiguousarray(raw).reshape(-1)
-    return int(np.count_nonzero((raw >> 4) > 8) + np.count_nonzero((raw & 15) > 8))
-
-
 def check_codes(c: _Ctx) -> Iterable[Finding]:
-    """2-bit code 3 in I2_S / TQ2_0 / Q2_0 (not ternary), pair codes > 8 in TL1."""
+    """Code fields that decode to no ternary value, as each layout defines them
+    (`Layout.invalid_codes`: 2-bit code 3 in I2_S / TQ2_0 / Q2_0, pair codes > 8 in TL1)."""
     for info in _linears(c.f):
-        mk = c.matrix(info)
-        if mk is None:
+        got = _tensor_bytes(c, info)
+        if got is None:
             continue
-        m, k = mk
-        bad, what = 0, ""
-        if info.ggml_type in (36, 38):
-            if not _readable(c, info, m * k // 4):
-                continue
-            raw = c.f.data[info.offset:info.offset + m * k // 4]
-            if info.ggml_type == 36:
-                bad, what = _count_code3(raw), "2-bit code 3 (no ternary value)"
-            else:
-                bad, what = _count_bad_nibbles(raw), "pair codes above 8 (no ternary pair)"
-        else:
-            bf = _block_fields(c, info)
-            if bf is None or not bf[3]:
-                continue
-            blk, _, coff, cbytes = bf
-            per = {66: 256, 18: 64}[blk]
-            n = m * (k // per) * blk
-            if k % per or not _readable(c, info, n):
-                continue
-            codes = c.f.data[info.offset:info.offset + n].reshape(-1, blk)[:, coff:coff + cbytes]
-            bad, what = _count_code3(codes), "2-bit code 3"
-        if bad:
-            q2 = info.ggml_type == 42
-            yield Finding("non-ternary-codes", "warning" if q2 else "error", info.name,
-                          f"{bad} weight(s) hold {what}" + (": Q2_0 reads it as +2d, so the tensor is not ternary"
-                                                            if q2 else ""),
-                          "not a ternary model: bitconv will not repack it" if q2 else
-                          "the tensor is corrupt; convert again from the original model")
+        lay, mk, data = got
+        bad = lay.invalid_codes(data, mk)
+        if bad is None or not bad.count:
+            continue
+        yield Finding("non-ternary-codes", "error" if bad.corrupt else "warning", info.name,
+                      f"{bad.count} weight(s) hold {bad.what}",
+                      "the tensor is corrupt; convert again from the original model" if bad.corrupt else
+                      "not a ternary model: bitconv will not repack it")
 
 
 def check_tokenizer(c: _Ctx) -> Iterable[Finding]:

@@ -127,3 +127,17 @@ def test_runner_loads_and_computes_like_cuda_on_the_cpu(files, family, monkeypat
     # measured max |Δ log p| / max |log p| 4.5e-4 (llama), |Δ nll| / nll 3.4e-6; bounds 3x+
     assert float((a.logprobs - c.logprobs).abs().max()) < 1.5e-3 * float(c.logprobs.abs().max())
     assert abs(a.nll - c.nll) < 1e-4 * c.nll
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_verify_decoders_refuse_code_3_like_the_reader(on_device):
+    """One decoder per format: verify's CPU path decodes TQ2_0 with the layout's own decoder and
+    its device path asks the layout, so a code 3 is refused with the tensor and block named."""
+    from bitconv.errors import BadWeightsError
+
+    w = np.random.default_rng(2).standard_normal((32, 512)).astype(np.float32)
+    data = get_layout("tq2_0").pack(ternarize(w, "tensor")).copy()
+    data[66 * 5 + 3] |= 0b11  # block 5 (row 2, second block): one code 3
+    with pytest.raises(BadWeightsError, match=r"blk\.0\.attn_q\.weight: TQ2_0 block 5 \(row 2, values 256"):
+        tq2_0_decode(data, (32, 512), "tensor", "cpu", (lambda t: t.clone()) if on_device else None,
+                     name="blk.0.attn_q.weight")

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import LayoutError, UsageError
 from ..quant import GroupSize, Ternary
+from .inspect_bytes import CodeCount
 
 _LAYOUTS: dict[str, type["Layout"]] = {}
 
@@ -63,6 +64,17 @@ class Layout:
         return {}
 
     # -- data ------------------------------------------------------------------------
+    def stored_scales(self, data: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+        """The scales `data` (exactly nbytes(shape) bytes) stores, float32 as written (one per
+        block, or the tensor's one), read without unpacking, for `doctor` to judge; None when
+        the layout keeps no scale in the tensor's bytes or the shape cannot be this layout."""
+        return None
+
+    def invalid_codes(self, data: np.ndarray, shape: tuple[int, int]) -> "CodeCount | None":
+        """The code fields of `data` that decode to no ternary value (`inspect_bytes.CodeCount`);
+        None when every bit pattern is a ternary value."""
+        return None
+
     def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
         """Return the tensor's bytes as a 1-D uint8 array of length nbytes(shape)."""
         raise NotImplementedError
@@ -116,7 +128,7 @@ class Layout:
         else:
             gs = s2.shape[1]
             used = np.any(v.reshape(m, gs, k // gs) != 0, axis=2) if gs and k % gs == 0 else np.ones_like(bad2)
-        hit = np.argwhere(bad2 & used)
+        hit = np.argwhere(bad2 & (used | ~np.isfinite(s2)))  # NaN/inf: never a scale, even of zeros
         if hit.size == 0:
             return
         value = float(s2[tuple(hit[0])])

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import CorruptFileError, UsageError
 from ..quant import GroupSize, Ternary
 from .base import Layout
+from .inspect_bytes import CodeCount, count_code3, tail_scale
 
 TAIL = 32  # bytes after the codes: float32 scale, then zeros
 VARIANTS: dict[str, int] = {"x86-act": 128, "arm": 64, "x86-1x4": 4}  # block size / rows per byte
@@ -77,6 +78,12 @@ class I2S(Layout, name="i2_s"):
     def nbytes(self, shape: tuple[int, int]) -> int:
         m, k = shape
         return m * k // 4 + TAIL
+
+    def stored_scales(self, data: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+        return tail_scale(data, self.nbytes(shape) - TAIL)
+
+    def invalid_codes(self, data: np.ndarray, shape: tuple[int, int]) -> CodeCount | None:
+        return CodeCount(count_code3(np.asarray(data)[:shape[0] * shape[1] // 4]), "2-bit code 3 (no ternary value)")
 
     def metadata(self) -> dict[str, Any]:
         return {"i2s_variant": self.variant}

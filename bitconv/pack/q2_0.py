@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import BadWeightsError
 from ..quant import GroupSize, Ternary
 from .base import Layout
+from .inspect_bytes import CodeCount, block_codes, block_scales_f16, count_code3
 from .kernel_args import bad_values_error, block_scale_bits, ternary_bytes
 from .tq import collapse_block_scales
 
@@ -45,6 +46,15 @@ class Q2_0(Layout, name="q2_0"):
     def nbytes(self, shape: tuple[int, int]) -> int:
         m, k = shape
         return m * (k // QK) * BLOCK_BYTES
+
+    def stored_scales(self, data: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+        return None if shape[1] % QK else block_scales_f16(data, BLOCK_BYTES, 0)  # d starts each block
+
+    def invalid_codes(self, data: np.ndarray, shape: tuple[int, int]) -> CodeCount | None:
+        if shape[1] % QK:
+            return None
+        return CodeCount(count_code3(block_codes(data, BLOCK_BYTES, 2, QK // 4)),
+                         "2-bit code 3: Q2_0 reads it as +2d, so the tensor is not ternary", corrupt=False)
 
     def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
         from ..kernels.q2_0 import q2_0_pack

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import CorruptFileError
 from ..quant import Ternary
+from .inspect_bytes import CodeCount, count_nibbles_above, tail_scale
 from .i2s import TAIL, bad_values, int8_values, read_scale, scale_tail
 from .tiles import TiledLayout
 
@@ -34,6 +35,14 @@ class TL1(TiledLayout, name="tl1"):
     def nbytes(self, shape: tuple[int, int]) -> int:
         m, k = shape
         return m * k // 4 + TAIL
+
+    def stored_scales(self, data: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+        return tail_scale(data, self.nbytes(shape) - TAIL)
+
+    def invalid_codes(self, data: np.ndarray, shape: tuple[int, int]) -> CodeCount | None:
+        # each nibble indexes one of the 9 ternary pairs
+        return CodeCount(count_nibbles_above(np.asarray(data)[:shape[0] * shape[1] // 4], 8),
+                         "pair codes above 8 (no ternary pair)")
 
     def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
         from ..kernels.tl import tl1_pack

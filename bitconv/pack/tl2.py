@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import CorruptFileError
 from ..quant import Ternary
+from .inspect_bytes import tail_scale
 from .i2s import TAIL, bad_values, int8_values, read_scale, scale_tail
 from .tiles import TiledLayout, tl2_padded_size, tl2_real_size
 
@@ -40,6 +41,9 @@ class TL2(TiledLayout, name="tl2"):
 
     def nbytes(self, shape: tuple[int, int]) -> int:
         return _roundup32(tl2_padded_size(shape)) + TAIL
+
+    def stored_scales(self, data: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+        return tail_scale(data, self.nbytes(shape) - TAIL)
 
     def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
         from ..kernels.tl import tl2_pack

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import BadWeightsError
 from ..quant import GroupSize, Ternary
 from .base import Layout
+from .inspect_bytes import CodeCount, block_codes, block_scales_f16, count_code3
 from .kernel_args import bad_values_error, block_scale_bits, ternary_bytes
 
 QK = 256
@@ -40,6 +41,11 @@ class _TQ(Layout):
         """(pack, unpack) numba kernels, imported here so importing a layout never imports numba."""
         raise NotImplementedError
 
+    def stored_scales(self, data: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+        if shape[1] % QK:
+            return None
+        return block_scales_f16(data, self.codes_bytes + 2, self.codes_bytes)  # d ends each block
+
     def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
         m, k = tern.shape
         self.check(name, (m, k), tern.group)
@@ -61,19 +67,29 @@ class _TQ(Layout):
         self._check_whole_blocks(name, shape)  # K < 256: no block holds these values
         data = self._check_data(data, shape, name)
         m, k = shape
-        nb = m * (k // QK)
         values = np.empty((m, k), dtype=np.int8)
-        d = np.empty((m, k // QK), dtype=np.float32)  # the kernel writes its bits
-        unpack = self._kernels()[1]
-        bad = unpack(np.ascontiguousarray(data), nb, values.reshape(-1).view(np.uint8), d.reshape(-1).view(np.uint32))
+        d = np.empty((m, k // QK), dtype=np.float32)
+        self.decode_rows(data, shape, values, d, 0, m, name)
+        return collapse_block_scales(values, d, group, name)
+
+    def decode_rows(self, data: np.ndarray, shape: tuple[int, int], values: np.ndarray, d: np.ndarray,
+                    r0: int, r1: int, name: str = "tensor") -> None:
+        """Rows [r0, r1) of a tensor's blocks (`data`: all nbytes(shape) bytes) into the int8
+        `values` [M, K] and float32 block scales `d` [M, K/256] (both C-contiguous): the one
+        CPU decoder of the format, which `unpack` and verify's fused path (rows over threads,
+        straight into its q|k|v and gate|up matrices) both call. Refuses TQ2_0's code 3."""
+        m, k = shape
+        kb, bb = k // QK, self.codes_bytes + 2
+        rows = np.asarray(data)[r0 * kb * bb:r1 * kb * bb]
+        bad = self._kernels()[1](np.ascontiguousarray(rows), (r1 - r0) * kb, values[r0:r1].reshape(-1).view(np.uint8),
+                                 d[r0:r1].reshape(-1).view(np.uint32))  # the kernel writes d's bits
         if bad >= 0:  # TQ2_0 only: TQ1_0 bytes all decode to ternary digits
-            nbr = k // QK
+            bad += r0 * kb
             raise BadWeightsError(
-                f"{name}: {self.name.upper()} block {bad} (row {bad // nbr}, values {QK * (bad % nbr)}.."
-                f"{QK * (bad % nbr) + QK - 1}) holds code 3 (+2·d), which is not ternary",
+                f"{name}: {self.name.upper()} block {bad} (row {bad // kb}, values {QK * (bad % kb)}.."
+                f"{QK * (bad % kb) + QK - 1}) holds code 3 (+2·d), which is not ternary",
                 hint="the file is corrupt: TQ2_0 codes are 0, 1, 2 (-1, 0, +1); reconvert from the source",
             )
-        return collapse_block_scales(values, d, group, name)
 
 
 def collapse_block_scales(values: np.ndarray, d: np.ndarray, group: GroupSize, name: str,
@@ -140,6 +156,11 @@ class TQ2_0(_TQ, name="tq2_0"):
     bits_per_weight = 2.0625
     codes_bytes = 64
     description = "llama.cpp ternary, 2.06 bpw (runs in upstream llama.cpp)"
+
+    def invalid_codes(self, data: np.ndarray, shape: tuple[int, int]) -> CodeCount | None:
+        if shape[1] % QK:
+            return None
+        return CodeCount(count_code3(block_codes(data, self.codes_bytes + 2, 0, self.codes_bytes)), "2-bit code 3")
 
     def _kernels(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
         from ..kernels.tq import tq2_0_pack, tq2_0_unpack

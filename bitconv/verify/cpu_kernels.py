@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import jit
-from ..kernels.floats import f32_from_bits, to_f32
+from ..kernels.floats import f32_from_bits
 
 LANES = 16
 
@@ -185,39 +185,6 @@ def _qkv_rope_rows(acc, rows, scale, heads, kv_heads, d, t, cos, sin, r0, r1, q,
             c = nq + nk + h * d
             for j in range(d):
                 vo[j] = y[c + j]
-
-
-_M3 = np.uint64(0x0303030303030303)
-_H8 = np.uint64(0x8080808080808080)
-_L1 = np.uint64(0x0101010101010101)
-
-
-@jit
-def _tq2_0_rows(blocks, kb, r0, r1, out, d):  # pragma: no cover - compiled
-    """TQ2_0 codes -> int8 ternary values: block b of row i (66 bytes: 64 code bytes, fp16 d)
-    holds value j at byte 32·(j//128) + j%32, bits 2·((j%128)//32), as t + 1. d[i, b] gets
-    the block's scale as float32 (read here, while the block is in cache).
-
-    Eight values at a time in a uint64 (SWAR): the 2-bit fields of 8 consecutive code bytes
-    are shifted down together and masked, and c - 1 per byte is ((c | 0x80) - 1) ^ 0x80,
-    which never borrows across bytes (x86 has no byte shifts; per-byte code was 2x slower)."""
-    src = np.empty(8, np.uint64)
-    sb = src.view(np.uint8)
-    for i in range(r0, r1):
-        orow = out[i].view(np.uint64)
-        for b in range(kb):
-            blk = blocks[i * kb + b]
-            for c in range(64):  # the block's code bytes, aligned for uint64 loads
-                sb[c] = blk[c]
-            base = b * 32  # 256 values = 32 words
-            for h in range(2):
-                for s in range(4):
-                    sh = np.uint64(2 * s)
-                    o = base + h * 16 + s * 4
-                    for w in range(4):
-                        x = (src[h * 4 + w] >> sh) & _M3
-                        orow[o + w] = ((x | _H8) - _L1) ^ _H8
-            d[i, b] = to_f32(np.int16(np.uint16(blk[64]) | (np.uint16(blk[65]) << np.uint16(8))))
 
 
 # ----------------------------------------------------------------------------------------
@@ -394,17 +361,21 @@ def qkv_rope(acc, rows, scale, heads: int, kv_heads: int, d: int, b: int, t: int
     return q, k, v
 
 
-def tq2_0_values(blocks: np.ndarray, m: int, k: int, out=None):
+def tq2_0_values(blocks: np.ndarray, m: int, k: int, out=None, name: str = "tensor"):
     """TQ2_0 blocks uint8 [m·k/256, 66] -> (int8 ternary values [m, k] (torch, CPU), into
-    `out` (contiguous) if given; float32 block scales [m, k/256] (numpy))."""
+    `out` (contiguous) if given; float32 block scales [m, k/256] (numpy)), decoded by the
+    format's own decoder (`pack.tq.TQ2_0.decode_rows`: code 3 refused) with the rows split
+    over the torch threads."""
     import torch
+
+    from ..pack.tq import TQ2_0
 
     if out is None:
         out = torch.empty((m, k), dtype=torch.int8)
     elif tuple(out.shape) != (m, k) or out.dtype != torch.int8 or not out.is_contiguous():
         raise ValueError(f"tq2_0_values: out must be contiguous int8 [{m}, {k}]")
     oa = _np(out)
-    kb = k // 256
-    d = np.empty((m, kb), np.float32)
-    split_rows(m, lambda r0, r1: _tq2_0_rows(blocks, kb, r0, r1, oa, d))
+    d = np.empty((m, k // 256), np.float32)
+    data, lay = np.asarray(blocks).reshape(-1), TQ2_0()
+    split_rows(m, lambda r0, r1: lay.decode_rows(data, (m, k), oa, d, r0, r1, name))
     return out, d

@@ -83,7 +83,7 @@ class LayerLoader:
                 return stager.upload(t) if t.data_ptr() == raw.data_ptr() else stager.put(t)
         else:
             raw, put = self._gguf.raw(st.name), None
-        tern = TORCH_DECODERS[st.dtype](raw, st.shape, st.group or "tensor", self.device, put, out)
+        tern = TORCH_DECODERS[st.dtype](raw, st.shape, st.group or "tensor", self.device, put, out, st.name)
         if self._is_llama_gguf() and kind_of(st.name) in ("attn_q", "attn_k"):
             heads = self.hp.num_heads if kind_of(st.name) == "attn_q" else self.hp.num_kv_heads
             tern = TTernary(unpermute_llama_rows(tern.values, heads),

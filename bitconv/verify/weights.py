@@ -68,14 +68,16 @@ class TTernary:
 def tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: GroupSize,
                   device: torch.device | str = "cpu",
                   put: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  out: torch.Tensor | None = None) -> TTernary:
+                  out: torch.Tensor | None = None, name: str = "tensor") -> TTernary:
     """TQ2_0 bytes -> TTernary on `device`; the same result as `pack.tq.TQ2_0.unpack`.
 
-    The bytes are copied (pinned, asynchronously on CUDA) and unpacked on the device; the
-    fp16 block scales are few and are collapsed into their group on the host, so nothing
-    waits for the GPU. On the CPU `out` (int8 [m, k]) receives the values: a slice of the
-    buffer that linears sharing an input are fused into."""
-    from ..pack.tq import collapse_block_scales
+    On the CPU the format's own decoder runs (`TQ2_0.decode_rows`, rows over the threads),
+    `out` (int8 [m, k]) receiving the values: a slice of the buffer that linears sharing an
+    input are fused into. On a GPU the bytes are copied (pinned, asynchronously) and unpacked
+    there by torch ops; the block scales are read by the layout (`TQ2_0.stored_scales`) and
+    collapsed into their group on the host, and code 3 is refused on the host (the layout's
+    `invalid_codes`), so nothing waits for the GPU."""
+    from ..pack.tq import TQ2_0, collapse_block_scales
 
     m, k = shape
     nb = m * (k // 256)
@@ -87,7 +89,7 @@ def tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: 
     if torch.device(device).type == "cpu" and put is None:  # one fused pass (numba), rows over the threads
         from . import cpu_kernels
 
-        values, d = cpu_kernels.tq2_0_values(blocks, m, k, out)
+        values, d = cpu_kernels.tq2_0_values(blocks, m, k, out, name)
         codes = values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
         tern = collapse_block_scales(codes, d, group, "tensor")  # live blocks with d = 0 read as 0
         return TTernary(values, torch.from_numpy(np.array(tern.scales, np.float32)), tern.group)
@@ -95,7 +97,10 @@ def tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: 
         with warnings.catch_warnings():  # a read-only memmap: torch only reads it (copy to the device)
             warnings.simplefilter("ignore", UserWarning)
             host = torch.from_numpy(blocks)
-    d = np.ascontiguousarray(blocks[:, 64:]).view(np.float16).astype(np.float32).reshape(m, k // 256)
+    lay = TQ2_0()
+    if lay.invalid_codes(blocks.reshape(-1), shape).count:
+        lay.unpack(blocks.reshape(-1), shape, name)  # raises, naming the first block with code 3
+    d = lay.stored_scales(blocks.reshape(-1), shape).reshape(m, k // 256)
     tern = collapse_block_scales(np.empty((m, 0), np.int8), d, group, "tensor")
     put = put or (lambda t: h2d(t, device))
     raw_dev = put(host)  # the contiguous bytes, scales included: one copy
@@ -103,7 +108,6 @@ def tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: 
     q = (raw_dev[:, :64].reshape(nb, 2, 1, 32) >> shifts) & 3
     values = q.reshape(m, k).to(torch.int8) - 1
     return TTernary(values, put(torch.from_numpy(np.array(tern.scales, np.float32))), tern.group)
-
 
 
 def h2d(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
