@@ -791,6 +791,8 @@ def main() -> int:
     ap.add_argument("--show", type=int, default=3)
     ap.add_argument("--self-check", action="store_true", help="convert every accepted input and judge the output")
     ap.add_argument("--start", type=int, default=0, help="first case number (chunks of one campaign)")
+    ap.add_argument("--case-timeout", type=int, default=20, help="seconds before a case counts as hung (a "
+                    "loaded machine compiling a kernel for the first time needs more)")
     args = ap.parse_args()
     SELF_CHECK["on"] = args.self_check
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -816,7 +818,7 @@ def main() -> int:
                 print(f"{target}: typed {type(exc).__name__}: {exc}")
             return 0
         rep = run(args.seed, args.count, targets, work, time_limit=args.time_limit, progress=True,
-                  self_check=args.self_check, start_case=args.start)
+                  self_check=args.self_check, start_case=args.start, case_timeout=args.case_timeout)
     print_report(rep, args.seed, args.show)
     return 1 if rep.untyped or rep.wrong else 0
 

@@ -363,7 +363,9 @@ def _release_body(out: Output, source: str, output: str, layouts: list[str], for
             verify=verify, upload_repo=upload_repo, private=private, timestamp=timestamp,
             force=force, dry_run=dry_run, command=sys.argv[1:], on_plan=on_plan,
             paths={layouts[0]: out_path} if single else None,
-            progress=(lambda tp: bar.update(task, advance=1, description=tp.name)) if task is not None else None,
+            # bytes of source tensors done, as a single convert counts (the bar's columns are bytes)
+            progress=(lambda tp: bar.update(task, advance=tp.source.source_nbytes, description=tp.name))
+            if task is not None else None,
             **args.kwargs(),
         )
     if outcome is not None:
@@ -657,7 +659,7 @@ def _verify_progress(out: Output, tokens: int):
 
         def on_progress(stage: str, done: int, total: int) -> None:
             if stage == "layer" and total:
-                bar.update(task, completed=tokens * done / total, description=f"layer {done}/{total}")
+                bar.update(task, completed=tokens * done / total, description=f"≤{tokens} tokens, layer {done}/{total}")
             elif stage == "metrics":
                 bar.update(task, description="comparing logits" if done < total else "done")
 

@@ -61,26 +61,28 @@ def quiet_since() -> float:
     return _quiet_since
 
 
-def _announce(line: str) -> None:
+def _announce(line: str, key: str) -> None:
     with _lock:
-        if line in _announced or _busy_since is None:
+        if key in _announced or _busy_since is None:
             return
-        _announced.add(line)
+        _announced.add(key)
         subscribers = list(_subscribers)
     for cb in subscribers:
         cb(line)
 
 
-def begin(line: str) -> None:
-    """A one-time step starts (nested calls count once); LINE is said if it lasts > THRESHOLD."""
+def begin(line: str, key: str | None = None) -> None:
+    """A one-time step starts (nested calls count once); LINE is said if it lasts > THRESHOLD,
+    once per process for each KEY (default: the line itself)."""
+    key = key or line
     global _depth, _busy_since, _timer
     with _lock:
         _depth += 1
         if _depth > 1:
             return
         _busy_since = time.monotonic()
-        if line not in _announced:
-            _timer = threading.Timer(threshold(), _announce, args=(line,))
+        if key not in _announced:
+            _timer = threading.Timer(threshold(), _announce, args=(line, key))
             _timer.daemon = True
             _timer.start()
 
@@ -114,7 +116,7 @@ def watch_numba(cache_dir: Callable[[object], str | None]) -> None:
         def on_start(self, ev) -> None:
             where = cache_dir((ev.data or {}).get("dispatcher"))
             begin("compiling bitconv's kernels for this CPU, once"
-                  + (f" (cached in {where})" if where else "") + "; later runs skip this")
+                  + (f" (cached in {where})" if where else "") + "; later runs skip this", key="numba-compile")
 
         def on_end(self, ev) -> None:
             end()

@@ -53,8 +53,9 @@ def default_workers() -> int:
     affinity mask: `taskset`, a container's cpuset), at most MAX_DEFAULT_WORKERS.
 
     Why a cap: one thread writes the output in order, so the workers can at best keep it
-    busy. A conversion's work is about 2.5-4 CPU-seconds per I/O-floor second (README,
-    "Threads"), so beyond ~4 workers they wait on the writer and only add memory in flight."""
+    busy. One thread's conversion work measured 0.6-2.7 CPU-seconds per second of the I/O
+    floor (`bench/bench_convert.py --single`, work/floor; README "Conversion at scale"), so
+    a third or fourth worker already waits on the writer; more only add memory in flight."""
     env = os.environ.get(ENV_THREADS, "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)

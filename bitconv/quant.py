@@ -258,6 +258,11 @@ def _ternarize(w: np.ndarray, group: GroupSize, name: str, bf16_bits: bool) -> t
         bad = int(count_nonfinite(view.reshape(-1)))  # reads the view as the kernels do
         if bad:
             raise_nonfinite(name, bad, tuple(w.shape))
+        # finite weights whose float32 block sums overflow (|w| near 3.4e38): the scale would
+        # be inf and every code 0, a zero tensor written with exit 0 (issue 25's fuzzer found it)
+        raise BadWeightsError(f"{name}: the absmean of its weights overflows float32 (a group's |w| sums past "
+                              "3.4e38); no ternary scale can be computed",
+                              hint="the checkpoint is damaged or diverged in training; fix the source")
     values = np.empty(w.shape, dtype=np.int8)
     g = view.shape[0]
     wt, nnz = np.empty(g, dtype=np.float64), np.empty(g, dtype=np.int64)

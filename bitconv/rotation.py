@@ -65,8 +65,20 @@ def refuse_rotated(ckpt: Any, fmt: str) -> None:
     """Raise LayoutError when the model is rotated: no bitconv target keeps the rotation."""
     rot = rotation_of(ckpt.spec)
     if rot is not None:
-        raise LayoutError(
-            f"{ckpt.spec.source.location}: the weights are pre-rotated by a {describe(rot)}; --format {fmt} has no "
-            "way to declare it, and an engine that skips the rotation runs and writes fluent garbage",
-            hint="run it in an engine that applies the rotation (mlx-lm's prism_hadamard models, PrismML's "
-                 "llama.cpp fork); bitconv does not write rotated models")
+        raise _refusal(ckpt.spec.source.location, rot, f"--format {fmt} has no way to declare it")
+
+
+def refuse_rotated_config(config: dict[str, Any], where: str) -> None:
+    """A folder whose config declares a rotation, refused when it is opened (before its
+    architecture is looked up: a prism_hadamard pack's base architecture is not what matters)."""
+    rot = rotation_from_config(config)
+    if rot is not None:
+        raise _refusal(where, rot, "no bitconv target or forward pass applies it")
+
+
+def _refusal(where: str, rot: dict[str, Any], why: str) -> LayoutError:
+    return LayoutError(
+        f"{where}: the weights are pre-rotated by a {describe(rot)}; {why}, and an engine that skips the "
+        "rotation runs and writes fluent garbage",
+        hint="run it in an engine that applies the rotation (mlx-lm's prism_hadamard models, PrismML's "
+             "llama.cpp fork); bitconv does not write rotated models")

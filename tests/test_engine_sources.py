@@ -165,3 +165,44 @@ def test_engine_folders_are_verify_artifacts(bonsai, tmp_path, fmt):
     bad = verify(out, bonsai, tokens=256, ctx=128, max_weight_error=0.0).to_dict()
     changed = [x for x in bad["tensors"] if x["name"] == "blk.0.ffn_down.weight"]
     assert not bad["passed"] or (changed and (changed[0]["mismatched"] or changed[0]["problem"])), changed
+
+
+@pytest.mark.parametrize("fmt,drop", [("mlx", ".biases"), ("mlx", ".scales"), ("compressed-tensors", ".weight_shape"),
+                                      ("compressed-tensors", ".weight_scale")])
+def test_damaged_engine_folder_is_a_clear_error(bonsai, tmp_path, fmt, drop):
+    out = tmp_path / fmt
+    convert(bonsai, out, format=fmt)
+    t = _st(out)
+    del t["model.layers.0.self_attn.q_proj" + drop]
+    save_file(t, str(out / "model.safetensors"), metadata={"format": "pt"})
+    r = subprocess.run([sys.executable, "-m", "bitconv.cli", "convert", str(out), str(tmp_path / "x.gguf")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "q_proj" in r.stdout + r.stderr
+
+
+def test_stock_4bit_mlx_folder_is_read_as_what_it_computes(bonsai, tmp_path):
+    """`mlx_lm.convert -q` (4-bit affine, its default) on a ternary model: every quantized
+    tensor is read as the floats mlx computes; inspect says NOT exactly ternary."""
+    mx = pytest.importorskip("mlx.core", reason="mlx[cpu] is a [test] extra (its own quantizer makes the stock file)")
+    ours = tmp_path / "ours"
+    convert(bonsai, ours, format="mlx")
+    stock = tmp_path / "stock4"
+    shutil.copytree(ours, stock)
+    t = _st(stock)
+    g = 64
+    for name in [k[: -len(".scales")] for k in t if k.endswith(".scales")]:
+        w = mx.dequantize(mx.array(t[name + ".weight"]), mx.array(t[name + ".scales"]),
+                          mx.array(t[name + ".biases"]), group_size=g, bits=2).astype(mx.float32)
+        q, s, b = mx.quantize(w, group_size=g, bits=4)
+        t[name + ".weight"], t[name + ".scales"], t[name + ".biases"] = np.array(q), np.array(s), np.array(b)
+    save_file(t, str(stock / "model.safetensors"), metadata={"format": "mlx"})
+    cfg = json.loads((stock / "config.json").read_text())
+    cfg["quantization"] = {"group_size": g, "bits": 4, "mode": "affine"}
+    (stock / "config.json").write_text(json.dumps(cfg))
+    lossy = open_source(stock).get("blk.1.ffn_down.weight")
+    assert not lossy.is_ternary and lossy.computed_from == "mlx"
+    name = "model.layers.1.mlp.down_proj"
+    want = mx.dequantize(mx.array(t[name + ".weight"]), mx.array(t[name + ".scales"]),
+                         mx.array(t[name + ".biases"]), group_size=g, bits=4)
+    assert np.array_equal(lossy.load(), np.array(want))
+    assert any("NOT exactly ternary" in n for n in inspect_path(stock)["notes"])

@@ -124,6 +124,11 @@ def test_rotated_model_is_refused(ckpt_factory, copy_ckpt, tmp_path):
         with pytest.raises(LayoutError, match="Hadamard rotation"):
             convert(src, tmp_path / fmt, format=fmt)
         assert not (tmp_path / fmt).exists()
+    # a real pack's base architecture (Qwen3.5) is not one bitconv reads: the rotation is still what is said
+    cfg["architectures"] = ["Qwen3_5ForConditionalGeneration"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LayoutError, match="Hadamard rotation"):
+        convert(src, tmp_path / "y", format="mlx")
 
 
 def test_bf16_scales_rounding_is_said(llama_ckpt, tmp_path):

@@ -238,3 +238,16 @@ def test_engine_folder_scales_out_of_f16_are_refused(ckpt_factory, tmp_path, fmt
     out.mkdir()
     r = run_cli("convert", src, out / "m", "--format", fmt)
     assert_refused(r, outdir=out, keep=set(), contains=("q_proj", "does not fit", "f16 scale"))
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "safetensors"])
+def test_latent_weights_whose_absmean_overflows_float32_are_refused(latent_f32, tmp_path, fmt):
+    """Found by the self-check fuzzer: finite weights near 3.3e38 overflowed absmean's float32
+    block sums, giving scale inf and every code 0 — an all-zero tensor written with exit 0."""
+    src = _edited(latent_f32, tmp_path / "src",
+                  lambda w: w.__setitem__(Q, (np.sign(w[Q]) * np.float32(3.3e38)).astype(np.float32)))
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_cli("convert", src, out / "m", "--format", fmt)
+    assert_refused(r, outdir=out, keep=set(), contains=("blk.0.attn_q.weight" if fmt == "gguf" else "q_proj",
+                                                        "absmean", "overflows float32"))

@@ -427,3 +427,31 @@ def test_default_keeps_a_ternary_embedding_ternary(ckpt_factory, tmp_path):
     res = convert(src, tmp_path / "again.gguf")
     assert res.plan.options.layout == "q2_0", res.plan.notes
     assert GGUFFile(tmp_path / "again.gguf").tensors[EMB].type_name == "Q2_0"
+
+
+def test_default_layout_into_a_folder_is_named_by_the_chosen_layout(tmp_path):
+    out = tmp_path / "od"
+    out.mkdir()
+    r = run("convert", DEMO, f"{out}/", "--json")
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in out.iterdir()] == ["tiny-bitnet-i2_s.gguf"]
+
+
+@pytest.mark.slow
+def test_compiling_ahead_leaves_the_first_run_nothing_to_compile(tmp_path):
+    """`python -m bitconv.kernels` (the quickstart's install step) on an empty kernel cache,
+    then the quickstart's convert and verify: neither compiles anything (no note, even with a
+    zero threshold)."""
+    import sys
+
+    import waiting
+
+    env = _cli_env(NUMBA_CACHE_DIR=str(tmp_path / "cache"), BITCONV_NOTICE_AFTER="0")
+    p = waiting.run([sys.executable, "-m", "bitconv.kernels"], 1200, env=env, capture_output=True, text=True,
+                    cwd=tmp_path)
+    assert p.returncode == 0 and "done:" in p.stderr, p.stderr
+    art = tmp_path / "tiny-bitnet-tl2.gguf"
+    for cmd in (["convert", DEMO, str(art), "--layout", "tl2"], ["verify", str(art), "--source", DEMO]):
+        q = waiting.run([sys.executable, "-m", "bitconv.cli", *cmd], 600, env=env, capture_output=True, text=True)
+        assert q.returncode == 0, q.stderr
+        assert "compiling" not in q.stderr, (cmd, q.stderr)

@@ -193,3 +193,57 @@ def test_chunked_f16_narrowing_keeps_the_whole_tensor_verdicts(ckpt_factory, tmp
     with pytest.raises(BitconvError, match="token_embd.weight"):
         convert(zeroed, tmp_path / "z.gguf", layout="q2_0")
     assert not (tmp_path / "z.gguf").exists()
+
+
+def _mapped_rss_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs /proc/self/smaps (Linux)")
+def test_chunks_walk_a_mapped_tensor_and_give_its_pages_back(tmp_path, monkeypatch):
+    """A pass over a memory-mapped tensor leaves none of it resident in this process (the
+    8B model's 1 GB bf16 embedding stayed mapped beside its 1 GB F16 copy); the walk covers
+    every value once, in order, also for a view of a slice of the map."""
+    import numpy as np
+
+    from bitconv.readers.mapped import _mapping, chunks
+    from bitconv.quant import kernel_view
+
+    values = np.arange(12 * 1024 * 1024, dtype=np.uint16)  # 24 MiB
+    path = tmp_path / "t.bin"
+    with open(path, "wb") as fh:
+        fh.write(b"\0" * 12345)  # an offset that is not page-aligned, as a safetensors header makes
+        fh.write(values.tobytes())
+    m = np.memmap(path, dtype=np.uint16, mode="c", offset=12345, shape=values.shape)
+    assert _mapping(m[1000:]) == _mapping(m) and _mapping(np.zeros(3)) is None
+    seen = 0
+    total = 0
+    rss = []
+    for a, part in chunks(kernel_view(m.reshape(1024, -1), True, "t").reshape(-1), 1 << 20):
+        assert a == seen
+        total += int(part.sum(dtype=np.int64))
+        seen += part.size
+        rss.append(_mapped_rss_kib(path))
+    assert seen == values.size and total == int(values.sum(dtype=np.int64))
+    end = _mapped_rss_kib(path)
+    print(f"\nmapped RSS while walking (KiB): max {max(rss)}, after {end}; the tensor is {values.nbytes // 1024}")
+    # The kernel maps pages around each fault too (fault-around, large folios): measured
+    # 3064-4104 KiB resident while walking 1 MiB chunks, 12 KiB after
+    assert max(rss) <= 8 * 1024
+    assert end <= 2 * 1024
+    # the same walk without the release keeps the tensor resident: the measure sees the pages
+    from bitconv.readers import mapped
+
+    monkeypatch.setattr(mapped, "release_pages", lambda part, mapping: None)
+    for _, part in chunks(m, 1 << 20):
+        part.sum(dtype=np.int64)
+    assert _mapped_rss_kib(path) >= 16 * 1024
+    del m

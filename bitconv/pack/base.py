@@ -128,7 +128,7 @@ class Layout:
         else:
             gs = s2.shape[1]
             used = np.any(v.reshape(m, gs, k // gs) != 0, axis=2) if gs and k % gs == 0 else np.ones_like(bad2)
-        hit = np.argwhere(bad2 & used)
+        hit = np.argwhere(bad2 & (used | ~np.isfinite(s2)))  # NaN/inf: never a scale, even of zeros
         if hit.size == 0:
             return
         value = float(s2[tuple(hit[0])])

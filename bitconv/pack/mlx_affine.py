@@ -90,6 +90,28 @@ class MLXAffine2(Layout, name="mlx_affine2"):
         return (q * s[:, :, None] + b[:, :, None]).reshape(m, k)
 
 
+def dequantize_affine(words: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int, group_size: int,
+                      name: str = "tensor") -> np.ndarray:
+    """What MLX computes from any affine tensor whose codes fill whole words (bits 2, 4, 8):
+    `scale · q + bias` per group, as float32. A stock `mlx_lm.convert -q` folder (4-bit by
+    default) is read through this: its values are what mlx-lm runs, not a ternary model."""
+    if bits not in (2, 4, 8):
+        raise LayoutError(f"{name}: MLX {bits}-bit codes straddle 32-bit words; bitconv reads 2, 4 and 8-bit affine")
+    w = np.ascontiguousarray(words).view(np.uint32)
+    per = 32 // bits
+    m = w.shape[0]
+    k = w.shape[1] * per
+    s = np.asarray(scales, dtype=np.float32)
+    b = np.asarray(biases, dtype=np.float32)
+    if s.shape != b.shape or s.ndim != 2 or s.shape[0] != m or s.shape[1] * group_size != k:
+        raise LayoutError(f"{name}: scales {list(s.shape)} do not fit {bits}-bit words {list(w.shape)} in groups of "
+                          f"{group_size}")
+    shifts = (np.arange(per, dtype=np.uint32) * bits)
+    q = ((w[:, :, None] >> shifts) & np.uint32((1 << bits) - 1)).reshape(m, k).astype(np.float32)
+    q = q.reshape(m, -1, group_size)
+    return (q * s[:, :, None] + b[:, :, None]).reshape(m, k)
+
+
 def choose_group_size(shapes_groups: list[tuple[str, tuple[int, int], GroupSize]]) -> int:
     """The largest MLX group size that divides every quantized tensor's K and holds every
     tensor's own scale group; LayoutError naming the tensor that no size fits."""

@@ -5,7 +5,8 @@ A folder that `--format mlx` or `--format compressed-tensors` wrote, or that the
 whose quantized linears are stored in the engine's layout instead of as floats:
 
 * MLX (`config.json` has `"quantization": {"bits": 2, "group_size": G}`): `X.weight`
-  (uint32 words), `X.scales`, `X.biases`; any module with `.scales` (embeddings too).
+  (uint32 words), `X.scales`, `X.biases`; any module with `.scales` (embeddings too). 4 and
+  8-bit folders (`mlx_lm.convert -q`'s default is 4) are read as what mlx-lm computes.
 * compressed-tensors (`quantization_config.quant_method: compressed-tensors`, format
   `pack-quantized`, int2): `X.weight_packed`, `X.weight_scale`, `X.weight_shape`.
 
@@ -23,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import CorruptFileError, InputError
 from ..model import SourceTensor
 from ..pack.ct_int2 import CTInt2, OFFSET as CT_OFFSET
-from ..pack.mlx_affine import GROUP_SIZES, MLXAffine2, OFFSET as MLX_OFFSET
+from ..pack.mlx_affine import GROUP_SIZES, MLXAffine2, OFFSET as MLX_OFFSET, dequantize_affine
 from ..pack.words2 import coarsest, count_bad
 from .safetensors_files import ShardSet
 
@@ -46,9 +47,11 @@ def engine_format(config: dict[str, Any], qconfig: dict[str, Any], where: str) -
         return CT
     q = config.get("quantization")
     if isinstance(q, dict) and "bits" in q:
-        if q.get("bits") != 2 or q.get("mode", "affine") != "affine" or q.get("group_size") not in GROUP_SIZES:
-            raise InputError(f"{where}: MLX quantization {q} is not 2-bit affine with groups of 32/64/128; "
-                             "no ternary model is stored that way")
+        # 2-bit: possibly exactly ternary; 4 / 8-bit (mlx_lm.convert -q): read as what mlx-lm computes
+        if q.get("bits") not in (2, 4, 8) or q.get("mode", "affine") != "affine" \
+                or q.get("group_size") not in GROUP_SIZES:
+            raise InputError(f"{where}: MLX quantization {q} is not 2, 4 or 8-bit affine with groups of 32/64/128; "
+                             "bitconv reads those (2-bit ones exactly when they are ternary)")
         return MLX
     return None
 
@@ -74,17 +77,29 @@ def quantized_tensor(fmt: str, shards: ShardSet, hf_name: str, name: str, role: 
                      config: dict[str, Any]) -> SourceTensor:
     """The SourceTensor of one stored quantized tensor: ternary when exact, else computed floats."""
     base = hf_name[: -len(".weight_packed")] if fmt == CT else hf_name[: -len(".weight")]
+    where = shards.path_of(hf_name)
+    for side in _SIDE[fmt]:
+        if base + side not in shards:
+            raise CorruptFileError(f"{where}: {hf_name} has no {base + side}",
+                                   hint=f"a {fmt} quantized tensor needs {' and '.join(base + x for x in _SIDE[fmt])}")
     words = shards.raw(hf_name)
+    if words.ndim != 2 or words.dtype.itemsize != 4:
+        raise CorruptFileError(f"{where}: {hf_name} is {words.dtype} of shape {list(words.shape)}, "
+                               "not 32-bit words [M, W]")
     if fmt == MLX:
-        g = int(config["quantization"]["group_size"])
+        g, bits = int(config["quantization"]["group_size"]), int(config["quantization"]["bits"])
         scales, biases = shards.get(base + ".scales"), shards.get(base + ".biases")
+        if scales.ndim != 2 or scales.shape != biases.shape or scales.shape[0] != words.shape[0]:
+            raise CorruptFileError(f"{where}: {base}.scales {list(scales.shape)} / .biases {list(biases.shape)} do "
+                                   f"not fit {hf_name} {list(words.shape)}")
         m, k = int(words.shape[0]), int(scales.shape[1]) * g
         lay = MLXAffine2(g)
-        exact = (words.shape[1] * 16 == k and count_bad(words, k, MLX_OFFSET) == 0
+        exact = (bits == 2 and words.shape[1] * 16 == k and count_bad(words, k, MLX_OFFSET) == 0
                  and np.all(biases == -scales) and np.all(scales > 0) and np.all(np.isfinite(scales)))
 
         def read():
-            return lay.read(shards.raw(hf_name), shards.get(base + ".scales"), shards.get(base + ".biases"), k, hf_name)
+            w, sc, bi = shards.raw(hf_name), shards.get(base + ".scales"), shards.get(base + ".biases")
+            return lay.read(w, sc, bi, k, hf_name) if bits == 2 else dequantize_affine(w, sc, bi, bits, g, hf_name)
         layout_name = "mlx_affine2"
     else:
         shape = tuple(int(x) for x in shards.get(base + ".weight_shape").reshape(-1))
@@ -92,8 +107,12 @@ def quantized_tensor(fmt: str, shards: ShardSet, hf_name: str, name: str, role: 
             raise InputError(f"{shards.path_of(hf_name)}: {base}.weight_shape {list(shape)} is not [M, K]")
         m, k = shape
         scales = shards.get(base + ".weight_scale")
-        scales = scales.reshape(m, -1) if scales.size % max(m, 1) == 0 else scales
-        g = k // max(scales.shape[-1], 1)
+        if m != words.shape[0] or words.shape[1] != (k + 15) // 16 or scales.size == 0 or scales.size % max(m, 1) \
+                or k % (scales.size // max(m, 1)):
+            raise CorruptFileError(f"{where}: {hf_name} {list(words.shape)} / weight_scale {list(scales.shape)} do not "
+                                   f"fit weight_shape {list(shape)}")
+        scales = scales.reshape(m, -1)
+        g = k // scales.shape[-1]
         exact = count_bad(words, k, CT_OFFSET) == 0 and np.all(scales > 0) and np.all(np.isfinite(scales))
 
         def read():

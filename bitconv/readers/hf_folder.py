@@ -103,6 +103,9 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
     if not folder.is_dir():
         raise SourceNotFoundError(f"{folder}: not a folder")
     config = read_config(folder)
+    from ..rotation import refuse_rotated_config
+
+    refuse_rotated_config(config, str(folder))  # a Hadamard-rotated pack (issue 20): named, whatever its arch
     arch = architecture_for(config, str(folder / "config.json"))
     hp = arch.hparams(config, str(folder / "config.json"))
     from ..config_values import get_dict

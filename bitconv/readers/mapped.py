@@ -25,13 +25,13 @@ CHUNK_BYTES = 16 * 1024 * 1024  # a few ms of work per kernel call: the calls an
 def _mapping(arr: np.ndarray) -> tuple[mmap.mmap, int] | None:
     """The `mmap` under `arr` and the address its map starts at, if `arr` views one."""
     base = arr
-    while base is not None:
-        mm = getattr(base, "_mmap", None)
-        if isinstance(mm, mmap.mmap) and isinstance(base, np.memmap):
-            # np.memmap maps from `offset` rounded down to the allocation granularity
-            start = base.ctypes.data - base.offset % mmap.ALLOCATIONGRANULARITY
-            return mm, start
-        base = getattr(base, "base", None)
+    while isinstance(base, np.ndarray):
+        if isinstance(base, np.memmap) and isinstance(base.base, mmap.mmap):
+            # the memmap numpy made (a slice of one carries its parent's `offset`, so only the
+            # root's data pointer says where the map starts): numpy maps from `offset` rounded
+            # down to the allocation granularity
+            return base.base, base.ctypes.data - base.offset % mmap.ALLOCATIONGRANULARITY
+        base = base.base
     return None
 
 

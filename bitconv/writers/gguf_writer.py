@@ -119,7 +119,10 @@ class GGUFWriter(Writer, format="gguf"):
         w.close()
 
     def direct_bytes(self, plan: ConversionPlan, tp: TensorPlan) -> int | None:
-        return 2 * int(np.prod(tp.source.shape, dtype=np.int64)) if self._direct(tp) else None
+        if not self._direct(tp):
+            return None
+        n = int(np.prod(tp.source.shape, dtype=np.int64))  # the F16 output, and the source's bytes as read
+        return 2 * n + (tp.source.source_nbytes or (4 if tp.source.dtype == "f32" else 2) * n)
 
     @staticmethod
     def _direct(tp: TensorPlan) -> bool:

@@ -323,7 +323,8 @@ class SafetensorsWriter(Writer, format="safetensors"):
 
 
     def direct_bytes(self, plan: ConversionPlan, tp: TensorPlan) -> int | None:
-        return 0 if self._direct(plan, tp) else None  # the mapped source's own bytes
+        # the source's own bytes, read into memory (source_files: sources are read, not mapped)
+        return tp.source.source_nbytes or 0 if self._direct(plan, tp) else None
 
     @staticmethod
     def _direct(plan: ConversionPlan, tp: TensorPlan) -> bool:

@@ -110,3 +110,18 @@ def test_bitnet_families_are_refused_with_the_reason(ckpt_factory, tmp_path, fam
     with pytest.raises(UsageError, match="vLLM has no BitNet architecture"):
         convert(ckpt_factory(family, seed=1), tmp_path / "x", format="compressed-tensors")
     assert not (tmp_path / "x").exists()
+
+
+def test_compressed_folder_from_a_gguf_source(root, tmp_path):
+    """GGUF Q2_0 -> compressed-tensors, run by transformers. Measured against the original
+    source: top-1 1.0, rel. L2 2.8e-4, KL 8.9e-8 (Q2_0's fp16 scales, float32 rms_norm_eps);
+    gates 3x: rel. L2 1e-3, KL 3e-7."""
+    src = make_case(root, "qwen3-exact-g128-f32-ternary-embeddings")
+    convert(src, tmp_path / "m.gguf", layout="q2_0")
+    convert(tmp_path / "m.gguf", tmp_path / "m.ct", format="compressed-tensors")
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m.ct", dtype=torch.float32)
+    toks = tokens()
+    with torch.no_grad():
+        got = model(torch.from_numpy(toks), use_cache=False).logits.float().numpy()
+    top1, rel, kl = compare(got, source_logits(src, toks))
+    assert top1 >= 0.99 and rel <= 1e-3 and kl <= 3e-7, (top1, rel, kl)

@@ -162,3 +162,15 @@ def test_silu_bitnet_family_is_refused_with_the_reason(silu_ckpt, tmp_path):
     with pytest.raises(UsageError, match="sub-norms"):
         convert(silu_ckpt, tmp_path / "x", format="mlx")
     assert not (tmp_path / "x").exists()
+
+
+def test_mlx_folder_from_a_gguf_source(root, tmp_path):
+    """GGUF Q2_0 (fp16 block scales) -> MLX: the config comes from the GGUF's hparams. Measured
+    against the original source: top-1 1.0, rel. L2 2.8e-4, KL 8.9e-8 (the fp16 rounding of the
+    scales in Q2_0, and rms_norm_eps stored as float32); gates 3x: rel. L2 1e-3, KL 3e-7."""
+    src = make_case(root, "qwen3-exact-g128-f32-ternary-embeddings")
+    convert(src, tmp_path / "m.gguf", layout="q2_0")
+    convert(tmp_path / "m.gguf", tmp_path / "m.mlx", format="mlx")
+    toks = tokens()
+    top1, rel, kl = compare(_mlx_logits(tmp_path / "m.mlx", toks), source_logits(src, toks))
+    assert top1 >= 0.99 and rel <= 1e-3 and kl <= 3e-7, (top1, rel, kl)

@@ -3,11 +3,12 @@ layout and output format, run with the default `pytest -q` so it cannot rot.
 
 Each defect is planted through the writers' one supported seam, `Writer.encode(plan, tp,
 payload)`, which every tensor passes through on its way to the file (the payload is the
-`Ternary` a packer receives; the result is the bytes the file stores), plus the GGUF
-writer's llama q/k row permutation. The defects are those a review of the suite planted by
+`Ternary` a packer receives; the result is the bytes the file stores), the GGUF writer's
+llama q/k row permutation, or the quantizer's scale function. The defects are those a review of the suite planted by
 hand (issue 22):
 
-  all-scales-x1.3     every linear's scale(s) x1.3 (a systematic quantizer bug)
+  all-scales-x1.3     every scale x1.3 inside the shared quantizer (`bitconv.quant._scales`,
+                      the review's own defect, which verify and the byte tests missed)
   vgu-scales-x1.3     only attn_v / ffn_gate / ffn_up scales x1.3 (sub-norms absorb some)
   codes-swapped       two codes swapped in every byte of packed codes (a packer bit-order bug)
   rows-off-by-one     every linear's rows (and row scales) shifted by one
@@ -136,10 +137,11 @@ class Defect:
     codes: bool = False  # swap codes in the packed bytes
     skip_qk_permutation: bool = False
     gguf_only: bool = False
+    quantizer_scale: float | None = None  # absmean scales x this, inside bitconv.quant
 
 
 DEFECTS = [
-    Defect("all-scales-x1.3", linear=lambda n, t: _scaled(t, 1.3)),
+    Defect("all-scales-x1.3", quantizer_scale=1.3),
     Defect("vgu-scales-x1.3", linear=lambda n, t: _scaled(t, 1.3) if any(k in n for k in VGU) else t),
     Defect("codes-swapped", codes=True),
     Defect("rows-off-by-one", linear=lambda n, t: _rows_rolled(t)),
@@ -181,6 +183,11 @@ def planted(defect: Defect | None) -> Iterator[None]:
                        lambda self, plan, tp, _o=orig_src: None if tp.role == OUTPUT else _o(self, plan, tp))
     if defect.skip_qk_permutation:
         mp.setattr(gguf_writer, "to_llama_rope_order", lambda tern, n_head: tern)
+    if defect.quantizer_scale:
+        from bitconv import quant
+
+        orig_scales = quant._scales
+        mp.setattr(quant, "_scales", lambda sums, n: orig_scales(sums, n) * np.float32(defect.quantizer_scale))
     try:
         yield
     finally:

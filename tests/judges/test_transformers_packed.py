@@ -51,7 +51,7 @@ from bitconv.quant import ternarize  # noqa: E402
 from bitconv.synth import SANE_LOGIT_STD, make_checkpoint  # noqa: E402
 
 from ._metrics import mean_kl  # noqa: E402
-from ._reference import TRANSFORMERS_GATES, Gates, Verdict, judge, text_ids  # noqa: E402
+from ._reference import TRANSFORMERS_GATES, Gates, Verdict, judge, load_transformers, text_ids  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -81,23 +81,6 @@ def _float_source(tmp: Path, family: str, *, seed: int, tie: bool, dtype: str = 
                            quantization_config=ONLINE, logit_std=SANE_LOGIT_STD, **DIMS)
 
 
-def _transformers_view(folder: Path, family: str) -> Path:
-    """The folder transformers can load: the SiLU family renamed into BitNetForCausalLM."""
-    if family != "silu":
-        return folder
-    dst = folder.with_name(folder.name + "-hf")
-    if not dst.exists():
-        shutil.copytree(folder, dst)
-        cfg = json.loads((dst / "config.json").read_text())
-        cfg["architectures"], cfg["model_type"] = ["BitNetForCausalLM"], "bitnet"
-        (dst / "config.json").write_text(json.dumps(cfg))
-        w = load_file(str(dst / "model.safetensors"))
-        renamed = {k.replace("self_attn.inner_attn_ln", "self_attn.attn_sub_norm")
-                   .replace("mlp.ffn_layernorm", "mlp.ffn_sub_norm"): v for k, v in w.items()}
-        save_file(renamed, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    return dst
-
-
 def _packed_source(float_src: Path, dst: Path, linear_class: str) -> Path:
     """A packed checkpoint from the float one: absmean-ternarized linears (bitconv.quant),
     HF 2-bit codes, weight_scale 1/s (bitlinear) or s (autobitlinear) in the source dtype."""
@@ -122,19 +105,9 @@ def _packed_source(float_src: Path, dst: Path, linear_class: str) -> Path:
 
 
 def _logits(folder: Path, tokens: torch.Tensor, *, expect: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    cfg = json.loads((folder / "config.json").read_text())
-    cls = transformers.LlamaForCausalLM if cfg["architectures"] == ["LlamaForCausalLM"] \
-        else transformers.BitNetForCausalLM
-    model = cls.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
-    model.eval()
-    from transformers.integrations.bitnet import AutoBitLinear, BitLinear
-
-    for layer in model.model.layers:  # the judge is only meaningful if transformers runs ternary layers
-        for lin in (layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp.down_proj):
-            if expect == "bitlinear":
-                assert isinstance(lin, BitLinear) and lin.weight.dtype == torch.uint8
-            else:
-                assert isinstance(lin, AutoBitLinear) and lin.online_quant == (expect == "online")
+    """transformers' logits of `folder` (SiLU BitNet renamed; `expect`: the ternary layers it
+    must be running, checked by `_reference.load_transformers`)."""
+    model = load_transformers(folder, expect=expect, dtype=dtype)
     with torch.no_grad():
         return model(tokens, use_cache=False).logits.float()
 
@@ -166,7 +139,7 @@ def test_float_source_to_transformers(tmp_path, family, seed, tie, shard):
     convert(src, out, format="safetensors", **({"max_shard_size": shard} if shard else {}))
     assert (out / "model.safetensors.index.json").exists() == bool(shard)
     tokens = _tokens(src)
-    ref = _logits(_transformers_view(src, family), tokens, expect="online")
+    ref = _logits(src, tokens, expect="online")
     got = _logits(out, tokens, expect="bitlinear")
     _compare(f"{family} float->safetensors", got, ref, TRANSFORMERS_GATES[family])
 
@@ -184,7 +157,7 @@ def test_gguf_source_to_transformers(tmp_path, family, seed, tie, layout):
     convert(src, gguf_path, layout=layout)
     convert(gguf_path, out, format="safetensors")
     tokens = _tokens(src)
-    ref = _logits(_transformers_view(src, family), tokens, expect="online")
+    ref = _logits(src, tokens, expect="online")
     got = _logits(out, tokens, expect="bitlinear")
     _compare(f"{family} float->{layout}->safetensors", got, ref, TRANSFORMERS_GATES[family])
 
@@ -216,7 +189,7 @@ def test_packed_source_to_transformers(tmp_path, family, seed, tie, linear_class
 
     tokens = _tokens(src)
     got = _logits(out, tokens, expect="bitlinear")
-    ref = _logits(_transformers_view(src, family), tokens, expect="online")
+    ref = _logits(src, tokens, expect="online")
     _compare(f"{family} {linear_class}->safetensors vs online", got, ref, TRANSFORMERS_GATES[family])
     if family != "silu":  # transformers cannot load a 1bitLLM-named folder
         # what transformers computes on the packed source itself
