@@ -110,6 +110,7 @@ class SourceTensor:
     kind: Any = None  # a `source_kind.SourceKind`, decided once per checkpoint
     detection: Any = None  # exact-ternary floats: the `exact_ternary.Detection` that found them
     _load_raw: Callable[[], np.ndarray] | None = None  # the values as stored (see load_raw)
+    _load_raw_rows: Callable[[int, int], np.ndarray] | None = None  # rows [a, b) as stored
     # floats an engine computes from a lossy quantized tensor (a stock `mlx_lm.convert` 2-bit or
     # compressed-tensors int2 folder): "mlx" / "compressed-tensors"; None for stored values
     computed_from: str | None = None
@@ -134,6 +135,13 @@ class SourceTensor:
         if self._load_raw is not None:
             return self._load_raw()
         return self.load()
+
+    def load_raw_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as `load_raw` gives them, reading only those rows where the
+        reader can (a pass over a 1 GB table then holds one chunk of it, not all of it)."""
+        if self._load_raw_rows is not None:
+            return self._load_raw_rows(start, stop)
+        return self.load_raw()[start:stop]
 
     def load_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as float32, without reading the rest when the reader can."""
