@@ -19,12 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-FORK_TYPES = {
-    43: "the first id after upstream's Q2_0 (42), which ternary forks take for their own 2-bit types "
-        "(the bytes alone cannot say whose)",
-    142: "PrismML's PQ2_0 (2-bit, group-128 blocks; requested upstream in llama.cpp#29058, not merged)",
-    143: "PrismML's PTQ1_0 (ternary, group-128 blocks; requested upstream in llama.cpp#29058, not merged)",
-}
+from .ggml_types import FORK_TYPE_IDS as FORK_TYPES  # the table lives with the other type ids
 
 
 def fork_findings(c: Any) -> Iterable[Any]:

@@ -173,3 +173,13 @@ def dequantize_upstream(data: np.ndarray, ggml_type: int, shape: tuple[int, ...]
     _, block, nbytes = info
     rows = np.ascontiguousarray(data).reshape(-1).view(np.uint8).reshape(-1, int(shape[-1]) // block * nbytes)
     return np.asarray(gguf.quants.dequantize(rows, gguf.GGMLQuantizationType(ggml_type)), dtype=np.float32).reshape(shape)
+
+
+# Type ids that ternary forks of llama.cpp claim for types of their own, which neither upstream
+# llama.cpp nor bitnet.cpp reads (doctor names them; FORMATS.md §6b, ANCHORS.md).
+FORK_TYPE_IDS = {
+    43: "the first id after upstream's Q2_0 (42), which ternary forks take for their own 2-bit types "
+        "(the bytes alone cannot say whose)",
+    142: "PrismML's PQ2_0 (2-bit, group-128 blocks; requested upstream in llama.cpp#29058, not merged)",
+    143: "PrismML's PTQ1_0 (ternary, group-128 blocks; requested upstream in llama.cpp#29058, not merged)",
+}

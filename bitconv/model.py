@@ -82,6 +82,16 @@ class ModelSpec:
     gguf_metadata: dict[str, Any] = field(default_factory=dict)  # GGUF sources: their KV pairs
 
 
+class StoredBytes:
+    """Where a packed tensor's bytes are (file, offset, length), how to map them (`read`), and
+    what the reader does to the decoded rows (`rope_heads`: GGUF `llama` q/k rows are in
+    llama.cpp's rope order; `archs.llama.from_llama_rows` puts them back)."""
+
+    def __init__(self, path: Path, offset: int, nbytes: int, read: Callable[[], np.ndarray],
+                 rope_heads: int | None = None) -> None:
+        self.path, self.offset, self.nbytes, self.read, self.rope_heads = path, offset, nbytes, read, rope_heads
+
+
 @dataclass
 class SourceTensor:
     """One tensor, not yet read. `load()` reads it as float32; `load_ternary()` returns the
@@ -104,6 +114,9 @@ class SourceTensor:
     # floats an engine computes from a lossy quantized tensor (a stock `mlx_lm.convert` 2-bit or
     # compressed-tensors int2 folder): "mlx" / "compressed-tensors"; None for stored values
     computed_from: str | None = None
+    # a packed tensor's bytes as the file stores them, for a consumer that decodes them itself
+    # (verify decodes TQ2_0 where it multiplies: on a GPU, or into its fused CPU matrices)
+    stored: "StoredBytes | None" = None
 
     @property
     def is_ternary(self) -> bool:

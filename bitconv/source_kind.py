@@ -62,10 +62,20 @@ def is_bitnet_model(spec: ModelSpec) -> bool:
     return (spec.quantization or {}).get("quant_method") == "bitnet"
 
 
+def declares_int8_activations(spec: ModelSpec) -> bool:
+    """A compressed-tensors folder whose config groups quantize input activations to 8-bit
+    ints (W2A8, what bitconv writes for a BitNet model): the model it holds quantizes them."""
+    q = spec.quantization or {}
+    if q.get("quant_method") != "compressed-tensors" or not isinstance(q.get("config_groups"), dict):
+        return False
+    acts = [(g or {}).get("input_activations") for g in q["config_groups"].values() if isinstance(g, dict)]
+    return any(isinstance(a, dict) and a.get("num_bits") == 8 and a.get("type", "int") == "int" for a in acts)
+
+
 def source_act_quant(ckpt: "Checkpoint") -> bool:
     """Whether the source model quantizes activations to 8 bits when it runs: BitNet models
     and ternary files do (their engines quantize); a plain family runs in float."""
-    if is_bitnet_model(ckpt.spec):
+    if is_bitnet_model(ckpt.spec) or declares_int8_activations(ckpt.spec):
         return True
     return ckpt.spec.source.kind == "gguf" and any(
         t.role == LINEAR and t.kind == SourceKind.PACKED for t in ckpt.tensors)

@@ -206,3 +206,22 @@ def test_stock_4bit_mlx_folder_is_read_as_what_it_computes(bonsai, tmp_path):
                          mx.array(t[name + ".biases"]), group_size=g, bits=4)
     assert np.array_equal(lossy.load(), np.array(want))
     assert any("NOT exactly ternary" in n for n in inspect_path(stock)["notes"])
+
+
+def test_w2a8_folder_read_back_keeps_its_activation_scheme(llama_ckpt, tmp_path):
+    """A BitNet model's W2A8 compressed-tensors folder, read as a source: its model quantizes
+    activations (verify runs it that way) and written again it still declares W2A8; an MLX
+    source's own quantization block never reaches another format's config."""
+    from bitconv.source_kind import source_act_quant
+
+    ct = tmp_path / "ct"
+    convert(llama_ckpt, ct, format="compressed-tensors")
+    ckpt = open_source(ct)
+    assert source_act_quant(ckpt)
+    again = convert(ct, tmp_path / "ct2", format="compressed-tensors")
+    assert again.plan.layout_metadata["scheme"] == "W2A8"
+    mlx = tmp_path / "mlx"
+    convert(ct, mlx, format="mlx")
+    assert not source_act_quant(open_source(mlx))  # mlx-lm runs activations in float (the plan said so)
+    convert(mlx, tmp_path / "st", format="safetensors")
+    assert "quantization" not in json.loads((tmp_path / "st" / "config.json").read_text())

@@ -163,7 +163,7 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
         config=config,
         tokenizer_dir=folder if any((folder / f).exists() for f in TOKENIZER_FILES) else None,
         packed=packed_any,
-        quantization=dict(qconfig) if engine is None else {},  # the engine format's config is not the model's
+        quantization=dict(qconfig),  # compressed-tensors: says whether activations are int8 (W2A8)
     )
     files = sorted(set(shards.files) | {folder / "config.json"} |
                    {folder / f for f in TOKENIZER_FILES + ("model.safetensors.index.json",) if (folder / f).exists()})

@@ -51,7 +51,7 @@ from ..plan import ConversionPlan, ConvertOptions, TensorPlan
 from ..quant import Ternary
 from ..readers.checkpoint import Checkpoint
 from ..rotation import refuse_rotated
-from ..source_kind import SourceKind, is_bitnet_model
+from ..source_kind import declares_int8_activations, is_bitnet_model
 from .base import Encoded, Payload
 from .engine_folder import folder_layout, has_output, model_dtype, rounding_warning, scale_exact_in, source_config
 from .safetensors_writer import Entry, SafetensorsWriter, hf_name
@@ -137,7 +137,7 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
             ignore.append("lm_head")  # a float head (or the tied embedding) is a Linear the config must skip
         if inexact:
             warnings.append(rounding_warning(inexact, dtype, "compressed-tensors"))
-        a8 = is_bitnet_model(spec)
+        a8 = is_bitnet_model(spec) or declares_int8_activations(spec)  # a W2A8 folder read back stays W2A8
         acts = dict(W2A8_ACTIVATIONS) if a8 else None
         config_groups = {}
         for i, ((strategy, g), modules) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))):
@@ -150,6 +150,7 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
                    "global_compression_ratio": None, "sparsity_config": {}, "transform_config": {}}
         config = source_config(ckpt)
         config.pop("auto_map", None)
+        config.pop("quantization", None)  # an MLX source's own quantization block
         config["architectures"] = [spec.family]
         config["model_type"] = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}[spec.family]
         config["tie_word_embeddings"] = tied

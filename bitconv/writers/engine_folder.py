@@ -9,9 +9,10 @@ container steps they would otherwise copy (shard split, headers, copied tokenize
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
-from ..model import EMBEDDING, OUTPUT, LINEAR
+from ..model import EMBEDDING, OUTPUT
 from ..plan import ConvertOptions
 from ..readers.checkpoint import Checkpoint
 from ..source_kind import SourceKind, kind_summary
@@ -19,7 +20,6 @@ from .safetensors_writer import (INDEX_FILE, SINGLE_FILE, Entry, FolderLayout, S
                                  _metadata, _split_shards, _CONFIG_DTYPE)
 
 _FLOATS = ("bf16", "f16", "f32")
-_CONFIG_NAME = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 # relative rounding of a scale stored in a narrower float (half an ulp)
 ROUNDING = {"bf16": 2.0 ** -9, "f16": 2.0 ** -11, "f32": 0.0}
 
@@ -53,7 +53,7 @@ def scale_exact_in(src_dtype: str, kind: Any, dtype: str) -> bool:
 def rounding_warning(names: list[str], dtype: str, fmt: str) -> str:
     return (f"{len(names)} tensor(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) have scales that "
             f"{dtype} may not hold exactly: {fmt} stores them in the model's dtype {dtype}, rounding each to "
-            f"nearest (at most {ROUNDING[dtype]:.3g} relative, i.e. 2^{int(__import__('math').log2(ROUNDING[dtype]))})"
+            f"nearest (at most {ROUNDING[dtype]:.3g} relative, i.e. 2^{int(math.log2(ROUNDING[dtype]))})"
             "; convert from a float32 model to keep them exact")
 
 
@@ -94,16 +94,9 @@ def source_config(ckpt: Checkpoint) -> dict[str, Any]:
             "bos_token_id": hp.bos_token_id, "eos_token_id": hp.eos_token_id}
 
 
-def config_dtype_name(dtype: str) -> str:
-    return _CONFIG_NAME[dtype]
-
-
 def has_output(ckpt: Checkpoint) -> bool:
     return any(t.role == OUTPUT for t in ckpt.tensors)
 
 
-def linears(ckpt: Checkpoint):
-    return [t for t in ckpt.tensors if t.role == LINEAR]
-
-
-__all__ = ["INDEX_FILE", "model_dtype", "scale_exact_in", "rounding_warning", "folder_layout", "source_config"]
+__all__ = ["INDEX_FILE", "model_dtype", "scale_exact_in", "rounding_warning", "folder_layout", "source_config",
+           "has_output"]

@@ -381,6 +381,10 @@ def check_carried_keys(ckpt: Checkpoint, kv: dict[str, Any]) -> None:
     expected: dict[str, tuple[int, str]] = {
         "attention.key_length": (rows_per_head("attn_k", hp.num_kv_heads) or hp.head_dim, "attn_k rows per kv head"),
         "attention.value_length": (rows_per_head("attn_v", hp.num_kv_heads) or hp.head_dim, "attn_v rows per kv head"),
+        # bitconv writes rope.dimension_count = head size (its families rotate the whole head):
+        # a source that rotates part of it would silently become another model
+        "rope.dimension_count": (rows_per_head("attn_q", hp.num_heads) or hp.head_dim,
+                                 "attn_q rows per head; bitconv's families rotate the whole head"),
     }
     if not any(".ffn_gate_exps." in n or ".ffn_up_exps." in n for n in shapes):
         expected.update({k: (0, "the model has no expert tensors") for k in _EXPERT_KEYS})

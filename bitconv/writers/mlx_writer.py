@@ -45,7 +45,7 @@ from ..pack.words2 import group_fits
 from ..plan import ConversionPlan, ConvertOptions, TensorPlan
 from ..quant import Ternary
 from ..readers.checkpoint import Checkpoint
-from ..source_kind import SourceKind, is_bitnet_model
+from ..source_kind import is_bitnet_model
 from .base import Encoded, Payload
 from .engine_folder import (folder_layout, has_output, model_dtype, rounding_warning, scale_exact_in,
                             source_config)
@@ -93,8 +93,8 @@ class MLXWriter(SafetensorsWriter, format="mlx"):
             return src.group if src.is_ternary else options.group_size
 
         quantized = [(src.name, tuple(int(x) for x in src.shape), own_group(src)) for src in kept if src.role == LINEAR]
-        tables = [src for src in kept if src.role in (EMBEDDING, OUTPUT) and src.kind == SourceKind.EXACT
-                  or (src.role in (EMBEDDING, OUTPUT) and src.is_ternary)]
+        # ternary embedding / head (exact-ternary floats or a packed source): quantized when G holds them
+        tables = {src.name for src in kept if src.role in (EMBEDDING, OUTPUT) and src.is_ternary}
         g = choose_group_size(quantized) if quantized else 64
         layout = MLXAffine2(g)
         tensors: list[TensorPlan] = []
@@ -103,7 +103,7 @@ class MLXWriter(SafetensorsWriter, format="mlx"):
         for src in kept:
             name = hf_name(src.name, arch)
             shape = tuple(int(x) for x in src.shape)
-            quantize = src.role == LINEAR or (src in tables and shape[1] % g == 0 and group_fits(src.group, g))
+            quantize = src.role == LINEAR or (src.name in tables and shape[1] % g == 0 and group_fits(src.group, g))
             if quantize:
                 group = own_group(src)
                 layout.check(name, shape, group)
@@ -118,7 +118,7 @@ class MLXWriter(SafetensorsWriter, format="mlx"):
                 out = src.dtype if src.dtype in ("bf16", "f16", "f32") else dtype
                 ents = [Entry(name, out, shape)]
                 note = None
-                if src in tables:
+                if src.name in tables:
                     note = (f"ternary in the source (group {src.group}) but written as {out}, dequantized: MLX groups "
                             f"of {g} cannot hold its scales (K={shape[1]})")
                     warnings.append(f"{name}: {note}")

@@ -445,6 +445,7 @@ def _config(ckpt: Checkpoint, out_arch: str, model_type: str, tied: bool, groups
     if spec.family != out_arch:
         cfg["bitconv_source_architectures"] = cfg.get("architectures") or [spec.family]
         cfg.pop("auto_map", None)  # remote code for a class this folder no longer uses
+    cfg.pop("quantization", None)  # an MLX source's quantization block (mlx-lm would read it)
     cfg["architectures"] = [out_arch]
     cfg["model_type"] = model_type
     cfg.setdefault("hidden_act", hp.hidden_act)

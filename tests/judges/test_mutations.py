@@ -23,9 +23,9 @@ bitnet online config, untied head), the family where every defect changes the fu
 (a BitNet sub-norm after v and up absorbs their scale). The judges and their gates are the
 suite's own, imported from `_reference`: llama.cpp against transformers on the source for
 the layouts llama.cpp runs (TQ1_0, TQ2_0, Q2_0); for the bitnet.cpp layouts (I2_S, TL1,
-TL2), which no engine here runs (tests/judges/test_bitnetcpp.py does when a build is
-present), the file converted to packed safetensors and run by transformers against the
-source; for safetensors and compressed-tensors, transformers on the folder; for MLX, mlx-lm
+TL2), the file converted to packed safetensors and run by transformers against the
+source, and, when `BITNET_CPP_DIR` names a bitnet.cpp build, bitnet.cpp's llama-perplexity
+against the source's (tests/judges/test_bitnetcpp.py); for safetensors and compressed-tensors, transformers on the folder; for MLX, mlx-lm
 (with the gates of test_mlx.py / test_compressed_tensors.py). A file an engine or reader refuses
 counts as caught. Without a defect every judge passes (the control row), so "caught" means
 the defect, not a judge that always fails.
@@ -53,8 +53,10 @@ from bitconv.convert import convert  # noqa: E402
 from bitconv.errors import BitconvError  # noqa: E402
 from bitconv.model import LINEAR, OUTPUT  # noqa: E402
 from bitconv.quant import Ternary  # noqa: E402
+from bitconv.readers import DATA_DIR  # noqa: E402
 from bitconv.writers.base import Encoded  # noqa: E402
 
+from ._bitnetcpp import MAX_LN_PPL, bitnet_dir, bitnetcpp_verdict  # noqa: E402
 from ._llamacpp import llama_logits  # noqa: E402
 from ._reference import (JUDGE_DIMS, JUDGE_SOURCES, LLAMACPP_GATES, TRANSFORMERS_GATES, Gates,  # noqa: E402
                          judge, source_logits, text_ids, transformers_logits)
@@ -204,8 +206,10 @@ def judge_target(target: str, src: Path, work: Path, defect: Defect | None) -> l
     work.mkdir(parents=True, exist_ok=True)
     out = work / (f"m-{layout}.gguf" if layout else f"m-{fmt}")
     try:
+        bitnet = bitnet_dir() if layout in ("i2_s", "tl2") else None
+        extra = {"kernel_config": bitnet / "include" / "kernel_config.ini"} if bitnet and layout == "tl2" else {}
         with planted(defect):
-            convert(src, out, **({"layout": layout} if layout else {"format": fmt}))
+            convert(src, out, **({"layout": layout, **extra} if layout else {"format": fmt}))
         if layout in LLAMACPP_LAYOUTS:
             got = llama_logits(out, ids)
             v = judge(f"llama.cpp {layout}", ref, got, LLAMACPP_GATES[FAMILY])
@@ -224,7 +228,14 @@ def judge_target(target: str, src: Path, work: Path, defect: Defect | None) -> l
                 convert(out, folder, format="safetensors")
             got = transformers_logits(folder, ids, expect="bitlinear")
             v = judge(f"transformers {target}", ref, got, TRANSFORMERS_GATES[FAMILY])
-    except (BitconvError, ValueError, RuntimeError) as exc:  # refused by a reader or an engine
+            if bitnet:  # and bitnet.cpp itself, when a build is present (BITNET_CPP_DIR)
+                text = work / "eval.txt"
+                text.write_text((DATA_DIR / "eval.txt").read_text())
+                ppl, ref_ppl, diff = bitnetcpp_verdict(bitnet, src, out, text)
+                if not diff <= MAX_LN_PPL[FAMILY]:
+                    return [f"bitnet.cpp {layout}: |ln ppl ratio| {diff:.4f} > {MAX_LN_PPL[FAMILY]}"] + \
+                        [f"{v.case}: {f}" for f in v.failures]
+    except (BitconvError, ValueError, RuntimeError, AssertionError) as exc:  # refused by a reader or an engine
         return [f"refused: {type(exc).__name__}: {str(exc)[:100]}"]
     return [f"{v.case}: {f}" for f in v.failures]
 
