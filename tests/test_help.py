@@ -74,3 +74,16 @@ def test_root_help_and_version():
     text = _help()
     assert "<bool>" not in text and "[OPTIONS] COMMAND [ARGS]..." in text
     assert "--version" in text and re.search(r"--version\s+Show the version", text)
+
+
+def test_every_command_renders_without_value_types_on_flags():
+    """A command added later without `cls=_Command` would bring `<bool>` / `{arg}` back."""
+    import typer
+
+    group = typer.main.get_command(app)
+    names = sorted(group.commands)
+    assert set(USAGE) <= set(names)
+    for name in names:
+        text = _help(name)
+        usage = next(line for line in text.splitlines() if "Usage:" in line)
+        assert "<bool>" not in text and "{" not in usage, name
