@@ -381,6 +381,12 @@ def _release_body(out: Output, source: str, output: str, layouts: list[str], for
             _render_release_plan(out, result)
         else:
             _render_release(out, result)
+    elif out.mode == "quiet":  # "errors only": a failed output (kept going past) is an error
+        for t in result.targets:
+            if not t.ok:
+                out.error(f"{t.path.name}: {t.error}")
+            elif t.verify is not None and not t.verify.get("passed"):
+                out.error(f"{t.path.name}: verify failed: {'; '.join(map(str, t.verify.get('failures') or []))}")
     return result.exit_code
 
 
