@@ -492,7 +492,8 @@ def _check_head_keys(ckpt) -> None:
     shapes = {t.name: t.shape for t in ckpt.tensors}
     hp = ckpt.spec.hparams
     for key, kind, heads in (("attention.key_length", "attn_k", hp.num_kv_heads),
-                             ("attention.value_length", "attn_v", hp.num_kv_heads)):
+                             ("attention.value_length", "attn_v", hp.num_kv_heads),
+                             ("rope.dimension_count", "attn_q", hp.num_heads)):
         v = kv.get(f"{arch}.{key}", (None,))[0]
         shape = shapes.get(f"blk.0.{kind}.weight")
         if v is not None and shape is not None and heads and v * heads != shape[0]:

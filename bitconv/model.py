@@ -82,6 +82,16 @@ class ModelSpec:
     gguf_metadata: dict[str, Any] = field(default_factory=dict)  # GGUF sources: their KV pairs
 
 
+class StoredBytes:
+    """Where a packed tensor's bytes are (file, offset, length), how to map them (`read`), and
+    what the reader does to the decoded rows (`rope_heads`: GGUF `llama` q/k rows are in
+    llama.cpp's rope order; `archs.llama.from_llama_rows` puts them back)."""
+
+    def __init__(self, path: Path, offset: int, nbytes: int, read: Callable[[], np.ndarray],
+                 rope_heads: int | None = None) -> None:
+        self.path, self.offset, self.nbytes, self.read, self.rope_heads = path, offset, nbytes, read, rope_heads
+
+
 @dataclass
 class SourceTensor:
     """One tensor, not yet read. `load()` reads it as float32; `load_ternary()` returns the
@@ -100,9 +110,13 @@ class SourceTensor:
     kind: Any = None  # a `source_kind.SourceKind`, decided once per checkpoint
     detection: Any = None  # exact-ternary floats: the `exact_ternary.Detection` that found them
     _load_raw: Callable[[], np.ndarray] | None = None  # the values as stored (see load_raw)
+    _load_raw_rows: Callable[[int, int], np.ndarray] | None = None  # rows [a, b) as stored
     # floats an engine computes from a lossy quantized tensor (a stock `mlx_lm.convert` 2-bit or
     # compressed-tensors int2 folder): "mlx" / "compressed-tensors"; None for stored values
     computed_from: str | None = None
+    # a packed tensor's bytes as the file stores them, for a consumer that decodes them itself
+    # (verify decodes TQ2_0 where it multiplies: on a GPU, or into its fused CPU matrices)
+    stored: "StoredBytes | None" = None
 
     @property
     def is_ternary(self) -> bool:
@@ -121,6 +135,13 @@ class SourceTensor:
         if self._load_raw is not None:
             return self._load_raw()
         return self.load()
+
+    def load_raw_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as `load_raw` gives them, reading only those rows where the
+        reader can (a pass over a 1 GB table then holds one chunk of it, not all of it)."""
+        if self._load_raw_rows is not None:
+            return self._load_raw_rows(start, stop)
+        return self.load_raw()[start:stop]
 
     def load_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as float32, without reading the rest when the reader can."""

@@ -110,11 +110,11 @@ def _detections(todo: list[SourceTensor]):
         with serial_torch():
             return detect_tensor(st)
 
-    def cost(st: SourceTensor) -> int:  # the float32 copy `detect` scans
+    def cost(st: SourceTensor) -> int:  # the bytes read + the float32 copy `detect` scans
         n = 4
         for d in st.shape:
             n *= int(d)
-        return n
+        return n + int(st.source_nbytes)
 
     return ordered_map(job, todo, cost=cost, budget=memory_budget())
 

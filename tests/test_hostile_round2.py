@@ -67,6 +67,17 @@ def test_carried_key_that_contradicts_the_tensors_is_refused(seed_gguf, tmp_path
     assert_refused(r, outdir=out, keep=set(), contains=(key, f"= {value}", "contradicts the tensors", why))
 
 
+def test_partial_rotary_source_is_refused(seed_gguf, tmp_path):
+    """key_length 128 with rope.dimension_count 64 rotates half of each head; bitconv writes
+    rope.dimension_count = head size, so main wrote a full-rotary model with exit 0."""
+    src = _rewrite(seed_gguf["bitnet"][1], tmp_path / "src.gguf", kv_edit=lambda kv: _set(
+        _set(kv, "bitnet.attention.key_length", 4, 128), "bitnet.rope.dimension_count", 4, 64))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(run_cli("convert", src, out / "m.gguf"), outdir=out, keep=set(),
+                   contains=("bitnet.rope.dimension_count = 64", "rotate the whole head"))
+
+
 def test_carried_keys_that_agree_are_kept(seed_gguf, tmp_path):
     from bitconv.readers.gguf_file import GGUFFile
 

@@ -119,11 +119,11 @@ def test_peak_rss_follows_largest_tensor(big_ckpt, tmp_path, layout):
 # (1 GB tables, a 512 MiB budget) at a size the suite can afford.
 TABLE = dict(hidden=512, intermediate=1024, heads=8, kv_heads=8, tie=False, dtype="bf16", seed=23)
 VOCAB = 131072
-# Measured (2 shared cores, load 7-9): growth 1.24-1.25x one table's F16 bytes (128 MiB) at
-# 2 and at 26 layers (the table's F16 copy, one 16 MiB chunk of mapped source, kernels);
-# before the fix 2.12x at both (the head's F16 copy held while the embedding was narrowed,
-# its mapped bf16 pages resident).
-MAX_GROWTH_PER_TABLE = 1.75  # one table + 3x the measured excess (0.25 -> 0.75); the old pipeline's 2.12 fails
+# Measured (2 shared cores, load 7-12): growth 1.20-1.22x one table's F16 bytes (128 MiB) at
+# 2 and at 26 layers (the table's F16 copy, one 4 MiB chunk of the source read at a time,
+# allocator slack); before the fix 2.12-2.13x at both (the head's F16 copy held while the
+# embedding was narrowed, and the whole source table read or mapped beside its copy).
+MAX_GROWTH_PER_TABLE = 1.7  # one table + 3x the measured excess (0.22 -> 0.66, rounded up); the old 2.12 fails
 MAX_LAYER_GROWTH_PER_TABLE = 0.25  # 26 vs 2 layers: measured 0.01 tables (24 more layers are 1.2 tables on disk)
 
 

@@ -174,7 +174,7 @@ def test_chunked_f16_narrowing_keeps_the_whole_tensor_verdicts(ckpt_factory, tmp
 
     from bitconv.convert import convert
     from bitconv.errors import BitconvError
-    from bitconv.readers import mapped
+    from bitconv.readers import chunked
 
     base = ckpt_factory("llama", dtype="f32", hidden=256, intermediate=256, layers=1, heads=2, kv_heads=1, vocab=320)
 
@@ -184,7 +184,7 @@ def test_chunked_f16_narrowing_keeps_the_whole_tensor_verdicts(ckpt_factory, tmp
     src = _embedding_edited(base, tmp_path / "src", tiny_first_rows)
     whole = tmp_path / "whole.gguf"
     convert(src, whole, layout="q2_0")
-    monkeypatch.setattr(mapped, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(chunked, "CHUNK_BYTES", 4096)
     chunked = tmp_path / "chunked.gguf"
     convert(src, chunked, layout="q2_0")
     assert chunked.read_bytes() == whole.read_bytes()
@@ -195,55 +195,43 @@ def test_chunked_f16_narrowing_keeps_the_whole_tensor_verdicts(ckpt_factory, tmp
     assert not (tmp_path / "z.gguf").exists()
 
 
-def _mapped_rss_kib(path: Path) -> int:
-    """Resident KiB of this process's mappings of `path` (/proc/self/smaps)."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()
-        if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
-            inside = line.rstrip().endswith(str(path))
-        elif inside and line.startswith("Rss:"):
-            total += int(head[1])
-    return total
-
-
-@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs /proc/self/smaps (Linux)")
-def test_chunks_walk_a_mapped_tensor_and_give_its_pages_back(tmp_path, monkeypatch):
-    """A pass over a memory-mapped tensor leaves none of it resident in this process (the
-    8B model's 1 GB bf16 embedding stayed mapped beside its 1 GB F16 copy); the walk covers
-    every value once, in order, also for a view of a slice of the map."""
+def test_raw_chunks_read_rows_and_cover_the_tensor_once(ckpt_factory, monkeypatch):
+    """The F16 pass reads the source a chunk of rows at a time (an 8B model's 1 GB bf16
+    embedding sat whole beside its 1 GB F16 copy): every value once, in order, equal to
+    the whole tensor, and the whole tensor never read."""
     import numpy as np
 
-    from bitconv.readers.mapped import _mapping, chunks
-    from bitconv.quant import kernel_view
+    from bitconv.readers import open_source
+    from bitconv.readers.chunked import raw_chunks
 
-    values = np.arange(12 * 1024 * 1024, dtype=np.uint16)  # 24 MiB
-    path = tmp_path / "t.bin"
-    with open(path, "wb") as fh:
-        fh.write(b"\0" * 12345)  # an offset that is not page-aligned, as a safetensors header makes
-        fh.write(values.tobytes())
-    m = np.memmap(path, dtype=np.uint16, mode="c", offset=12345, shape=values.shape)
-    assert _mapping(m[1000:]) == _mapping(m) and _mapping(np.zeros(3)) is None
-    seen = 0
-    total = 0
-    rss = []
-    for a, part in chunks(kernel_view(m.reshape(1024, -1), True, "t").reshape(-1), 1 << 20):
-        assert a == seen
-        total += int(part.sum(dtype=np.int64))
-        seen += part.size
-        rss.append(_mapped_rss_kib(path))
-    assert seen == values.size and total == int(values.sum(dtype=np.int64))
-    end = _mapped_rss_kib(path)
-    print(f"\nmapped RSS while walking (KiB): max {max(rss)}, after {end}; the tensor is {values.nbytes // 1024}")
-    # The kernel maps pages around each fault too (fault-around, large folios): measured
-    # 3064-4104 KiB resident while walking 1 MiB chunks, 12 KiB after
-    assert max(rss) <= 8 * 1024
-    assert end <= 2 * 1024
-    # the same walk without the release keeps the tensor resident: the measure sees the pages
-    from bitconv.readers import mapped
+    src = ckpt_factory("llama", dtype="bf16", tie=False, seed=8)
+    emb = next(t for t in open_source(src).tensors if t.source_name == "model.embed_tokens.weight")
+    whole = np.ascontiguousarray(emb.load_raw()).reshape(-1)
+    rows_read = []
+    orig = emb._load_raw_rows
+    monkeypatch.setattr(emb, "_load_raw_rows", lambda a, b: rows_read.append((a, b)) or orig(a, b))
+    monkeypatch.setattr(emb, "_load_raw", None)  # a whole read would now fail
+    parts = list(raw_chunks(emb, chunk_bytes=3 * emb.shape[1] * 2))  # 3 rows of bf16 a chunk
+    assert [a for a, _ in parts] == [3 * emb.shape[1] * i for i in range(len(parts))]
+    assert rows_read[0] == (0, 3) and rows_read[-1][1] == emb.shape[0] and len(rows_read) == len(parts)
+    np.testing.assert_array_equal(np.concatenate([p for _, p in parts]), whole)
+    assert all(p.dtype == np.uint16 for _, p in parts)  # bfloat16 as its bits, as load_raw gives it
 
-    monkeypatch.setattr(mapped, "release_pages", lambda part, mapping: None)
-    for _, part in chunks(m, 1 << 20):
-        part.sum(dtype=np.int64)
-    assert _mapped_rss_kib(path) >= 16 * 1024
-    del m
+
+def test_raw_chunks_read_a_tensor_without_row_reads_once(ckpt_factory):
+    """A reader without row reads (a GGUF source) is read once, not once per chunk."""
+    import numpy as np
+
+    from bitconv.readers import open_source
+    from bitconv.readers.chunked import raw_chunks
+
+    src = ckpt_factory("llama", dtype="bf16", tie=False, seed=8)
+    emb = next(t for t in open_source(src).tensors if t.source_name == "model.embed_tokens.weight")
+    whole = np.ascontiguousarray(emb.load_raw()).reshape(-1)
+    reads = []
+    orig = emb._load_raw
+    emb._load_raw_rows = None
+    emb._load_raw = lambda: reads.append(1) or orig()
+    parts = list(raw_chunks(emb, chunk_bytes=3 * emb.shape[1] * 2))
+    assert len(reads) == 1
+    np.testing.assert_array_equal(np.concatenate([p for _, p in parts]), whole)

@@ -27,7 +27,6 @@ from bitconv.synth import make_checkpoint  # noqa: E402
 from bitconv.verify import load_tokenizer, make_windows, render_report, verify  # noqa: E402
 from bitconv.verify.forward import TTernary, logits_for  # noqa: E402
 from bitconv.verify.weights import tq2_0_decode as _tq2_0_decode  # noqa: E402
-from bitconv.verify.weights import unpermute_llama_rows as _unpermute_llama_rows  # noqa: E402
 from bitconv.verify.metrics import compare_logits, perplexity  # noqa: E402
 
 DIMS = dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2, vocab=512)
@@ -94,7 +93,9 @@ def _corrupt(src: Path, dst: Path, tensor: str, n: int = 4) -> None:
             f.seek(off)
             b = f.read(1)[0]
             f.seek(off)
-            f.write(bytes([b ^ 0xFF]))
+            # -1 <-> +1 in every 2-bit field (codes 0 <-> 2, zeros kept): still valid TQ2_0 codes,
+            # wrong values (a code 3 is refused by the reader: test_code_3_is_refused_by_verify)
+            f.write(bytes([sum((((b >> s) & 3) ^ (0 if (b >> s) & 3 == 1 else 2)) << s for s in (0, 2, 4, 6))]))
 
 
 def test_flipped_bytes_fail_the_gate(models, tmp_path):
@@ -106,6 +107,22 @@ def test_flipped_bytes_fail_the_gate(models, tmp_path):
     bad_t = [c for c in rep.tensors if c.problem]
     assert [c.name for c in bad_t] == ["blk.1.ffn_up.weight"]
     assert 0 < bad_t[0].mismatched <= 16
+
+
+def test_code_3_is_refused_by_verify(models, tmp_path):
+    """verify decodes TQ2_0 with the format's one decoder, on its fast path too: a code 3
+    (+2·d, not ternary) is bad input naming the tensor and block, as the reader says it."""
+    from bitconv.errors import BadWeightsError
+
+    bad = tmp_path / "code3.gguf"
+    shutil.copyfile(models["tq"], bad)
+    info = GGUFFile(bad).tensors["blk.1.ffn_up.weight"]
+    with open(bad, "r+b") as f:
+        f.seek(info.offset + 66 + 7)  # a code byte of block 1
+        f.write(b"\xff")
+    for fast in (True, False):
+        with pytest.raises(BadWeightsError, match=r"blk\.1\.ffn_up\.weight: TQ2_0 block 1 .* code 3"):
+            verify(bad, models["silu"], fast=fast, **FAST)
 
 
 def test_reference_fp_reports_unquantized_model(models):
@@ -217,7 +234,9 @@ def test_torch_unpermute_matches_reader():
 
     a = np.arange(8 * 16 * 3).reshape(8 * 16, 3)
     want = _permute(a, 8, inverse=True)
-    assert np.array_equal(_unpermute_llama_rows(torch.from_numpy(a), 8).numpy(), want)
+    from bitconv.archs.llama import from_llama_rows  # the reader's own un-permute, on torch tensors too
+
+    assert np.array_equal(from_llama_rows(torch.from_numpy(a), 8).numpy(), want)
 
 
 def test_artifact_logits_close_to_source(models):

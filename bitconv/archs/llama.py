@@ -48,3 +48,9 @@ def from_llama_rope_order(tern, n_head: int):
 
     scales = tern.scales if tern.scales.ndim == 0 or tern.scales.shape[0] == 1 else _permute(tern.scales, n_head, True)
     return Ternary(_permute(tern.values, n_head, True), scales, tern.group)
+
+
+def from_llama_rows(a, n_head: int):
+    """GGUF `llama` rope order -> HF row order for a q/k array (numpy or torch: reshape and
+    swapaxes only), e.g. values decoded on a GPU."""
+    return _permute(a, n_head, inverse=True)

@@ -23,7 +23,7 @@ from ..errors import CorruptFileError, InputError, SourceNotFoundError
 from ..exact_ternary import detect
 from ..source_kind import mark_exact
 from ..ggml_types import FLOAT_TYPES, bytes_to_float, dequantize_upstream, tensor_nbytes, type_name, upstream_type
-from ..model import EMBEDDING, LINEAR, OUTPUT, ModelSpec, SourceInfo, SourceTensor, kind_of
+from ..model import EMBEDDING, LINEAR, OUTPUT, ModelSpec, SourceInfo, SourceTensor, StoredBytes, kind_of
 from ..pack import Layout, get_layout, layout_class, layout_for_ggml_type
 from ..quant import parse_group_size
 from ..archs import architecture_for
@@ -576,7 +576,9 @@ def open_gguf(path: Path, source: SourceInfo, options: GGUFReadOptions | None = 
 
         tensors.append(SourceTensor(info.name, info.shape, t_role, layout.name, info.name,
                                     _load_ternary=load_t, source_nbytes=info.nbytes,
-                                    group="tensor" if layout.tensor_scale_only else group))
+                                    group="tensor" if layout.tensor_scale_only else group,
+                                    stored=StoredBytes(path, info.offset, info.nbytes,
+                                                       lambda i=info: f.raw(i.name), qk_heads(info.name))))
     spec = ModelSpec(
         family=family.hf_names[0], name=_meta_str(f, "general.name", "") or path.stem, hparams=hp, source=source,
         config=config, tokenizer_dir=None, packed=bool(layouts) or any(t.is_ternary for t in tensors),

@@ -151,6 +151,7 @@ def open_folder(folder: Path, source: SourceInfo) -> Checkpoint:
                 _load=(lambda n=hf_name: shards.get(n)),
                 _load_rows=(lambda a, b, n=hf_name: shards.get_rows(n, a, b)),
                 _load_raw=(lambda n=hf_name: shards.raw(n)),
+                _load_raw_rows=(lambda a, b, n=hf_name: shards.raw(n, (a, b))),
                 source_nbytes=int(np.prod(shape)) * {"bf16": 2, "f16": 2, "f32": 4}[dtype],
             ))
     _check_linear_norms(tensors, hp, folder / "config.json")

@@ -1,9 +1,11 @@
 """How a `Runner` reads one decoder layer's tensors from its checkpoint.
 
 Linears come through the readers (`SourceTensor.load_ternary()`, the layout's own unpack in
-`pack/`), except TQ2_0 GGUF tensors on CUDA and on the fused CPU path: their bytes are decoded
-where they are multiplied (`weights.tq2_0_decode`: on the GPU from pinned memory, or on the
-CPU straight into the fused q|k|v and gate|up matrices).
+`pack/`), except TQ2_0 tensors on CUDA and on the fused CPU path: the bytes the reader
+located (`SourceTensor.stored`) are decoded where they are multiplied
+(`weights.tq2_0_decode`: on the GPU from pinned memory by torch ops, or on the CPU by the
+layout's own decoder straight into the fused q|k|v and gate|up matrices). No GGUF is parsed
+here.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import torch
 
 from ..model import LINEAR, SourceTensor
 from .weights import (ATTN, FFN_IN, LAYER_IN_NORMS, LAYER_LINEARS, LAYER_NORMS, LAYER_QK_NORMS, LAYER_SUB_NORMS,
-                      TORCH_DECODERS, Payload, TTernary, unpermute_llama_rows)
+                      TORCH_DECODERS, Payload, TTernary)
 
 
 class LayerLoader:
-    """Mixin of `Runner`: reading tensors (uses by_name, ckpt, hp, cuda, fused_cpu, keep,
-    device, _stager, _gguf, _fd)."""
+    """Mixin of `Runner`: reading tensors (uses by_name, ckpt, fused_cpu, keep, device,
+    _stager)."""
 
     def load_raw(self, name: str, on_device: bool = False, out: torch.Tensor | None = None) -> Payload:
         """Read one tensor: `Ternary`/`TTernary` for ternary linears; float32 numpy for the rest
@@ -34,22 +36,21 @@ class LayerLoader:
         return np.asarray(st.load(), dtype=np.float32)
 
     def _decodes_on_device(self, st: SourceTensor) -> bool:
-        return st.dtype in TORCH_DECODERS and self.ckpt.spec.source.kind == "gguf"
+        return st.dtype in TORCH_DECODERS and st.stored is not None
 
     def _fused_buffers(self, i: int) -> dict[str, torch.Tensor]:
         """On the fused CPU path: q/k/v, and gate/up, decode straight into one int8 buffer per
         group, the matrix `prepare_linears` multiplies with, instead of into one tensor each
         that is then copied into it (a copy of ~10% of the layer time on the bench model)."""
-        if not self.fused_cpu or self.keep or self.ckpt.spec.source.kind != "gguf":
+        if not self.fused_cpu or self.keep:
             return {}
-        llama = self._is_llama_gguf()
         out: dict[str, torch.Tensor] = {}
         for kinds in (ATTN, FFN_IN):
             sts = [self.by_name.get(f"blk.{i}.{k}.weight") for k in kinds]
             if any(st is None or not (st.is_ternary and st.role == LINEAR and self._decodes_on_device(st))
                    for st in sts) or len({st.shape[1] for st in sts}) != 1:
                 continue
-            if llama and kinds is ATTN:  # q/k rows are permuted back after decoding: a copy anyway
+            if any(st.stored.rope_heads for st in sts):  # q/k rows are permuted back after decoding: a copy anyway
                 continue
             buf = torch.empty((sum(st.shape[0] for st in sts), sts[0].shape[1]), dtype=torch.int8)
             r = 0
@@ -58,37 +59,25 @@ class LayerLoader:
                 r += st.shape[0]
         return out
 
-    def _open_gguf(self):
-        """The GGUF artifact, parsed and opened once per runner (`release` closes it)."""
-        from ..readers.gguf_file import GGUFFile
-
-        if self._gguf is None:
-            self._gguf = GGUFFile(self.ckpt.files[0])
-            self._fd = os.open(self._gguf.path, os.O_RDONLY)
-        return self._gguf
-
-    def _is_llama_gguf(self) -> bool:
-        """llama GGUFs store q/k rows in llama.cpp's rope order (permuted back on reading)."""
-        return self._open_gguf().get("general.architecture") == "llama"
-
     def _decode_on_device(self, st: SourceTensor, out: torch.Tensor | None = None) -> TTernary:
-        from ..model import kind_of
+        """A packed tensor decoded where it is multiplied, from the bytes the reader located
+        (`SourceTensor.stored`): read into the staging buffers (CUDA, or stage=True), else mapped."""
+        from ..archs.llama import from_llama_rows
 
-        info = self._open_gguf().tensors[st.name]
+        sb = st.stored
         if self._stager is not None and hasattr(os, "preadv"):  # pread into pinned memory, upload from there
-            raw = self._stager.read(self._fd, info.offset, info.nbytes)
+            raw = self._stager.read_file(sb.path, sb.offset, sb.nbytes)
             stager = self._stager
 
             def put(t: torch.Tensor) -> torch.Tensor:  # the read bytes are pinned already
                 return stager.upload(t) if t.data_ptr() == raw.data_ptr() else stager.put(t)
         else:
-            raw, put = self._gguf.raw(st.name), None
+            raw, put = sb.read(), None
         tern = TORCH_DECODERS[st.dtype](raw, st.shape, st.group or "tensor", self.device, put, out, st.name)
-        if self._is_llama_gguf() and kind_of(st.name) in ("attn_q", "attn_k"):
-            heads = self.hp.num_heads if kind_of(st.name) == "attn_q" else self.hp.num_kv_heads
-            tern = TTernary(unpermute_llama_rows(tern.values, heads),
-                            unpermute_llama_rows(tern.scales, heads) if tern.scales.dim() == 2 else tern.scales,
-                            tern.group)
+        if sb.rope_heads:  # a GGUF `llama` q/k: back to HF row order, as the reader does
+            tern = TTernary(from_llama_rows(tern.values, sb.rope_heads).contiguous(),
+                            from_llama_rows(tern.scales, sb.rope_heads).contiguous() if tern.scales.dim() == 2
+                            else tern.scales, tern.group)
         return tern
 
     def load_layer(self, i: int) -> dict[str, Payload]:

@@ -107,8 +107,6 @@ class Runner(LayerLoader, HeadMixin):
         self.k = Kernels(want_compile(self.device, compile))
         self.by_name: dict[str, SourceTensor] = {t.name: t for t in ckpt.tensors}
         self._cache: dict[int, LayerWeights] = {}
-        self._gguf = None
-        self._fd: int | None = None
         # CUDA streams layers through pinned staging buffers; stage=True runs that same loading
         # code on the CPU (how CI tests the GPU path's pure functions without a GPU)
         self._stager = Stager(self.device) if (self.cuda if stage is None else stage) else None
@@ -252,17 +250,8 @@ class Runner(LayerLoader, HeadMixin):
         self._head_lo = None
         self._head_packed = None
         self._cache.clear()
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
-            self._fd = None
-            self._gguf = None
-
-    def __del__(self) -> None:
-        try:
-            if getattr(self, "_fd", None) is not None:
-                os.close(self._fd)
-        except OSError:
-            pass
+        if self._stager is not None:
+            self._stager.close()
 
     def rope(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.arange(t, dtype=torch.float32, device=self.device)

@@ -34,6 +34,7 @@ class Stager:
         self.retired: list[list[torch.Tensor]] = [[], []]
         self.slot, self.off = 0, 0
         self._pool = None
+        self._fds: dict[str, int] = {}  # files read with `read_file`, opened once
 
     def begin(self) -> None:
         self.slot ^= 1
@@ -89,6 +90,25 @@ class Stager:
                 self._pool = ThreadPoolExecutor(4)
             list(self._pool.map(one, chunks))
         return host
+
+    def read_file(self, path, offset: int, n: int) -> torch.Tensor:
+        """`read` from the file at `path` (kept open until `close`)."""
+        key = str(path)
+        if key not in self._fds:
+            self._fds[key] = os.open(key, os.O_RDONLY)
+        return self.read(self._fds[key], offset, n)
+
+    def close(self) -> None:
+        """Close the files `read_file` opened (the buffers stay for reuse)."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except OSError:
+            pass
 
     def upload(self, host: torch.Tensor) -> torch.Tensor:
         """A pinned slice from `reserve`/`read` -> a device tensor (asynchronous)."""

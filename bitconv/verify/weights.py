@@ -127,15 +127,6 @@ TORCH_DECODERS: dict[str, Callable[..., TTernary]] = {
 
 
 
-def unpermute_llama_rows(a: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Torch twin of `archs.llama._permute(..., inverse=True)` (GGUF llama -> HF row order)."""
-    if a.dim() == 0 or a.shape[0] == 1:
-        return a
-    rows = a.shape[0]
-    half = rows // n_head // 2
-    return a.reshape(n_head, half, 2, *a.shape[1:]).transpose(1, 2).reshape(a.shape).contiguous()
-
-
 
 Payload = Union[np.ndarray, Ternary, TTernary]
 

@@ -131,24 +131,23 @@ class GGUFWriter(Writer, format="gguf"):
                     or src.dtype not in ("f32", "f16", "bf16"))
 
     def encode_source(self, plan: ConversionPlan, tp: TensorPlan) -> Encoded | None:
-        """Float tensors written as F16: one compiled pass from the mapped source values
-        (float32, float16 or bfloat16 bits) to float16, counting NaN/Inf on the way; the
+        """Float tensors written as F16: one compiled pass from the source values as stored
+        (float32, float16 or bfloat16 bits) to float16, counting NaN/Inf on the way, read a
+        chunk of rows at a time (`readers.chunked`: only the F16 result is whole); the
         bytes equal `encode`'s (float32 widening is exact, then the same rounding)."""
         src = tp.source
         if not self._direct(tp):
             return None
         from ..kernels.floats import narrow_f16
-        from ..readers.mapped import chunks
+        from ..readers.chunked import raw_chunks
 
-        raw = src.load_raw()  # bfloat16 as its uint16 bits (SourceTensor.load_raw)
-        view = kernel_view(raw, raw.dtype == np.uint16, tp.name)
-        out = np.empty(view.size, dtype=np.int16)
-        flat = view.reshape(-1)
+        out = np.empty(int(np.prod(src.shape, dtype=np.int64)), dtype=np.int16)
         bad = over = 0
         first_over = first_under = -1
         amax = umax = 0.0
-        for a, part in chunks(flat):  # the source pages read are given back as it goes
-            b, o, fo, am, um, fu = narrow_f16(part, out[a:a + part.size])
+        for a, part in raw_chunks(src):  # one chunk of the source in memory at a time
+            view = kernel_view(part, part.dtype == np.uint16, tp.name)  # bfloat16 as its uint16 bits
+            b, o, fo, am, um, fu = narrow_f16(view, out[a:a + view.size])
             bad, over = bad + int(b), over + int(o)
             if fo >= 0 and first_over < 0:
                 first_over = a + int(fo)
@@ -157,8 +156,8 @@ class GGUFWriter(Writer, format="gguf"):
                 umax, first_under = float(um), a + int(fu)
         if bad:
             raise_nonfinite(tp.name, int(bad), tuple(src.shape))
-        check_narrowed(tp.name, "f16", flat, over, first_over, float(amax), float(umax), first_under,
-                       _type_flag(tp), widen_one=_widen_one)  # 1e5 -> inf, all-tiny -> 0: never written
+        check_narrowed(tp.name, "f16", _RawValues(src, tp.name), over, first_over, float(amax), float(umax),
+                       first_under, _type_flag(tp), widen_one=_widen_one)  # 1e5 -> inf, all-tiny -> 0: never written
         return Encoded([out.view(np.uint8)])
 
     def encode(self, plan: ConversionPlan, tp: TensorPlan, payload: Payload) -> Encoded:
@@ -170,6 +169,25 @@ class GGUFWriter(Writer, format="gguf"):
             layout = plan.layout if tp.role == LINEAR else get_layout(tp.out_type)  # token_embd/output as Q2_0
             return Encoded([layout.pack(payload, tp.name)])
         return Encoded([float_to_bytes(payload, FLOAT_BY_NAME[tp.out_type], tp.name, _type_flag(tp))])
+
+
+class _RawValues:
+    """`values[i:i + 1]` of a source tensor as the F16 pass read it, reading only the row
+    that holds it (a refusal names one value; the pass kept no copy of the source)."""
+
+    def __init__(self, src, name: str) -> None:
+        self.src, self.name = src, name
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        shape = tuple(int(d) for d in self.src.shape)
+        if len(shape) < 2:
+            raw, k = self.src.load_raw(), int(sl.start)
+        else:
+            per_row = int(np.prod(shape[1:], dtype=np.int64))
+            row, k = divmod(int(sl.start), per_row)
+            raw = self.src.load_raw_rows(row, row + 1)
+        flat = np.ascontiguousarray(raw).reshape(-1)
+        return kernel_view(flat, flat.dtype == np.uint16, self.name)[k:k + 1]
 
 
 def _widen_one(raw: np.ndarray) -> float:
@@ -363,6 +381,10 @@ def check_carried_keys(ckpt: Checkpoint, kv: dict[str, Any]) -> None:
     expected: dict[str, tuple[int, str]] = {
         "attention.key_length": (rows_per_head("attn_k", hp.num_kv_heads) or hp.head_dim, "attn_k rows per kv head"),
         "attention.value_length": (rows_per_head("attn_v", hp.num_kv_heads) or hp.head_dim, "attn_v rows per kv head"),
+        # bitconv writes rope.dimension_count = head size (its families rotate the whole head):
+        # a source that rotates part of it would silently become another model
+        "rope.dimension_count": (rows_per_head("attn_q", hp.num_heads) or hp.head_dim,
+                                 "attn_q rows per head; bitconv's families rotate the whole head"),
     }
     if not any(".ffn_gate_exps." in n or ".ffn_up_exps." in n for n in shapes):
         expected.update({k: (0, "the model has no expert tensors") for k in _EXPERT_KEYS})
