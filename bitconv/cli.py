@@ -267,7 +267,7 @@ def convert(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Convert a ternary checkpoint into a GGUF file or a packed safetensors folder.
+    """Convert a ternary checkpoint into a GGUF file or a model folder (packed safetensors, MLX, compressed-tensors).
 
     Several layouts (--layout tl2,i2_s,tq2_0) or formats (--format gguf,safetensors) write
     every output into the folder OUTPUT from one read of the source, with a manifest.
