@@ -267,7 +267,7 @@ def convert(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Convert a ternary checkpoint into a GGUF file or a packed safetensors folder.
+    """Convert a ternary checkpoint into a GGUF file or a model folder (packed safetensors, MLX, compressed-tensors).
 
     Several layouts (--layout tl2,i2_s,tq2_0) or formats (--format gguf,safetensors) write
     every output into the folder OUTPUT from one read of the source, with a manifest.
@@ -381,6 +381,12 @@ def _release_body(out: Output, source: str, output: str, layouts: list[str], for
             _render_release_plan(out, result)
         else:
             _render_release(out, result)
+    elif out.mode == "quiet":  # "errors only": a failed output (kept going past) is an error
+        for t in result.targets:
+            if not t.ok:
+                out.error(f"{t.path.name}: {t.error}")
+            elif t.verify is not None and not t.verify.get("passed"):
+                out.error(f"{t.path.name}: verify failed: {'; '.join(map(str, t.verify.get('failures') or []))}")
     return result.exit_code
 
 

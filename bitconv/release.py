@@ -685,12 +685,15 @@ def _source_root(src: dict[str, Any], given: str | Path | None,
     the file system root; a builtin name may not leave the package's data folder."""
     from .manifest_safety import member, source_root_ok
 
+    kind, location = src.get("kind"), src.get("location") or ""
     if given is not None:
         p = Path(given).expanduser()
-        if not p.exists():
+        if not p.exists() and kind in ("builtin", "hub") and str(given) == location:
+            given = None  # the SOURCE convert was given (`builtin:…`, a Hub id): found as without --source
+        elif not p.exists():
             raise InputError(f"{p}: no such source folder or file", hint="pass the folder (or file) the release was converted from")
-        return (p if p.is_dir() else p.parent), None, None
-    kind, location = src.get("kind"), src.get("location") or ""
+        else:
+            return (p if p.is_dir() else p.parent), None, None
     if kind == "builtin":
         from .readers import BUILTIN_PREFIX, DATA_DIR
 

@@ -8,6 +8,8 @@ folder), and the source unchanged (a digest of every file before and after).
 from __future__ import annotations
 
 import hashlib
+import importlib
+import shutil
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -19,6 +21,18 @@ runner = CliRunner()
 
 def run_cli(*args):
     return runner.invoke(app, [str(a) for a in args])
+
+
+def edited_copy(src: Path, dst: Path, edit, tensors: str = "numpy") -> Path:
+    """A copy of the single-file safetensors folder SRC at DST whose tensors EDIT changed in
+    place (a dict name -> array, loaded as `tensors`: "numpy" or "torch"), for a test to feed
+    a hostile file while SRC stays as it was."""
+    st = importlib.import_module(f"safetensors.{tensors}")
+    shutil.copytree(src, dst)
+    w = st.load_file(str(dst / "model.safetensors"))
+    edit(w)
+    st.save_file(w, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
 
 
 def tree_digest(path: Path) -> dict[str, str]:

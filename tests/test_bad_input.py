@@ -208,7 +208,9 @@ def test_output_folder_missing(silu_ckpt, tmp_path):
 
 def test_unknown_layout_lists_layouts(silu_ckpt, outdir):
     r = run_cli("convert", silu_ckpt, outdir / "m.gguf", "--layout", "q4_0")
-    assert_bad_input(r, outdir, "q4_0", "tq1_0", "tq2_0")
+    # the hint names every folder format (it named safetensors only once MLX and
+    # compressed-tensors existed) and that they take no --layout
+    assert_bad_input(r, outdir, "q4_0", "tq1_0", "tq2_0", "safetensors, mlx, compressed-tensors", "no --layout")
 
 
 def test_unknown_layout_reported_before_reading_the_source(outdir, monkeypatch):

@@ -91,19 +91,33 @@ def test_repack_through_an_engine_folder_gives_the_same_files(bonsai, tmp_path, 
             assert np.array_equal(x.load(), y.load()), x.name
 
 
-def test_stock_lossy_mlx_folder_is_read_as_what_it_computes(bonsai, tmp_path):
+def _copy_of_our_mlx(bonsai, tmp_path, name):
+    """mlx.core (skip without it), and a copy of bitconv's exact MLX folder of BONSAI with its
+    tensors, for a test to re-quantize the way a stock `mlx_lm.convert` would."""
     mx = pytest.importorskip("mlx.core", reason="mlx[cpu] is a [test] extra (its own quantizer makes the stock file)")
     ours = tmp_path / "ours"
     convert(bonsai, ours, format="mlx")
-    stock = tmp_path / "stock"
+    stock = tmp_path / name
     shutil.copytree(ours, stock)
-    t = _st(stock)
-    g = json.loads((stock / "config.json").read_text())["quantization"]["group_size"]
-    name = "model.layers.0.mlp.up_proj"
+    return mx, stock, _st(stock)
+
+
+def _requantize(mx, t, name, g, bits, widen=False):
+    """mlx's own affine quantizer (groups of G, BITS bits) on the values s·t the exact 2-bit
+    tensor NAME holds (in float32 with WIDEN, else in the scales' dtype), stored back into T;
+    returns mlx's (codes, scales, biases)."""
     w = mx.dequantize(mx.array(t[name + ".weight"]), mx.array(t[name + ".scales"]), mx.array(t[name + ".biases"]),
                       group_size=g, bits=2)
-    q, s, b = mx.quantize(w, group_size=g, bits=2)  # what mlx_lm.convert --q-bits 2 does to s·t
+    q, s, b = mx.quantize(w.astype(mx.float32) if widen else w, group_size=g, bits=bits)
     t[name + ".weight"], t[name + ".scales"], t[name + ".biases"] = np.array(q), np.array(s), np.array(b)
+    return q, s, b
+
+
+def test_stock_lossy_mlx_folder_is_read_as_what_it_computes(bonsai, tmp_path):
+    mx, stock, t = _copy_of_our_mlx(bonsai, tmp_path, "stock")
+    g = json.loads((stock / "config.json").read_text())["quantization"]["group_size"]
+    name = "model.layers.0.mlp.up_proj"
+    q, s, b = _requantize(mx, t, name, g, bits=2)  # what mlx_lm.convert --q-bits 2 does to s·t
     save_file(t, str(stock / "model.safetensors"), metadata={"format": "mlx"})
     ckpt = open_source(stock)
     lossy = ckpt.get("blk.0.ffn_up.weight")
@@ -183,18 +197,10 @@ def test_damaged_engine_folder_is_a_clear_error(bonsai, tmp_path, fmt, drop):
 def test_stock_4bit_mlx_folder_is_read_as_what_it_computes(bonsai, tmp_path):
     """`mlx_lm.convert -q` (4-bit affine, its default) on a ternary model: every quantized
     tensor is read as the floats mlx computes; inspect says NOT exactly ternary."""
-    mx = pytest.importorskip("mlx.core", reason="mlx[cpu] is a [test] extra (its own quantizer makes the stock file)")
-    ours = tmp_path / "ours"
-    convert(bonsai, ours, format="mlx")
-    stock = tmp_path / "stock4"
-    shutil.copytree(ours, stock)
-    t = _st(stock)
+    mx, stock, t = _copy_of_our_mlx(bonsai, tmp_path, "stock4")
     g = 64
     for name in [k[: -len(".scales")] for k in t if k.endswith(".scales")]:
-        w = mx.dequantize(mx.array(t[name + ".weight"]), mx.array(t[name + ".scales"]),
-                          mx.array(t[name + ".biases"]), group_size=g, bits=2).astype(mx.float32)
-        q, s, b = mx.quantize(w, group_size=g, bits=4)
-        t[name + ".weight"], t[name + ".scales"], t[name + ".biases"] = np.array(q), np.array(s), np.array(b)
+        _requantize(mx, t, name, g, bits=4, widen=True)
     save_file(t, str(stock / "model.safetensors"), metadata={"format": "mlx"})
     cfg = json.loads((stock / "config.json").read_text())
     cfg["quantization"] = {"group_size": g, "bits": 4, "mode": "affine"}

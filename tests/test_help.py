@@ -74,6 +74,8 @@ def test_root_help_and_version():
     text = _help()
     assert "<bool>" not in text and "[OPTIONS] COMMAND [ARGS]..." in text
     assert "--version" in text and re.search(r"--version\s+Show the version", text)
+    # convert's one-line summary names every output kind (it said "GGUF or safetensors" only)
+    assert all(f in " ".join(text.split()) for f in ("GGUF", "safetensors", "MLX", "compressed-tensors"))
 
 
 def test_every_command_renders_without_value_types_on_flags():

@@ -14,21 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 
 from bitconv import float_range
-from hostile_helpers import assert_refused, run_cli, tree_digest
+from hostile_helpers import assert_refused, edited_copy as _edited, run_cli, tree_digest
 
 TINY = dict(hidden=256, intermediate=256, layers=1, heads=2, kv_heads=1, vocab=320)
 Q = "model.layers.0.self_attn.q_proj.weight"
-
-
-def _edited(src: Path, dst: Path, edit) -> Path:
-    shutil.copytree(src, dst)
-    w = load_file(str(dst / "model.safetensors"))
-    edit(w)
-    save_file(w, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    return dst
 
 
 @pytest.fixture(scope="module")
@@ -195,14 +186,12 @@ def test_lone_tiny_embedding_value_rounds_to_zero_like_any_converter(ckpt_factor
     """A lone weight below the type's smallest value is ordinary rounding (a real 500M-value
     embedding holds hundreds of |w| < 3e-8): written as 0, exit 0. Refusing it refused every
     seeded model whose head held one such weight."""
-    from safetensors.torch import load_file as tload, save_file as tsave
     from bitconv.readers import open_source
 
-    src = tmp_path / "src"
-    shutil.copytree(ckpt_factory("llama", dtype="f32", **TINY), src)
-    w = tload(str(src / "model.safetensors"))
-    w["model.embed_tokens.weight"].view(-1)[773] = value
-    tsave(w, str(src / "model.safetensors"), metadata={"format": "pt"})
+    def edit(w):
+        w["model.embed_tokens.weight"].view(-1)[773] = value
+
+    src = _edited(ckpt_factory("llama", dtype="f32", **TINY), tmp_path / "src", edit, tensors="torch")
     r = run_cli("convert", src, tmp_path / "m.gguf", "--embedding-type", etype)
     assert r.exit_code == 0, r.output
     emb = open_source(tmp_path / "m.gguf").get("token_embd.weight").load().reshape(-1)
@@ -213,14 +202,10 @@ def test_lone_tiny_embedding_value_rounds_to_zero_like_any_converter(ckpt_factor
 def test_float_tensor_zeroed_by_narrowing_is_refused(ckpt_factory, tmp_path, value, etype):
     """An embedding whose every non-zero value rounds to 0 in the chosen type would be written
     as a zero tensor: refused, naming the tensor and the value."""
-    from safetensors.torch import load_file as tload, save_file as tsave
+    def edit(w):
+        w["model.embed_tokens.weight"] = (w["model.embed_tokens.weight"].sign() * value).contiguous()
 
-    src = tmp_path / "src"
-    shutil.copytree(ckpt_factory("llama", dtype="f32", **TINY), src)
-    w = tload(str(src / "model.safetensors"))
-    emb = w["model.embed_tokens.weight"]
-    w["model.embed_tokens.weight"] = (emb.sign() * value).contiguous()
-    tsave(w, str(src / "model.safetensors"), metadata={"format": "pt"})
+    src = _edited(ckpt_factory("llama", dtype="f32", **TINY), tmp_path / "src", edit, tensors="torch")
     out = tmp_path / "out"
     out.mkdir()
     r = run_cli("convert", src, out / "m.gguf", "--embedding-type", etype)

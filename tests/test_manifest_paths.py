@@ -118,6 +118,14 @@ def test_hub_and_builtin_sources_keep_their_names(tmp_path):
     assert m["source"]["location"] == "builtin:tiny-bitnet" and m["command"][1:3] == ["builtin:tiny-bitnet", "."]
     report = check_manifest(res.manifest_path)
     assert report["ok"] and report["source_checked"]
+    # `--source` given the SOURCE the release was converted from (a newcomer repeats it) finds
+    # it as without --source; it used to exit 2 "builtin:tiny-bitnet: no such source folder"
+    r = runner.invoke(app, ["check", str(res.manifest_path), "--source", "builtin:tiny-bitnet", "--json"])
+    assert r.exit_code == 0, r.output
+    again = json.loads(r.stdout)
+    assert again["source_checked"] and again["checked"] == report["checked"]
+    r = runner.invoke(app, ["check", str(res.manifest_path), "--source", "builtin:other"])
+    assert r.exit_code == 2 and "no such source" in r.output
 
 
 def test_public_paths_leave_names_and_hub_ids_alone(model, tmp_path):

@@ -98,6 +98,13 @@ def test_failing_layout_fails_alone_with_keep_going(relu2_odd, tmp_path):
     assert not (out / "relu2-tq2_0.gguf").exists()
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert [a["ok"] for a in manifest["artifacts"]] == [False, True]
+    # --quiet is "errors only": the failed output is one error line naming it (it printed
+    # nothing at all, exit 2, before), and nothing else is printed
+    r = runner.invoke(app, ["convert", str(relu2_odd), str(tmp_path / "q"), "--layout", "tq2_0,i2_s", "--keep-going",
+                            "--quiet"])
+    assert r.exit_code == 2 and r.stdout == ""
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: relu2-tq2_0.gguf: ") and "SiLU" in lines[0], r.stderr
 
 
 def test_model_card(silu, tmp_path):

@@ -27,6 +27,7 @@ from bitconv.quant import ternarize
 from bitconv.readers import open_source
 from bitconv.archs import architecture_for
 from bitconv.writers.safetensors_writer import hf_name
+from hostile_helpers import edited_copy
 
 QCONFIG = {"quant_method": "bitnet", "linear_class": "bitlinear", "quantization_mode": "offline"}
 LINEAR_SUFFIXES = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
@@ -352,13 +353,7 @@ def packed_src(f32_ckpts, tmp_path_factory) -> Path:
 
 
 def _damage(packed: Path, dst: Path, edit) -> Path:
-    import shutil
-
-    shutil.copytree(packed, dst)
-    w = load_file(str(dst / "model.safetensors"))
-    edit(w)
-    save_file(w, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    return dst
+    return edited_copy(packed, dst, edit, tensors="torch")
 
 
 TARGET = "model.layers.1.mlp.up_proj.weight"

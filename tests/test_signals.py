@@ -137,6 +137,17 @@ def _last_error(err: str) -> str:
     return lines[-1]
 
 
+def _interrupt_at(tmp_path: Path, stage: str, sig: int, *args) -> tuple[str, str]:
+    """Run the CLI with ARGS, send SIG once it reaches STAGE, and check it stopped as an
+    interrupt (exit 128 + SIG, one error line, no traceback): (stderr, that error line)."""
+    child = Child(tmp_path, stage, *args)
+    child.wait_for(stage)
+    child.signal(sig)
+    code, _, err = child.finish()
+    assert code == 128 + sig, err
+    return err, _last_error(err)
+
+
 @pytest.fixture
 def src(silu_ckpt) -> Path:
     return silu_ckpt
@@ -207,12 +218,8 @@ def test_interrupt_during_release_verify_says_what_is_on_disk(src, tmp_path):
     while both GGUFs were in the folder. Now it names them and what was not written, and a
     re-run with --force replaces them."""
     out = tmp_path / "rel"
-    child = Child(tmp_path, "verifying", "convert", src, out, "--layout", "tq2_0,i2_s", "--verify", "--model-card")
-    child.wait_for("verifying")
-    child.signal(signal.SIGTERM)
-    code, _, err = child.finish()
-    assert code == 128 + signal.SIGTERM, err
-    line = _last_error(err)
+    _, line = _interrupt_at(tmp_path, "verifying", signal.SIGTERM,
+                            "convert", src, out, "--layout", "tq2_0,i2_s", "--verify", "--model-card")
     on_disk = sorted(p.name for p in out.iterdir())
     assert on_disk == [f"{src.name}-i2_s.gguf", f"{src.name}-tq2_0.gguf"]
     assert "no output was left behind" not in line
@@ -231,12 +238,7 @@ def test_ctrl_c_during_verify_does_not_talk_about_outputs(src, tmp_path):
     """Issue 21, 3: `verify` writes nothing, yet its Ctrl-C said "no output was left behind"."""
     art = tmp_path / "m.gguf"
     convert(src, art)
-    child = Child(tmp_path, "verifying", "verify", art, "--source", src)
-    child.wait_for("verifying")
-    child.signal(signal.SIGINT)
-    code, _, err = child.finish()
-    assert code == 130, err
-    line = _last_error(err)
+    _, line = _interrupt_at(tmp_path, "verifying", signal.SIGINT, "verify", art, "--source", src)  # exit 130
     assert "interrupted" in line and "output" not in line
 
 
@@ -266,11 +268,7 @@ def test_signal_during_upload_is_not_a_success(src, tmp_path):
     """Every file is in place while the upload runs, yet the run is not done: a signal then
     is an interrupt (exit 128+n) whose message names the files on disk."""
     out = tmp_path / "rel"
-    child = Child(tmp_path, "uploading", "convert", src, out, "--layout", "tq2_0", "--upload-repo", "me/tiny")
-    child.wait_for("uploading")
-    child.signal(signal.SIGTERM)
-    code, _, err = child.finish()
-    assert code == 128 + signal.SIGTERM, err
-    line = _last_error(err)
+    err, line = _interrupt_at(tmp_path, "uploading", signal.SIGTERM,
+                              "convert", src, out, "--layout", "tq2_0", "--upload-repo", "me/tiny")
     assert "after the run was complete" not in err and "written before it" in line
     assert all(p.name in line for p in out.iterdir())

@@ -169,7 +169,8 @@ def layout_class(name: str) -> type[Layout]:
     if key not in _LAYOUTS:
         choices = sorted(n for n, c in _LAYOUTS.items() if c.ggml_type is not None)
         raise UsageError(f"unknown layout {name!r}; choose one of: {', '.join(choices)}",
-                         hint="or --format safetensors for the Hugging Face packed format")
+                         hint="--layout names a GGUF layout; the folder formats (--format safetensors, mlx, "
+                              "compressed-tensors) have one packing of their own and take no --layout")
     return _LAYOUTS[key]
 
 

@@ -16,8 +16,7 @@ import numpy as np
 
 from ..errors import BadWeightsError
 from ..quant import GroupSize, Ternary
-from .base import Layout
-from .words2 import check_scales, coarsest, grid_scales, n_words, pack_words, unpack_words
+from .words2 import WordLayout, check_scales, coarsest, grid_scales, n_words, pack_words, unpack_words
 
 OFFSET = 2  # pack_to_int32 stores q + 2^(bits-1)
 
@@ -29,10 +28,9 @@ def strategy_of(group: GroupSize) -> tuple[str, int | None]:
     return "group", int(group)
 
 
-class CTInt2(Layout, name="ct_int2"):
-    ggml_type = None
-    bits_per_weight = 2.0
-    tensor_scale_only = False
+class CTInt2(WordLayout, name="ct_int2"):
+    offset = OFFSET
+    bad_code = "int2 value(s) equal -2"
     engine = "vLLM (compressed-tensors)"
     description = "compressed-tensors pack-quantized int2 symmetric (int32 words), q = t, scale = s"
 
@@ -55,16 +53,6 @@ class CTInt2(Layout, name="ct_int2"):
         s = grid_scales(tern, g if g else k, name) if k else np.zeros((m, 0), np.float32)
         check_scales(s, name)
         return s
-
-    def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
-        return self.pack_codes(tern.values, name).reshape(-1).view(np.uint8)
-
-    def unpack(self, data: np.ndarray, shape: tuple[int, int], name: str = "tensor") -> Ternary:
-        data = self._check_data(data, shape, name)
-        vals, bad = unpack_words(data.view(np.uint32).reshape(shape[0], -1), shape[1], OFFSET, name)
-        if bad:
-            raise BadWeightsError(f"{name}: {bad} int2 value(s) equal -2, which no ternary weight has")
-        return Ternary(vals, np.float32(1.0), "tensor")
 
     def read(self, packed: np.ndarray, scale: np.ndarray, shape: tuple[int, int],
              name: str = "tensor") -> Ternary | np.ndarray:

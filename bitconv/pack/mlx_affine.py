@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BadWeightsError, LayoutError
+from ..errors import LayoutError
 from ..quant import GroupSize, Ternary
-from .base import Layout
-from .words2 import check_scales, coarsest, group_fits, grid_scales, pack_words, unpack_words
+from .words2 import WordLayout, check_scales, coarsest, group_fits, grid_scales, pack_words, unpack_words
 
 GROUP_SIZES = (128, 64, 32)  # mlx's affine group sizes, the largest (fewest scales) first
 OFFSET = 1  # q = t + 1
 
 
-class MLXAffine2(Layout, name="mlx_affine2"):
-    ggml_type = None
-    bits_per_weight = 2.0
-    tensor_scale_only = False
+class MLXAffine2(WordLayout, name="mlx_affine2"):
+    offset = OFFSET
+    bad_code = "code(s) equal 3"
     engine = "mlx-lm"
     description = "MLX affine 2-bit (uint32 words, scales and biases per group), q = t + 1, bias = -s"
 
@@ -62,16 +60,6 @@ class MLXAffine2(Layout, name="mlx_affine2"):
         s = grid_scales(tern, self.group_size, name)
         check_scales(s, name)
         return s, -s
-
-    def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
-        return self.pack_codes(tern.values, name).reshape(-1).view(np.uint8)
-
-    def unpack(self, data: np.ndarray, shape: tuple[int, int], name: str = "tensor") -> Ternary:
-        data = self._check_data(data, shape, name)
-        vals, bad = unpack_words(data.view(np.uint32).reshape(shape[0], -1), shape[1], OFFSET, name)
-        if bad:
-            raise BadWeightsError(f"{name}: {bad} code(s) equal 3, which no ternary weight has")
-        return Ternary(vals, np.float32(1.0), "tensor")
 
     def read(self, words: np.ndarray, scales: np.ndarray, biases: np.ndarray, k: int,
              name: str = "tensor") -> Ternary | np.ndarray:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from typing import ClassVar
+
 from ..errors import BadWeightsError, LayoutError
 from ..quant import GroupSize, Ternary
+from .base import Layout
 from .kernel_args import bad_values_error, ternary_bytes
 
 
@@ -102,3 +105,26 @@ def count_bad(words: np.ndarray, k: int, offset: int) -> int:
         raise LayoutError(f"packed shape {list(w.shape)} does not hold K={k} values (expected [M, {n_words(k)}])",
                           hint="the file is corrupt or its shape entry disagrees")
     return int(words2_count_bad(w, offset, k))
+
+
+class WordLayout(Layout):
+    """The byte side both 2-bit word layouts share: codes `t + offset`, 16 a 32-bit word, each
+    row padded to whole words. A subclass sets `offset` and `bad_code` (what the one code no
+    ternary value uses is, in its format's words); scales live in separate tensors, so
+    `pack` / `unpack` carry the codes only."""
+
+    offset: ClassVar[int]
+    bad_code: ClassVar[str]
+    ggml_type = None  # a safetensors-folder layout, never in a GGUF
+    bits_per_weight = 2.0
+    tensor_scale_only = False  # scales are a separate [M, K/G] tensor
+
+    def pack(self, tern: Ternary, name: str = "tensor") -> np.ndarray:
+        return pack_words(tern.values, self.offset, name).reshape(-1).view(np.uint8)
+
+    def unpack(self, data: np.ndarray, shape: tuple[int, int], name: str = "tensor") -> Ternary:
+        data = self._check_data(data, shape, name)
+        vals, bad = unpack_words(data.view(np.uint32).reshape(shape[0], -1), shape[1], self.offset, name)
+        if bad:
+            raise BadWeightsError(f"{name}: {bad} {self.bad_code}, which no ternary weight has")
+        return Ternary(vals, np.float32(1.0), "tensor")

@@ -30,7 +30,7 @@ import struct
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import BitconvError, ConversionError, InputError, OutputExistsError, UsageError
 
@@ -417,6 +417,32 @@ def _raise(signum: int, frame) -> None:  # noqa: ARG001
     raise Interrupted(signum)
 
 
+def _install(previous: dict[int, Any], signals: tuple[int, ...], handler, *, skip_ignored: bool = False) -> None:
+    """Set `handler` for each of `signals` the platform lets Python set, recording each handler
+    it replaces in `previous` as it goes (filled in place, so a signal arriving half way
+    through still leaves `_restore` the full list). With `skip_ignored`, a signal that is
+    ignored (SIG_IGN, e.g. under nohup) or whose handler was set outside Python (None: it
+    could not be put back) is left alone."""
+    for s in signals:
+        try:
+            if skip_ignored:
+                current = signal.getsignal(s)
+                if current is None or current is signal.SIG_IGN:
+                    continue
+            previous[s] = signal.signal(s, handler)
+        except (ValueError, OSError):
+            pass
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    """Put back the handlers `_install` replaced."""
+    for s, h in previous.items():
+        try:
+            signal.signal(s, h)
+        except (ValueError, OSError):
+            pass
+
+
 @contextmanager
 def cleanup_on_signals() -> Iterator[None]:
     """Turn SIGTERM/SIGHUP into an `Interrupted` exception (as Ctrl-C is a KeyboardInterrupt)
@@ -426,20 +452,12 @@ def cleanup_on_signals() -> Iterator[None]:
     if _holding or threading.current_thread() is not threading.main_thread():
         yield  # signals are held (see `hold_signals`): do not turn them back into exceptions
         return
-    previous = {}
-    for s in _SIGNALS:
-        try:
-            previous[s] = signal.signal(s, _raise)
-        except (ValueError, OSError):
-            pass
+    previous: dict[int, Any] = {}
+    _install(previous, _SIGNALS, _raise)
     try:
         yield
     finally:
-        for s, h in previous.items():
-            try:
-                signal.signal(s, h)
-            except (ValueError, OSError):
-                pass
+        _restore(previous)
 
 
 # Paths renamed into place in this process (oldest first), so an interrupted command can
@@ -484,22 +502,12 @@ def hold_signals(reraise: bool = True) -> Iterator[None]:
         return
     pending: list[int] = []
     _holding.append(pending)
-    previous = {}
+    previous: dict[int, Any] = {}
     try:
-        for s in _HELD:
-            try:
-                current = signal.getsignal(s)  # None: a handler set outside Python, which could not be restored
-                if current is not None and current is not signal.SIG_IGN:
-                    previous[s] = signal.signal(s, _record)
-            except (ValueError, OSError):
-                pass
+        _install(previous, _HELD, _record, skip_ignored=True)
         yield
     finally:
-        for s, h in previous.items():
-            try:
-                signal.signal(s, h)
-            except (ValueError, OSError):
-                pass
+        _restore(previous)
         _holding.clear()
     if reraise and pending:
         raise_signal_exception(pending[0])

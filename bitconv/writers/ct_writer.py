@@ -48,12 +48,12 @@ from ..model import LINEAR, OUTPUT
 from ..pack.ct_int2 import CTInt2, strategy_of
 from ..pack.words2 import n_words
 from ..plan import ConversionPlan, ConvertOptions, TensorPlan
-from ..quant import Ternary
 from ..readers.checkpoint import Checkpoint
 from ..rotation import refuse_rotated
 from ..source_kind import declares_int8_activations, is_bitnet_model
 from .base import Encoded, Payload
-from .engine_folder import folder_layout, has_output, model_dtype, rounding_warning, scale_exact_in, source_config
+from .engine_folder import (encode_float, folder_layout, model_dtype, output_tying, require_ternary, rounding_warning,
+                            scale_exact_in, source_config)
 from .safetensors_writer import Entry, SafetensorsWriter, hf_name
 
 FAMILIES = ("LlamaForCausalLM", "Qwen3ForCausalLM")
@@ -90,12 +90,7 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
                 hint="use --format safetensors (transformers loads it with the same quantization_config)")
         arch = architecture_for({"architectures": [spec.family]})
         dtype = model_dtype(ckpt)
-        out_present = has_output(ckpt)
-        tied = bool(hp.tie_embeddings) or not out_present
-        warnings: list[str] = []
-        if not hp.tie_embeddings and not out_present:
-            warnings.append("the source has no output tensor (token_embd is its output layer): "
-                            "wrote tie_word_embeddings = true")
+        tied, warnings = output_tying(ckpt)
         layout = CTInt2()
         tensors: list[TensorPlan] = []
         units: list[list[Entry]] = []
@@ -170,12 +165,8 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
     def encode(self, plan: ConversionPlan, tp: TensorPlan, payload: Payload) -> Encoded:
         ents = plan.layout.entries[tp.name]
         if tp.out_type != LAYOUT:
-            arr = np.asarray(payload)
-            if tuple(arr.shape) != tuple(ents[0].shape):
-                raise ConversionError(f"{tp.name}: got shape {list(arr.shape)}, planned {list(ents[0].shape)}")
-            return Encoded([float_to_bytes(arr, FLOAT_BY_NAME[ents[0].dtype], tp.name)])
-        if not isinstance(payload, Ternary) or tuple(payload.shape) != tuple(tp.shape):
-            raise ConversionError(f"{tp.name}: expected a ternary [{tp.shape[0]}, {tp.shape[1]}] tensor")
+            return encode_float(tp, payload, ents[0])
+        payload = require_ternary(tp, payload)
         layout = CTInt2()
         packed = layout.pack_codes(payload.values, tp.name)
         s = layout.weight_scale(payload, tp.name)

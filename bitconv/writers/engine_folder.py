@@ -12,12 +12,18 @@ import json
 import math
 from typing import Any
 
+import numpy as np
+
+from ..errors import ConversionError
+from ..ggml_types import FLOAT_BY_NAME, float_to_bytes
 from ..model import EMBEDDING, OUTPUT
+from ..plan import TensorPlan
+from ..quant import Ternary
 from ..plan import ConvertOptions
+from .base import Encoded, Payload
 from ..readers.checkpoint import Checkpoint
 from ..source_kind import SourceKind, kind_summary
-from .safetensors_writer import (INDEX_FILE, SINGLE_FILE, Entry, FolderLayout, Shard, _copied_files, _layout_shard,
-                                 _metadata, _split_shards, _CONFIG_DTYPE)
+from .safetensors_writer import INDEX_FILE, Entry, FolderLayout, _copied_files, _metadata, build_shards, _CONFIG_DTYPE
 
 _FLOATS = ("bf16", "f16", "f32")
 # relative rounding of a scale stored in a narrower float (half an ulp)
@@ -65,15 +71,7 @@ def folder_layout(ckpt: Checkpoint, units: list[list[Entry]], tensors, options: 
     metadata.pop("bitconv.group_size", None)
     metadata.update(extra_metadata)
     metadata["bitconv.source.kinds"] = json.dumps(kind_summary(tp.source for tp in tensors), sort_keys=True)
-    parts = _split_shards(units, options.max_shard_size)
-    shards = []
-    for i, part in enumerate(parts):
-        file = SINGLE_FILE if len(parts) == 1 else f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
-        shard = Shard(file, part)
-        for e in part:
-            e.shard = i
-        _layout_shard(shard, metadata)
-        shards.append(shard)
+    shards = build_shards(units, options.max_shard_size, metadata)
     entries = {}
     for tp, unit in zip(tensors, units):
         entries[tp.name] = unit
@@ -98,5 +96,34 @@ def has_output(ckpt: Checkpoint) -> bool:
     return any(t.role == OUTPUT for t in ckpt.tensors)
 
 
+def output_tying(ckpt: Checkpoint) -> tuple[bool, list[str]]:
+    """Whether the folder ties its head to the embedding, and the warning to show when the
+    source forces it: a source with no output tensor uses token_embd as its output layer, so
+    the folder must say `tie_word_embeddings = true` even where the source config did not."""
+    tie = bool(ckpt.spec.hparams.tie_embeddings)
+    out_present = has_output(ckpt)
+    warnings = []
+    if not tie and not out_present:
+        warnings.append("the source has no output tensor (token_embd is its output layer): "
+                        "wrote tie_word_embeddings = true")
+    return tie or not out_present, warnings
+
+
+def encode_float(tp: TensorPlan, payload: Payload, entry: Entry) -> Encoded:
+    """A tensor the folder keeps as floats, in its planned dtype; a shape that differs from the
+    plan is refused rather than written under the planned header."""
+    arr = np.asarray(payload)
+    if tuple(arr.shape) != tuple(entry.shape):
+        raise ConversionError(f"{tp.name}: got shape {list(arr.shape)}, planned {list(entry.shape)}")
+    return Encoded([float_to_bytes(arr, FLOAT_BY_NAME[entry.dtype], tp.name)])
+
+
+def require_ternary(tp: TensorPlan, payload: Payload) -> Ternary:
+    """The payload of a planned ternary linear, refused if the reader handed anything else."""
+    if not isinstance(payload, Ternary) or tuple(payload.shape) != tuple(tp.shape):
+        raise ConversionError(f"{tp.name}: expected a ternary [{tp.shape[0]}, {tp.shape[1]}] tensor")
+    return payload
+
+
 __all__ = ["INDEX_FILE", "model_dtype", "scale_exact_in", "rounding_warning", "folder_layout", "source_config",
-           "has_output"]
+           "has_output", "output_tying", "encode_float", "require_ternary"]

@@ -36,19 +36,18 @@ from typing import Any
 import numpy as np
 
 from ..archs import architecture_for
-from ..errors import ConversionError, LayoutError, UsageError
+from ..errors import LayoutError, UsageError
 from ..float_range import check_scales as range_check
 from ..ggml_types import FLOAT_BY_NAME, float_to_bytes
 from ..model import EMBEDDING, LINEAR, OUTPUT
 from ..pack.mlx_affine import MLXAffine2, choose_group_size
 from ..pack.words2 import group_fits
 from ..plan import ConversionPlan, ConvertOptions, TensorPlan
-from ..quant import Ternary
 from ..readers.checkpoint import Checkpoint
 from ..source_kind import is_bitnet_model
 from .base import Encoded, Payload
-from .engine_folder import (folder_layout, has_output, model_dtype, rounding_warning, scale_exact_in,
-                            source_config)
+from .engine_folder import (encode_float, folder_layout, model_dtype, output_tying, require_ternary,
+                            rounding_warning, scale_exact_in, source_config)
 from .safetensors_writer import Entry, SafetensorsWriter, hf_name
 from ..rotation import refuse_rotated
 
@@ -81,12 +80,7 @@ class MLXWriter(SafetensorsWriter, format="mlx"):
                 hint="use --format safetensors (transformers loads it with the same quantization_config)")
         arch = architecture_for({"architectures": [spec.family]})
         dtype = model_dtype(ckpt)
-        out_present = has_output(ckpt)
-        tied = bool(hp.tie_embeddings) or not out_present
-        warnings: list[str] = []
-        if not hp.tie_embeddings and not out_present:
-            warnings.append("the source has no output tensor (token_embd is its output layer): "
-                            "wrote tie_word_embeddings = true")
+        tied, warnings = output_tying(ckpt)
         kept = [s for s in ckpt.tensors if not (s.role == OUTPUT and tied)]
 
         def own_group(src) -> Any:
@@ -192,12 +186,8 @@ class MLXWriter(SafetensorsWriter, format="mlx"):
                 return super().encode(plan, tp, payload)
             return self._encode_bitnet(tp, payload, ents)
         if tp.out_type != LAYOUT:
-            arr = np.asarray(payload)
-            if tuple(arr.shape) != tuple(ents[0].shape):
-                raise ConversionError(f"{tp.name}: got shape {list(arr.shape)}, planned {list(ents[0].shape)}")
-            return Encoded([float_to_bytes(arr, FLOAT_BY_NAME[ents[0].dtype], tp.name)])
-        if not isinstance(payload, Ternary) or tuple(payload.shape) != tuple(tp.shape):
-            raise ConversionError(f"{tp.name}: expected a ternary [{tp.shape[0]}, {tp.shape[1]}] tensor")
+            return encode_float(tp, payload, ents[0])
+        payload = require_ternary(tp, payload)
         layout = MLXAffine2(plan.layout_metadata["quantization"]["group_size"])
         words = layout.pack_codes(payload.values, tp.name)
         s, b = layout.scales_biases(payload, tp.name)
@@ -213,8 +203,7 @@ class MLXWriter(SafetensorsWriter, format="mlx"):
         from ..pack.hf2bit import HF2Bit
         from ..pack.words2 import check_scales
 
-        if not isinstance(payload, Ternary) or tuple(payload.shape) != tuple(tp.shape):
-            raise ConversionError(f"{tp.name}: expected a ternary [{tp.shape[0]}, {tp.shape[1]}] tensor")
+        payload = require_ternary(tp, payload)
         s = np.asarray(payload.scales, dtype=np.float32).reshape(ents[1].shape)
         check_scales(s, tp.name)
         range_check(tp.name, s, ents[1].dtype, "MLX bitnet's")  # f16 overflow / underflow refused

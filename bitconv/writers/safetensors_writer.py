@@ -201,6 +201,23 @@ def _split_shards(units: list[list[Entry]], max_size: int) -> list[list[Entry]]:
     return shards
 
 
+def build_shards(units: list[list[Entry]], max_size: int, metadata: dict[str, str]) -> list[Shard]:
+    """The shards of a folder: units split in plan order, each shard named the way
+    transformers' index expects (one file, or `model-0000i-of-0000n`), its entries placed
+    and its header built. Every safetensors-container writer (transformers, MLX,
+    compressed-tensors) lays its folder out through here."""
+    parts = _split_shards(units, max_size)
+    shards = []
+    for i, part in enumerate(parts):
+        file = SINGLE_FILE if len(parts) == 1 else f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
+        shard = Shard(file, part)
+        for e in part:
+            e.shard = i
+        _layout_shard(shard, metadata)
+        shards.append(shard)
+    return shards
+
+
 # ---------------------------------------------------------------------------------------
 class SafetensorsWriter(Writer, format="safetensors"):
     is_folder = True
@@ -266,15 +283,7 @@ class SafetensorsWriter(Writer, format="safetensors"):
                             "but not by transformers")
         metadata = _metadata(ckpt, options, distinct)
         metadata["bitconv.source.kinds"] = json.dumps(kind_summary(tp.source for tp in tensors), sort_keys=True)
-        parts = _split_shards([entries[tp.name] for tp in tensors], options.max_shard_size)
-        shards = []
-        for i, part in enumerate(parts):
-            file = SINGLE_FILE if len(parts) == 1 else f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
-            shard = Shard(file, part)
-            for e in part:
-                e.shard = i
-            _layout_shard(shard, metadata)
-            shards.append(shard)
+        shards = build_shards([entries[tp.name] for tp in tensors], options.max_shard_size, metadata)
         config = _config(ckpt, out_arch, model_type, tied, distinct)
         copied = _copied_files(ckpt)
         if not any(p.name in TOKENIZER_FILES for p in copied):
