@@ -454,10 +454,14 @@ def _check_output(src_ckpt, out_path: Path, fmt: str) -> None:
             if not np.all(np.isfinite(o.scales)):
                 raise WrongFile(f"{ot.name}: a scale is not finite")
             codes, scale = _source_codes(st)
-            if not np.array_equal(np.asarray(o.values), codes):
-                raise WrongFile(f"{ot.name}: codes differ from the source's "
-                                f"({int(np.count_nonzero(np.asarray(o.values) != codes))} values)")
             got = np.broadcast_to(o.expanded_scales(), o.shape)
+            # t·s is the value: a negative scale (a source may have one) with -t is the same weight,
+            # which an F16 copy read back as exact ternary gives (t = sign(w), s = |w|)
+            mine, theirs = np.asarray(o.values) * np.sign(got), codes * np.sign(scale)
+            if not np.array_equal(mine, theirs):
+                raise WrongFile(f"{ot.name}: codes differ from the source's "
+                                f"({int(np.count_nonzero(mine != theirs))} values)")
+            got, scale = np.abs(got), np.abs(scale)
             nz = codes != 0  # a scale matters where a code is non-zero
             if np.any(nz & (got == 0) & (scale != 0)):
                 raise WrongFile(f"{ot.name}: a scale is 0 where the source's is not")
