@@ -86,6 +86,24 @@ def test_device_tq2_0_decoder_on_the_cpu(group):
     assert np.array_equal(got.scales.numpy().reshape(np.shape(ref.scales)), ref.scales)
 
 
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_live_block_stored_with_zero_scale_reads_as_zeros_on_every_path(on_device):
+    """A block with codes but d = 0 computes zeros in the engine; the reader reads it so
+    (issue 25), and verify's CPU and device decoders must agree with the reader: the device
+    one finds such blocks from the bytes (its codes are decoded on the device)."""
+    w = np.random.default_rng(2).standard_normal((8, 1024)).astype(np.float32)
+    lay = get_layout("tq2_0")
+    data = lay.pack(ternarize(w, "tensor")).copy()
+    data[64:66] = 0  # row 0, block 0: codes kept, d = +0.0
+    ref = lay.unpack(data, (8, 1024))
+    assert not ref.dequantize()[0, :256].any() and ref.dequantize()[0, 256:].any()
+    put = (lambda t: t.clone()) if on_device else None
+    got = tq2_0_decode(data, (8, 1024), "tensor", "cpu", put)
+    assert got.group == ref.group
+    assert np.array_equal(got.scales.numpy().reshape(np.shape(ref.scales)), ref.scales)
+    assert np.array_equal(got.dequantize().numpy(), ref.dequantize())
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     from bitconv.synth import make_checkpoint

@@ -93,7 +93,7 @@ class _TQ(Layout):
 
 
 def collapse_block_scales(values: np.ndarray, d: np.ndarray, group: GroupSize, name: str,
-                          qk: int = QK) -> Ternary:
+                          qk: int = QK, live: np.ndarray | None = None) -> Ternary:
     """Turn per-block scales back into the group the tensor was written with.
 
     All-zero blocks store d = 0; they take the scale of their group so nothing is lost.
@@ -101,18 +101,21 @@ def collapse_block_scales(values: np.ndarray, d: np.ndarray, group: GroupSize, n
     option, which a repack of an already-ternary source does not apply; or a file bitconv
     did not write), the coarsest group the scales agree on is taken: tensor, row, then the
     largest K-group; at worst the qk-blocks themselves (256 for TQ, 64 for Q2_0).
-    A caller that decodes the codes elsewhere (verify's GPU staging) passes VALUES with no
-    columns: its zero-scale blocks are then taken as free.
+    LIVE ([M, K/qk] bool, read only where d = 0) says which blocks hold a non-zero code; it
+    is computed from VALUES when not given (verify's GPU staging, which decodes the codes on
+    the device, gives it from the block bytes instead).
     """
     m, nblk = d.shape
-    free = d != 0
-    if not free.all() and values.size:  # a d = 0 is free only where the block's codes are all 0 (issue 25): a
+    zero_d = d == 0
+    if zero_d.any():  # a d = 0 is free only where the block's codes are all 0 (issue 25): a
         # block with codes and d = 0 computes zeros in the engine, so it must read back as zeros
-        zero_d = ~free
-        live = np.any(values.reshape(m, nblk, qk)[zero_d] != 0, axis=1) if nblk else np.zeros(0, bool)
-        if live.any():
+        if live is None:
+            live = np.zeros(d.shape, dtype=bool)
+            live[zero_d] = np.any(values.reshape(m, nblk, qk)[zero_d] != 0, axis=1)
+        dead = zero_d & live
+        if dead.any():
             d = d.copy()
-            d[zero_d] = np.where(live, np.float32(np.nan), 0)  # NaN: agrees with no group scale
+            d[dead] = np.float32(np.nan)  # NaN: agrees with no group scale
     candidates: list[GroupSize] = [group, "tensor", "row"]
     candidates += [qk * per for per in range(nblk // 2, 1, -1) if nblk % per == 0]
     for g in candidates:

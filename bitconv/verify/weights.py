@@ -101,7 +101,11 @@ def tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: 
     if lay.invalid_codes(blocks.reshape(-1), shape).count:
         lay.unpack(blocks.reshape(-1), shape, name)  # raises, naming the first block with code 3
     d = lay.stored_scales(blocks.reshape(-1), shape).reshape(m, k // 256)
-    tern = collapse_block_scales(np.empty((m, 0), np.int8), d, group, "tensor")
+    live = np.zeros(d.shape, dtype=bool)  # blocks with a code other than 1 (value 0), read where d = 0
+    zero_d = d == 0
+    if zero_d.any():
+        live[zero_d] = np.any(blocks.reshape(m, k // 256, 66)[zero_d][:, :64] != 0x55, axis=1)
+    tern = collapse_block_scales(np.empty((m, 0), np.int8), d, group, "tensor", live=live)
     put = put or (lambda t: h2d(t, device))
     raw_dev = put(host)  # the contiguous bytes, scales included: one copy
     shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=raw_dev.device).view(1, 1, 4, 1)
