@@ -154,10 +154,10 @@ def bytes_to_float(data: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> 
     data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     if ggml_type == F32:
         return data.view(np.float32).reshape(shape)
-    if ggml_type == F16:
-        return data.view(np.float16).astype(np.float32).reshape(shape)
-    if ggml_type == BF16:
-        return (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    if ggml_type in (F16, BF16):
+        from .kernels.floats import widened
+
+        return widened(data, bf16=ggml_type == BF16).reshape(shape)
     raise ValueError(f"not a float type: {ggml_type}")
 
 

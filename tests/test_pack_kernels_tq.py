@@ -117,7 +117,7 @@ def test_every_byte_decodes_as_the_reference(layout):
 
         got = np.empty(shape[0] * shape[1], np.uint8)
         dout = np.empty(nb, np.float32)
-        first = q2_0_unpack(data, shape[0], shape[1], got, dout.view(np.uint32))
+        first = q2_0_unpack(data, shape[0], shape[1], got, dout)
         bad_blocks = np.flatnonzero((values.reshape(nb, qk) > 1).any(axis=1))
         assert first == bad_blocks[0]
     else:
@@ -126,7 +126,7 @@ def test_every_byte_decodes_as_the_reference(layout):
         kern = tq.tq1_0_unpack if layout == "tq1_0" else tq.tq2_0_unpack
         got = np.empty(shape[0] * shape[1], np.uint8)
         dout = np.empty(nb, np.float32)
-        first = kern(data, nb, got, dout.view(np.uint32))
+        first = kern(data, nb, got, dout)
         # TQ2_0 reports its first block holding code 3 (the reader refuses it); TQ1_0 has none
         bad_blocks = np.flatnonzero((values.reshape(nb, qk) > 1).any(axis=1))
         assert first == (bad_blocks[0] if layout == "tq2_0" else -1)
@@ -134,17 +134,36 @@ def test_every_byte_decodes_as_the_reference(layout):
     assert np.array_equal(dout.reshape(d.shape), d)
 
 
-def test_block_scales_widen_like_numpy_for_every_fp16_value():
-    """The unpackers widen d from fp16 bits themselves: all 65536 bit patterns (subnormals,
-    infinities, NaN payloads) give numpy's float32 bits."""
-    from bitconv.kernels.tq import tq2_0_unpack
+@pytest.mark.parametrize("layout", ["tq1_0", "tq2_0", "q2_0"])
+def test_block_scales_widen_like_numpy_for_every_fp16_value(layout):
+    """The unpackers widen d with the package's one fp16 -> float32 routine (`floats.to_f32`,
+    the one `floats.widen` runs): all 65536 bit patterns give exactly `widen`'s bits, which
+    are numpy's for every non-NaN pattern (zeros, subnormals, infinities) and a NaN of the
+    same sign for every NaN (the hardware conversion may set the quiet bit)."""
+    from bitconv.kernels import q2_0 as kq
+    from bitconv.kernels import tq
+    from bitconv.kernels.floats import widen
 
     h = np.arange(65536, dtype=np.uint32).astype(np.uint16)
-    data = np.zeros((h.size, 66), np.uint8)
-    data[:, 64:] = h.view(np.uint8).reshape(-1, 2)
+    block = {"tq1_0": 54, "tq2_0": 66, "q2_0": 18}[layout]
+    data = np.full((h.size, block), 0x55, np.uint8)  # valid codes everywhere
+    at = 0 if layout == "q2_0" else block - 2
+    data[:, at:at + 2] = h.view(np.uint8).reshape(-1, 2)
     d = np.empty(h.size, np.float32)
-    tq2_0_unpack(data.reshape(-1), h.size, np.empty(h.size * 256, np.uint8), d.view(np.uint32))
-    assert np.array_equal(d.view(np.uint32), h.view(np.float16).astype(np.float32).view(np.uint32))
+    qk = BLOCK[layout]
+    vals = np.empty(h.size * qk, np.uint8)
+    if layout == "q2_0":
+        assert kq.q2_0_unpack(data.reshape(-1), h.size // 4, 4 * qk, vals, d) == -1
+    else:
+        getattr(tq, f"{layout}_unpack")(data.reshape(-1), h.size, vals, d)
+    ours = np.empty(h.size, np.float32)
+    widen(h.view(np.int16), ours)
+    assert np.array_equal(d.view(np.uint32), ours.view(np.uint32))
+    want = h.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    assert nan.sum() == 2 * 1023  # every exponent-31 pattern with a non-zero mantissa
+    assert np.array_equal(d[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    assert np.isnan(d[nan]).all() and np.array_equal(np.signbit(d[nan]), np.signbit(want[nan]))
 
 
 @pytest.mark.parametrize("layout", ["tq1_0", "tq2_0", "q2_0", "hf2bit"])

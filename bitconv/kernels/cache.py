@@ -2,7 +2,7 @@
 
 numba stamps a cached kernel with its own file only (mtime and size), but a kernel's machine
 code also holds every jitted helper it calls (`floats.to_f32` is inlined into most of them,
-`tq.half_to_float_bits` into q2_0's): after editing a helper's file under `pip install -e`,
+`tq._tq1_digits` into TQ1_0's unpacker): after editing a helper's file under `pip install -e`,
 the callers' stale code would load from the cache and run. The locator registered here wraps
 numba's own (same cache folders) and adds to the stamp a digest of every kernel source file
 (`bitconv/kernels/*.py` and `bitconv/verify/*_kernels.py`), so a change to any of them

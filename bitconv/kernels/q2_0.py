@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import jit
-from .tq import half_to_float_bits
+from .floats import to_f32
 
 QK = 64
 HALF = 9  # uint16 words per 18-byte block: d, then 8 words of codes
@@ -72,9 +72,9 @@ def q2_0_pack(u, m, k, sc, per, out):
 
 
 @jit
-def q2_0_unpack(data, m, k, vals, dbits):
+def q2_0_unpack(data, m, k, vals, d):
     """Q2_0 blocks [nb*18] (even-aligned uint8) -> values t = q - 1 [M*K] (as uint8 bytes)
-    and d [nb] as float32 bits.
+    and d [nb] as float32.
 
     Returns the index of the first block holding code 3 (+2·d, a 2-bit model, not ternary),
     or -1; code 3 decodes to +2."""
@@ -86,14 +86,14 @@ def q2_0_unpack(data, m, k, vals, dbits):
     first_bad = -1
     for r in range(m):
         irow = data16[r * nbr * HALF:(r + 1) * nbr * HALF]
-        drow = dbits[r * nbr:(r + 1) * nbr]
+        drow = d[r * nbr:(r + 1) * nbr]
         for c in range(nbr):
             ib = irow[c * HALF:(c + 1) * HALF]
             cb = row16[c * CODE_WORDS:(c + 1) * CODE_WORDS]
             for i in range(CODE_WORDS):
                 cb[i] = ib[1 + i]
         for c in range(nbr):  # a separate loop: the widening's branches kept the copy scalar
-            drow[c] = half_to_float_bits(irow[c * HALF])
+            drow[c] = to_f32(np.int16(irow[c * HALF]))
         vr = vals[r * k:(r + 1) * k]
         three = np.uint8(0)
         for i in range(kb):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import jit
+from .floats import to_f32
 
 QK = 256
 TQ2_BYTES = 66  # 64 code bytes, fp16 d
@@ -28,24 +29,10 @@ TQ1_BYTES = 54  # 32 + 16 + 4 code bytes, fp16 d
 
 
 @jit
-def half_to_float_bits(h):
-    """fp16 bits -> the float32 bits of the same value, exactly as numpy's astype (NaN payloads
-    kept), so block scales come out as float32 without numpy's slow fp16 conversion."""
-    h = np.uint32(h)
-    sign = (h & np.uint32(0x8000)) << np.uint32(16)
-    exp = (h >> np.uint32(10)) & np.uint32(0x1F)
-    man = h & np.uint32(0x3FF)
-    if exp == 0x1F:  # inf, NaN
-        return sign | np.uint32(0x7F800000) | (man << np.uint32(13))
-    if exp != 0:
-        return sign | ((exp + np.uint32(112)) << np.uint32(23)) | (man << np.uint32(13))
-    if man == 0:
-        return sign
-    e = np.uint32(113)  # subnormal: man·2^-24, normalized
-    while (man & np.uint32(0x400)) == 0:
-        man <<= np.uint32(1)
-        e -= np.uint32(1)
-    return sign | (e << np.uint32(23)) | ((man & np.uint32(0x3FF)) << np.uint32(13))
+def _block_d(lo, hi):
+    """A block's little-endian fp16 d, widened by the one routine every kernel uses
+    (`floats.to_f32`: exact for every finite value and infinity; a NaN stays NaN)."""
+    return to_f32(np.int16(np.uint16(lo) | (np.uint16(hi) << np.uint16(8))))
 
 
 @jit
@@ -94,8 +81,8 @@ def tq2_0_pack(u, m, k, sc, per, out):
 
 
 @jit
-def tq2_0_unpack(data, nb, vals, dbits):
-    """TQ2_0 blocks [nb*66] -> int8 values [nb*256] (as uint8 bytes) and d [nb] as float32 bits.
+def tq2_0_unpack(data, nb, vals, d):
+    """TQ2_0 blocks [nb*66] -> int8 values [nb*256] (as uint8 bytes) and d [nb] as float32.
 
     Returns the index of the first block holding code 3, or -1. TQ2_0 is ternary (llama.cpp's
     quantizer writes codes 0..2 only) and code 3 would decode to +2·d, a value no ternary model
@@ -118,7 +105,7 @@ def tq2_0_unpack(data, nb, vals, dbits):
                 ob[o + 96] = np.uint8((x >> 6) + 255)
         if three != 0 and first_bad < 0:
             first_bad = b
-        dbits[b] = half_to_float_bits(np.uint16(ib[64]) | (np.uint16(ib[65]) << 8))
+        d[b] = _block_d(ib[64], ib[65])
     return first_bad
 
 
@@ -185,8 +172,8 @@ def _tq1_digits(x, ob, n, j, five):
 
 
 @jit
-def tq1_0_unpack(data, nb, vals, dbits):
-    """TQ1_0 blocks [nb*54] -> int8 values [nb*256] (as uint8 bytes) and d [nb] as float32 bits.
+def tq1_0_unpack(data, nb, vals, d):
+    """TQ1_0 blocks [nb*54] -> int8 values [nb*256] (as uint8 bytes) and d [nb] as float32.
     Every byte decodes to digits 0..2, so no code is invalid: returns -1 (no bad block), the
     answer tq2_0_unpack gives for a valid tensor, so both unpackers share one caller."""
     for b in range(nb):
@@ -201,5 +188,5 @@ def tq1_0_unpack(data, nb, vals, dbits):
         o2 = ob[240:256]
         for j in range(4):
             _tq1_digits(ib[48 + j], o2, 4, j, False)
-        dbits[b] = half_to_float_bits(np.uint16(ib[52]) | (np.uint16(ib[53]) << 8))
+        d[b] = _block_d(ib[52], ib[53])
     return -1

@@ -84,10 +84,10 @@ class Q2_0(Layout, name="q2_0"):
         m, k = shape
         nb = m * (k // QK)
         values = np.empty((m, k), dtype=np.int8)
-        d = np.empty((m, k // QK), dtype=np.float32)  # the kernel writes its bits
+        d = np.empty((m, k // QK), dtype=np.float32)
         if not data.flags.c_contiguous or data.ctypes.data % 2:  # the kernel reads 16-bit words
             data = data.copy()
-        bad = q2_0_unpack(data, m, k, values.reshape(-1).view(np.uint8), d.reshape(-1).view(np.uint32))
+        bad = q2_0_unpack(data, m, k, values.reshape(-1).view(np.uint8), d.reshape(-1))
         if bad >= 0:
             raise BadWeightsError(
                 f"{name}: Q2_0 block {bad} holds code 3 (+2·d): a 2-bit model, not ternary",

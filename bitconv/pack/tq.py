@@ -82,7 +82,7 @@ class _TQ(Layout):
         kb, bb = k // QK, self.codes_bytes + 2
         rows = np.asarray(data)[r0 * kb * bb:r1 * kb * bb]
         bad = self._kernels()[1](np.ascontiguousarray(rows), (r1 - r0) * kb, values[r0:r1].reshape(-1).view(np.uint8),
-                                 d[r0:r1].reshape(-1).view(np.uint32))  # the kernel writes d's bits
+                                 d[r0:r1].reshape(-1))
         if bad >= 0:  # TQ2_0 only: TQ1_0 bytes all decode to ternary digits
             bad += r0 * kb
             raise BadWeightsError(

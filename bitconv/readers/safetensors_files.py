@@ -191,12 +191,11 @@ class ShardSet:
 
 def _widen(raw: np.ndarray, kind: str, dtype=np.float32) -> np.ndarray:
     """Stored values -> floats as `dtype` (float32 bytes are returned as they are), integers as stored."""
-    if kind == "BF16":
-        from ..kernels.floats import as_bits16, widen
+    if kind in ("BF16", "F16"):
+        from ..kernels.floats import widened
 
-        out = np.empty(raw.shape, dtype=np.float32)
-        widen(as_bits16(np.ascontiguousarray(raw).reshape(-1), bf16=True), out.reshape(-1))  # exact, one pass
+        out = widened(raw, bf16=kind == "BF16")  # exact, one compiled pass
         return out if dtype == np.float32 else out.astype(dtype)
-    if kind in ("F16", "F32", "F64"):
+    if kind in ("F32", "F64"):
         return raw.astype(dtype, copy=False) if raw.dtype != np.dtype(dtype) else raw
     return raw
