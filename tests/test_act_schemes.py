@@ -20,6 +20,7 @@ import torch
 
 from bitconv.errors import UsageError
 from bitconv.verify import act_schemes as AS
+from bitconv.verify import sparsity as SP
 
 try:  # the pre-seam forward pass's own quantized input (gone once verify's layer calls the schemes)
     from bitconv.verify.forward import QInput
@@ -217,7 +218,7 @@ def test_deterministic_across_thread_counts():
 # ------------------------------------------------------------------------------------------
 # the sparsity statistics
 # ------------------------------------------------------------------------------------------
-def _feed(stats: AS.SparsityStats, layer: int = 0):
+def _feed(stats: SP.SparsityStats, layer: int = 0):
     s = AS.get_scheme("a4.8", stats=stats)
     g = torch.Generator().manual_seed(layer)
     h = torch.randn(10, 32, generator=g)
@@ -230,7 +231,7 @@ def _feed(stats: AS.SparsityStats, layer: int = 0):
 
 
 def test_sparsity_counts_and_paper_accounting():
-    st = AS.SparsityStats()
+    st = SP.SparsityStats()
     down_q, gate = _feed(st)
     shapes = {"attn_q": (32, 32), "attn_k": (16, 32), "attn_v": (16, 32), "attn_output": (32, 32),
               "ffn_gate": (64, 32), "ffn_up": (64, 32), "ffn_down": (32, 64)}
@@ -262,18 +263,18 @@ def test_sparsity_counts_and_paper_accounting():
 
 
 def test_sparsity_report_without_weights_has_no_active_fraction():
-    st = AS.SparsityStats()
+    st = SP.SparsityStats()
     _feed(st)
     assert st.report()["total"]["active_fraction"] is None
 
 
 def test_sparsity_totals_sum_layers_and_threads():
     """Counts recorded from several threads (the per-core CPU layer) sum to the same totals."""
-    one = AS.SparsityStats()
+    one = SP.SparsityStats()
     for layer in (0, 1):
         _feed(one, layer)
         _feed(one, layer)
-    many = AS.SparsityStats()
+    many = SP.SparsityStats()
     threads = [threading.Thread(target=_feed, args=(many, layer)) for layer in (0, 1, 0, 1)]
     for t in threads:
         t.start()
@@ -298,12 +299,12 @@ def test_int4_zero_fraction_on_gaussian_is_the_papers_12_percent():
 def test_render_sparsity_prints_every_linear_and_the_total():
     from rich.console import Console
 
-    st = AS.SparsityStats()
+    st = SP.SparsityStats()
     _feed(st)
-    for kind in AS.LINEARS:
+    for kind in SP.LINEARS:
         st.observe_weight(0, kind, torch.zeros(8, 32, dtype=torch.int8))
     console = Console(record=True, width=200)
-    AS.render_sparsity(st.report(), console)
+    SP.render_sparsity(st.report(), console)
     text = console.export_text()
     assert "TopK dropped 50.0% of o_proj's input" in text
     assert "[100.0]" in text  # all-zero weights

@@ -18,8 +18,9 @@ import torch  # noqa: E402
 from bitconv.convert import convert  # noqa: E402
 from bitconv.readers import open_source  # noqa: E402
 from bitconv.verify import verify  # noqa: E402
-from bitconv.verify.act_schemes import SparsityStats, get_scheme  # noqa: E402
+from bitconv.verify.act_schemes import get_scheme  # noqa: E402
 from bitconv.verify.forward import logits_for  # noqa: E402
+from bitconv.verify.sparsity import SparsityStats  # noqa: E402
 
 DEMO = "builtin:tiny-bitnet"
 RUN = dict(tokens=2048, ctx=256)  # 8 windows of the shipped eval text

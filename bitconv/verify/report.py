@@ -69,7 +69,7 @@ class VerifyReport:
     compute: str = ""  # what the forward passes computed with (verify's `fast` path or the float path)
     act: str = "a8"  # the artifact side's activation scheme (act_schemes)
     kv_bits: int | None = None  # its KV-cache bits (None: float)
-    # act_schemes.SparsityStats.report() of the artifact side: zero weights, activation zeros at
+    # sparsity.SparsityStats.report() of the artifact side: zero weights, activation zeros at
     # each linear's input, parameters active per token (None: nothing collected)
     sparsity: dict[str, Any] | None = None
 
@@ -179,7 +179,7 @@ def render_report(report: VerifyReport, console: "Console") -> None:
             if c.problem:
                 console.print(f"[red]{c.name}[/red]: {c.problem}")
     if report.sparsity and report.sparsity.get("activations_collected"):
-        from .act_schemes import render_sparsity
+        from .sparsity import render_sparsity
 
         render_sparsity(report.sparsity, console, title=f"artifact sparsity ({report.act}"
                         + (f", {report.kv_bits}-bit KV" if report.kv_bits else "") + ")")

@@ -21,7 +21,7 @@ class Sides:
     fast: bool  # verify's fast CPU path
     compute: str  # what the forward passes computed with, for the report
     notes: list[str] = field(default_factory=list)
-    stats: Any = None  # act_schemes.SparsityStats of the artifact side
+    stats: Any = None  # sparsity.SparsityStats of the artifact side
 
     def runners(self) -> list[Any]:
         return [r for r in (self.art, self.src, self.fp) if r is not None]
@@ -39,7 +39,8 @@ def make_sides(art, src, *, dev, tdtype, dtype_name: str, act_quant: bool | None
     forces both, `art_scheme` (from --act/--kv-bits) sets the artifact's alone."""
     import torch
 
-    from .act_schemes import SparsityStats, get_scheme, is_int8_fused
+    from .act_schemes import get_scheme, is_int8_fused
+    from .sparsity import SparsityStats
     from .head import HEAD_EXACT
     from .runner import Runner
 
