@@ -165,6 +165,37 @@ class TQ2_0(_TQ, name="tq2_0"):
             return None
         return CodeCount(count_code3(block_codes(data, self.codes_bytes + 2, 0, self.codes_bytes)), "2-bit code 3")
 
+    def scales_from_bytes(self, data: np.ndarray, shape: tuple[int, int], group: GroupSize,
+                          name: str = "tensor") -> Ternary:
+        """The scales `unpack` would give (values left empty, [M, 0]), read from the block
+        bytes without decoding the codes: for a decoder that unpacks the codes elsewhere
+        (verify's GPU staging, `torch_values`). Refuses code 3 as `unpack` does; a block
+        holding codes (bytes other than 0x55, four zeros) stored with d = 0 reads as zeros."""
+        m, k = shape
+        if self.invalid_codes(data, shape).count:
+            self.unpack(data, shape, name)  # raises, naming the first block with code 3
+        bb = self.codes_bytes + 2
+        d = self.stored_scales(data, shape).reshape(m, k // QK)
+        live = np.zeros(d.shape, dtype=bool)
+        zero_d = d == 0
+        if zero_d.any():
+            blocks = np.asarray(data).reshape(m, k // QK, bb)
+            live[zero_d] = np.any(blocks[zero_d][:, :self.codes_bytes] != 0x55, axis=1)
+        return collapse_block_scales(np.empty((m, 0), np.int8), d, group, name, live=live)
+
+    def torch_values(self, blocks: Any, shape: tuple[int, int]) -> Any:
+        """TQ2_0 bytes as a uint8 torch tensor (any device, [M·K/256, 66]) -> int8 values
+        [M, K] on that device, by torch ops (the layout of this class's docstring); the bytes'
+        d and code 3 are not looked at (`scales_from_bytes` does that on the host)."""
+        import torch
+
+        m, k = shape
+        nb = m * (k // QK)
+        shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=blocks.device).view(1, 1, 4, 1)
+        codes = blocks.reshape(nb, self.codes_bytes + 2)[:, :self.codes_bytes]
+        q = (codes.reshape(nb, 2, 1, 32) >> shifts) & 3  # value 128h + 32f + j: byte 32h + j, bits 2f
+        return q.reshape(m, k).to(torch.int8) - 1
+
     def _kernels(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
         from ..kernels.tq import tq2_0_pack, tq2_0_unpack
 

@@ -3,7 +3,7 @@
 Linears come through the readers (`SourceTensor.load_ternary()`, the layout's own unpack in
 `pack/`), except TQ2_0 tensors on CUDA and on the fused CPU path: the bytes the reader
 located (`SourceTensor.stored`) are decoded where they are multiplied
-(`weights.tq2_0_decode`: on the GPU from pinned memory by torch ops, or on the CPU by the
+(`weights.tq2_0_decode`: on the GPU from pinned memory by the layout's torch ops, or on the CPU by the
 layout's own decoder straight into the fused q|k|v and gate|up matrices). No GGUF is parsed
 here.
 """

@@ -74,18 +74,18 @@ def tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: 
     On the CPU the format's own decoder runs (`TQ2_0.decode_rows`, rows over the threads),
     `out` (int8 [m, k]) receiving the values: a slice of the buffer that linears sharing an
     input are fused into. On a GPU the bytes are copied (pinned, asynchronously) and unpacked
-    there by torch ops; the block scales are read by the layout (`TQ2_0.stored_scales`) and
-    collapsed into their group on the host, and code 3 is refused on the host (the layout's
-    `invalid_codes`), so nothing waits for the GPU."""
-    from ..pack.tq import TQ2_0, collapse_block_scales
+    there by the layout's torch ops (`TQ2_0.torch_values`); the block scales are read and
+    collapsed into their group on the host and code 3 is refused there
+    (`TQ2_0.scales_from_bytes`), so nothing waits for the GPU."""
+    from ..pack.tq import QK, TQ2_0, collapse_block_scales
 
     m, k = shape
-    nb = m * (k // 256)
+    nb = m * (k // QK)
     if isinstance(raw, torch.Tensor):  # bytes already in (pinned) host memory: `put` uploads them
-        host = raw.reshape(nb, 66)
+        host = raw.reshape(nb, -1)
         blocks = host.numpy()
     else:
-        blocks = np.asarray(raw).reshape(nb, 66)
+        blocks = np.asarray(raw).reshape(nb, -1)
     if torch.device(device).type == "cpu" and put is None:  # one fused pass (numba), rows over the threads
         from . import cpu_kernels
 
@@ -98,19 +98,9 @@ def tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: 
             warnings.simplefilter("ignore", UserWarning)
             host = torch.from_numpy(blocks)
     lay = TQ2_0()
-    if lay.invalid_codes(blocks.reshape(-1), shape).count:
-        lay.unpack(blocks.reshape(-1), shape, name)  # raises, naming the first block with code 3
-    d = lay.stored_scales(blocks.reshape(-1), shape).reshape(m, k // 256)
-    live = np.zeros(d.shape, dtype=bool)  # blocks with a code other than 1 (value 0), read where d = 0
-    zero_d = d == 0
-    if zero_d.any():
-        live[zero_d] = np.any(blocks.reshape(m, k // 256, 66)[zero_d][:, :64] != 0x55, axis=1)
-    tern = collapse_block_scales(np.empty((m, 0), np.int8), d, group, "tensor", live=live)
+    tern = lay.scales_from_bytes(blocks.reshape(-1), shape, group, name)
     put = put or (lambda t: h2d(t, device))
-    raw_dev = put(host)  # the contiguous bytes, scales included: one copy
-    shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=raw_dev.device).view(1, 1, 4, 1)
-    q = (raw_dev[:, :64].reshape(nb, 2, 1, 32) >> shifts) & 3
-    values = q.reshape(m, k).to(torch.int8) - 1
+    values = lay.torch_values(put(host), shape)  # the contiguous bytes, scales included: one copy
     return TTernary(values, put(torch.from_numpy(np.array(tern.scales, np.float32))), tern.group)
 
 
