@@ -40,9 +40,15 @@ ENGINE_FTYPE = {
                 40: "MOSTLY_Q1_0", 41: "MOSTLY_Q2_0"},
     BITNET_CPP: {36: "MOSTLY_TQ1_0", 37: "MOSTLY_TQ2_0", 38: "MOSTLY_TL1", 39: "MOSTLY_TL2", 40: "MOSTLY_I2_S"},
 }
-# the file_type that goes with each ternary reading of the linears
-FTYPE_OF_READING = {"TQ1_0": 36, "TQ2_0": 37, "TL1": 38, "TL2": 39, "I2_S": 40, "Q2_0": 41}
-TERNARY_FTYPES = {36, 37, 38, 39, 40, 41}
+
+def _ftype_of_reading() -> dict[str, int]:
+    """The file_type that goes with each ternary reading of the linears ("TQ2_0": 37, ...),
+    asked of `pack/`'s GGUF layouts, so a layout added there is known here."""
+    from .pack import layout_class, layout_names
+
+    classes = (layout_class(n) for n in layout_names())
+    return {c.name.upper(): c.file_type for c in classes if c.ggml_type is not None and c.file_type is not None}
+
 AMBIGUOUS_TYPES = (39, 42)
 SILU_ARCHES = ("bitnet", "llama")  # graphs that compute a SiLU-gated FFN
 RELU2_ARCHES = ("bitnet-b1.58", "bitnet-25")
@@ -239,9 +245,10 @@ def check_type_ids(c: _Ctx) -> Iterable[Finding]:
     if not readings:
         return
     engines = [c.engine] if c.engine else list(ENGINES)
+    ftype_of = _ftype_of_reading()
     for e in engines:
         meaning = ENGINE_FTYPE[e].get(ft)
-        expected = {FTYPE_OF_READING.get(r.split(" ")[0]) for r in readings}
+        expected = {ftype_of.get(r.split(" ")[0]) for r in readings}
         if meaning is not None and ft not in expected and (c.engine or _engine_for(readings) == e):
             yield Finding("file-type-mismatch", "warning", "general.file_type",
                           f"{ft} means {meaning} in {e}, but the linears are {'/'.join(sorted(readings))}",
@@ -270,7 +277,7 @@ def _engine_for(readings: set[str]) -> str | None:
 def check_float_linears(c: _Ctx) -> Iterable[Finding]:
     """Linears stored as F16/F32/BF16 in a file whose file_type says ternary (BN#621)."""
     ft = c.f.get("general.file_type")
-    if ft not in TERNARY_FTYPES:
+    if ft not in set(_ftype_of_reading().values()):
         return
     lin = _linears(c.f)
     flt = [i.name for i in lin if i.ggml_type in FLOAT_TYPES]
@@ -490,8 +497,13 @@ def check_arch(c: _Ctx) -> Iterable[Finding]:
 
 
 def check_i2s_order(c: _Ctx) -> Iterable[Finding]:
-    """I2_S has two code orders under one type id; a foreign file does not say which."""
-    if any(i.ggml_type == 36 for i in c.f.index) and c.f.get("bitconv.i2s_variant") is None:
+    """I2_S has two code orders under one type id; a foreign file does not say which (the id
+    and the metadata key bitconv records it under are asked of the layout in `pack/`)."""
+    from .pack import get_layout
+
+    i2s = get_layout("i2_s")
+    keys = [f"bitconv.{k}" for k in i2s.metadata()]
+    if any(i.ggml_type == i2s.ggml_type for i in c.f.index) and all(c.f.get(k) is None for k in keys):
         yield Finding("i2s-order-unknown", "info", "I2_S tensors",
                       "the file does not record its I2_S code order: x86 builds and the official files use "
                       "128-value blocks (x86-act), ARM builds since 2025 64-value blocks (arm)",

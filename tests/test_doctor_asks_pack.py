@@ -60,3 +60,18 @@ def test_doctor_checks_a_layout_it_has_never_heard_of(tmp_path, fake_layout):
     msg = next(f.message for f in rep.findings if f.code == "non-ternary-codes")
     assert msg == "5 weight(s) hold 2-bit code 3 (fake layout)"
     assert not any(f.code == "check-failed" for f in rep.findings), rep.findings
+
+
+def test_a_new_layouts_file_type_marks_a_ternary_file(tmp_path, fake_layout):
+    """The file_types that say "ternary" come from pack/'s layouts too: a file labelled with
+    the registered layout's file_type whose linears are F16 is flagged, and the same file
+    under a file_type no layout has is not."""
+    fake_layout.file_type = 250
+    m = random_model(layers=1)
+    name = "blk.0.ffn_down.weight"
+    types = {name: (1, m.dense(name).astype(np.float16).view(np.uint8).reshape(-1))}
+    path = write_bitnetcpp_i2s(tmp_path / "f16.gguf", m, types=types, drop_kv=(), file_type=250)
+    f = next(x for x in doctor(path).findings if x.code == "float-linears")
+    assert name in f.subject and "stored as F16" in f.message
+    other = write_bitnetcpp_i2s(tmp_path / "other.gguf", m, types=types, drop_kv=(), file_type=251)
+    assert "float-linears" not in {x.code for x in doctor(other).findings}
