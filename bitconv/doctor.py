@@ -235,9 +235,11 @@ def check_type_ids(c: _Ctx) -> Iterable[Finding]:
                           action)
         elif c.engine == LLAMA_CPP and t in (36, 37, 38):
             name = ENGINE_TYPE[BITNET_CPP].get(t, f"type {t}")
+            relu2 = c.arch in RELU2_ARCHES or _activation(c)[0] == "relu2"
             yield Finding("engine-lacks-type", "error", f"{len(infos)} tensor(s) of type {t} ({infos[0].name}...)",
                           f"type {t} is bitnet.cpp's {name}; llama.cpp does not know it and refuses the file",
-                          "repack for llama.cpp: bitconv convert FILE out.gguf --layout tq2_0")
+                          "run it in bitnet.cpp: a relu² model has no llama.cpp graph, so no repack runs there"
+                          if relu2 else "repack for llama.cpp: bitconv convert FILE out.gguf --layout tq2_0")
     ft = f.get("general.file_type")
     if not isinstance(ft, int) or ft not in ENGINE_FTYPE[LLAMA_CPP] and ft not in ENGINE_FTYPE[BITNET_CPP]:
         return

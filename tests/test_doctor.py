@@ -115,6 +115,31 @@ def test_bitnet_types_under_llamacpp(tmp_path, relu2):
     p = write_bitnetcpp_i2s(tmp_path / "i2s.gguf", relu2, arch="bitnet-b1.58", drop_kv=())
     r = doctor(p, engine="llama.cpp")
     assert {"engine-lacks-type", "engine-lacks-arch"} <= set(codes(r)) and r.exit_code == 1
+    # a relu² model has no llama.cpp graph: the advice is bitnet.cpp, not a repack that would not run
+    f = next(x for x in r.findings if x.code == "engine-lacks-type")
+    assert "run it in bitnet.cpp" in f.action and "--layout" not in f.action
+
+
+def test_bitnet_types_under_llamacpp_silu_model_is_told_to_repack(tmp_path, silu):
+    p = write_bitnetcpp_i2s(tmp_path / "i2s.gguf", silu, arch="bitnet", drop_kv=())
+    f = next(x for x in doctor(p, engine="llama.cpp").findings if x.code == "engine-lacks-type")
+    assert f.action == "repack for llama.cpp: bitconv convert FILE out.gguf --layout tq2_0"
+
+
+def test_a_folder_is_refused_with_what_to_pass_instead(tmp_path, silu):
+    from bitconv.errors import InputError
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(InputError, match="is a folder, not a GGUF file") as e:
+        doctor(folder)
+    assert e.value.hint == f"it holds no .gguf file; a safetensors, MLX or compressed-tensors folder is read by " \
+                           f"bitconv inspect {folder}"
+    write_llamacpp_tq(folder / "m.gguf", silu)
+    with pytest.raises(InputError) as e:
+        doctor(folder)
+    assert e.value.hint == f"name the .gguf file inside it: {folder / 'm.gguf'}"
 
 
 # -- model-level findings -----------------------------------------------------------------

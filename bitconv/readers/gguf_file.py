@@ -130,7 +130,7 @@ class GGUFFile:
         self.path = Path(path)
         self.strict = strict
         if self.path.is_dir():  # a user's mistake, said in words rather than as [Errno 21]
-            raise InputError(f"{self.path}: is a folder, not a GGUF file", hint="name the .gguf file inside it")
+            raise InputError(f"{self.path}: is a folder, not a GGUF file", hint=_folder_hint(self.path))
         if not self.path.exists():
             raise SourceNotFoundError(f"{self.path}: no such file")
         from ..source_files import HeldFile, require_regular
@@ -348,6 +348,19 @@ def _size_or_none(ggml_type: int, shape: tuple[int, ...]) -> int | None:
         return tensor_nbytes(ggml_type, shape)
     except ValueError:
         return None
+
+
+def _folder_hint(folder: Path) -> str:
+    """What to pass instead of FOLDER: the .gguf files it holds, else what reads such a folder."""
+    try:
+        ggufs = sorted(p.name for p in folder.iterdir() if p.suffix == ".gguf" and p.is_file())
+    except OSError:
+        ggufs = []
+    if ggufs:
+        more = f" (or one of {len(ggufs) - 1} more .gguf files there)" if len(ggufs) > 1 else ""
+        return f"name the .gguf file inside it: {folder / ggufs[0]}{more}"
+    return ("it holds no .gguf file; a safetensors, MLX or compressed-tensors folder is read by "
+            f"bitconv inspect {folder}")
 
 
 def _float32(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
