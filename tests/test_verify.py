@@ -177,7 +177,8 @@ def test_hidden_act_mismatch_fails(models, tmp_path):
 
 
 def test_bad_input(models, tmp_path):
-    with pytest.raises(SourceNotFoundError):
+    with pytest.raises(SourceNotFoundError, match="no such artifact .a .gguf file, or a safetensors, MLX or "
+                                                  "compressed-tensors folder"):
         verify(tmp_path / "missing.gguf", models["silu"])
     with pytest.raises(UsageError):
         verify(models["tq"], models["silu"], reference="fp32")

@@ -62,7 +62,8 @@ def _open_pair(artifact, source, revision, token, source_i2s_variant, kernel_con
 
     art_path = Path(str(artifact)).expanduser()
     if not art_path.exists():
-        raise SourceNotFoundError(f"{artifact}: no such artifact (a .gguf file or a packed safetensors folder)")
+        raise SourceNotFoundError(f"{artifact}: no such artifact (a .gguf file, or a safetensors, MLX or "
+                                  "compressed-tensors folder)")
     foreign = gguf_read_options(source_i2s_variant, kernel_config)  # GGUFs other tools wrote
     art = open_source(art_path, gguf_options=foreign)
     src = open_source(source, revision=revision, token=token, gguf_options=foreign)
