@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..model import HParams
-from .base import BITNET_CPP, LLAMA_CPP, Architecture, register
+from .base import BITNET_CPP, Architecture, register
 
 
 class _BitNetBase(Architecture):

@@ -82,7 +82,6 @@ class Q2_0(Layout, name="q2_0"):
         self._check_whole_blocks(name, shape)  # K not whole 64-blocks: no block holds these values
         data = self._check_data(data, shape, name)
         m, k = shape
-        nb = m * (k // QK)
         values = np.empty((m, k), dtype=np.int8)
         d = np.empty((m, k // QK), dtype=np.float32)
         if not data.flags.c_contiguous or data.ctypes.data % 2:  # the kernel reads 16-bit words

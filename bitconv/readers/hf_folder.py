@@ -18,7 +18,7 @@ from ..model import LINEAR, HParams, ModelSpec, SourceInfo, SourceTensor, kind_o
 from ..pack.hf2bit import HF2Bit
 from ..quant import Ternary
 from ..validate import validate_checkpoint
-from ..archs import Architecture, architecture_for
+from ..archs import architecture_for
 from ..archs.base import INPUT_NORM_SUFFIX
 from .checkpoint import Checkpoint
 from .safetensors_files import ShardSet

@@ -14,11 +14,11 @@ from .. import __version__
 from ..errors import CorruptFileError, LayoutError
 from ..embedding_types import TERNARY_TYPES as TERNARY_EMBEDDING_TYPES
 from ..embedding_types import resolve as resolve_embedding_type
-from ..ggml_types import BF16, F16, F32, FLOAT_BY_NAME, check_narrowed, float_to_bytes
-from ..model import EMBEDDING, LINEAR, NORM, OUTPUT, kind_of
+from ..ggml_types import F32, FLOAT_BY_NAME, check_narrowed, float_to_bytes
+from ..model import EMBEDDING, LINEAR, OUTPUT, kind_of
 from ..pack import Layout, get_layout
 from ..plan import ConversionPlan, ConvertOptions, TensorPlan
-from ..quant import Ternary, check_finite, kernel_view, raise_nonfinite
+from ..quant import Ternary, kernel_view, raise_nonfinite
 from ..archs import Architecture, architecture_for
 from ..archs.llama import to_llama_rope_order
 from ..readers.checkpoint import Checkpoint
@@ -95,7 +95,6 @@ class GGUFWriter(Writer, format="gguf"):
 
     def write(self, tmp: Path, plan: ConversionPlan, tensors: Iterator[tuple[TensorPlan, Payload]]) -> None:
         layout = plan.layout  # the instance that checked (and tiled) every tensor at plan time
-        spec, hp = plan.spec, plan.spec.hparams
         w = ArrayPackingGGUFWriter(path=str(tmp), arch=plan.arch)
         _write_metadata(w, plan, layout)
         ternary_layouts = {t: get_layout(t) for t in TERNARY_EMBEDDING_TYPES}  # token_embd / output as Q2_0
