@@ -174,13 +174,12 @@ class TQ2_0(_TQ, name="tq2_0"):
         m, k = shape
         if self.invalid_codes(data, shape).count:
             self.unpack(data, shape, name)  # raises, naming the first block with code 3
-        bb = self.codes_bytes + 2
         d = self.stored_scales(data, shape).reshape(m, k // QK)
         live = np.zeros(d.shape, dtype=bool)
         zero_d = d == 0
         if zero_d.any():
-            blocks = np.asarray(data).reshape(m, k // QK, bb)
-            live[zero_d] = np.any(blocks[zero_d][:, :self.codes_bytes] != 0x55, axis=1)
+            codes = block_codes(data, self.codes_bytes + 2, 0, self.codes_bytes).reshape(m, k // QK, -1)
+            live[zero_d] = np.any(codes[zero_d] != 0x55, axis=1)
         return collapse_block_scales(np.empty((m, 0), np.int8), d, group, name, live=live)
 
     def torch_values(self, blocks: Any, shape: tuple[int, int]) -> Any:
