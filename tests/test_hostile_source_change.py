@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from bitconv.convert import convert
 from bitconv.errors import SourceChangedError
 from hostile_helpers import temp_leftovers
+import waiting
 
 TINY = dict(hidden=256, intermediate=256, layers=2, heads=2, kv_heads=1, vocab=320)
 
@@ -109,8 +109,8 @@ def test_source_truncated_mid_run_is_a_typed_error_not_sigbus(two_models, tmp_pa
     out.mkdir()
     env = {**os.environ, "BITCONV_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(_TRUNCATE), str(src), str(out / "m.gguf"), str(victim)],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = waiting.run([sys.executable, "-c", textwrap.dedent(_TRUNCATE), str(src), str(out / "m.gguf"), str(victim)],
+                    300, capture_output=True, text=True, env=env)
     assert r.returncode == 1, (r.returncode, r.stdout, r.stderr[-2000:])
     assert r.stdout.startswith("SourceChangedError") and "truncated during the conversion" in r.stdout, r.stdout
     assert list(out.iterdir()) == []

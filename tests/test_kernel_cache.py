@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+
+import waiting
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = ("import numpy as np\n"
@@ -24,8 +25,8 @@ SCRIPT = ("import numpy as np\n"
 
 def _run(root: Path, cache: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(root), "NUMBA_CACHE_DIR": str(cache)}
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True,
-                         timeout=600)  # cwd: `python -c` puts it first on sys.path
+    out = waiting.run([sys.executable, "-c", SCRIPT], 600, env=env, cwd=root, capture_output=True,
+                      text=True)  # cwd: `python -c` puts it first on sys.path
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.strip()
 

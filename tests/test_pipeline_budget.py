@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import waiting
 
 from bitconv import pipeline
 from bitconv.pipeline import MAX_DEFAULT_WORKERS, default_workers, ordered_map
@@ -96,7 +96,7 @@ def test_default_workers_in_a_process_pinned_to_one_core():
             "print(json.dumps([default_workers(), len(os.sched_getaffinity(0))]))" % first)
     env = {k: v for k, v in os.environ.items() if k != pipeline.ENV_THREADS}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    p = waiting.run([sys.executable, "-c", code], 120, env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout) == [1, 1]
 

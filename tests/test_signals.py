@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from bitconv.convert import convert
 from bitconv.release import MANIFEST_NAME
 
+import waiting
 from hostile_helpers import temp_leftovers, tree_digest
 
 CAP = 600  # seconds: a hung child, not a slow machine
@@ -104,9 +104,7 @@ class Child:
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def wait_for(self, stage: str) -> None:
-        deadline = time.monotonic() + CAP
-        while not (self.markers / stage).exists() and self.p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        waiting.wait_for((self.markers / stage).exists, CAP, proc=self.p)
         assert (self.markers / stage).exists(), (stage, self.p.poll(), self.finish())
 
     def handled(self) -> int:
@@ -117,16 +115,14 @@ class Child:
         """Send SIG and wait until a Python handler in the child ran (or the child is gone)."""
         before = self.handled()
         self.p.send_signal(sig)
-        deadline = time.monotonic() + CAP
-        while self.handled() == before and self.p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        waiting.wait_for(lambda: self.handled() != before, CAP, proc=self.p)
 
     def go(self) -> None:
         (self.markers / "go").write_text("1")
 
     def finish(self) -> tuple[int, str, str]:
         self.go()
-        out, err = self.p.communicate(timeout=CAP)
+        out, err = waiting.communicate(self.p, CAP)
         return self.p.returncode, out, err
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
@@ -21,6 +20,7 @@ from bitconv.verify import verify  # noqa: E402
 from bitconv.verify.act_schemes import get_scheme  # noqa: E402
 from bitconv.verify.forward import logits_for  # noqa: E402
 from bitconv.verify.sparsity import SparsityStats  # noqa: E402
+import waiting  # noqa: E402
 
 DEMO = "builtin:tiny-bitnet"
 RUN = dict(tokens=2048, ctx=256)  # 8 windows of the shipped eval text
@@ -111,22 +111,22 @@ def test_cli_act_a48_kv_bits_json(demo):
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}
     cmd = [sys.executable, "-m", "bitconv.cli", "verify", str(demo), "--source", DEMO, "--tokens", "512",
            "--ctx", "128", "--act", "a4.8", "--kv-bits", "4", "--json"]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    p = waiting.run(cmd, 600, capture_output=True, text=True, env=env)
     assert p.returncode in (0, 1), p.stderr
     data = json.loads(p.stdout)
     assert data["act"] == "a4.8" and data["kv_bits"] == 4
     assert data["sparsity"]["activations_collected"]
     assert 0 < data["sparsity"]["total"]["active_fraction"] < 1
     assert data["ok"] == (p.returncode == 0)
-    bad = subprocess.run(cmd[:-3] + ["--kv-bits", "5"], capture_output=True, text=True, env=env, timeout=600)
+    bad = waiting.run(cmd[:-3] + ["--kv-bits", "5"], 600, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "--kv-bits" in bad.stderr + bad.stdout
 
 
 def test_cli_prints_the_sparsity_table(demo):
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "COLUMNS": "200"}
-    p = subprocess.run([sys.executable, "-m", "bitconv.cli", "verify", str(demo), "--source", DEMO,
-                        "--tokens", "256", "--ctx", "128", "--act", "a4.8"],
-                       capture_output=True, text=True, env=env, timeout=600)
+    p = waiting.run([sys.executable, "-m", "bitconv.cli", "verify", str(demo), "--source", DEMO,
+                     "--tokens", "256", "--ctx", "128", "--act", "a4.8"],
+                    600, capture_output=True, text=True, env=env)
     assert p.returncode in (0, 1), p.stderr
     assert "artifact sparsity (a4.8)" in p.stdout
     assert "linear parameters active per token" in p.stdout

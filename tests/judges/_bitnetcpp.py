@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
+import waiting
 
 from ._metrics import log_softmax
 from ._reference import source_logits
@@ -39,7 +39,7 @@ def perplexity(exe: Path, model: Path, text: Path, ubatch: int | None) -> float:
     """llama-perplexity's final estimate over CHUNKS chunks of N_CTX tokens, 2 threads."""
     cmd = [str(exe), "-m", str(model), "-f", str(text), "-c", str(N_CTX), "-b", str(N_CTX), "--chunks",
            str(CHUNKS), "-t", "2"] + (["-ub", str(ubatch)] if ubatch else [])
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    r = waiting.run(cmd, 600, capture_output=True, text=True)
     out = r.stdout + r.stderr
     assert r.returncode == 0, f"llama-perplexity failed ({r.returncode}):\n{out[-3000:]}"
     m = re.search(r"Final estimate: PPL = ([0-9.eE+-]+|nan|inf)", out)
