@@ -249,7 +249,7 @@ def mutate_gguf(rng: random.Random, parts) -> bytes:
 # bit patterns at the edges of the float types a value or scale may hold (little-endian)
 SPECIAL_F16 = [0x7C00, 0xFC00, 0x7E00, 0x0001, 0x03FF, 0x0400, 0x7BFF, 0x8001, 0x0000, 0x8000, 0x3C00]
 SPECIAL_F32 = [1e5, -1e5, 1e-9, 1e-30, 1e-41, 1e-45, 3.4e38, float("inf"), float("nan"), 0.0, 65504.0, 65520.0,
-               1e39 if False else 3.3e38, 6e-8, 2.0 ** -24, 2.0 ** -25]
+               3.3e38, 6e-8, 2.0 ** -24, 2.0 ** -25]
 
 
 def mutate_values(rng: random.Random, data: bytes, regions: list[tuple[int, int, str]]) -> bytes:
@@ -406,9 +406,6 @@ def _dumps(obj: Any) -> str:
 
 
 # -- self-check: convert what was accepted and judge the output --------------------------
-SELF_CHECK = {"on": False}
-
-
 class WrongFile(Exception):
     """A conversion exited 0 with an output that does not hold the source's values."""
 
@@ -544,8 +541,9 @@ def _convert_and_check(rng: random.Random, source: Path, work: Path) -> None:
     _check_output(src, out, fmt)
 
 
-def _with_self_check(rng: random.Random, read: Callable[[], Any], source: Path, work: Path) -> Callable[[], Any]:
-    if not SELF_CHECK["on"]:
+def _with_self_check(rng: random.Random, read: Callable[[], Any], source: Path, work: Path,
+                     self_check: bool) -> Callable[[], Any]:
+    if not self_check:
         return read
 
     def both() -> None:
@@ -554,7 +552,7 @@ def _with_self_check(rng: random.Random, read: Callable[[], Any], source: Path, 
     return both
 
 
-def case_gguf(rng: random.Random, s: Seeds, work: Path) -> None:
+def case_gguf(rng: random.Random, s: Seeds, work: Path, self_check: bool = False) -> None:
     from bitconv.inspect_file import inspect_path
     from bitconv.readers import open_source
 
@@ -582,10 +580,10 @@ def case_gguf(rng: random.Random, s: Seeds, work: Path) -> None:
     def read() -> None:
         _typed_ok(inspect_path, p)
         _load_all(open_source(p))
-    return _with_self_check(rng, read, p, work)
+    return _with_self_check(rng, read, p, work, self_check)
 
 
-def case_safetensors(rng: random.Random, s: Seeds, work: Path) -> None:
+def case_safetensors(rng: random.Random, s: Seeds, work: Path, self_check: bool = False) -> None:
     from bitconv.inspect_file import inspect_path
     from bitconv.readers import open_source
 
@@ -605,10 +603,10 @@ def case_safetensors(rng: random.Random, s: Seeds, work: Path) -> None:
     def read() -> None:
         _typed_ok(inspect_path, folder)
         _load_all(open_source(folder))
-    return _with_self_check(rng, read, folder, work)
+    return _with_self_check(rng, read, folder, work, self_check)
 
 
-def case_index(rng: random.Random, s: Seeds, work: Path) -> None:
+def case_index(rng: random.Random, s: Seeds, work: Path, self_check: bool = False) -> None:  # noqa: ARG001
     from bitconv.readers import open_source
 
     folder = _fresh(work / "idx", s.sharded)
@@ -617,7 +615,7 @@ def case_index(rng: random.Random, s: Seeds, work: Path) -> None:
     return lambda: _load_all(open_source(folder))
 
 
-def case_config(rng: random.Random, s: Seeds, work: Path) -> None:
+def case_config(rng: random.Random, s: Seeds, work: Path, self_check: bool = False) -> None:
     from bitconv.convert import build_options
     from bitconv.inspect_file import inspect_path
     from bitconv.readers import open_source
@@ -637,10 +635,10 @@ def case_config(rng: random.Random, s: Seeds, work: Path) -> None:
         _typed_ok(inspect_path, folder)
         ckpt = open_source(folder)
         get_writer(fmt).plan(ckpt, work / "out", build_options(layout=layout, format=fmt))
-    return _with_self_check(rng, read, folder, work)
+    return _with_self_check(rng, read, folder, work, self_check)
 
 
-def case_tokenizer(rng: random.Random, s: Seeds, work: Path) -> None:
+def case_tokenizer(rng: random.Random, s: Seeds, work: Path, self_check: bool = False) -> None:
     from bitconv.writers.tokenizer import load_tokenizer
 
     folder = _fresh(work / "tok", s.folder)  # a whole model, so --self-check can convert it
@@ -658,10 +656,11 @@ def case_tokenizer(rng: random.Random, s: Seeds, work: Path) -> None:
     else:
         _write(folder / "tokenizer.model", mutate_bytes(rng, s.spm))
     bos, eos = rng.choice([None, 0, 5]), rng.choice([None, 1])
-    return _with_self_check(rng, lambda: load_tokenizer(folder, s.config["vocab_size"], bos, eos), folder, work)
+    return _with_self_check(rng, lambda: load_tokenizer(folder, s.config["vocab_size"], bos, eos), folder, work,
+                            self_check)
 
 
-def case_manifest(rng: random.Random, s: Seeds, work: Path) -> None:
+def case_manifest(rng: random.Random, s: Seeds, work: Path, self_check: bool = False) -> None:  # noqa: ARG001
     from bitconv.release import MANIFEST_NAME, check_manifest
 
     folder = _fresh(work / "rel", s.release)
@@ -673,10 +672,13 @@ def case_manifest(rng: random.Random, s: Seeds, work: Path) -> None:
 
 # Each case prepares its input (outside the measured region: a mutation the serializer cannot
 # write is skipped, not blamed on bitconv) and returns the reader call to judge.
-TARGETS: dict[str, Callable[[random.Random, Seeds, Path], Callable[[], Any]]] = {
+TARGETS: dict[str, Callable[[random.Random, Seeds, Path, bool], Callable[[], Any]]] = {
     "gguf": case_gguf, "safetensors": case_safetensors, "index": case_index, "config": case_config,
     "tokenizer": case_tokenizer, "manifest": case_manifest,
 }
+# the targets whose case, given self_check=True, also converts what it accepted and judges the
+# output (an index or a manifest alone is not a model: those cases ignore self_check)
+SELF_CHECKED = frozenset({"gguf", "safetensors", "config", "tokenizer"})
 
 
 class CaseTimeout(Exception):
@@ -721,7 +723,6 @@ def run(seed: int, count: int, targets: list[str], work: Path, seeds: Seeds | No
     START_CASE, so a long campaign runs in chunks that never repeat a case)."""
     from bitconv.errors import BitconvError
 
-    SELF_CHECK["on"] = self_check
     seeds = seeds or make_seeds(work / "seeds")
     rep = Report()
     start = time.perf_counter()
@@ -733,12 +734,13 @@ def run(seed: int, count: int, targets: list[str], work: Path, seeds: Seeds | No
             target = targets[i % len(targets)]
             rng = random.Random(f"{seed}:{i}")
             rep.cases[target] += 1
+            converts = self_check and target in SELF_CHECKED
             case_dir = work / "case"
             case_dir.mkdir(exist_ok=True)
             if case_timeout:
                 signal.alarm(case_timeout)
             try:
-                read = TARGETS[target](rng, seeds, case_dir)
+                read = TARGETS[target](rng, seeds, case_dir, self_check=self_check)
             except (struct.error, TypeError, ValueError, OverflowError, UnicodeEncodeError):
                 rep.skipped[target] += 1
                 signal.alarm(0)
@@ -746,7 +748,7 @@ def run(seed: int, count: int, targets: list[str], work: Path, seeds: Seeds | No
             try:
                 read()
                 rep.accepted[target] += 1
-                if self_check:
+                if converts:
                     rep.converted[target] += 1
             except WrongFile as exc:  # exit 0 with a wrong output: as bad as a crash
                 rep.wrong.setdefault(f"{target}: {str(exc)[:100]}", []).append(f"--seed {seed} --case {i}")
@@ -799,7 +801,6 @@ def main() -> int:
     ap.add_argument("--case-timeout", type=int, default=20, help="seconds before a case counts as hung (a "
                     "loaded machine compiling a kernel for the first time needs more)")
     args = ap.parse_args()
-    SELF_CHECK["on"] = args.self_check
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     limit = int(args.memory_gb * (1 << 30))
@@ -813,7 +814,8 @@ def main() -> int:
             seeds = make_seeds(work / "seeds")
             target = targets[args.case % len(targets)]
             (work / "case").mkdir()
-            read = TARGETS[target](random.Random(f"{args.seed}:{args.case}"), seeds, work / "case")
+            read = TARGETS[target](random.Random(f"{args.seed}:{args.case}"), seeds, work / "case",
+                                   self_check=args.self_check)
             try:
                 read()
                 print(f"{target}: accepted")
