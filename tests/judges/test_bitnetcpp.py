@@ -51,10 +51,7 @@ def tl2_options(d: Path) -> dict:
 @pytest.fixture(scope="module")
 def judged(tmp_path_factory):
     d = _bitnet_dir()
-    root = tmp_path_factory.mktemp("bitnetcpp")
-    text = root / "eval.txt"
-    text.write_text((DATA_DIR / "eval.txt").read_text())
-    return d, root, text
+    return d, tmp_path_factory.mktemp("bitnetcpp"), DATA_DIR / "eval.txt"
 
 
 @pytest.mark.parametrize("layout", ["i2_s", "tl2"])

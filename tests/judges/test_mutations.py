@@ -229,9 +229,7 @@ def judge_target(target: str, src: Path, work: Path, defect: Defect | None) -> l
             got = transformers_logits(folder, ids, expect="bitlinear")
             v = judge(f"transformers {target}", ref, got, TRANSFORMERS_GATES[FAMILY])
             if bitnet:  # and bitnet.cpp itself, when a build is present (BITNET_CPP_DIR)
-                text = work / "eval.txt"
-                text.write_text((DATA_DIR / "eval.txt").read_text())
-                ppl, ref_ppl, diff = bitnetcpp_verdict(bitnet, src, out, text)
+                ppl, ref_ppl, diff = bitnetcpp_verdict(bitnet, src, out, DATA_DIR / "eval.txt")
                 if not diff <= MAX_LN_PPL[FAMILY]:
                     return [f"bitnet.cpp {layout}: |ln ppl ratio| {diff:.4f} > {MAX_LN_PPL[FAMILY]}"] + \
                         [f"{v.case}: {f}" for f in v.failures]
@@ -267,9 +265,6 @@ def source(tmp_path_factory) -> Path:
                            **{**JUDGE_DIMS, **JUDGE_SOURCES[FAMILY]})
 
 
-RESULTS: dict[tuple[str, str], list[str]] = {}
-
-
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_planted_defect_fails_a_judge(source, target, tmp_path):
     clean = judge_target(target, source, tmp_path / "clean", None)
@@ -279,7 +274,6 @@ def test_every_planted_defect_fails_a_judge(source, target, tmp_path):
         if defect.gguf_only and not target.startswith("gguf:"):
             continue
         failed = judge_target(target, source, tmp_path / defect.name, defect)
-        RESULTS[target, defect.name] = failed
         print(f"\n{target:12} {defect.name:20} {'CAUGHT: ' + failed[0] if failed else 'MISSED'}")
         if not failed:
             missed.append(defect.name)

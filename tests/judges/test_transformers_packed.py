@@ -68,7 +68,6 @@ BF16_GATES = Gates(max_kl=6e-3, min_top1=0.83)
 APART = 100  # another model must be this many (largest) KL gates away (measured 3.98 = 660x)
 LINEAR_SUFFIXES = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
                    "gate_proj.weight", "up_proj.weight", "down_proj.weight")
-MEASURED: dict[str, tuple[float, float]] = {}  # case -> (top-1, rel L2), printed with -s
 
 
 def _tokens(src: Path, t: int = 160) -> torch.Tensor:
@@ -114,7 +113,6 @@ def _logits(folder: Path, tokens: torch.Tensor, *, expect: str, dtype: torch.dty
 
 def _compare(case: str, got: torch.Tensor, ref: torch.Tensor, gates: Gates) -> Verdict:
     v = judge(case, ref[0].numpy(), got[0].numpy(), gates)
-    MEASURED[case] = (v.top1, v.kl)
     print(f"\n{v}")
     assert v.passed, str(v)
     return v
