@@ -31,17 +31,14 @@ import pytest  # noqa: E402
 from bitconv.convert import convert  # noqa: E402
 from bitconv.errors import UsageError  # noqa: E402
 
-from ._engine_cases import CASES, compare, config, make_case, source_logits, tokens  # noqa: E402
+from ._engine_cases import (CASES, CT_EXACT_GATES, CT_LATENT_GATES, compare, config, make_case,  # noqa: E402
+                            source_logits, tokens)
 
 ct = pytest.importorskip("compressed_tensors", reason="compressed-tensors is not importable (install the [test] extra)")
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.judge
-
-EXACT_GATES = (1.0, 1e-6, 1e-12)  # measured 1.0, 0.0, 0.0 (bit-identical logits)
-LATENT_GATES = (0.968, 0.017, 1.8e-4)  # measured 0.9896, 0.0055, 6.0e-5
-
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
@@ -100,7 +97,7 @@ def test_transformers_runs_the_compressed_folder_as_the_source(root, case):
     with torch.no_grad():
         got = model(torch.from_numpy(toks), use_cache=False).logits.float().numpy()
     top1, rel, kl = compare(got, source_logits(src, toks))
-    lo, hi_rel, hi_kl = LATENT_GATES if latent else EXACT_GATES
+    lo, hi_rel, hi_kl = CT_LATENT_GATES if latent else CT_EXACT_GATES
     print(f"\n{case}: top-1 {top1:.4f} >= {lo}, rel L2 {rel:.3g} <= {hi_rel}, KL {kl:.3g} <= {hi_kl}")
     assert top1 >= lo and rel <= hi_rel and kl <= hi_kl, (case, top1, rel, kl)
 

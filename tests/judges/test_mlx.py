@@ -34,21 +34,13 @@ import pytest  # noqa: E402
 from bitconv.convert import convert  # noqa: E402
 from bitconv.errors import UsageError  # noqa: E402
 
-from ._engine_cases import CASES, compare, make_case, source_logits, tokens  # noqa: E402
+from ._engine_cases import CASES, MLX_GATES, compare, make_case, mlx_logits, source_logits, tokens  # noqa: E402
 
 mx = pytest.importorskip("mlx.core", reason="mlx is not importable here (install the [test] extra: mlx[cpu])")
 mlx_utils = pytest.importorskip("mlx_lm.utils", reason="mlx-lm is not importable here (install the [test] extra)")
 pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.judge
-
-# (min top-1, max rel L2, max mean KL) per kind of case; measured worst in the comments
-GATES = {
-    "f32": (1.0, 1.5e-6, 3e-12),  # 1.0, 4.9e-7, 7.5e-13
-    "bf16": (0.968, 0.13, 2.6e-3),  # 0.9896, 0.0424, 8.4e-4
-    "latent": (0.968, 0.015, 1.5e-4),  # 0.9896, 0.0050, 4.8e-5
-}
-
 
 def _kind(case: str) -> str:
     return "latent" if "latent" in case else ("bf16" if "bf16" in case else "f32")
@@ -57,11 +49,6 @@ def _kind(case: str) -> str:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("mlx-judge")
-
-
-def _mlx_logits(folder: Path, toks: np.ndarray) -> np.ndarray:
-    model, _ = mlx_utils.load_model(folder)
-    return np.array(model(mx.array(toks)).astype(mx.float32))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -84,7 +71,7 @@ def test_mlx_lm_logits_match_the_source(root, case):
     toks = tokens()
     got = np.array(model(mx.array(toks)).astype(mx.float32))
     top1, rel, kl = compare(got, source_logits(src, toks))
-    lo, hi_rel, hi_kl = GATES[_kind(case)]
+    lo, hi_rel, hi_kl = MLX_GATES[_kind(case)]
     print(f"\n{case}: top-1 {top1:.4f} >= {lo}, rel L2 {rel:.3g} <= {hi_rel}, KL {kl:.3g} <= {hi_kl}")
     assert top1 >= lo and rel <= hi_rel and kl <= hi_kl, (case, top1, rel, kl)
     assert res.plan.engine == "mlx-lm"
@@ -172,5 +159,5 @@ def test_mlx_folder_from_a_gguf_source(root, tmp_path):
     convert(src, tmp_path / "m.gguf", layout="q2_0")
     convert(tmp_path / "m.gguf", tmp_path / "m.mlx", format="mlx")
     toks = tokens()
-    top1, rel, kl = compare(_mlx_logits(tmp_path / "m.mlx", toks), source_logits(src, toks))
+    top1, rel, kl = compare(mlx_logits(tmp_path / "m.mlx", toks), source_logits(src, toks))
     assert top1 >= 0.99 and rel <= 1e-3 and kl <= 3e-7, (top1, rel, kl)

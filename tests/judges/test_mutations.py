@@ -57,6 +57,7 @@ from bitconv.readers import DATA_DIR  # noqa: E402
 from bitconv.writers.base import Encoded  # noqa: E402
 
 from ._bitnetcpp import MAX_LN_PPL, bitnet_dir, bitnetcpp_verdict  # noqa: E402
+from ._engine_cases import CT_LATENT_GATES, MLX_GATES, mlx_logits  # noqa: E402
 from ._llamacpp import llama_logits  # noqa: E402
 from ._reference import (JUDGE_DIMS, JUDGE_SOURCES, LLAMACPP_GATES, TRANSFORMERS_GATES, Gates,  # noqa: E402
                          judge, source_logits, text_ids, transformers_logits)
@@ -216,11 +217,11 @@ def judge_target(target: str, src: Path, work: Path, defect: Defect | None) -> l
         elif fmt == "mlx":
             # mlx-lm computes in the folder's dtype: bf16 here, so the MLX judge's bf16 gates
             # (clean run measured KL 2.4e-4 against them; its f32 latent gate is 1.5e-4)
-            v = judge("mlx-lm", ref, _mlx_logits(out, ids), _borrowed_gates("test_mlx", "GATES", "bf16"))
+            v = judge("mlx-lm", ref, mlx_logits(out, [ids])[0], _gates(MLX_GATES["bf16"]))
         elif fmt == "compressed-tensors":
             got = transformers_logits(out, ids)
-            v = judge("transformers compressed-tensors", ref, got,
-                      _borrowed_gates("test_compressed_tensors", "LATENT_GATES", "latent"))
+            pytest.importorskip("compressed_tensors", reason="compressed-tensors (its judge's loader) is not importable")
+            v = judge("transformers compressed-tensors", ref, got, _gates(CT_LATENT_GATES))
         else:
             folder = out
             if layout:  # a bitnet.cpp layout: its bytes through bitconv's reader into transformers
@@ -238,22 +239,10 @@ def judge_target(target: str, src: Path, work: Path, defect: Defect | None) -> l
     return [f"{v.case}: {f}" for f in v.failures]
 
 
-def _mlx_logits(folder: Path, ids: list[int]) -> np.ndarray:
-    mx = pytest.importorskip("mlx.core", reason="mlx (the MLX judge) is not importable here")
-    mlx_utils = pytest.importorskip("mlx_lm.utils", reason="mlx-lm (the MLX judge) is not importable here")
-    model, _ = mlx_utils.load_model(folder)
-    return np.array(model(mx.array([ids])).astype(mx.float32))[0]
-
-
-def _borrowed_gates(module: str, name: str, kind: str) -> Gates:
-    """The gates of the format's own judge test for this kind of model (its (min top-1, max
-    rel L2, max KL) tuple), so the check uses that judge as it stands."""
-    import importlib
-
-    if module == "test_compressed_tensors":
-        pytest.importorskip("compressed_tensors", reason="compressed-tensors (its judge's loader) is not importable")
-    table = getattr(importlib.import_module(f"{__package__}.{module}"), name)
-    top1, _, kl = table[kind] if isinstance(table, dict) else table
+def _gates(bounds: tuple[float, float, float]) -> Gates:
+    """A format judge's (min top-1, max rel L2, max KL) bounds (_engine_cases, shared with
+    test_mlx.py / test_compressed_tensors.py) as the mutation check's Gates."""
+    top1, _, kl = bounds
     return Gates(max_kl=kl, min_top1=top1)
 
 
