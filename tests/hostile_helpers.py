@@ -45,11 +45,19 @@ def tree_digest(path: Path) -> dict[str, str]:
 
 
 def one_error_line(result) -> str:
+    """The one error line of a CliRunner RESULT (`last_error_line` of its stderr)."""
     assert "Traceback" not in result.output, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    return last_error_line(result.stderr)
+
+
+def last_error_line(err: str) -> str:
+    """The one error line of a CLI run's stderr text ERR: no traceback, exactly one line
+    starting with "error:", the last one, and not an internal error."""
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     errors = [i for i, ln in enumerate(lines) if ln.startswith("error:")]
     # warnings (which may wrap) can come first; the error is one line and the last one
-    assert errors == [len(lines) - 1], f"expected one error line, last, got:\n{result.stderr}"
+    assert errors == [len(lines) - 1], f"expected one error line, last, got:\n{err}"
     assert "internal error" not in lines[-1], lines[-1]
     return lines[-1]
 

@@ -19,7 +19,7 @@ from bitconv.convert import convert
 from bitconv.release import MANIFEST_NAME
 
 import waiting
-from hostile_helpers import temp_leftovers, tree_digest
+from hostile_helpers import last_error_line, temp_leftovers, tree_digest
 
 CAP = 600  # seconds: a hung child, not a slow machine
 
@@ -126,13 +126,6 @@ class Child:
         return self.p.returncode, out, err
 
 
-def _last_error(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert "Traceback" not in err, err
-    assert [ln for ln in lines if ln.startswith("error:")] == lines[-1:], err
-    return lines[-1]
-
-
 def _interrupt_at(tmp_path: Path, stage: str, sig: int, *args) -> tuple[str, str]:
     """Run the CLI with ARGS, send SIG once it reaches STAGE, and check it stopped as an
     interrupt (exit 128 + SIG, one error line, no traceback): (stderr, that error line)."""
@@ -141,7 +134,7 @@ def _interrupt_at(tmp_path: Path, stage: str, sig: int, *args) -> tuple[str, str
     child.signal(sig)
     code, _, err = child.finish()
     assert code == 128 + sig, err
-    return err, _last_error(err)
+    return err, last_error_line(err)
 
 
 @pytest.fixture
@@ -163,7 +156,7 @@ def test_second_ctrl_c_during_cleanup_leaves_no_temp(src, tmp_path, fmt, name):
     child.signal(signal.SIGINT)  # the second one lands during that removal
     code, _, err = child.finish()
     assert code == 130, err
-    assert "no output was left behind" in _last_error(err)
+    assert "no output was left behind" in last_error_line(err)
     assert list(out.iterdir()) == []
 
 
@@ -181,7 +174,7 @@ def test_repeated_sigterm_during_a_release_leaves_no_temp(src, tmp_path):
     child.signal(signal.SIGTERM)
     code, _, err = child.finish()
     assert code == 128 + signal.SIGTERM, err
-    assert "no output was left behind" in _last_error(err)
+    assert "no output was left behind" in last_error_line(err)
     assert not out.exists() or list(out.iterdir()) == []
 
 
