@@ -35,6 +35,16 @@ def edited_copy(src: Path, dst: Path, edit, tensors: str = "numpy") -> Path:
     return dst
 
 
+def read_tensors(folder: Path, tensors: str = "numpy") -> dict:
+    """Every tensor of every *.safetensors file in FOLDER in one dict (name -> array, in its
+    stored dtype), loaded as `tensors`: "numpy" or "torch"."""
+    st = importlib.import_module(f"safetensors.{tensors}")
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(st.load_file(str(f)))
+    return out
+
+
 def tree_digest(path: Path) -> dict[str, str]:
     """relative path -> sha256 of every file under PATH (or of PATH itself)."""
     path = Path(path)

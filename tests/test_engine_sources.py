@@ -11,7 +11,8 @@ import sys
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from hostile_helpers import read_tensors
+from safetensors.numpy import save_file
 
 from bitconv.convert import convert
 from bitconv.errors import InputError
@@ -24,13 +25,6 @@ def bonsai(ckpt_factory):
     """f16: its scales are f16 values, which GGUF Q2_0's fp16 block scales hold exactly too."""
     return ckpt_factory("qwen3", seed=13, weights="exact", dtype="f16", tie=False, ternary_group=64,
                         ternary_embeddings=128)
-
-
-def _st(folder):
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
 
 
 def _gguf_tensors(path):
@@ -75,7 +69,7 @@ def test_repack_through_an_engine_folder_gives_the_same_files(bonsai, tmp_path, 
             continue
         convert(bonsai, tmp_path / f"d-{other}", format=other)
         convert(mid, tmp_path / f"v-{other}", format=other)
-        d, v = _st(tmp_path / f"d-{other}"), _st(tmp_path / f"v-{other}")
+        d, v = read_tensors(tmp_path / f"d-{other}"), read_tensors(tmp_path / f"v-{other}")
         assert d.keys() == v.keys() and all(np.array_equal(d[k], v[k]) for k in d), other
     # and the GGUF back into the format holds the same codes and scales again (a GGUF source has no
     # config dtype, so scales may be stored wider, and Q2_0 reads back in its 64-blocks: same values)
@@ -99,7 +93,7 @@ def _copy_of_our_mlx(bonsai, tmp_path, name):
     convert(bonsai, ours, format="mlx")
     stock = tmp_path / name
     shutil.copytree(ours, stock)
-    return mx, stock, _st(stock)
+    return mx, stock, read_tensors(stock)
 
 
 def _requantize(mx, t, name, g, bits, widen=False):
@@ -143,7 +137,7 @@ def test_stock_lossy_int2_folder_is_read_as_what_it_computes(bonsai, tmp_path):
     convert(bonsai, ours, format="compressed-tensors")
     stock = tmp_path / "stock"
     shutil.copytree(ours, stock)
-    t = _st(stock)
+    t = read_tensors(stock)
     name = "model.layers.1.self_attn.o_proj"
     src = open_source(bonsai).get("blk.1.attn_output.weight").load()
     scale = np.abs(src.reshape(src.shape[0], -1, 64)).max(-1) / 1.5  # its group-64 symmetric scale
@@ -170,7 +164,7 @@ def test_engine_folders_are_verify_artifacts(bonsai, tmp_path, fmt):
     assert rep["passed"] and rep["artifact_layouts"] == [{"mlx": "mlx_affine2", "compressed-tensors": "ct_int2"}[fmt]]
     off = [t for t in rep["tensors"] if t["mismatched"] or t["max_error"]]
     assert not off, off
-    t = _st(out)
+    t = read_tensors(out)
     key = "model.layers.0.mlp.down_proj." + ("weight" if fmt == "mlx" else "weight_packed")
     words = t[key].view(np.uint32).copy()
     words[0, 0] ^= np.uint32(0b11)  # first code: 0 <-> 3 (mlx) / 1 <-> 2 (int2): another value
@@ -186,7 +180,7 @@ def test_engine_folders_are_verify_artifacts(bonsai, tmp_path, fmt):
 def test_damaged_engine_folder_is_a_clear_error(bonsai, tmp_path, fmt, drop):
     out = tmp_path / fmt
     convert(bonsai, out, format=fmt)
-    t = _st(out)
+    t = read_tensors(out)
     del t["model.layers.0.self_attn.q_proj" + drop]
     save_file(t, str(out / "model.safetensors"), metadata={"format": "pt"})
     r = subprocess.run([sys.executable, "-m", "bitconv.cli", "convert", str(out), str(tmp_path / "x.gguf")],

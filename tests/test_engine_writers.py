@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
+from hostile_helpers import read_tensors
 
 from bitconv.convert import convert
 from bitconv.errors import LayoutError, UsageError
@@ -24,20 +24,13 @@ from bitconv.quant import ternarize
 EXACT = dict(weights="exact", dtype="f32")
 
 
-def _read(folder):
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
-
-
 def test_mlx_folder_layout(ckpt_factory, tmp_path, hf_float_weights):
     src = ckpt_factory("qwen3", seed=4, tie=False, ternary_group=64, ternary_embeddings=128, **EXACT)
     res = convert(src, tmp_path / "m", format="mlx")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["quantization"] == {"group_size": 64, "bits": 2, "mode": "affine"}  # the source's groups: 64
     assert cfg["model_type"] == "qwen3" and "quantization_config" not in cfg and cfg["tie_word_embeddings"] is False
-    st, source = _read(tmp_path / "m"), hf_float_weights(src)
+    st, source = read_tensors(tmp_path / "m"), hf_float_weights(src)
     for name in ("model.layers.0.self_attn.q_proj", "model.embed_tokens", "lm_head"):
         w = source[name + ".weight"]
         words, s, b = st[name + ".weight"], st[name + ".scales"], st[name + ".biases"]
@@ -60,7 +53,7 @@ def test_compressed_tensors_folder_layout(ckpt_factory, tmp_path, hf_float_weigh
     assert group["targets"] == ["Linear"] and group["input_activations"] is None  # W2A16: a plain ternary model
     assert group["weights"]["num_bits"] == 2 and group["weights"]["strategy"] == "channel"
     assert group["weights"]["symmetric"] is True and group["weights"]["type"] == "int"
-    st, source = _read(tmp_path / "c"), hf_float_weights(src)
+    st, source = read_tensors(tmp_path / "c"), hf_float_weights(src)
     name = "model.layers.1.mlp.down_proj"
     w = source[name + ".weight"]
     assert st[name + ".weight_packed"].dtype == np.int32 and list(st[name + ".weight_shape"]) == list(w.shape)

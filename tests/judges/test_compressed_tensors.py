@@ -27,6 +27,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hostile_helpers import read_tensors  # noqa: E402
 
 from bitconv.convert import convert  # noqa: E402
 from bitconv.errors import UsageError  # noqa: E402
@@ -45,15 +46,6 @@ def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ct-judge")
 
 
-def _tensors(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
-
-
 def _decompressed(folder: Path) -> dict[str, np.ndarray]:
     """{module: float32 weight} from compressed-tensors' own decompressor and parsed config."""
     from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
@@ -62,7 +54,7 @@ def _decompressed(folder: Path) -> dict[str, np.ndarray]:
     qc = QuantizationConfig.model_validate(config(folder)["quantization_config"])
     assert qc.format == "pack-quantized" and qc.quantization_status == "compressed"
     groups = list(qc.config_groups.values())
-    tensors = _tensors(folder)
+    tensors = read_tensors(folder, "torch")
     out = {}
     for name in [k[: -len(".weight_packed")] for k in tensors if k.endswith(".weight_packed")]:
         scheme = groups[0] if groups[0].targets == ["Linear"] else \
@@ -86,7 +78,7 @@ def test_transformers_runs_the_compressed_folder_as_the_source(root, case):
 
     weights = _decompressed(out)
     if not latent:  # the source floats are s·t: decompression must give them back bit for bit
-        source = _tensors(src)
+        source = read_tensors(src, "torch")
         assert len(weights) >= 14
         for name, w in weights.items():
             assert np.array_equal(w, source[name + ".weight"].float().numpy()), name

@@ -43,6 +43,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hostile_helpers import read_tensors  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from bitconv.convert import convert  # noqa: E402
@@ -118,13 +119,6 @@ def _compare(case: str, got: torch.Tensor, ref: torch.Tensor, gates: Gates) -> V
     return v
 
 
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
-
-
 # family, seed, tie, max shard size: bf16 latent weights as the released float checkpoints
 # ship them; the Llama case is written in shards (transformers follows the index)
 FLOAT_CASES = [("relu2", 41, True, None), ("silu", 42, True, None), ("llama", 43, False, 400_000)]
@@ -176,7 +170,7 @@ def test_packed_source_to_transformers(tmp_path, family, seed, tie, linear_class
     # the same folder as converting the float checkpoint: identical codes and float tensors;
     # scales identical for bitlinear (1/(1/s) rounds back to the same bf16), within the
     # source's own bf16 rounding of s for autobitlinear.
-    a, b = _tensors(out), _tensors(direct)
+    a, b = read_tensors(out, "torch"), read_tensors(direct, "torch")
     assert sorted(a) == sorted(b)
     for name in a:
         assert a[name].dtype == b[name].dtype, name
