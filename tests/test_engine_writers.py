@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from hostile_helpers import read_tensors
+from hostile_helpers import edited_copy, read_tensors
 
 from bitconv.convert import convert
 from bitconv.errors import LayoutError, UsageError
@@ -74,15 +74,14 @@ def test_compressed_tensors_declares_w2a8_for_a_bitnet_model(llama_ckpt, tmp_pat
 def test_mixed_scale_groups_get_one_config_group_each(ckpt_factory, tmp_path):
     """A source whose linears have different own groups: modules named per config group."""
     src = ckpt_factory("llama", seed=8, tie=True, ternary_group=64, **EXACT)
-    import shutil
-    from safetensors.torch import load_file as load_t, save_file
+    import torch
 
-    mixed = tmp_path / "mixed"
-    shutil.copytree(src, mixed)
-    w = load_t(str(mixed / "model.safetensors"))
     name = "model.layers.0.mlp.up_proj.weight"
-    w[name] = __import__("torch").from_numpy(ternarize(w[name].float().numpy(), "row", name).dequantize())
-    save_file(w, str(mixed / "model.safetensors"), metadata={"format": "pt"})
+
+    def row_scaled(w):
+        w[name] = torch.from_numpy(ternarize(w[name].float().numpy(), "row", name).dequantize())
+
+    mixed = edited_copy(src, tmp_path / "mixed", row_scaled, tensors="torch")
     q = convert(mixed, tmp_path / "c", format="compressed-tensors").plan.layout_metadata["quantization_config"]
     by = {g["weights"]["strategy"]: g for g in q["config_groups"].values()}
     assert by["channel"]["targets"] == ["model.layers.0.mlp.up_proj"]

@@ -88,24 +88,23 @@ def test_float_embedding_value_out_of_range_is_refused(ckpt_factory, tmp_path, v
     """A finite embedding value of 1e5 became inf in an F16 token_embd with exit 0 (the
     direct bf16/f32 -> F16 pass and the float32 path both); BF16 the same at its own range.
     Underflow: an embedding whose every value is that small was written as all zeros."""
-    from safetensors.torch import load_file as tload, save_file as tsave
-
     if dtype == "bf16" and etype == "bf16":
         pytest.skip("a bf16 source's own values always fit bf16")
-    src = tmp_path / "src"
-    shutil.copytree(ckpt_factory(family, dtype=dtype, **TINY), src)
-    w = tload(str(src / "model.safetensors"))
-    e = w["model.embed_tokens.weight"]
-    if stored == "0":  # the whole table that small, as a model trained at another scale
-        e.copy_((e.float().sign() * value).to(e.dtype))
-    e.view(-1)[773] = value
-    held = float(e.view(-1)[773])  # as the source stores it
-    tsave(w, str(src / "model.safetensors"), metadata={"format": "pt"})
+    held = []
+
+    def edit(w):
+        e = w["model.embed_tokens.weight"]
+        if stored == "0":  # the whole table that small, as a model trained at another scale
+            e.copy_((e.float().sign() * value).to(e.dtype))
+        e.view(-1)[773] = value
+        held.append(float(e.view(-1)[773]))  # as the source stores it
+
+    src = _edited(ckpt_factory(family, dtype=dtype, **TINY), tmp_path / "src", edit, tensors="torch")
     out = tmp_path / "out"
     out.mkdir()
     r = run_cli("convert", src, out / "m.gguf", "--embedding-type", etype)
     assert_refused(r, outdir=out, keep=set(),
-                   contains=("token_embd.weight", f"{abs(held):.6g} (element", f"stored as {stored}", "--embedding-type"))
+                   contains=("token_embd.weight", f"{abs(held[0]):.6g} (element", f"stored as {stored}", "--embedding-type"))
 
 
 def test_negligible_underflow_is_rounding_not_loss(latent_f32, tmp_path):

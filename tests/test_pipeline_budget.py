@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import waiting
+from hostile_helpers import edited_copy
 
 from bitconv import pipeline
 from bitconv.pipeline import MAX_DEFAULT_WORKERS, default_workers, ordered_map
@@ -153,18 +154,6 @@ def test_statistics_use_no_blas(monkeypatch):
     assert tensor_stats("w", tern, w) == direct
 
 
-def _embedding_edited(src: Path, dst: Path, edit) -> Path:
-    import shutil
-
-    from safetensors.numpy import load_file, save_file
-
-    shutil.copytree(src, dst)
-    w = load_file(str(dst / "model.safetensors"))
-    edit(w["model.embed_tokens.weight"])
-    save_file(w, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    return dst
-
-
 def test_chunked_f16_narrowing_keeps_the_whole_tensor_verdicts(ckpt_factory, tmp_path, monkeypatch):
     """The direct F16 pass walks the source in chunks (its pages given back as it goes); the
     bytes and the refusals must be those of one pass: a chunk whose values all round to 0 is
@@ -178,10 +167,15 @@ def test_chunked_f16_narrowing_keeps_the_whole_tensor_verdicts(ckpt_factory, tmp
 
     base = ckpt_factory("llama", dtype="f32", hidden=256, intermediate=256, layers=1, heads=2, kv_heads=1, vocab=320)
 
-    def tiny_first_rows(e):
+    def tiny_first_rows(w):
+        e = w["model.embed_tokens.weight"]
         e[:8] = np.sign(e[:8]) * np.float32(1e-9)  # 8 rows x 256 = two 4 KiB chunks of float32
 
-    src = _embedding_edited(base, tmp_path / "src", tiny_first_rows)
+    def all_tiny(w):
+        e = w["model.embed_tokens.weight"]
+        e[...] = np.sign(e) * np.float32(1e-9)
+
+    src = edited_copy(base, tmp_path / "src", tiny_first_rows)
     whole = tmp_path / "whole.gguf"
     convert(src, whole, layout="q2_0")
     monkeypatch.setattr(chunked, "CHUNK_BYTES", 4096)
@@ -189,7 +183,7 @@ def test_chunked_f16_narrowing_keeps_the_whole_tensor_verdicts(ckpt_factory, tmp
     convert(src, chunked, layout="q2_0")
     assert chunked.read_bytes() == whole.read_bytes()
 
-    zeroed = _embedding_edited(base, tmp_path / "zeroed", lambda e: e.__setitem__(..., np.sign(e) * np.float32(1e-9)))
+    zeroed = edited_copy(base, tmp_path / "zeroed", all_tiny)
     with pytest.raises(BitconvError, match="token_embd.weight"):
         convert(zeroed, tmp_path / "z.gguf", layout="q2_0")
     assert not (tmp_path / "z.gguf").exists()
