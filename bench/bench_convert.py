@@ -321,10 +321,10 @@ def make_model(workdir: Path, spec: str, built: dict[str, Path]) -> tuple[str, P
     shape = dict(SHAPE, layers=layers, dtype=dtype)
     if dtype == "exact":  # a plain Llama whose bf16 linears are exactly s·t per row (Bonsai-style)
         shape.update(dtype="bf16", family="llama", weights="exact", ternary_group="row")
+    if exact:  # a plain Llama with exact-ternary linears: what the MLX / compressed-tensors writers take
+        shape.update(family="llama", weights="exact")
     if not (folder / "config.json").exists():
         t = time.perf_counter()
-        if exact:  # a plain Llama with exact-ternary linears: what the MLX / compressed-tensors writers take
-            shape.update(family="llama", weights="exact")
         run_child(CHILD_MAKE, str(folder), json.dumps(shape))
         print(f"wrote {tag} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     if dtype != "exact":
