@@ -131,6 +131,24 @@ def hf2bit_pack(values: np.ndarray) -> np.ndarray:
     return q[0] | (q[1] << 2) | (q[2] << 4) | (q[3] << 6)
 
 
+def bitnetcpp_ternarize(w) -> tuple[np.float32, np.ndarray]:
+    """bitnet.cpp's ternarization of the torch tensor W (its conversion pipeline, in torch):
+    s = torch's float32 abs().mean(), clamped at 1e-5, reduced on one thread (the reduction
+    order bitnet.cpp's results were pinned with); codes round(w·(1/s)) clamped to [-1, 1].
+    Returns (s, int8 codes [M, K])."""
+    import torch
+
+    w = w.float()
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        s = w.abs().mean().clamp(min=1e-5)
+    finally:
+        torch.set_num_threads(n)
+    codes = torch.clamp(torch.round(w * (1.0 / s)), -1, 1).to(torch.int8).numpy()
+    return np.float32(s.item()), codes
+
+
 def hf2bit_unpack_codes(packed: np.ndarray, m: int) -> np.ndarray:
     """Packed uint8 [R, K] -> codes uint8 [M, K] in 0..3 (3 is not a valid code)."""
     p = np.asarray(packed, dtype=np.uint8)

@@ -17,20 +17,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from reference_packing_tq import bitnetcpp_ternarize  # noqa: E402
+
 from bitconv.quant import ternarize  # noqa: E402
 
 # BitNet-shaped tensors (M, K): small judge models and bitnet_b1_58-large's three shapes
 SHAPES = [(256, 256), (512, 256), (256, 512), (1536, 1536), (4096, 1536), (1536, 4096)]
-
-
-def _torch_scale(w: torch.Tensor) -> np.float32:
-    """bitnet.cpp's scale: torch's float32 abs().mean() (clamped at 1e-5), on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return np.float32(w.float().abs().mean().clamp(min=1e-5).item())
-    finally:
-        torch.set_num_threads(n)
 
 
 def _ulps(a: np.float32, b: np.float32) -> int:
@@ -46,13 +38,11 @@ def test_scale_within_one_ulp_of_torch_and_codes_equal(dtype):
         w32 = w.float().numpy()
         ours = ternarize(w.view(torch.uint16).numpy() if dtype == torch.bfloat16 else w32, "tensor", "w",
                          bf16_bits=dtype == torch.bfloat16)
-        theirs = _torch_scale(w)
+        theirs, codes = bitnetcpp_ternarize(w)  # bitnet.cpp's scale and codes (torch, one thread)
         exact = np.float32(np.abs(w32.astype(np.float64)).mean())  # the correctly rounded mean
         ulps.append(_ulps(ours.scale, theirs))
         differ += ours.scale != theirs
         assert _ulps(ours.scale, exact) <= 1, (m, k)
-        # bitnet.cpp's codes: round(w * (1/s)) with torch's s, clamped
-        codes = torch.clamp(torch.round(w.float() * (1.0 / torch.tensor(theirs))), -1, 1).to(torch.int8).numpy()
         assert np.array_equal(ours.values, codes), (m, k)
     print(f"\n{dtype}: scales differing from torch's: {differ}/{len(ulps)}, max {max(ulps)} ulp")
     assert max(ulps) <= 1
