@@ -80,6 +80,17 @@ def untied_silu_ckpt(ckpt_factory) -> Path:
     return ckpt_factory("silu", seed=5, tie=False)
 
 
+@pytest.fixture(scope="session")
+def demo_tl2(tmp_path_factory) -> Path:
+    """The built-in demo model converted to TL2 as the README quickstart does
+    (`bitconv convert builtin:tiny-bitnet tiny-bitnet-tl2.gguf --layout tl2`). Do not modify it."""
+    from bitconv.convert import convert
+
+    out = tmp_path_factory.mktemp("demo") / "tiny-bitnet-tl2.gguf"
+    convert("builtin:tiny-bitnet", out, layout="tl2")
+    return out
+
+
 @pytest.fixture
 def copy_ckpt(tmp_path) -> Callable[[Path], Path]:
     """`copy_ckpt(src) -> Path`: a private copy of a checkpoint folder that a test may damage."""

@@ -177,25 +177,18 @@ def test_hub_error_names_offline_mode_only_when_it_is_set(tmp_path, offline):
 
 
 # -- 15. a truncated GGUF: where it ends and what lies past it, no intact tensor blamed ---------
-@pytest.fixture(scope="module")
-def tl2_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tl2") / "tl2.gguf"
-    convert(DEMO, out, layout="tl2")
-    return out
-
-
 def _past_end(path, size):
     f = GGUFFile(path)
     return [i.name for i in f.index if i.offset >= size]
 
 
 @pytest.mark.parametrize("keep", [0.8, 0.5])
-def test_truncated_tl2_file_names_the_end_and_the_tensors_past_it(tl2_demo, tmp_path, keep):
-    data = tl2_demo.read_bytes()
+def test_truncated_tl2_file_names_the_end_and_the_tensors_past_it(demo_tl2, tmp_path, keep):
+    data = demo_tl2.read_bytes()
     size = int(len(data) * keep)
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(data[:size])
-    past = _past_end(tl2_demo, size)
+    past = _past_end(demo_tl2, size)
     assert len(past) > 5 and any(".attn_q." in n or ".ffn_down." in n for n in past)  # TL2 tensors among them
     for cmd in (["convert", cut, tmp_path / "o.gguf", "--layout", "i2_s"], ["inspect", cut]):
         r = run(*cmd)
@@ -210,8 +203,8 @@ def test_truncated_tl2_file_names_the_end_and_the_tensors_past_it(tl2_demo, tmp_
     assert r.exit_code == 1
 
 
-def test_file_cut_inside_its_last_tensor(tl2_demo, tmp_path):
-    data = tl2_demo.read_bytes()
+def test_file_cut_inside_its_last_tensor(demo_tl2, tmp_path):
+    data = demo_tl2.read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(data[:-1000])
     r = run("inspect", cut)

@@ -10,13 +10,11 @@ name their command and machine in the README but are not re-measured by tests.)
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bitconv.convert import convert
 from bitconv.verify import verify
 
 import waiting
@@ -36,13 +34,6 @@ def _find(pattern: str) -> re.Match:
 
 def _decimals(text: str) -> int:
     return len(text.split(".")[1]) if "." in text else 0
-
-
-@pytest.fixture(scope="module")
-def demo_tl2(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "tiny-bitnet-tl2.gguf"
-    convert(DEMO, out, layout="tl2")  # the quickstart's command
-    return out
 
 
 def test_quickstart_verify_prints_the_readme_perplexity(demo_tl2):
