@@ -49,21 +49,17 @@ def tl2_options(d: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def judged(tmp_path_factory):
-    d = _bitnet_dir()
-    return d, tmp_path_factory.mktemp("bitnetcpp"), DATA_DIR / "eval.txt"
+def judged():
+    return _bitnet_dir(), DATA_DIR / "eval.txt"
 
 
 @pytest.mark.parametrize("layout", ["i2_s", "tl2"])
 @pytest.mark.parametrize("family", list(MAX_LN_PPL))
-def test_bitnetcpp_runs_bitconv_files_like_the_source(judged, family, layout, tmp_path):
+def test_bitnetcpp_runs_bitconv_files_like_the_source(judged, ckpt_factory, family, layout, tmp_path):
     from bitconv.errors import BitconvError
-    from bitconv.synth import make_checkpoint
 
-    d, root, text = judged
-    src = root / family
-    if not src.exists():
-        make_checkpoint(src, **{**JUDGE_DIMS, **JUDGE_SOURCES[family]})
+    d, text = judged
+    src = ckpt_factory(**{**JUDGE_DIMS, **JUDGE_SOURCES[family]})  # built once per session
     path = tmp_path / f"m-{layout}.gguf"
     try:
         convert(src, path, layout=layout, **(tl2_options(d) if layout == "tl2" else {}))

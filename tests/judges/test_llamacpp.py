@@ -55,12 +55,10 @@ GEN_PROMPT = "The quick brown fox"
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory) -> dict[str, Path]:
-    from bitconv.synth import make_checkpoint
-
-    d = tmp_path_factory.mktemp("llamacpp-src")
-    return {fam: make_checkpoint(d / fam, **{**JUDGE_DIMS, **kw}) for fam, kw in JUDGE_SOURCES.items()
-            if fam in LLAMACPP_GATES}
+def sources(ckpt_factory) -> dict[str, Path]:
+    """The judge sources, built once per session (conftest's ckpt_factory: the mutation check
+    and the bitnet.cpp judge share them)."""
+    return {fam: ckpt_factory(**{**JUDGE_DIMS, **kw}) for fam, kw in JUDGE_SOURCES.items() if fam in LLAMACPP_GATES}
 
 
 @pytest.fixture(scope="module")

@@ -247,11 +247,10 @@ def _gates(bounds: tuple[float, float, float]) -> Gates:
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    from bitconv.synth import make_checkpoint
-
-    return make_checkpoint(tmp_path_factory.mktemp("mutation-src") / FAMILY,
-                           **{**JUDGE_DIMS, **JUDGE_SOURCES[FAMILY]})
+def source(ckpt_factory) -> Path:
+    """The judge source, built once per session (conftest's ckpt_factory, shared with
+    test_llamacpp.py and test_bitnetcpp.py)."""
+    return ckpt_factory(**{**JUDGE_DIMS, **JUDGE_SOURCES[FAMILY]})
 
 
 @pytest.mark.parametrize("target", TARGETS)
