@@ -157,7 +157,7 @@ def _with_written(message: str, exc: BaseException, on_disk: list[Path]) -> str:
 
     if not on_disk or isinstance(exc, UploadError):  # an upload error already says the release is on disk
         return message
-    return f"{message}; written before it: {', '.join(escape(str(p)) for p in on_disk)}"
+    return f"{message}; written before it: {', '.join(str(p) for p in on_disk)}"
 
 
 def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, on_disk: list[Path]) -> int:
@@ -169,20 +169,20 @@ def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, o
     if outcome is None:
         out.error(what)
         return code
-    listed = ", ".join(escape(str(p)) for p in on_disk)
+    listed = ", ".join(str(p) for p in on_disk)  # raw: out.error/out.warn escape what they print
     settled = outcome.settled(on_disk) if on_disk else None
     if settled is not None:
         out.warn(f"{name} arrived after the run was complete; it is ignored")
         if not out.emitted:  # the body's own result did not get out before the signal
             out.result({"ok": settled == 0, "written": [str(p) for p in on_disk], "late_signal": name})
-        out.info(f"[green]wrote[/green] {listed}")
+        out.info(f"[green]wrote[/green] {', '.join(escape(str(p)) for p in on_disk)}")
         return settled
     if not on_disk:
         out.error(f"{what}; no output was left behind (temporary files removed; nothing existing was changed)")
     else:
         missing = [p for p in outcome.expected if str(p) not in {str(q) for q in on_disk}]
         out.error(f"{what} part way: written before it: {listed}"
-                  + (f"; not written: {', '.join(escape(str(p)) for p in missing)}" if missing else "")
+                  + (f"; not written: {', '.join(str(p) for p in missing)}" if missing else "")
                   + " (re-run with --force to replace them)", written=[str(p) for p in on_disk])
     return code
 
@@ -465,7 +465,7 @@ def _render_release_plan(out: Output, result) -> None:
     """A release's dry run: exactly the paths the run would write, in the order it writes them."""
     for t in result.targets:
         if not t.ok:
-            out.warn(f"{t.label}: {escape(t.error or '')}")
+            out.warn(f"{t.label}: {t.error or ''}")
     out.info("the run would write (nothing written now):")
     for p in result.paths():
         out.info(f"  {escape(str(p))}", soft_wrap=True)
@@ -570,7 +570,7 @@ def _render_kernel_check(out: Output, check) -> None:
     from rich.markup import escape
 
     for problem in check.problems:
-        out.warn(escape(problem.message()))
+        out.warn(problem.message())
     if check.ok:
         out.info(f"[green]kernel config ok[/green]: {escape(check.summary())}")
     elif out.mode != "json":
