@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -132,22 +132,20 @@ def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | Non
         # run's kernel compile) is said in one line instead of silence
         with cleanup_on_signals(), subscribe(out.note):
             code = fn()
-    except BitconvError as exc:
-        with hold_signals(reraise=False):
-            if debug:
-                traceback.print_exc()
-            out.error(_with_written(str(exc), exc, written()), written=[str(p) for p in written()])
-        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as `Interrupted`
         with hold_signals(reraise=False):  # a second signal must not cut this report short
             code = _interrupted(out, exc, outcome, written())
         raise typer.Exit(code) from None
-    except Exception as exc:  # an unexpected failure is a bug: say so, exit 1
-        if debug:
-            traceback.print_exc()
-        out.error(_with_written(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                                exc, written()), written=[str(p) for p in written()])
-        raise typer.Exit(1) from None
+    except Exception as exc:  # a typed error: its line and exit code; anything else is a bug: say so, exit 1
+        known = isinstance(exc, BitconvError)
+        with hold_signals(reraise=False) if known else nullcontext():
+            if debug:
+                traceback.print_exc()
+            message = str(exc) if known else \
+                f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+            on_disk = written()
+            out.error(_with_written(message, exc, on_disk), written=[str(p) for p in on_disk])
+        raise typer.Exit(exc.exit_code if known else 1) from None
     raise typer.Exit(code)
 
 
@@ -185,10 +183,6 @@ def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, o
                   + (f"; not written: {', '.join(str(p) for p in missing)}" if missing else "")
                   + " (re-run with --force to replace them)", written=[str(p) for p in on_disk])
     return code
-
-
-def _refuse(exc: BitconvError) -> int:
-    raise exc
 
 
 def parse_size(text: str) -> int:
@@ -274,16 +268,16 @@ def convert(
     """
     out = Output(_mode(json_, quiet))
     formats = [x.strip() for x in format.split(",") if x.strip()]
-    if layout is not None and formats and "gguf" not in [f.lower() for f in formats]:
-        _run(out, debug, lambda: _refuse(UsageError(
-            f"--layout {layout} applies to GGUF output, but --format {format} has one packing of its own",
-            hint="drop --layout, or add gguf to --format")))
+    refusal = (f"--layout {layout} applies to GGUF output, but --format {format} has one packing of its own"
+               if layout is not None and formats and "gguf" not in [f.lower() for f in formats] else None)
     layouts = [x.strip() for x in (layout or "auto").split(",") if x.strip()]
     layout = layout or "auto"
     several = len(layouts) > 1 or len(formats) > 1
     release_mode = several or bool(manifest) or model_card or verify_ or upload_repo is not None
 
     def body() -> int:
+        if refusal:  # first, as before any other option is read
+            raise UsageError(refusal, hint="drop --layout, or add gguf to --format")
         args = ConvertArgs(group_size=group_size, embedding_type=embedding_type, output_type=output_type,
                            i2s_variant=i2s_variant, kernel_config=kernel_config,
                            emit_kernel_config=emit_kernel_config, allow_engine_mismatch=allow_engine_mismatch,
