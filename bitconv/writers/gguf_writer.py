@@ -342,13 +342,11 @@ def _carry_gguf_keys(w: gguf.GGUFWriter, kv: dict[str, Any], arch: str) -> None:
     written = set(w.kv_data[0])
     src_arch = kv.get("general.architecture", (None,))[0]
     for key in sorted(kv):
-        value, vtype, sub = kv[key]
-        if key.startswith(("tokenizer.", "bitconv.")) or key in _OWN_KEYS:
+        if key.startswith("tokenizer.") or not _is_carried(key, src_arch):  # tokenizer keys: _copy_tokenizer_kv
             continue
+        value, vtype, sub = kv[key]
         if src_arch and key.startswith(src_arch + "."):
             key = f"{arch}.{key[len(src_arch) + 1:]}"
-        elif not key.startswith("general."):
-            continue
         if key in written:
             continue
         if vtype == gguf.GGUFValueType.ARRAY:
