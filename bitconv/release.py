@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -322,19 +323,18 @@ def release(
     decide_source_kinds(ckpt, ternarize=bool(option_kwargs.get("ternarize")))
     if "gguf" in formats and "auto" in layouts:  # no --layout: the one the model's engine runs
         layouts, paths = _resolve_auto(ckpt, outdir, layouts, paths, option_kwargs)
+    release_once = partial(_release, ckpt, source, outdir, layouts, formats, keep_going, write_manifest, model_card,
+                           verify, verify_options, upload_repo, private, timestamp, revision, token, force, command,
+                           paths, progress, option_kwargs, start, on_plan)
     if dry_run:
-        return _release(ckpt, source, outdir, layouts, formats, keep_going, write_manifest, model_card, verify,
-                        verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
-                        progress, option_kwargs, start, on_plan, dry_run=True)
+        return release_once(dry_run=True)
     created = [p for p in (outdir, *outdir.parents) if not p.exists()]
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{outdir}: cannot create the output folder ({exc.strerror or exc})") from None
     try:
-        return _release(ckpt, source, outdir, layouts, formats, keep_going, write_manifest, model_card, verify,
-                        verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
-                        progress, option_kwargs, start, on_plan)
+        return release_once()
     except BaseException:
         with hold_signals(reraise=False):  # a second signal must not leave the folders behind
             for p in created:  # folders this call made, while still empty: nothing of the user's
