@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 from . import __version__
 from .convert import (build_options, check_emit_applies, check_emit_path, checkpoint_paths, kernel_config_for,
-                      local_source_paths, prepare_tensors, source_snapshot)
+                      local_source_paths, model_stem, prepare_tensors, source_snapshot)
 from .errors import BitconvError, ConversionError, InputError, OutputExistsError, UploadError, UsageError
 from .model import SourceInfo
 from .plan import ConversionPlan, ConvertOptions, TensorPlan
@@ -373,7 +373,7 @@ def _resolve_auto(ckpt: Checkpoint, outdir: Path, layouts: list[str], paths: dic
 def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_going, write_manifest, model_card,
              verify, verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
              progress, option_kwargs, start, on_plan=None, dry_run: bool = False) -> ReleaseResult:
-    model = (option_kwargs.get("name") or ckpt.spec.name).replace("/", "-")
+    model = model_stem(option_kwargs.get("name"), ckpt)
     emit = option_kwargs.get("emit_kernel_config")
     emit = Path(emit) if emit else None
     labels = [lab for fmt in formats for lab in (layouts if fmt == "gguf" else [fmt])]
