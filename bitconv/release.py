@@ -31,7 +31,8 @@ from .readers import open_source
 from .source_kind import decide_source_kinds, kind_summary
 from .readers.checkpoint import Checkpoint
 from .writers import get_writer
-from .side_files import is_bitconv_kernel_config, is_bitconv_manifest, is_bitconv_model_card
+from .side_files import (MANIFEST_SCHEMA_ID, MODEL_CARD_STAMP, is_bitconv_kernel_config, is_bitconv_manifest,
+                         is_bitconv_model_card)
 from .writers.atomic import _abs, atomic_path, check_not_source, check_output, check_side_file, hold_signals, staged
 
 MANIFEST_NAME = "bitconv-manifest.json"
@@ -586,7 +587,7 @@ def build_manifest(ckpt: Checkpoint, targets: list[Target], outdir: Path, comman
     root = src.path if src.path.is_dir() else src.path.parent
     public = PublicPaths(outdir, src, source_arg)
     m: dict[str, Any] = {
-        "schema": "https://bitconv.dev/schemas/manifest-1.json",
+        "schema": MANIFEST_SCHEMA_ID,
         "bitconv_version": __version__,
         "options": {"layouts": list(layouts), "formats": list(formats),
                     **{k: public.scrub(v) for k, v in sorted(options.items())}},
@@ -742,7 +743,7 @@ def render_model_card(ckpt: Checkpoint, targets: list[Target], outdir: Path) -> 
         lines.append(f"base_model: {base}")
     lines += ["library_name: " + ("gguf" if "gguf" in tags else "transformers"), "tags:"]
     lines += [f"- {t}" for t in tags]
-    lines += ["quantized_by: bitconv", "---", "",
+    lines += [MODEL_CARD_STAMP, "---", "",
               f"# {ckpt.spec.name} (ternary, converted by bitconv {__version__})", "",
               f"Converted from `{src.public_location}`" + (f" at commit `{src.commit}`" if src.commit else "")
               + f" ({ckpt.spec.family}, {ckpt.spec.hparams.num_layers} layers, hidden {ckpt.spec.hparams.hidden_size}).",
