@@ -19,7 +19,7 @@ from ..model import EMBEDDING, LINEAR, OUTPUT, kind_of
 from ..pack import Layout, get_layout
 from ..plan import ConversionPlan, ConvertOptions, TensorPlan
 from ..quant import Ternary, kernel_view, raise_nonfinite
-from ..archs import Architecture, architecture_for
+from ..archs.base import family_of
 from ..archs.llama import to_llama_rope_order
 from ..readers.checkpoint import Checkpoint
 from .base import Encoded, Payload, Writer
@@ -48,8 +48,7 @@ class GGUFWriter(Writer, format="gguf"):
         layout = make_layout(options)
         if layout.ggml_type is None:
             raise LayoutError(f"layout {layout.name} is not a GGUF layout", hint="use --format safetensors")
-        arch_cls = architecture_for(spec.config) if spec.config else None
-        family = arch_cls or _family_from_spec(spec)
+        family = family_of(spec)
         engine = layout.engine
         arch = family.gguf_arch(hp, engine)
         has_output = any(t.role == OUTPUT for t in ckpt.tensors) and not hp.tie_embeddings
@@ -274,12 +273,6 @@ def _check_float32_hparams(hp) -> None:
 def _float_plan(src, out: str) -> TensorPlan:
     n = int(np.prod(src.shape)) * (4 if FLOAT_BY_NAME[out] == F32 else 2)
     return TensorPlan(src.name, src.shape, src.role, out, n, src)
-
-
-def _family_from_spec(spec) -> Architecture:
-    from ..archs.base import _ARCHS
-
-    return _ARCHS[spec.family]()
 
 
 def _write_metadata(w: gguf.GGUFWriter, plan: ConversionPlan, layout: Layout) -> None:
