@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -132,22 +132,20 @@ def _run(out: Output, debug: bool, fn: Callable[[], int], outcome: Outcome | Non
         # run's kernel compile) is said in one line instead of silence
         with cleanup_on_signals(), subscribe(out.note):
             code = fn()
-    except BitconvError as exc:
-        with hold_signals(reraise=False):
-            if debug:
-                traceback.print_exc()
-            out.error(_with_written(str(exc), exc, written()), written=[str(p) for p in written()])
-        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as `Interrupted`
         with hold_signals(reraise=False):  # a second signal must not cut this report short
             code = _interrupted(out, exc, outcome, written())
         raise typer.Exit(code) from None
-    except Exception as exc:  # an unexpected failure is a bug: say so, exit 1
-        if debug:
-            traceback.print_exc()
-        out.error(_with_written(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                                exc, written()), written=[str(p) for p in written()])
-        raise typer.Exit(1) from None
+    except Exception as exc:  # a typed error: its line and exit code; anything else is a bug: say so, exit 1
+        known = isinstance(exc, BitconvError)
+        with hold_signals(reraise=False) if known else nullcontext():
+            if debug:
+                traceback.print_exc()
+            message = str(exc) if known else \
+                f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+            on_disk = written()
+            out.error(_with_written(message, exc, on_disk), written=[str(p) for p in on_disk])
+        raise typer.Exit(exc.exit_code if known else 1) from None
     raise typer.Exit(code)
 
 
@@ -157,7 +155,7 @@ def _with_written(message: str, exc: BaseException, on_disk: list[Path]) -> str:
 
     if not on_disk or isinstance(exc, UploadError):  # an upload error already says the release is on disk
         return message
-    return f"{message}; written before it: {', '.join(escape(str(p)) for p in on_disk)}"
+    return f"{message}; written before it: {', '.join(str(p) for p in on_disk)}"
 
 
 def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, on_disk: list[Path]) -> int:
@@ -169,26 +167,22 @@ def _interrupted(out: Output, exc: KeyboardInterrupt, outcome: Outcome | None, o
     if outcome is None:
         out.error(what)
         return code
-    listed = ", ".join(escape(str(p)) for p in on_disk)
+    listed = ", ".join(str(p) for p in on_disk)  # raw: out.error/out.warn escape what they print
     settled = outcome.settled(on_disk) if on_disk else None
     if settled is not None:
         out.warn(f"{name} arrived after the run was complete; it is ignored")
         if not out.emitted:  # the body's own result did not get out before the signal
             out.result({"ok": settled == 0, "written": [str(p) for p in on_disk], "late_signal": name})
-        out.info(f"[green]wrote[/green] {listed}")
+        out.info(f"[green]wrote[/green] {', '.join(escape(str(p)) for p in on_disk)}")
         return settled
     if not on_disk:
         out.error(f"{what}; no output was left behind (temporary files removed; nothing existing was changed)")
     else:
         missing = [p for p in outcome.expected if str(p) not in {str(q) for q in on_disk}]
         out.error(f"{what} part way: written before it: {listed}"
-                  + (f"; not written: {', '.join(escape(str(p)) for p in missing)}" if missing else "")
+                  + (f"; not written: {', '.join(str(p) for p in missing)}" if missing else "")
                   + " (re-run with --force to replace them)", written=[str(p) for p in on_disk])
     return code
-
-
-def _refuse(exc: BitconvError) -> int:
-    raise exc
 
 
 def parse_size(text: str) -> int:
@@ -274,16 +268,16 @@ def convert(
     """
     out = Output(_mode(json_, quiet))
     formats = [x.strip() for x in format.split(",") if x.strip()]
-    if layout is not None and formats and "gguf" not in [f.lower() for f in formats]:
-        _run(out, debug, lambda: _refuse(UsageError(
-            f"--layout {layout} applies to GGUF output, but --format {format} has one packing of its own",
-            hint="drop --layout, or add gguf to --format")))
+    refusal = (f"--layout {layout} applies to GGUF output, but --format {format} has one packing of its own"
+               if layout is not None and formats and "gguf" not in [f.lower() for f in formats] else None)
     layouts = [x.strip() for x in (layout or "auto").split(",") if x.strip()]
     layout = layout or "auto"
     several = len(layouts) > 1 or len(formats) > 1
     release_mode = several or bool(manifest) or model_card or verify_ or upload_repo is not None
 
     def body() -> int:
+        if refusal:  # first, as before any other option is read
+            raise UsageError(refusal, hint="drop --layout, or add gguf to --format")
         args = ConvertArgs(group_size=group_size, embedding_type=embedding_type, output_type=output_type,
                            i2s_variant=i2s_variant, kernel_config=kernel_config,
                            emit_kernel_config=emit_kernel_config, allow_engine_mismatch=allow_engine_mismatch,
@@ -465,7 +459,7 @@ def _render_release_plan(out: Output, result) -> None:
     """A release's dry run: exactly the paths the run would write, in the order it writes them."""
     for t in result.targets:
         if not t.ok:
-            out.warn(f"{t.label}: {escape(t.error or '')}")
+            out.warn(f"{t.label}: {t.error or ''}")
     out.info("the run would write (nothing written now):")
     for p in result.paths():
         out.info(f"  {escape(str(p))}", soft_wrap=True)
@@ -570,7 +564,7 @@ def _render_kernel_check(out: Output, check) -> None:
     from rich.markup import escape
 
     for problem in check.problems:
-        out.warn(escape(problem.message()))
+        out.warn(problem.message())
     if check.ok:
         out.info(f"[green]kernel config ok[/green]: {escape(check.summary())}")
     elif out.mode != "json":

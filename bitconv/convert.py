@@ -350,10 +350,16 @@ def check_emit_path(path: Path, output: Path, sources: list[Path], force: bool =
         check_side_file(path, force, is_bitconv_kernel_config, "kernel config")
 
 
+def model_stem(name: str | None, ckpt: Checkpoint) -> str:
+    """The `<model>` of the names outputs get in a folder (`<model>-<layout>.gguf`,
+    `<model>-<format>`): --name, else the source's name, `/` made `-`."""
+    return (name or ckpt.spec.name).replace("/", "-")
+
+
 def _name_in_folder(folder: Path, ckpt: Checkpoint, options: ConvertOptions) -> Path:
     """`convert SRC folder/`: the GGUF's path inside FOLDER, `<model>-<layout>.gguf` as a release
     names it (the layout the plan settled on)."""
-    return folder / f"{(options.name or ckpt.spec.name).replace('/', '-')}-{options.layout}.gguf"
+    return folder / f"{model_stem(options.name, ckpt)}-{options.layout}.gguf"
 
 
 def check_folder_target(folder: Path) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .archs.base import BITNET_CPP, LLAMA_CPP
+from .archs.base import BITNET_CPP, LLAMA_CPP, family_of
 from .errors import InputError, LayoutError
 from .model import OUTPUT
 from .plan import ConversionPlan, ConvertOptions
@@ -33,20 +33,11 @@ PREFERENCE: dict[str, tuple[str, ...]] = {
 }
 
 
-def _family(ckpt: Checkpoint):
-    from .archs import architecture_for
-    from .archs.base import _ARCHS
-
-    if ckpt.spec.config:
-        return architecture_for(ckpt.spec.config)
-    return _ARCHS[ckpt.spec.family]()
-
-
 def engine_order(ckpt: Checkpoint) -> list[tuple[str, list[str]]]:
     """Engines in the order a default tries them, each with what it would compute wrong
     for this model (empty: it runs the model as the source computes it)."""
     hp = ckpt.spec.hparams
-    family = _family(ckpt)
+    family = family_of(ckpt.spec)
     has_output = any(t.role == OUTPUT for t in ckpt.tensors) and not hp.tie_embeddings
     found = [(engine, family.engine_problems(hp, engine, has_output)) for engine in (LLAMA_CPP, BITNET_CPP)]
     return sorted(found, key=lambda e: bool(e[1]))  # stable: llama.cpp first when both run it

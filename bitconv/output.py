@@ -29,11 +29,14 @@ def protect(text: str, own: bool = True) -> str:
     conversion: exit 1 and a traceback), while `[x]` silently vanished from the message.
     Escaping here covers every printer at once (doctor's and verify's renderers print on
     these consoles too). A tag already escaped (an odd run of backslashes) is left alone, so
-    a caller's own `escape` is not doubled. `own=False`: escape bitconv's styles too (text
-    that is all data: error and warning messages)."""
+    a caller's own `escape` is not doubled. `own=False`: the text is all data (error and
+    warning messages, which callers pass raw so that --json carries them verbatim): every
+    tag is escaped as rich's `escape` does, bitconv's styles and backslashes included."""
     def sub(m: re.Match) -> str:
         slashes, tag = m.group(1), m.group(2)
-        if len(slashes) % 2 or (own and _OWN.fullmatch(tag)):
+        if not own:
+            return f"{slashes}{slashes}\\{tag}"
+        if len(slashes) % 2 or _OWN.fullmatch(tag):
             return m.group(0)
         return f"{slashes}\\{tag}"
     return _TAG.sub(sub, text)

@@ -16,12 +16,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import __version__
 from .convert import (build_options, check_emit_applies, check_emit_path, checkpoint_paths, kernel_config_for,
-                      local_source_paths, prepare_tensors, source_snapshot)
+                      local_source_paths, model_stem, prepare_tensors, source_snapshot)
 from .errors import BitconvError, ConversionError, InputError, OutputExistsError, UploadError, UsageError
 from .model import SourceInfo
 from .plan import ConversionPlan, ConvertOptions, TensorPlan
@@ -30,7 +31,8 @@ from .readers import open_source
 from .source_kind import decide_source_kinds, kind_summary
 from .readers.checkpoint import Checkpoint
 from .writers import get_writer
-from .side_files import is_bitconv_kernel_config, is_bitconv_manifest, is_bitconv_model_card
+from .side_files import (MANIFEST_SCHEMA_ID, MODEL_CARD_STAMP, is_bitconv_kernel_config, is_bitconv_manifest,
+                         is_bitconv_model_card)
 from .writers.atomic import _abs, atomic_path, check_not_source, check_output, check_side_file, hold_signals, staged
 
 MANIFEST_NAME = "bitconv-manifest.json"
@@ -322,19 +324,18 @@ def release(
     decide_source_kinds(ckpt, ternarize=bool(option_kwargs.get("ternarize")))
     if "gguf" in formats and "auto" in layouts:  # no --layout: the one the model's engine runs
         layouts, paths = _resolve_auto(ckpt, outdir, layouts, paths, option_kwargs)
+    release_once = partial(_release, ckpt, source, outdir, layouts, formats, keep_going, write_manifest, model_card,
+                           verify, verify_options, upload_repo, private, timestamp, revision, token, force, command,
+                           paths, progress, option_kwargs, start, on_plan)
     if dry_run:
-        return _release(ckpt, source, outdir, layouts, formats, keep_going, write_manifest, model_card, verify,
-                        verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
-                        progress, option_kwargs, start, on_plan, dry_run=True)
+        return release_once(dry_run=True)
     created = [p for p in (outdir, *outdir.parents) if not p.exists()]
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{outdir}: cannot create the output folder ({exc.strerror or exc})") from None
     try:
-        return _release(ckpt, source, outdir, layouts, formats, keep_going, write_manifest, model_card, verify,
-                        verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
-                        progress, option_kwargs, start, on_plan)
+        return release_once()
     except BaseException:
         with hold_signals(reraise=False):  # a second signal must not leave the folders behind
             for p in created:  # folders this call made, while still empty: nothing of the user's
@@ -373,7 +374,7 @@ def _resolve_auto(ckpt: Checkpoint, outdir: Path, layouts: list[str], paths: dic
 def _release(ckpt: Checkpoint, source, outdir: Path, layouts, formats, keep_going, write_manifest, model_card,
              verify, verify_options, upload_repo, private, timestamp, revision, token, force, command, paths,
              progress, option_kwargs, start, on_plan=None, dry_run: bool = False) -> ReleaseResult:
-    model = (option_kwargs.get("name") or ckpt.spec.name).replace("/", "-")
+    model = model_stem(option_kwargs.get("name"), ckpt)
     emit = option_kwargs.get("emit_kernel_config")
     emit = Path(emit) if emit else None
     labels = [lab for fmt in formats for lab in (layouts if fmt == "gguf" else [fmt])]
@@ -586,7 +587,7 @@ def build_manifest(ckpt: Checkpoint, targets: list[Target], outdir: Path, comman
     root = src.path if src.path.is_dir() else src.path.parent
     public = PublicPaths(outdir, src, source_arg)
     m: dict[str, Any] = {
-        "schema": "https://bitconv.dev/schemas/manifest-1.json",
+        "schema": MANIFEST_SCHEMA_ID,
         "bitconv_version": __version__,
         "options": {"layouts": list(layouts), "formats": list(formats),
                     **{k: public.scrub(v) for k, v in sorted(options.items())}},
@@ -742,7 +743,7 @@ def render_model_card(ckpt: Checkpoint, targets: list[Target], outdir: Path) -> 
         lines.append(f"base_model: {base}")
     lines += ["library_name: " + ("gguf" if "gguf" in tags else "transformers"), "tags:"]
     lines += [f"- {t}" for t in tags]
-    lines += ["quantized_by: bitconv", "---", "",
+    lines += [MODEL_CARD_STAMP, "---", "",
               f"# {ckpt.spec.name} (ternary, converted by bitconv {__version__})", "",
               f"Converted from `{src.public_location}`" + (f" at commit `{src.commit}`" if src.commit else "")
               + f" ({ckpt.spec.family}, {ckpt.spec.hparams.num_layers} layers, hidden {ckpt.spec.hparams.hidden_size}).",

@@ -177,3 +177,26 @@ def test_emit_kernel_config_with_the_default_layout_names_the_layout_chosen(silu
     r = run_cli("convert", silu_ckpt, tmp_path / "m.gguf", "--emit-kernel-config", ini)
     assert_refused(r, contains=("--emit-kernel-config", "tq2_0"))
     assert not ini.exists() and not (tmp_path / "m.gguf").exists()
+
+
+def test_a_json_error_carries_bracketed_paths_verbatim(silu_ckpt, tmp_path, monkeypatch):
+    """Paths in an error are data: --json carries them as they are (no markup escapes), and the
+    terminal line prints them as they are too (out.error escapes what it prints, once)."""
+    import bitconv.verify as ver
+    from bitconv.errors import InputError
+
+    def refuse(*a, **k):
+        raise InputError("the evaluation text is empty")
+
+    monkeypatch.setattr(ver, "verify", refuse)
+    out = tmp_path / "m[v2]"
+    args = ("convert", silu_ckpt, out, "--layout", "tq2_0,i2_s", "--name", "[red]", "--verify")
+    r = run_cli(*args, "--json")
+    assert r.exit_code == 2
+    doc = json.loads(r.stdout)
+    written = [str(out / "[red]-tq2_0.gguf"), str(out / "[red]-i2_s.gguf")]
+    assert sorted(doc["written"]) == sorted(written)
+    assert "\\" not in doc["error"] and all(p in doc["error"] for p in written)
+    r = run_cli(*args, "--force")
+    line = assert_refused(r, contains=("written before it",))
+    assert all(p in line for p in written) and "\\" not in line

@@ -56,7 +56,9 @@ def test_manifest_deterministic_valid_and_checkable(silu, tmp_path):
     ma, mb = (tmp_path / d / MANIFEST_NAME for d in ("a", "b"))
     assert ma.read_bytes() == mb.read_bytes()
     manifest = json.loads(ma.read_text())
-    jsonschema.validate(manifest, json.loads(MANIFEST_SCHEMA.read_text()))
+    schema = json.loads(MANIFEST_SCHEMA.read_text())
+    jsonschema.validate(manifest, schema)
+    assert manifest["schema"] == schema["$id"]  # the id the manifest names is the schema's own
     assert "created" not in manifest
     art = manifest["artifacts"][0]
     assert art["layout"] == "tq2_0" and art["tensor_count"] > 0

@@ -60,6 +60,12 @@ def architecture_for(config: dict[str, Any], config_path: str = "config.json") -
     )
 
 
+def family_of(spec) -> "Architecture":
+    """The family of a model spec: from its config.json's architectures when it has one, else
+    (a GGUF source, which has none) from the family name its reader settled on."""
+    return architecture_for(spec.config) if spec.config else _ARCHS[spec.family]()
+
+
 class Architecture:
     """Base family: a Llama-shaped decoder. Subclasses set the class attributes."""
 

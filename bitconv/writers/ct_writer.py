@@ -52,8 +52,8 @@ from ..readers.checkpoint import Checkpoint
 from ..rotation import refuse_rotated
 from ..source_kind import declares_int8_activations, is_bitnet_model
 from .base import Encoded, Payload
-from .engine_folder import (encode_float, folder_layout, model_dtype, output_tying, require_ternary, rounding_warning,
-                            scale_exact_in, source_config)
+from .engine_folder import (encode_float, engine_config, float_plan, folder_layout, model_dtype, output_tying,
+                            require_ternary, rounding_warning, scale_exact_in)
 from .safetensors_writer import Entry, SafetensorsWriter, hf_name
 
 FAMILIES = ("LlamaForCausalLM", "Qwen3ForCausalLM")
@@ -118,14 +118,9 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
                 head_ternary |= src.role == OUTPUT
                 tp = TensorPlan(name, shape, src.role, LAYOUT, sum(e.nbytes for e in ents), src, group)
             else:
-                out = src.dtype if src.dtype in ("bf16", "f16", "f32") else dtype
-                ents = [Entry(name, out, shape)]
-                note = None
-                if src.is_ternary and src.role != LINEAR:
-                    note = (f"ternary in the source (group {src.group}) but written as {out}, dequantized (same "
-                            "values): compressed-tensors' pack-quantized format quantizes Linear modules only")
-                    warnings.append(f"{name}: {note}")
-                tp = TensorPlan(name, shape, src.role, out, ents[0].nbytes, src, note=note)
+                why = (" (same values): compressed-tensors' pack-quantized format quantizes Linear modules only"
+                       if src.is_ternary and src.role != LINEAR else None)
+                tp, ents = float_plan(src, name, shape, dtype, why, warnings)
             tensors.append(tp)
             units.append(ents)
         if not head_ternary:
@@ -143,12 +138,7 @@ class CompressedTensorsWriter(SafetensorsWriter, format="compressed-tensors"):
         qconfig = {"quant_method": "compressed-tensors", "format": FORMAT, "quantization_status": "compressed",
                    "config_groups": config_groups, "ignore": ignore, "kv_cache_scheme": None,
                    "global_compression_ratio": None, "sparsity_config": {}, "transform_config": {}}
-        config = source_config(ckpt)
-        config.pop("auto_map", None)
-        config.pop("quantization", None)  # an MLX source's own quantization block
-        config["architectures"] = [spec.family]
-        config["model_type"] = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}[spec.family]
-        config["tie_word_embeddings"] = tied
+        config = engine_config(ckpt, tied, "quantization")  # drops an MLX source's own quantization block
         config.setdefault("torch_dtype", {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[dtype])
         config["quantization_config"] = qconfig
         scheme = "W2A8" if a8 else "W2A16"

@@ -12,10 +12,7 @@ import json
 import math
 from typing import Any
 
-import numpy as np
-
 from ..errors import ConversionError
-from ..ggml_types import FLOAT_BY_NAME, float_to_bytes
 from ..model import EMBEDDING, OUTPUT
 from ..plan import TensorPlan
 from ..quant import Ternary
@@ -23,9 +20,11 @@ from ..plan import ConvertOptions
 from .base import Encoded, Payload
 from ..readers.checkpoint import Checkpoint
 from ..source_kind import SourceKind, kind_summary
-from .safetensors_writer import INDEX_FILE, Entry, FolderLayout, _copied_files, _metadata, build_shards, _CONFIG_DTYPE
+from .safetensors_writer import (INDEX_FILE, Entry, FolderLayout, _copied_files, _metadata, build_shards, _CONFIG_DTYPE,
+                                 _FLOATS, float_bytes)
 
-_FLOATS = ("bf16", "f16", "f32")
+# the Hugging Face classes both engines run as their own models, and those models' model_type
+MODEL_TYPE = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
 # relative rounding of a scale stored in a narrower float (half an ulp)
 ROUNDING = {"bf16": 2.0 ** -9, "f16": 2.0 ** -11, "f32": 0.0}
 
@@ -109,13 +108,38 @@ def output_tying(ckpt: Checkpoint) -> tuple[bool, list[str]]:
     return tie or not out_present, warnings
 
 
+def float_plan(src, name: str, shape: tuple[int, ...], dtype: str, why: str | None,
+               warnings: list[str]) -> tuple[TensorPlan, list[Entry]]:
+    """A tensor the folder keeps as floats: in its own float dtype, else the model's DTYPE. WHY
+    (a ternary tensor the format cannot quantize): why it is written dequantized, said in the
+    plan's note and warnings."""
+    out = src.dtype if src.dtype in _FLOATS else dtype
+    ents = [Entry(name, out, shape)]
+    note = None
+    if why is not None:
+        note = f"ternary in the source (group {src.group}) but written as {out}, dequantized{why}"
+        warnings.append(f"{name}: {note}")
+    return TensorPlan(name, shape, src.role, out, ents[0].nbytes, src, note=note), ents
+
+
+def engine_config(ckpt: Checkpoint, tied: bool, foreign_quantization: str) -> dict[str, Any]:
+    """The source's config for an MLX or compressed-tensors folder of a Llama / Qwen3 model:
+    no `auto_map` (no remote code runs it) and no FOREIGN_QUANTIZATION block (the other
+    format's; the writer sets its own, in place where the source had one), the model's class
+    and model_type, and whether the head is tied."""
+    family = ckpt.spec.family
+    config = source_config(ckpt)
+    config.pop(foreign_quantization, None)
+    config.pop("auto_map", None)
+    config["architectures"] = [family]
+    config["model_type"] = MODEL_TYPE[family]
+    config["tie_word_embeddings"] = tied
+    return config
+
+
 def encode_float(tp: TensorPlan, payload: Payload, entry: Entry) -> Encoded:
-    """A tensor the folder keeps as floats, in its planned dtype; a shape that differs from the
-    plan is refused rather than written under the planned header."""
-    arr = np.asarray(payload)
-    if tuple(arr.shape) != tuple(entry.shape):
-        raise ConversionError(f"{tp.name}: got shape {list(arr.shape)}, planned {list(entry.shape)}")
-    return Encoded([float_to_bytes(arr, FLOAT_BY_NAME[entry.dtype], tp.name)])
+    """A tensor the folder keeps as floats, in its planned dtype (`float_bytes`)."""
+    return Encoded([float_bytes(tp, payload, entry)])
 
 
 def require_ternary(tp: TensorPlan, payload: Payload) -> Ternary:
@@ -126,4 +150,5 @@ def require_ternary(tp: TensorPlan, payload: Payload) -> Ternary:
 
 
 __all__ = ["INDEX_FILE", "model_dtype", "scale_exact_in", "rounding_warning", "folder_layout", "source_config",
-           "has_output", "output_tying", "encode_float", "require_ternary"]
+           "has_output", "output_tying", "encode_float", "require_ternary", "float_plan", "engine_config",
+           "MODEL_TYPE"]

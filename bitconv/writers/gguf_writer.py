@@ -19,7 +19,7 @@ from ..model import EMBEDDING, LINEAR, OUTPUT, kind_of
 from ..pack import Layout, get_layout
 from ..plan import ConversionPlan, ConvertOptions, TensorPlan
 from ..quant import Ternary, kernel_view, raise_nonfinite
-from ..archs import Architecture, architecture_for
+from ..archs.base import family_of
 from ..archs.llama import to_llama_rope_order
 from ..readers.checkpoint import Checkpoint
 from .base import Encoded, Payload, Writer
@@ -48,8 +48,7 @@ class GGUFWriter(Writer, format="gguf"):
         layout = make_layout(options)
         if layout.ggml_type is None:
             raise LayoutError(f"layout {layout.name} is not a GGUF layout", hint="use --format safetensors")
-        arch_cls = architecture_for(spec.config) if spec.config else None
-        family = arch_cls or _family_from_spec(spec)
+        family = family_of(spec)
         engine = layout.engine
         arch = family.gguf_arch(hp, engine)
         has_output = any(t.role == OUTPUT for t in ckpt.tensors) and not hp.tie_embeddings
@@ -276,12 +275,6 @@ def _float_plan(src, out: str) -> TensorPlan:
     return TensorPlan(src.name, src.shape, src.role, out, n, src)
 
 
-def _family_from_spec(spec) -> Architecture:
-    from ..archs.base import _ARCHS
-
-    return _ARCHS[spec.family]()
-
-
 def _write_metadata(w: gguf.GGUFWriter, plan: ConversionPlan, layout: Layout) -> None:
     spec, hp, opts = plan.spec, plan.spec.hparams, plan.options
     w.add_name(opts.name or spec.name)
@@ -342,13 +335,11 @@ def _carry_gguf_keys(w: gguf.GGUFWriter, kv: dict[str, Any], arch: str) -> None:
     written = set(w.kv_data[0])
     src_arch = kv.get("general.architecture", (None,))[0]
     for key in sorted(kv):
-        value, vtype, sub = kv[key]
-        if key.startswith(("tokenizer.", "bitconv.")) or key in _OWN_KEYS:
+        if key.startswith("tokenizer.") or not _is_carried(key, src_arch):  # tokenizer keys: _copy_tokenizer_kv
             continue
+        value, vtype, sub = kv[key]
         if src_arch and key.startswith(src_arch + "."):
             key = f"{arch}.{key[len(src_arch) + 1:]}"
-        elif not key.startswith("general."):
-            continue
         if key in written:
             continue
         if vtype == gguf.GGUFValueType.ARRAY:

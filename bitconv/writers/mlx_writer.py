@@ -46,12 +46,11 @@ from ..plan import ConversionPlan, ConvertOptions, TensorPlan
 from ..readers.checkpoint import Checkpoint
 from ..source_kind import is_bitnet_model
 from .base import Encoded, Payload
-from .engine_folder import (encode_float, folder_layout, model_dtype, output_tying, require_ternary,
-                            rounding_warning, scale_exact_in, source_config)
+from .engine_folder import (MODEL_TYPE, encode_float, engine_config, float_plan, folder_layout, model_dtype,
+                            output_tying, require_ternary, rounding_warning, scale_exact_in)
 from .safetensors_writer import Entry, SafetensorsWriter, hf_name
 from ..rotation import refuse_rotated
 
-MODEL_TYPE = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
 BITNET = "BitNetForCausalLM"
 LAYOUT = "mlx_affine2"
 
@@ -109,14 +108,8 @@ class MLXWriter(SafetensorsWriter, format="mlx"):
                 tp = TensorPlan(name, shape, src.role, LAYOUT, sum(e.nbytes for e in ents), src,
                                 group if src.role == LINEAR else src.group)
             else:
-                out = src.dtype if src.dtype in ("bf16", "f16", "f32") else dtype
-                ents = [Entry(name, out, shape)]
-                note = None
-                if src.name in tables:
-                    note = (f"ternary in the source (group {src.group}) but written as {out}, dequantized: MLX groups "
-                            f"of {g} cannot hold its scales (K={shape[1]})")
-                    warnings.append(f"{name}: {note}")
-                tp = TensorPlan(name, shape, src.role, out, ents[0].nbytes, src, note=note)
+                why = f": MLX groups of {g} cannot hold its scales (K={shape[1]})" if src.name in tables else None
+                tp, ents = float_plan(src, name, shape, dtype, why, warnings)
             tensors.append(tp)
             units.append(ents)
         if inexact:
@@ -125,12 +118,7 @@ class MLXWriter(SafetensorsWriter, format="mlx"):
             warnings.append(f"mlx-lm runs activations in {dtype} (W2A16); this BitNet model quantizes them to int8 "
                             "per token in its own graph, so mlx-lm's logits differ slightly from the source's")
         quant = {"group_size": g, "bits": 2, "mode": "affine"}
-        config = source_config(ckpt)
-        config.pop("quantization_config", None)
-        config.pop("auto_map", None)
-        config["architectures"] = [spec.family]
-        config["model_type"] = MODEL_TYPE[spec.family]
-        config["tie_word_embeddings"] = tied
+        config = engine_config(ckpt, tied, "quantization_config")
         config["quantization"] = quant
         folder = folder_layout(ckpt, units, tensors, options, config,
                                {"format": "mlx", "bitconv.mlx.group_size": str(g)})

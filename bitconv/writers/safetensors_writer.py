@@ -367,13 +367,20 @@ class SafetensorsWriter(Writer, format="safetensors"):
 
 
 # ---------------------------------------------------------------------------------------
+def float_bytes(tp: TensorPlan, payload: Payload, entry: Entry) -> np.ndarray:
+    """A tensor a folder keeps as floats, in its planned dtype; a shape that differs from the
+    plan is refused rather than written under the planned header. (The one float entry of a
+    tensor carries the tensor's name.)"""
+    arr = np.asarray(payload)
+    if tuple(arr.shape) != tuple(entry.shape):
+        raise ConversionError(f"{tp.name}: got shape {list(arr.shape)}, planned {list(entry.shape)}")
+    return float_to_bytes(arr, FLOAT_BY_NAME[entry.dtype], entry.name)
+
+
 def _encode(tp: TensorPlan, payload: Payload, ents: list[Entry]) -> list[np.ndarray]:
     """The bytes of each entry of one planned tensor (weight codes and reciprocal scale)."""
     if tp.role != LINEAR:
-        arr = np.asarray(payload)
-        if tuple(arr.shape) != tuple(ents[0].shape):
-            raise ConversionError(f"{tp.name}: got shape {list(arr.shape)}, planned {list(ents[0].shape)}")
-        return [float_to_bytes(arr, FLOAT_BY_NAME[ents[0].dtype], ents[0].name)]
+        return [float_bytes(tp, payload, ents[0])]
     if not isinstance(payload, Ternary):
         raise ConversionError(f"{tp.name}: a linear must arrive ternary, got {type(payload).__name__}")
     if tuple(payload.shape) != tuple(tp.shape):
