@@ -17,6 +17,7 @@ from ..errors import BadWeightsError, LayoutError
 from ..quant import GroupSize, Ternary
 from .base import Layout
 from .kernel_args import bad_values_error, ternary_bytes
+from .tq import collapse_block_scales
 
 
 def n_words(k: int) -> int:
@@ -72,22 +73,19 @@ def grid_scales(tern: Ternary, g: int, name: str) -> np.ndarray:
 
 
 def coarsest(values: np.ndarray, scales: np.ndarray, g: int) -> Ternary:
-    """A Ternary read from a [M, K/g] scale grid, with the coarsest group that holds the same
-    scales (tensor, row, else the widest multiple of g over which they repeat): a per-tensor
-    model written with repeated scales reads back per tensor, a group-128 one stored in groups
-    of 64 as group 128, so each goes on into any layout that holds its own group."""
+    """A Ternary read from a [M, K/g] scale grid of finite, positive scales (the callers check),
+    with the coarsest group that holds the same scales (tensor, row, else the widest multiple
+    of g over which they repeat; pack/tq.collapse_block_scales with g-value blocks): a
+    per-tensor model written with repeated scales reads back per tensor, a group-128 one
+    stored in groups of 64 as group 128, so each goes on into any layout that holds its own
+    group."""
     s = np.asarray(scales, dtype=np.float32)
-    if s.size and np.all(s == s.reshape(-1)[0]):
-        return Ternary(values, s.reshape(-1)[0], "tensor")
-    if np.all(s == s[:, :1]):
+    if s.size == 0:  # no rows or no groups: read as rows ([M, 0] scales), as always
         return Ternary(values, np.ascontiguousarray(s[:, :1]), "row")
-    m, ng = s.shape
-    for f in range(ng // 2, 1, -1):  # the widest group of f·g values whose scales are one value
-        if ng % f == 0:
-            blocks = s.reshape(m, ng // f, f)
-            if np.all(blocks == blocks[:, :, :1]):
-                return Ternary(values, np.ascontiguousarray(blocks[:, :, 0]), g * f)
-    return Ternary(values, s, g)
+    t = collapse_block_scales(values, s, "tensor", "scales", qk=g or 1)
+    if not g and t.group not in ("tensor", "row"):  # K = 0 (compressed-tensors weight_shape [M, 0]):
+        t.group = 0  # groups of g = 0 values, as the grid's own g says
+    return t
 
 
 def check_scales(s: np.ndarray, name: str) -> None:
