@@ -88,8 +88,14 @@ def coarsest(values: np.ndarray, scales: np.ndarray, g: int) -> Ternary:
     return t
 
 
+def scales_ok(s: np.ndarray) -> bool:
+    """Every scale finite and positive (an empty grid too): what a stored grid must hold to
+    read back as ternary, and `check_scales` asks of a non-empty one before writing."""
+    return bool(np.all(np.isfinite(s)) and np.all(s > 0))
+
+
 def check_scales(s: np.ndarray, name: str) -> None:
-    if s.size == 0 or not np.all(np.isfinite(s)) or not np.all(s > 0):
+    if s.size == 0 or not scales_ok(s):
         raise BadWeightsError(f"{name}: scales must be finite and positive, got {s.reshape(-1)[:4].tolist()}",
                               hint="the checkpoint is corrupt; fix or re-export it")
 

@@ -94,8 +94,7 @@ def quantized_tensor(fmt: str, shards: ShardSet, hf_name: str, name: str, role: 
                                    f"not fit {hf_name} {list(words.shape)}")
         m, k = int(words.shape[0]), int(scales.shape[1]) * g
         lay = MLXAffine2(g)
-        exact = (bits == 2 and words.shape[1] * 16 == k and count_bad(words, k, MLX_OFFSET) == 0
-                 and np.all(biases == -scales) and np.all(scales > 0) and np.all(np.isfinite(scales)))
+        exact = bits == 2 and words.shape[1] * 16 == k and lay.exact(count_bad(words, k, MLX_OFFSET), scales, biases)
 
         def read():
             w, sc, bi = shards.raw(hf_name), shards.get(base + ".scales"), shards.get(base + ".biases")
@@ -113,7 +112,7 @@ def quantized_tensor(fmt: str, shards: ShardSet, hf_name: str, name: str, role: 
                                    f"fit weight_shape {list(shape)}")
         scales = scales.reshape(m, -1)
         g = k // scales.shape[-1]
-        exact = count_bad(words, k, CT_OFFSET) == 0 and np.all(scales > 0) and np.all(np.isfinite(scales))
+        exact = CTInt2.exact(count_bad(words, k, CT_OFFSET), scales)
 
         def read():
             s = shards.get(base + ".weight_scale")
