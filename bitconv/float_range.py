@@ -76,6 +76,11 @@ def lost(values: np.ndarray | float, fmt: str, *, scale: bool) -> np.ndarray:
     return bad
 
 
+def bad_scales(scales: np.ndarray, fmt: str) -> np.ndarray:
+    """Mask of the scales FMT cannot hold: lost by the scale rule, or not finite at all."""
+    return lost(scales, fmt, scale=True) | ~np.isfinite(scales)
+
+
 def holds(value: float, fmt: str, *, scale: bool) -> bool:
     return bool(np.isfinite(value)) and not bool(lost(value, fmt, scale=scale))
 
@@ -130,7 +135,7 @@ def check_scales(name: str, scales: np.ndarray, fmt: str, where: str) -> None:
     """Refuse the first scale (per-group, as written) FMT cannot hold by the scale rule
     (overflow, 0, or a subnormal that loses bits), naming the formats that would hold it."""
     s = np.asarray(scales, dtype=np.float64).reshape(-1)
-    bad = lost(s, fmt, scale=True) | ~np.isfinite(s)
+    bad = bad_scales(s, fmt)
     if bad.any():
         v = float(s[int(np.argmax(bad))])
         others = [f for f in holders(v, scale=True) if f != fmt]
