@@ -37,14 +37,21 @@ def pack_words(values: np.ndarray, offset: int, name: str) -> np.ndarray:
     return out
 
 
+def _stored_words(words: np.ndarray, k: int, name: str | None) -> np.ndarray:
+    """Stored words as C uint32 [M, ceil(K/16)], refusing any other shape (named by NAME when given)."""
+    w = np.ascontiguousarray(words).view(np.uint32)
+    if w.ndim != 2 or w.shape[1] != n_words(k):
+        where = "" if name is None else f"{name}: "
+        raise LayoutError(f"{where}packed shape {list(w.shape)} does not hold K={k} values "
+                          f"(expected [M, {n_words(k)}])", hint="the file is corrupt or its shape entry disagrees")
+    return w
+
+
 def unpack_words(words: np.ndarray, k: int, offset: int, name: str) -> tuple[np.ndarray, int]:
     """uint32 (or int32) words [M, W] -> (int8 values [M, K], count of non-ternary codes)."""
     from ..kernels.words2 import words2_unpack
 
-    w = np.ascontiguousarray(words).view(np.uint32)
-    if w.ndim != 2 or w.shape[1] != n_words(k):
-        raise LayoutError(f"{name}: packed shape {list(w.shape)} does not hold K={k} values "
-                          f"(expected [M, {n_words(k)}])", hint="the file is corrupt or its shape entry disagrees")
+    w = _stored_words(words, k, name)
     vals = np.empty((w.shape[0], k), dtype=np.int8)
     bad = words2_unpack(w, offset, vals.view(np.uint8))
     return vals, int(bad)
@@ -104,10 +111,7 @@ def count_bad(words: np.ndarray, k: int, offset: int) -> int:
     """Codes that are no ternary value in stored words (read-only scan, no values written)."""
     from ..kernels.words2 import words2_count_bad
 
-    w = np.ascontiguousarray(words).view(np.uint32)
-    if w.ndim != 2 or w.shape[1] != n_words(k):
-        raise LayoutError(f"packed shape {list(w.shape)} does not hold K={k} values (expected [M, {n_words(k)}])",
-                          hint="the file is corrupt or its shape entry disagrees")
+    w = _stored_words(words, k, None)
     return int(words2_count_bad(w, offset, k))
 
 

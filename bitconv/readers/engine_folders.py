@@ -28,7 +28,7 @@ from ..errors import CorruptFileError, InputError
 from ..model import SourceTensor
 from ..pack.ct_int2 import CTInt2, OFFSET as CT_OFFSET
 from ..pack.mlx_affine import GROUP_SIZES, MLXAffine2, OFFSET as MLX_OFFSET, dequantize_affine
-from ..pack.words2 import coarsest, count_bad
+from ..pack.words2 import coarsest, count_bad, n_words
 from .safetensors_files import ShardSet
 
 MLX, CT = "mlx", "compressed-tensors"
@@ -106,7 +106,7 @@ def quantized_tensor(fmt: str, shards: ShardSet, hf_name: str, name: str, role: 
             raise InputError(f"{shards.path_of(hf_name)}: {base}.weight_shape {list(shape)} is not [M, K]")
         m, k = shape
         scales = shards.get(base + ".weight_scale")
-        if m != words.shape[0] or words.shape[1] != (k + 15) // 16 or scales.size == 0 or scales.size % max(m, 1) \
+        if m != words.shape[0] or words.shape[1] != n_words(k) or scales.size == 0 or scales.size % max(m, 1) \
                 or k % (scales.size // max(m, 1)):
             raise CorruptFileError(f"{where}: {hf_name} {list(words.shape)} / weight_scale {list(scales.shape)} do not "
                                    f"fit weight_shape {list(shape)}")
