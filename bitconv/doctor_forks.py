@@ -27,7 +27,7 @@ def fork_findings(c: Any) -> Iterable[Any]:
     from .doctor import Finding
     from .rotation import GGUF_PREFIX, describe, rotation_from_gguf
 
-    rot = rotation_from_gguf(dict(c.f.kv))
+    rot = rotation_from_gguf(c.f.kv)
     if rot is not None:
         yield Finding("hadamard-rotation", "error" if c.engine else "warning", GGUF_PREFIX + "*",
                       f"the weights are pre-rotated by a {describe(rot)}; llama.cpp and bitnet.cpp ignore these keys "

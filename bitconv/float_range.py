@@ -45,6 +45,19 @@ FORMATS = {
 }
 
 
+def bf16_round(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 bits (uint32) -> (their bfloat16 bits, rounded to nearest even, as uint32; the
+    mask of the finite inputs). In uint32 the rounding is exact for every finite value and
+    inf; a NaN, whose rounding could carry into inf, -0 or wrap to +0, keeps its sign and top
+    bits, made quiet: a NaN stays a NaN."""
+    top = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    fin = (bits & 0x7F800000) != 0x7F800000
+    if not fin.all():
+        nan = ~fin & ((bits & 0x007FFFFF) != 0)
+        top[nan] = (bits[nan] >> 16) | 0x0040
+    return top, fin
+
+
 def stored(values: np.ndarray | float, fmt: str) -> np.ndarray:
     """The values as FMT stores them (round to nearest even), as float64."""
     v = np.asarray(values, dtype=np.float64)
@@ -55,12 +68,8 @@ def stored(values: np.ndarray | float, fmt: str) -> np.ndarray:
         if fmt == "f32":
             return f.astype(np.float64)
         if fmt == "bf16":
-            bits = np.atleast_1d(f).view(np.uint32).astype(np.uint64)
-            top = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint32)
-            nan = np.isnan(np.atleast_1d(f))
-            out = (top << 16).astype(np.uint32).view(np.float32).astype(np.float64)
-            out[nan] = np.nan
-            return out.reshape(v.shape)
+            top, _ = bf16_round(np.atleast_1d(f).view(np.uint32))
+            return (top << 16).view(np.float32).astype(np.float64).reshape(v.shape)
     raise ValueError(f"not a float format: {fmt}")
 
 
@@ -74,6 +83,11 @@ def lost(values: np.ndarray | float, fmt: str, *, scale: bool) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             bad |= fin & (np.abs(s - v) > np.abs(v) * 2.0 ** -FORMATS[fmt].bits)
     return bad
+
+
+def bad_scales(scales: np.ndarray, fmt: str) -> np.ndarray:
+    """Mask of the scales FMT cannot hold: lost by the scale rule, or not finite at all."""
+    return lost(scales, fmt, scale=True) | ~np.isfinite(scales)
 
 
 def holds(value: float, fmt: str, *, scale: bool) -> bool:
@@ -130,7 +144,7 @@ def check_scales(name: str, scales: np.ndarray, fmt: str, where: str) -> None:
     """Refuse the first scale (per-group, as written) FMT cannot hold by the scale rule
     (overflow, 0, or a subnormal that loses bits), naming the formats that would hold it."""
     s = np.asarray(scales, dtype=np.float64).reshape(-1)
-    bad = lost(s, fmt, scale=True) | ~np.isfinite(s)
+    bad = bad_scales(s, fmt)
     if bad.any():
         v = float(s[int(np.argmax(bad))])
         others = [f for f in holders(v, scale=True) if f != fmt]

@@ -96,13 +96,14 @@ def float_to_bytes(arr: np.ndarray, ggml_type: int, name: str = "tensor", flag: 
         check_narrowed(name, "f16", flat, over, first_over, float(amax), float(umax), first_under, flag)
         return out.view(np.uint8)
     if ggml_type == BF16:  # in blocks: whole-array temporaries would be 4 float32-sized copies
+        from .float_range import bf16_round
+
         out = np.empty(flat.size, dtype=np.uint16)
         over, first_over, amax, umax, first_under = 0, -1, 0.0, 0.0, -1
         for i in range(0, flat.size, _BLOCK):
             bits = flat[i:i + _BLOCK].view(np.uint32)
-            top = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            top, fin = bf16_round(bits)
             out[i:i + _BLOCK] = top
-            fin = (bits & 0x7F800000) != 0x7F800000
             ov = fin & ((top & 0x7F80) == 0x7F80)
             un = ((top & 0x7FFF) == 0) & ((bits & 0x7FFFFFFF) != 0)  # finite by construction
             n = int(np.count_nonzero(ov))

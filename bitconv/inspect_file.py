@@ -39,7 +39,7 @@ def _inspect_gguf(path: Path) -> dict[str, Any]:
         "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.type_name, "bytes": t.nbytes}
                     for t in f.tensors.values()],
         "file_bytes": path.stat().st_size,
-        "notes": _rotation_notes({k: v for k, (v, _, _) in f.kv.items()}, {}),
+        "notes": _rotation_notes(f.kv, {}),  # rotation_from_gguf takes GGUFFile.kv's (value, type, sub) as is
     }
 
 
@@ -88,7 +88,7 @@ def _engine_notes(folder: Path, config: dict[str, Any]) -> list[str]:
 
 
 def _inspect_safetensors(path: Path) -> dict[str, Any]:
-    from .readers.safetensors_files import ShardSet
+    from .readers.safetensors_files import _NP_DTYPES, ShardSet
 
     folder = path if path.is_dir() else path.parent
     shards = ShardSet(folder)
@@ -98,7 +98,8 @@ def _inspect_safetensors(path: Path) -> dict[str, Any]:
         n = 1
         for d in shape:
             n *= d
-        size = {"bf16": 2, "f16": 2, "f32": 4, "u8": 1, "i8": 1, "f64": 8, "u32": 4, "i32": 4, "i64": 8}.get(dtype, 0) * n
+        dt = _NP_DTYPES.get(dtype.upper())  # a dtype bitconv does not read: 0 bytes
+        size = (dt.itemsize if dt is not None else 0) * n
         tensors.append({"name": name, "shape": list(shape), "type": dtype.upper(), "bytes": size})
     config: dict[str, Any] = {}
     if (folder / "config.json").exists():

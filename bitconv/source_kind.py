@@ -166,27 +166,20 @@ def decide_source_kinds(ckpt: "Checkpoint", *, ternarize: bool = False) -> list[
         for st in ckpt.tensors:
             if st.kind == SourceKind.EXACT:  # a reader that had to decode the floats already found it
                 continue
-            if st.role == LINEAR:
-                if st.is_ternary:
-                    st.kind = SourceKind.PACKED
-                elif bitnet:
-                    st.kind = SourceKind.LATENT
-                else:
-                    found = next(found_in_order)
-                    if found is not None:
-                        mark_exact(st, found)
-                    else:
-                        if not ternarize:
-                            raise not_ternary_error(ckpt, st)
-                        st.kind = SourceKind.FLOAT
-            elif st.role in (EMBEDDING, OUTPUT) and not bitnet and not st.is_ternary:
+            if _needs_detection(st, bitnet):  # the tensors of `todo`, in its order
                 found = next(found_in_order)
                 if found is not None:
                     mark_exact(st, found)
-                else:
+                elif st.role != LINEAR:
                     st.kind = SourceKind.KEPT_FLOAT
-            else:
-                st.kind = SourceKind.PACKED if st.is_ternary else SourceKind.KEPT_FLOAT
+                elif not ternarize:
+                    raise not_ternary_error(ckpt, st)
+                else:
+                    st.kind = SourceKind.FLOAT
+            elif st.is_ternary:
+                st.kind = SourceKind.PACKED
+            else:  # a BitNet model's linear, or no linear at all
+                st.kind = SourceKind.LATENT if st.role == LINEAR else SourceKind.KEPT_FLOAT
     exact = [t for t in ckpt.tensors if t.kind == SourceKind.EXACT]
     if exact:
         groups = Counter(str(t.group) for t in exact)

@@ -30,9 +30,9 @@ ALL_ZERO = 0x5555  # two code bytes of four t = 0 values (code 1) each
 def q2_0_pack(u, m, k, sc, per, out):
     """uint8 view of int8 values [M*K] -> Q2_0 blocks [nb*18] (an even-aligned uint8 array).
 
-    Returns (mx, inf): mx > 2 when a value is outside {-1, 0, 1} (the output is then not
-    meaningful); inf != 0 when a stored d is not finite (an fp16 scale overflow; all-zero
-    blocks store 0, so their group's scale does not count, as before)."""
+    Returns mx: mx > 2 when a value is outside {-1, 0, 1} (the output is then not
+    meaningful). All-zero blocks store d = 0 whatever their group's scale; a scale that fp16
+    does not hold is refused before this runs (Layout._check_scales)."""
     kb = k // 4  # code bytes per row
     nbr = k // QK
     ms = sc.shape[0]
@@ -42,7 +42,6 @@ def q2_0_pack(u, m, k, sc, per, out):
     nzs = np.empty(nbr, np.uint16)  # per block of the row: 0 when all its values are 0
     one = np.uint8(1)
     mx = np.uint8(0)
-    inf = np.uint16(0)
     for r in range(m):
         ur = u[r * k:(r + 1) * k]
         for i in range(kb):
@@ -66,9 +65,8 @@ def q2_0_pack(u, m, k, sc, per, out):
             s = sr[g]
             for c in range(g * per, (g + 1) * per):
                 d = s if nzs[c] != 0 else np.uint16(0)
-                inf |= np.uint16((d & np.uint16(0x7C00)) == np.uint16(0x7C00))
                 orow[c * HALF] = d
-    return mx, inf
+    return mx
 
 
 @jit

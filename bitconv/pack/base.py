@@ -116,7 +116,7 @@ class Layout:
         from .. import float_range
 
         s = np.asarray(tern.scales, dtype=np.float32)
-        bad = float_range.lost(s, self.scale_type, scale=True) | ~np.isfinite(s)
+        bad = float_range.bad_scales(s, self.scale_type)
         if not bad.any():
             return
         m, k = tern.shape

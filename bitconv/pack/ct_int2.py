@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import BadWeightsError
 from ..quant import GroupSize, Ternary
-from .words2 import WordLayout, check_scales, coarsest, grid_scales, n_words, pack_words, unpack_words
+from .words2 import WordLayout, check_scales, coarsest, grid_scales, n_words, pack_words, scales_ok, unpack_words
 
 OFFSET = 2  # pack_to_int32 stores q + 2^(bits-1)
 
@@ -54,6 +54,12 @@ class CTInt2(WordLayout, name="ct_int2"):
         check_scales(s, name)
         return s
 
+    @staticmethod
+    def exact(bad: int, scale: np.ndarray) -> bool:
+        """Whether a stored linear is exactly ternary: no int2 value −2 (BAD counts them), every
+        scale finite and positive."""
+        return not bad and scales_ok(scale)
+
     def read(self, packed: np.ndarray, scale: np.ndarray, shape: tuple[int, int],
              name: str = "tensor") -> Ternary | np.ndarray:
         """A stored linear back: its Ternary when every int2 value is −1, 0 or 1, else the
@@ -64,6 +70,6 @@ class CTInt2(WordLayout, name="ct_int2"):
         if s.ndim != 2 or s.shape[0] != m or s.shape[1] == 0 or k % s.shape[1]:
             raise BadWeightsError(f"{name}: weight_scale of shape {list(s.shape)} does not fit a [{m}, {k}] weight")
         g = k // s.shape[1]
-        if not bad and np.all(np.isfinite(s)) and np.all(s > 0):
+        if self.exact(bad, s):
             return coarsest(vals, s, g)
         return (vals.astype(np.float32).reshape(m, -1, g) * s[:, :, None]).reshape(m, k)

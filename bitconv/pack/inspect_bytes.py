@@ -45,9 +45,12 @@ def count_nibbles_above(raw: np.ndarray, top: int) -> int:
 
 
 def block_scales_f16(data: np.ndarray, block_bytes: int, offset: int) -> np.ndarray:
-    """The fp16 scale at `offset` of every `block_bytes`-byte block, as float32."""
+    """The fp16 scale at `offset` of every `block_bytes`-byte block, as float32 (widened by
+    kernels.floats.widened, the package's one fp16 routine)."""
+    from ..kernels.floats import widened
+
     blocks = np.asarray(data).reshape(-1, block_bytes)
-    return np.ascontiguousarray(blocks[:, offset:offset + 2]).view("<f2").reshape(-1).astype(np.float32)
+    return widened(blocks[:, offset:offset + 2], bf16=False)
 
 
 def block_codes(data: np.ndarray, block_bytes: int, offset: int, n: int) -> np.ndarray:

@@ -49,6 +49,8 @@ def block_scale_bits(tern: Ternary, qk: int, name: str) -> tuple[np.ndarray, int
     if ms not in (1, m) or gs == 0 or nbr % gs:
         raise LayoutError(f"{name}: scales of shape {list(s.shape)} do not fit a [{m}, {k}] tensor "
                           f"stored in {qk}-value blocks", hint="this is a bug in the caller; please report it")
-    with np.errstate(over="ignore"):  # an overflow is the layout's to refuse (Q2_0) or keep (TQ)
+    # An fp16 overflow here is the scale of an all-zero group, which the kernels store as d = 0:
+    # Layout._check_scales, run first by every caller, refuses any other scale fp16 cannot hold
+    with np.errstate(over="ignore"):
         bits = np.ascontiguousarray(s.astype(np.float16)).view(np.uint16)
     return bits, max(nbr // gs, 1)  # K = 0: no blocks, and no division by zero

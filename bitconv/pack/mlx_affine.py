@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import LayoutError
 from ..quant import GroupSize, Ternary
-from .words2 import WordLayout, check_scales, coarsest, group_fits, grid_scales, pack_words, unpack_words
+from .words2 import WordLayout, check_scales, coarsest, group_fits, grid_scales, pack_words, scales_ok, unpack_words
 
 GROUP_SIZES = (128, 64, 32)  # mlx's affine group sizes, the largest (fewest scales) first
 OFFSET = 1  # q = t + 1
@@ -61,6 +61,12 @@ class MLXAffine2(WordLayout, name="mlx_affine2"):
         check_scales(s, name)
         return s, -s
 
+    @staticmethod
+    def exact(bad: int, scales: np.ndarray, biases: np.ndarray) -> bool:
+        """Whether a stored tensor is exactly ternary: no code 3 (BAD counts them), bias = −scale
+        in every group, every scale finite and positive."""
+        return not bad and bool(np.all(biases == -scales)) and scales_ok(scales)
+
     def read(self, words: np.ndarray, scales: np.ndarray, biases: np.ndarray, k: int,
              name: str = "tensor") -> Ternary | np.ndarray:
         """A stored tensor back: its Ternary when it is exact (codes 0..2, bias = −scale in every
@@ -72,7 +78,7 @@ class MLXAffine2(WordLayout, name="mlx_affine2"):
         vals, bad = unpack_words(words, k, OFFSET, name)
         s = np.asarray(scales, dtype=np.float32)
         b = np.asarray(biases, dtype=np.float32)
-        if not bad and np.all(b == -s) and np.all(np.isfinite(s)) and np.all(s > 0):
+        if self.exact(bad, s, b):
             return coarsest(vals, s, self.group_size)
         q = (vals.astype(np.float32) + OFFSET).reshape(m, -1, self.group_size)
         return (q * s[:, :, None] + b[:, :, None]).reshape(m, k)

@@ -129,8 +129,6 @@ def _group_scales(d: np.ndarray, group: GroupSize, qk: int) -> np.ndarray | None
     """The scales of `group` when every non-zero block scale agrees with its group's, else None
     (a NaN, a live block stored with d = 0, agrees with none)."""
     m, nblk = d.shape
-    if np.isnan(d).any() and group in ("tensor", "row"):
-        return None
     if group == "tensor":
         nz = d[d != 0]
         if nz.size == 0 or np.all(nz == nz[0]):

@@ -17,6 +17,7 @@ from ..errors import BadWeightsError, LayoutError
 from ..quant import GroupSize, Ternary
 from .base import Layout
 from .kernel_args import bad_values_error, ternary_bytes
+from .tq import collapse_block_scales
 
 
 def n_words(k: int) -> int:
@@ -36,14 +37,21 @@ def pack_words(values: np.ndarray, offset: int, name: str) -> np.ndarray:
     return out
 
 
+def _stored_words(words: np.ndarray, k: int, name: str | None) -> np.ndarray:
+    """Stored words as C uint32 [M, ceil(K/16)], refusing any other shape (named by NAME when given)."""
+    w = np.ascontiguousarray(words).view(np.uint32)
+    if w.ndim != 2 or w.shape[1] != n_words(k):
+        where = "" if name is None else f"{name}: "
+        raise LayoutError(f"{where}packed shape {list(w.shape)} does not hold K={k} values "
+                          f"(expected [M, {n_words(k)}])", hint="the file is corrupt or its shape entry disagrees")
+    return w
+
+
 def unpack_words(words: np.ndarray, k: int, offset: int, name: str) -> tuple[np.ndarray, int]:
     """uint32 (or int32) words [M, W] -> (int8 values [M, K], count of non-ternary codes)."""
     from ..kernels.words2 import words2_unpack
 
-    w = np.ascontiguousarray(words).view(np.uint32)
-    if w.ndim != 2 or w.shape[1] != n_words(k):
-        raise LayoutError(f"{name}: packed shape {list(w.shape)} does not hold K={k} values "
-                          f"(expected [M, {n_words(k)}])", hint="the file is corrupt or its shape entry disagrees")
+    w = _stored_words(words, k, name)
     vals = np.empty((w.shape[0], k), dtype=np.int8)
     bad = words2_unpack(w, offset, vals.view(np.uint8))
     return vals, int(bad)
@@ -72,26 +80,29 @@ def grid_scales(tern: Ternary, g: int, name: str) -> np.ndarray:
 
 
 def coarsest(values: np.ndarray, scales: np.ndarray, g: int) -> Ternary:
-    """A Ternary read from a [M, K/g] scale grid, with the coarsest group that holds the same
-    scales (tensor, row, else the widest multiple of g over which they repeat): a per-tensor
-    model written with repeated scales reads back per tensor, a group-128 one stored in groups
-    of 64 as group 128, so each goes on into any layout that holds its own group."""
+    """A Ternary read from a [M, K/g] scale grid of finite, positive scales (the callers check),
+    with the coarsest group that holds the same scales (tensor, row, else the widest multiple
+    of g over which they repeat; pack/tq.collapse_block_scales with g-value blocks): a
+    per-tensor model written with repeated scales reads back per tensor, a group-128 one
+    stored in groups of 64 as group 128, so each goes on into any layout that holds its own
+    group."""
     s = np.asarray(scales, dtype=np.float32)
-    if s.size and np.all(s == s.reshape(-1)[0]):
-        return Ternary(values, s.reshape(-1)[0], "tensor")
-    if np.all(s == s[:, :1]):
+    if s.size == 0:  # no rows or no groups: read as rows ([M, 0] scales), as always
         return Ternary(values, np.ascontiguousarray(s[:, :1]), "row")
-    m, ng = s.shape
-    for f in range(ng // 2, 1, -1):  # the widest group of f·g values whose scales are one value
-        if ng % f == 0:
-            blocks = s.reshape(m, ng // f, f)
-            if np.all(blocks == blocks[:, :, :1]):
-                return Ternary(values, np.ascontiguousarray(blocks[:, :, 0]), g * f)
-    return Ternary(values, s, g)
+    t = collapse_block_scales(values, s, "tensor", "scales", qk=g or 1)
+    if not g and t.group not in ("tensor", "row"):  # K = 0 (compressed-tensors weight_shape [M, 0]):
+        t.group = 0  # groups of g = 0 values, as the grid's own g says
+    return t
+
+
+def scales_ok(s: np.ndarray) -> bool:
+    """Every scale finite and positive (an empty grid too): what a stored grid must hold to
+    read back as ternary, and `check_scales` asks of a non-empty one before writing."""
+    return bool(np.all(np.isfinite(s)) and np.all(s > 0))
 
 
 def check_scales(s: np.ndarray, name: str) -> None:
-    if s.size == 0 or not np.all(np.isfinite(s)) or not np.all(s > 0):
+    if s.size == 0 or not scales_ok(s):
         raise BadWeightsError(f"{name}: scales must be finite and positive, got {s.reshape(-1)[:4].tolist()}",
                               hint="the checkpoint is corrupt; fix or re-export it")
 
@@ -100,10 +111,7 @@ def count_bad(words: np.ndarray, k: int, offset: int) -> int:
     """Codes that are no ternary value in stored words (read-only scan, no values written)."""
     from ..kernels.words2 import words2_count_bad
 
-    w = np.ascontiguousarray(words).view(np.uint32)
-    if w.ndim != 2 or w.shape[1] != n_words(k):
-        raise LayoutError(f"packed shape {list(w.shape)} does not hold K={k} values (expected [M, {n_words(k)}])",
-                          hint="the file is corrupt or its shape entry disagrees")
+    w = _stored_words(words, k, None)
     return int(words2_count_bad(w, offset, k))
 
 

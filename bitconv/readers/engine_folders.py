@@ -28,7 +28,7 @@ from ..errors import CorruptFileError, InputError
 from ..model import SourceTensor
 from ..pack.ct_int2 import CTInt2, OFFSET as CT_OFFSET
 from ..pack.mlx_affine import GROUP_SIZES, MLXAffine2, OFFSET as MLX_OFFSET, dequantize_affine
-from ..pack.words2 import coarsest, count_bad
+from ..pack.words2 import coarsest, count_bad, n_words
 from .safetensors_files import ShardSet
 
 MLX, CT = "mlx", "compressed-tensors"
@@ -94,8 +94,7 @@ def quantized_tensor(fmt: str, shards: ShardSet, hf_name: str, name: str, role: 
                                    f"not fit {hf_name} {list(words.shape)}")
         m, k = int(words.shape[0]), int(scales.shape[1]) * g
         lay = MLXAffine2(g)
-        exact = (bits == 2 and words.shape[1] * 16 == k and count_bad(words, k, MLX_OFFSET) == 0
-                 and np.all(biases == -scales) and np.all(scales > 0) and np.all(np.isfinite(scales)))
+        exact = bits == 2 and words.shape[1] * 16 == k and lay.exact(count_bad(words, k, MLX_OFFSET), scales, biases)
 
         def read():
             w, sc, bi = shards.raw(hf_name), shards.get(base + ".scales"), shards.get(base + ".biases")
@@ -107,13 +106,13 @@ def quantized_tensor(fmt: str, shards: ShardSet, hf_name: str, name: str, role: 
             raise InputError(f"{shards.path_of(hf_name)}: {base}.weight_shape {list(shape)} is not [M, K]")
         m, k = shape
         scales = shards.get(base + ".weight_scale")
-        if m != words.shape[0] or words.shape[1] != (k + 15) // 16 or scales.size == 0 or scales.size % max(m, 1) \
+        if m != words.shape[0] or words.shape[1] != n_words(k) or scales.size == 0 or scales.size % max(m, 1) \
                 or k % (scales.size // max(m, 1)):
             raise CorruptFileError(f"{where}: {hf_name} {list(words.shape)} / weight_scale {list(scales.shape)} do not "
                                    f"fit weight_shape {list(shape)}")
         scales = scales.reshape(m, -1)
         g = k // scales.shape[-1]
-        exact = count_bad(words, k, CT_OFFSET) == 0 and np.all(scales > 0) and np.all(np.isfinite(scales))
+        exact = CTInt2.exact(count_bad(words, k, CT_OFFSET), scales)
 
         def read():
             s = shards.get(base + ".weight_scale")
