@@ -188,6 +188,23 @@ def test_damaged_engine_folder_is_a_clear_error(bonsai, tmp_path, fmt, drop):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "q_proj" in r.stdout + r.stderr
 
 
+def test_compressed_tensors_weight_shape_with_no_rows_is_a_corrupt_file(bonsai, tmp_path):
+    """weight_shape [0, K] beside a non-empty weight_scale: a typed one-line refusal (it was an
+    untyped numpy reshape error)."""
+    from bitconv.errors import CorruptFileError
+
+    out = tmp_path / "ct"
+    convert(bonsai, out, format="compressed-tensors")
+    t = read_tensors(out)
+    base = "model.layers.0.self_attn.q_proj"
+    t[base + ".weight_packed"] = t[base + ".weight_packed"][:0]
+    t[base + ".weight_shape"] = t[base + ".weight_shape"] * np.array([0, 1], t[base + ".weight_shape"].dtype)
+    t[base + ".weight_scale"] = t[base + ".weight_scale"][:1]  # one row of K/g scales: its size divides K
+    save_file(t, str(out / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CorruptFileError, match="q_proj.*do not fit weight_shape \\[0, "):
+        open_source(out)
+
+
 def test_stock_4bit_mlx_folder_is_read_as_what_it_computes(bonsai, tmp_path):
     """`mlx_lm.convert -q` (4-bit affine, its default) on a ternary model: every quantized
     tensor is read as the floats mlx computes; inspect says NOT exactly ternary."""

@@ -106,8 +106,8 @@ def quantized_tensor(fmt: str, shards: ShardSet, hf_name: str, name: str, role: 
             raise InputError(f"{shards.path_of(hf_name)}: {base}.weight_shape {list(shape)} is not [M, K]")
         m, k = shape
         scales = shards.get(base + ".weight_scale")
-        if m != words.shape[0] or words.shape[1] != n_words(k) or scales.size == 0 or scales.size % max(m, 1) \
-                or k % (scales.size // max(m, 1)):
+        if m != words.shape[0] or words.shape[1] != n_words(k) or scales.size == 0 or m <= 0 or scales.size % m \
+                or k % (scales.size // m):
             raise CorruptFileError(f"{where}: {hf_name} {list(words.shape)} / weight_scale {list(scales.shape)} do not "
                                    f"fit weight_shape {list(shape)}")
         scales = scales.reshape(m, -1)
