@@ -242,3 +242,9 @@ def is_int8_fused(scheme: Any) -> bool:
     return type(scheme) is A8 and getattr(scheme, "kv_bits", None) is None
 
 
+def require_int8_fused(scheme: Any) -> None:
+    """An int8 backend's check of its scheme: ValueError unless `is_int8_fused(scheme)`."""
+    if not is_int8_fused(scheme):
+        raise ValueError(f"the int8 backends fuse only the a8 scheme, not {getattr(scheme, 'name', scheme)!r}")
+
+

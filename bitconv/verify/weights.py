@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..quant import GroupSize, Ternary
-from .ops import unpack2
+from .ops import rms_norm, unpack2
 
 ATTN = ("attn_q", "attn_k", "attn_v")
 FFN_IN = ("ffn_gate", "ffn_up")
@@ -159,6 +159,11 @@ class LayerWeights:
     o: Linear | None = None
     gate_up: list[Linear] | Linear | None = None
     down: Linear | None = None
+
+    def norm(self, x: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
+        """RMSNorm `kind` of x where the layer has it, else x itself."""
+        w = self.norms.get(kind)
+        return x if w is None else rms_norm(x, w, eps)
 
     def all_int(self) -> bool:
         return all(isinstance(m, Linear) and m.is_int and m.in_norm is None
