@@ -85,7 +85,6 @@ class Runner(LayerLoader, HeadMixin):
         # the activation scheme of every linear input and the KV cache (act_schemes.py);
         # `act_quant` alone picks "a8" or none
         self.scheme = scheme if scheme is not None else (A8() if act_quant else NoQuant())
-        self.act_quant = not isinstance(self.scheme, NoQuant)
         self.reference = reference
         self.device = resolve_device(device)
         self.dtype = dtype
@@ -198,8 +197,7 @@ class Runner(LayerLoader, HeadMixin):
         rows = torch.cat([self._to_dev(t.row_scales()) for t in terns])
         if self.keep:
             codes = pack2(codes)
-        return Linear(codes=codes, row_scale=rows, k=terns[0].shape[1], packed=self.keep,
-                      splits=[t.shape[0] for t in terns] if len(terns) > 1 else None)
+        return Linear(codes=codes, row_scale=rows, k=terns[0].shape[1], packed=self.keep)
 
     def _float_linear(self, tern: TTernary | None, raw: Payload, in_norm: torch.Tensor | None) -> Linear:
         w = self._to_dev(tern.dequantize(self.dtype)) if tern is not None else self._float_weight(raw)

@@ -90,8 +90,7 @@ def tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: 
         from . import cpu_kernels
 
         values, d = cpu_kernels.tq2_0_values(blocks, m, k, out, name)
-        codes = values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-        tern = collapse_block_scales(codes, d, group, "tensor")  # live blocks with d = 0 read as 0
+        tern = collapse_block_scales(values.numpy(), d, group, "tensor")  # live blocks with d = 0 read as 0
         return TTernary(values, torch.from_numpy(np.array(tern.scales, np.float32)), tern.group)
     if not isinstance(raw, torch.Tensor):
         with warnings.catch_warnings():  # a read-only memmap: torch only reads it (copy to the device)
@@ -136,7 +135,6 @@ class Linear:
     codes: torch.Tensor | None = None
     row_scale: torch.Tensor | None = None
     k: int = 0
-    splits: list[int] | None = None  # the outputs' widths when linears are fused
     packed: bool = False
     in_norm: torch.Tensor | None = None  # use_rms_norm: the RMSNorm weight applied to this linear's input
 
