@@ -40,8 +40,9 @@ class LayerLoader:
 
     def _fused_buffers(self, i: int) -> dict[str, torch.Tensor]:
         """On the fused CPU path: q/k/v, and gate/up, decode straight into one int8 buffer per
-        group, the matrix `prepare_linears` multiplies with, instead of into one tensor each
-        that is then copied into it (a copy of ~10% of the layer time on the bench model)."""
+        group, the fused linear's matrix (`Runner._int_linear` takes it as it is), instead of
+        into one tensor each that is then copied into it (a copy of ~10% of the layer time on
+        the bench model)."""
         if not self.fused_cpu or self.keep:
             return {}
         out: dict[str, torch.Tensor] = {}

@@ -90,7 +90,7 @@ def tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: 
         from . import cpu_kernels
 
         values, d = cpu_kernels.tq2_0_values(blocks, m, k, out, name)
-        tern = collapse_block_scales(values.numpy(), d, group, "tensor")  # live blocks with d = 0 read as 0
+        tern = collapse_block_scales(values.numpy(), d, group, name)  # live blocks with d = 0 read as 0
         return TTernary(values, torch.from_numpy(np.array(tern.scales, np.float32)), tern.group)
     if not isinstance(raw, torch.Tensor):
         with warnings.catch_warnings():  # a read-only memmap: torch only reads it (copy to the device)
