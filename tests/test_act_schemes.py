@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from bitconv.errors import UsageError
+from bitconv.model import LINEAR_KINDS
 from bitconv.verify import act_schemes as AS
 from bitconv.verify import ops
 from bitconv.verify import sparsity as SP
@@ -297,7 +298,7 @@ def test_render_sparsity_prints_every_linear_and_the_total():
 
     st = SP.SparsityStats()
     _feed(st)
-    for kind in SP.LINEARS:
+    for kind in LINEAR_KINDS:
         st.observe_weight(0, kind, torch.zeros(8, 32, dtype=torch.int8))
     console = Console(record=True, width=200)
     SP.render_sparsity(st.report(), console)

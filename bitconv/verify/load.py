@@ -15,8 +15,8 @@ import os
 import numpy as np
 import torch
 
-from ..model import LINEAR, SourceTensor
-from .weights import (ATTN, FFN_IN, LAYER_IN_NORMS, LAYER_LINEARS, LAYER_NORMS, LAYER_QK_NORMS, LAYER_SUB_NORMS,
+from ..model import LINEAR, LINEAR_KINDS, SourceTensor
+from .weights import (ATTN, FFN_IN, LAYER_IN_NORMS, LAYER_NORMS, LAYER_QK_NORMS, LAYER_SUB_NORMS,
                       TORCH_DECODERS, Payload, TTernary)
 
 
@@ -85,10 +85,10 @@ class LayerLoader:
         """Raw tensors of decoder layer i (host memory; GPU-decoded layouts already on the device)."""
         out: dict[str, Payload] = {}
         bufs = self._fused_buffers(i)
-        for kind in LAYER_LINEARS + LAYER_NORMS + LAYER_SUB_NORMS + LAYER_QK_NORMS + LAYER_IN_NORMS:
+        for kind in LINEAR_KINDS + LAYER_NORMS + LAYER_SUB_NORMS + LAYER_QK_NORMS + LAYER_IN_NORMS:
             name = f"blk.{i}.{kind}.weight"
             if name in self.by_name:
-                out[kind] = self.load_raw(name, on_device=(self._stager is not None or self.fused_cpu) and kind in LAYER_LINEARS,
+                out[kind] = self.load_raw(name, on_device=(self._stager is not None or self.fused_cpu) and kind in LINEAR_KINDS,
                                           out=bufs.get(kind))
         return out
 

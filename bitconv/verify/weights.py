@@ -11,17 +11,17 @@ from typing import Callable, Mapping, Union
 import numpy as np
 import torch
 
+from ..model import LINEAR_KINDS
 from ..quant import GroupSize, Ternary
 from .ops import rms_norm, unpack2
 
 ATTN = ("attn_q", "attn_k", "attn_v")
 FFN_IN = ("ffn_gate", "ffn_up")
-LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 LAYER_NORMS = ("attn_norm", "ffn_norm")
 LAYER_SUB_NORMS = ("attn_sub_norm", "ffn_sub_norm")
 LAYER_QK_NORMS = ("attn_q_norm", "attn_k_norm")  # Qwen3: per-head RMSNorm of q and k before rope
 IN_NORM = "_in_norm"  # use_rms_norm: `attn_q_in_norm` is the RMSNorm inside attn_q (archs.base.INPUT_NORM_SUFFIX)
-LAYER_IN_NORMS = tuple(k + IN_NORM for k in LAYER_LINEARS)
+LAYER_IN_NORMS = tuple(k + IN_NORM for k in LINEAR_KINDS)
 
 Groups = Union[GroupSize, Mapping[str, GroupSize], None]
 
