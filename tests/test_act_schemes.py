@@ -19,13 +19,10 @@ import pytest
 import torch
 
 from bitconv.errors import UsageError
+from bitconv.model import LINEAR_KINDS
 from bitconv.verify import act_schemes as AS
+from bitconv.verify import ops
 from bitconv.verify import sparsity as SP
-
-try:  # the pre-seam forward pass's own quantized input (gone once verify's layer calls the schemes)
-    from bitconv.verify.forward import QInput
-except ImportError:  # pragma: no cover
-    QInput = None
 
 EPS = 1e-5
 
@@ -143,8 +140,8 @@ def test_topk_tie_rule_lower_index_wins():
 def test_a8_is_todays_rule_bit_for_bit(case):
     x = INPUTS[case].reshape(-1, INPUTS[case].shape[-1])
     got = AS.get_scheme("a8").act(x, "ffn_in", 0)
-    if QInput is not None:
-        assert torch.equal(got, QInput(x).dequantized(torch.float32))  # what verify's float path fed F.linear
+    xq, scale = ops._k_quant(x)  # what the int8 backends feed their GEMMs (is_int8_fused: the same rule)
+    assert xq.dtype == torch.int8 and torch.equal(got, xq.to(torch.float32) / scale)
     want = torch.from_numpy(np.stack([ref_a8(r) for r in x.numpy()]))
     assert torch.equal(got, want)
 
@@ -155,8 +152,8 @@ def test_a8_in_bf16_keeps_dtype():
     assert y.dtype == torch.bfloat16
     xq, scale = AS.absmax_int8(x)
     assert torch.equal(y, (xq / scale).to(torch.bfloat16))
-    if QInput is not None:
-        assert torch.equal(y, QInput(x).dequantized(torch.bfloat16))
+    xq8, scale8 = ops._k_quant(x)  # the int8 backends' quantizer, dequantized as F.linear is fed
+    assert torch.equal(y, (xq8.to(torch.float32) / scale8).to(torch.bfloat16))
 
 
 def test_a48_routes_each_site():
@@ -301,7 +298,7 @@ def test_render_sparsity_prints_every_linear_and_the_total():
 
     st = SP.SparsityStats()
     _feed(st)
-    for kind in SP.LINEARS:
+    for kind in LINEAR_KINDS:
         st.observe_weight(0, kind, torch.zeros(8, 32, dtype=torch.int8))
     console = Console(record=True, width=200)
     SP.render_sparsity(st.report(), console)

@@ -81,6 +81,7 @@ def test_a48_costs_what_was_measured_on_the_demo(runs):
     assert 1.83e-2 / 3 < kv3.mean_kl < 1.83e-2 * 3
     assert a48.act == "a4.8" and kv3.kv_bits == 3
     assert "activation scheme 'a4.8'" in a48.compute
+    assert "; the artifact with activation scheme 'a4.8' and a 3-bit KV cache on the float backend" in kv3.compute
 
 
 def test_a48_sparsity_report_on_the_demo(runs):

@@ -155,9 +155,8 @@ def verify(
     b, t = wtok.shape
     if score_from >= t - 1:
         raise UsageError(f"score_from {score_from} leaves nothing to score in windows of {t} tokens")
-    sides = make_sides(art, src, dev=dev, tdtype=getattr(torch, dtype_name), dtype_name=dtype_name,
-                       act_quant=act_quant, art_scheme=art_scheme, act=act, kv_bits=kv_bits, reference=reference,
-                       fast=fast, micro_batch=micro_batch)
+    sides = make_sides(art, src, dev=dev, dtype_name=dtype_name, act_quant=act_quant, art_scheme=art_scheme,
+                       reference=reference, fast=fast, micro_batch=micro_batch)
     notes += sides.notes
     clock = Clock((lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None))
     with torch.inference_mode(), flush_denormals(sides.fast and dev.type == "cpu"):

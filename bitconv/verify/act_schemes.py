@@ -146,7 +146,6 @@ class ActScheme:
     """One activation scheme. Subclasses define `_act(x, site) -> (out, kept mask | None)`."""
 
     name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
     kv_bits: int | None = None  # class defaults: a subclass need not call __init__
     stats: SparsityStats | None = None
 
@@ -175,17 +174,12 @@ class ActScheme:
             return k, v
         return absmax_int(k, self.kv_bits), absmax_int(v, self.kv_bits)
 
-    @property
-    def label(self) -> str:
-        return self.name + (f" + {self.kv_bits}-bit KV" if self.kv_bits else "")
-
 
 @register
 class A8(ActScheme):
     """BitNet b1.58: every linear input 8-bit absmax per token (verify's default)."""
 
     name = "a8"
-    description = "8-bit absmax activations per token at every linear (BitNet b1.58)"
 
     def _act(self, x, site):
         return a8_quant(x), None
@@ -196,7 +190,6 @@ class NoQuant(ActScheme):
     """No activation quantization (a plain family as transformers runs it, `--no-act-quant`)."""
 
     name = "none"
-    description = "float activations (no quantization)"
 
     def _act(self, x, site):
         return x, None
@@ -208,8 +201,6 @@ class A48(ActScheme):
     INT8 at o_proj's input, INT8 at down_proj's input (sparse from relu²)."""
 
     name = "a4.8"
-    description = ("4-bit absmean at q/k/v and gate/up inputs, top-50% + 8-bit absmax at o_proj's input, "
-                   "8-bit absmax at down_proj's input (BitNet a4.8)")
 
     def __init__(self, kv_bits: int | None = None, stats: SparsityStats | None = None,
                  topk_ratio: float = TOPK_RATIO) -> None:
@@ -240,5 +231,11 @@ def scheme_names() -> list[str]:
 def is_int8_fused(scheme: Any) -> bool:
     """Whether the int8 backends' fused kernels compute `scheme` (plain a8, float KV cache)."""
     return type(scheme) is A8 and getattr(scheme, "kv_bits", None) is None
+
+
+def require_int8_fused(scheme: Any) -> None:
+    """An int8 backend's check of its scheme: ValueError unless `is_int8_fused(scheme)`."""
+    if not is_int8_fused(scheme):
+        raise ValueError(f"the int8 backends fuse only the a8 scheme, not {getattr(scheme, 'name', scheme)!r}")
 
 

@@ -100,7 +100,7 @@ def _heads_norm_quant_rows(a, w, eps, use_norm, r0, r1, xq, scale):  # pragma: n
 @jit
 def _relu2_norm_quant_rows(acc, rows, scale, m, w, eps, use_norm, r0, r1, xq, scale_out):  # pragma: no cover
     """relu(gate)²·up of the rescaled halves [:m], [m:] of each acc row (the same float32
-    operations as `forward._k_rescale_glu`), then `_rms_quant_rows` of it, a row at a time:
+    operations as `ops._k_rescale_glu`), then `_rms_quant_rows` of it, a row at a time:
     the FFN's hidden activation h never leaves the cache."""
     h = np.empty(m, np.float32)
     tmp = np.empty(m, np.float32)
@@ -158,7 +158,7 @@ def _qkv_rope_rows(acc, rows, scale, heads, kv_heads, d, t, cos, sin, r0, r1, q,
     """`_rescale_rows` of the fused q|k|v GEMM output, then rope of the q and k heads, a
     token row at a time (the rescaled row stays in cache): x·cos[p] + rotate_half(x)·sin[p]
     in HF's rotate-half convention, the two products rounded, then added, as torch does.
-    q [b, heads, t, d], k and v [b, kv_heads, t, d]: what `forward._k_rescale` + `_k_rope`
+    q [b, heads, t, d], k and v [b, kv_heads, t, d]: what `ops._k_rescale` + `ops._k_rope`
     + a copy of v compute, bit for bit."""
     m = acc.shape[1]
     y = np.empty(m, np.float32)
@@ -300,7 +300,7 @@ def heads_rms_quant(a, w, eps: float):
 
 def relu2_rms_quant(acc, rows, scale, m: int, w, eps: float):
     """int32 acc [N, 2m] (gate | up) -> `rms_quant` of relu(gate)²·up, gate and up rescaled
-    (`forward._k_rescale_glu`), in one pass: the same bytes as the two steps."""
+    (`ops._k_rescale_glu`), in one pass: the same bytes as the two steps."""
     n = acc.shape[0]
     xq, so, qa, oa = _quantized(n, m)
     aa, ra, sa = _np(acc), _np(rows), _np(scale).reshape(n)

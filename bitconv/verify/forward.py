@@ -30,13 +30,12 @@ import numpy as np
 import torch
 
 from ..readers.checkpoint import Checkpoint
-from .head import HEAD_EXACT, LOGIT_CHUNK_ELEMENTS
-from .ops import act_quant, as_tokens, rms_norm
-from .runner import REFERENCES, Runner, resolve_device
+from .head import HEAD_EXACT
+from .ops import as_tokens
+from .runner import Runner
 from .weights import Groups, TTernary
 
-__all__ = ["logits_for", "token_logprobs_and_stats", "TokenScores", "Runner", "TTernary", "REFERENCES",
-           "HEAD_EXACT", "LOGIT_CHUNK_ELEMENTS", "resolve_device", "act_quant", "rms_norm", "as_tokens"]
+__all__ = ["logits_for", "token_logprobs_and_stats", "TokenScores", "Runner", "TTernary", "HEAD_EXACT"]
 
 
 def logits_for(ckpt: Checkpoint, tokens: torch.Tensor | np.ndarray, *, act_quant: bool = True, scheme=None,

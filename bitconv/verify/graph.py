@@ -20,11 +20,11 @@ The activation scheme (`act_schemes.py`) quantizes the input of every linear at 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
-from .ops import attention
+from .ops import _k_rope, attention
 from .weights import LayerWeights
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -56,6 +56,20 @@ class Backend(Protocol):
 
     def down_residual(self, h: Any, lw: LayerWeights, x: torch.Tensor, layer: int) -> torch.Tensor:
         """x + down_proj(h)."""
+
+
+def qkv_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lw: LayerWeights, hp: Any, rope: Rope,
+              b: int, t: int, rope_fn: Callable[..., torch.Tensor] = _k_rope
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-head part of every backend's `qkv` step: the projections' outputs (b·t rows of
+    heads·d each) -> q, k, v [b, heads, t, d], with the per-head q/k norms the layer has and
+    rope (`rope_fn`, `ops._k_rope` or its compiled form) on q and k."""
+    d = hp.head_dim
+    cos, sin = rope
+    q = rope_fn(lw.norm(q.view(b, t, hp.num_heads, d), "attn_q_norm", hp.rms_eps), cos, sin)
+    k = rope_fn(lw.norm(k.view(b, t, hp.num_kv_heads, d), "attn_k_norm", hp.rms_eps), cos, sin)
+    v = v.view(b, t, hp.num_kv_heads, d).transpose(1, 2)
+    return q, k, v
 
 
 def decoder_layer(be: Backend, x: torch.Tensor, lw: LayerWeights, rope: Rope, layer: int) -> torch.Tensor:

@@ -15,8 +15,8 @@ import os
 import numpy as np
 import torch
 
-from ..model import LINEAR, SourceTensor
-from .weights import (ATTN, FFN_IN, LAYER_IN_NORMS, LAYER_LINEARS, LAYER_NORMS, LAYER_QK_NORMS, LAYER_SUB_NORMS,
+from ..model import LINEAR, LINEAR_KINDS, SourceTensor
+from .weights import (ATTN, FFN_IN, LAYER_IN_NORMS, LAYER_NORMS, LAYER_QK_NORMS, LAYER_SUB_NORMS,
                       TORCH_DECODERS, Payload, TTernary)
 
 
@@ -40,8 +40,9 @@ class LayerLoader:
 
     def _fused_buffers(self, i: int) -> dict[str, torch.Tensor]:
         """On the fused CPU path: q/k/v, and gate/up, decode straight into one int8 buffer per
-        group, the matrix `prepare_linears` multiplies with, instead of into one tensor each
-        that is then copied into it (a copy of ~10% of the layer time on the bench model)."""
+        group, the fused linear's matrix (`Runner._int_linear` takes it as it is), instead of
+        into one tensor each that is then copied into it (a copy of ~10% of the layer time on
+        the bench model)."""
         if not self.fused_cpu or self.keep:
             return {}
         out: dict[str, torch.Tensor] = {}
@@ -84,10 +85,10 @@ class LayerLoader:
         """Raw tensors of decoder layer i (host memory; GPU-decoded layouts already on the device)."""
         out: dict[str, Payload] = {}
         bufs = self._fused_buffers(i)
-        for kind in LAYER_LINEARS + LAYER_NORMS + LAYER_SUB_NORMS + LAYER_QK_NORMS + LAYER_IN_NORMS:
+        for kind in LINEAR_KINDS + LAYER_NORMS + LAYER_SUB_NORMS + LAYER_QK_NORMS + LAYER_IN_NORMS:
             name = f"blk.{i}.{kind}.weight"
             if name in self.by_name:
-                out[kind] = self.load_raw(name, on_device=(self._stager is not None or self.fused_cpu) and kind in LAYER_LINEARS,
+                out[kind] = self.load_raw(name, on_device=(self._stager is not None or self.fused_cpu) and kind in LINEAR_KINDS,
                                           out=bufs.get(kind))
         return out
 

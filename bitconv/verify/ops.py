@@ -20,12 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError, UsageError
 from ..model import HParams
-from .act_schemes import ACT_EPS, absmax_int8
-
-
-def act_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token 8-bit absmax quantization: integer-valued float32 x_q and 127/γ (scheme "a8")."""
-    return absmax_int8(x)
+from .act_schemes import absmax_int8
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -36,9 +31,9 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _k_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    xf = x.to(torch.float32)
-    scale = 127.0 / xf.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS)
-    return (xf * scale).round().clamp(-128, 127).to(torch.int8), scale
+    """Scheme "a8"'s per-token absmax (act_schemes.absmax_int8) with x_q as int8."""
+    xq, scale = absmax_int8(x)
+    return xq.to(torch.int8), scale
 
 
 def _k_rms_quant(x: torch.Tensor, w: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..model import LINEAR, kind_of, layer_of
+from ..model import LINEAR, LINEAR_KINDS, kind_of, layer_of
+from .sparsity import SHORT_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -99,13 +100,6 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-# ----------------------------------------------------------------------------------------
-# tokens
-
-_SHORT = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate": "gate",
-          "ffn_up": "up", "ffn_down": "down"}
-
-
 def render_report(report: VerifyReport, console: "Console") -> None:
     """Print the report as rich tables: the metrics with their gates, then the per-layer
     relative weight error of every linear (red where a tensor failed)."""
@@ -157,9 +151,9 @@ def render_report(report: VerifyReport, console: "Console") -> None:
                           + (r" (\[in brackets]: vs the float weights)" if report.reference == "fp" else ""),
                     header_style="bold")
         per.add_column("layer", justify="right")
-        kinds = [k for k in _SHORT if any(k in row for row in layers.values())]
+        kinds = [k for k in LINEAR_KINDS if any(k in row for row in layers.values())]
         for k in kinds:
-            per.add_column(_SHORT[k], justify="right")
+            per.add_column(SHORT_NAMES[k], justify="right")
         for li in sorted(layers):
             cells = []
             for k in kinds:

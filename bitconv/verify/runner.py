@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, UsageError
-from ..model import HParams, SourceTensor
+from ..model import LINEAR_KINDS, HParams, SourceTensor
 from ..quant import GroupSize, Ternary
 from ..readers.checkpoint import Checkpoint
 from .act_schemes import A8, NoQuant, is_int8_fused
@@ -31,7 +31,7 @@ from .load import LayerLoader
 from .ops import Kernels, adjacent, as_tokens, pack2, rms_norm, rope_inv_freq, want_compile
 from .source_ref import absmean_ternary
 from .staging import Stager
-from .weights import (ATTN, FFN_IN, IN_NORM, LAYER_IN_NORMS, LAYER_LINEARS, LAYER_NORMS, LAYER_QK_NORMS,
+from .weights import (ATTN, FFN_IN, IN_NORM, LAYER_IN_NORMS, LAYER_NORMS, LAYER_QK_NORMS,
                       LAYER_SUB_NORMS, Groups, LayerWeights, Linear, Payload, TTernary)
 
 REFERENCES = ("ternary", "fp")
@@ -85,7 +85,6 @@ class Runner(LayerLoader, HeadMixin):
         # the activation scheme of every linear input and the KV cache (act_schemes.py);
         # `act_quant` alone picks "a8" or none
         self.scheme = scheme if scheme is not None else (A8() if act_quant else NoQuant())
-        self.act_quant = not isinstance(self.scheme, NoQuant)
         self.reference = reference
         self.device = resolve_device(device)
         self.dtype = dtype
@@ -125,7 +124,7 @@ class Runner(LayerLoader, HeadMixin):
         hp = self.hp
         need = ["token_embd.weight", "output_norm.weight"]
         for i in range(hp.num_layers):
-            need += [f"blk.{i}.{k}.weight" for k in LAYER_LINEARS + LAYER_NORMS]
+            need += [f"blk.{i}.{k}.weight" for k in LINEAR_KINDS + LAYER_NORMS]
         missing = [n for n in need if n not in self.by_name]
         if missing:
             raise InputError(
@@ -175,7 +174,7 @@ class Runner(LayerLoader, HeadMixin):
             if kind in raw:
                 lw.norms[kind] = self._to_dev(torch.from_numpy(np.asarray(raw[kind], dtype=np.float32)), self.dtype)
         terns = {k: self.as_ternary(f"blk.{i}.{k}.weight", raw[k]) if self.reference == "ternary" else None
-                 for k in LAYER_LINEARS}
+                 for k in LINEAR_KINDS}
         as_int = (self.int_path and is_int8_fused(self.scheme) and not any(k + IN_NORM in lw.norms for k in terns)
                   and all(t is not None and t.row_scales() is not None for t in terns.values()))
         for attr, kinds in _GROUPS:
@@ -198,8 +197,7 @@ class Runner(LayerLoader, HeadMixin):
         rows = torch.cat([self._to_dev(t.row_scales()) for t in terns])
         if self.keep:
             codes = pack2(codes)
-        return Linear(codes=codes, row_scale=rows, k=terns[0].shape[1], packed=self.keep,
-                      splits=[t.shape[0] for t in terns] if len(terns) > 1 else None)
+        return Linear(codes=codes, row_scale=rows, k=terns[0].shape[1], packed=self.keep)
 
     def _float_linear(self, tern: TTernary | None, raw: Payload, in_norm: torch.Tensor | None) -> Linear:
         w = self._to_dev(tern.dequantize(self.dtype)) if tern is not None else self._float_weight(raw)

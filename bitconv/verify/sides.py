@@ -27,8 +27,8 @@ class Sides:
         return [r for r in (self.art, self.src, self.fp) if r is not None]
 
 
-def make_sides(art, src, *, dev, tdtype, dtype_name: str, act_quant: bool | None, art_scheme, act: str,
-               kv_bits: int | None, reference: str, fast: bool | None, micro_batch: int | None) -> Sides:
+def make_sides(art, src, *, dev, dtype_name: str, act_quant: bool | None, art_scheme, reference: str,
+               fast: bool | None, micro_batch: int | None) -> Sides:
     """Decide each side's semantics and build its runner.
 
     The source computes what the source model computes: every tensor's kind is decided once
@@ -44,6 +44,7 @@ def make_sides(art, src, *, dev, tdtype, dtype_name: str, act_quant: bool | None
     from .head import HEAD_EXACT
     from .runner import Runner
 
+    tdtype = getattr(torch, dtype_name)
     notes = list(decide_source_kinds(src, ternarize=True))
     src_aq = source_act_quant(src) if act_quant is None else act_quant
     art_aq = src_aq if act_quant is None else act_quant
@@ -82,8 +83,9 @@ def make_sides(art, src, *, dev, tdtype, dtype_name: str, act_quant: bool | None
         art_scheme.stats = stats
         art_aq = art_scheme.name != "none"  # the report's "act. quant artifact" line
         if not is_int8_fused(art_scheme):
-            compute += f"; the artifact with activation scheme {act!r}" + (
-                f" and a {kv_bits}-bit KV cache" if kv_bits is not None else "") + " on the float backend"
+            compute += f"; the artifact with activation scheme {art_scheme.name!r}" + (
+                f" and a {art_scheme.kv_bits}-bit KV cache" if art_scheme.kv_bits is not None else ""
+            ) + " on the float backend"
     elif art_aq:
         art_scheme = get_scheme("a8", None, stats)  # the same rule (is_int8_fused): the same numbers
     r_art = Runner(art, act_quant=art_aq, scheme=art_scheme, reference="ternary", **kw)

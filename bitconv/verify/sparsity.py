@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..model import LINEAR_KINDS
+
 # which linears read each site (GGUF names), for the parameter accounting
 SITE_LINEARS: dict[str, tuple[str, ...]] = {
     "attn_in": ("attn_q", "attn_k", "attn_v"),
@@ -22,7 +24,9 @@ SITE_LINEARS: dict[str, tuple[str, ...]] = {
     "ffn_in": ("ffn_gate", "ffn_up"),
     "ffn_down_in": ("ffn_down",),
 }
-LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+# the linears' column headers in the report tables (sparsity's and the weight error's)
+SHORT_NAMES = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate": "gate",
+               "ffn_up": "up", "ffn_down": "down"}
 
 
 @dataclass
@@ -127,14 +131,14 @@ class SparsityStats:
         tot_sites: dict[str, SiteCounts] = {}
         tot_params = tot_active = 0.0
         # per linear kind: params, active params, zero weights, ternary params
-        per_kind: dict[str, list[float]] = {k: [0.0, 0.0, 0, 0] for k in LINEARS}
+        per_kind: dict[str, list[float]] = {k: [0.0, 0.0, 0, 0] for k in LINEAR_KINDS}
         complete = bool(layers)
         for i in layers:
             sites = {s: c for (l, s), c in self.sites.items() if l == i}
             for s, c in sites.items():
                 tot_sites.setdefault(s, SiteCounts()).add(c)
             linears = {}
-            for kind in LINEARS:
+            for kind in LINEAR_KINDS:
                 w = self.weights.get((i, kind))
                 sp = self.linear_sparsity(kind, sites)
                 linears[kind] = {
@@ -178,10 +182,6 @@ class SparsityStats:
         }
 
 
-_SHORT = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate": "gate", "ffn_up": "up",
-          "ffn_down": "down"}
-
-
 def render_sparsity(rep: dict[str, Any], console: Any, title: str = "sparsity") -> None:
     """Print a `SparsityStats.report()` as a rich table: per layer and in total, each
     linear's idle fraction for a token (paper Table 2's columns) with its ternary weight's
@@ -192,12 +192,12 @@ def render_sparsity(rep: dict[str, Any], console: Any, title: str = "sparsity") 
     t = Table(title=f"{title}: % of each linear idle per token [% zero weights]; active = parameters used per token",
               header_style="bold")
     t.add_column("layer", justify="right")
-    for k in LINEARS:
-        t.add_column(_SHORT[k], justify="right")
+    for k in LINEAR_KINDS:
+        t.add_column(SHORT_NAMES[k], justify="right")
     t.add_column("active", justify="right")
 
     def row(name: str, lin: dict[str, Any], active: float | None, style: str | None = None) -> None:
-        cells = [f"{pct(lin[k]['sparsity'])} [{pct(lin[k]['weight_zero_fraction'])}]" for k in LINEARS]
+        cells = [f"{pct(lin[k]['sparsity'])} [{pct(lin[k]['weight_zero_fraction'])}]" for k in LINEAR_KINDS]
         t.add_row(name, *cells, pct(active), style=style)
 
     for lay in rep["layers"]:

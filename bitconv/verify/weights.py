@@ -11,17 +11,17 @@ from typing import Callable, Mapping, Union
 import numpy as np
 import torch
 
+from ..model import LINEAR_KINDS
 from ..quant import GroupSize, Ternary
-from .ops import unpack2
+from .ops import rms_norm, unpack2
 
 ATTN = ("attn_q", "attn_k", "attn_v")
 FFN_IN = ("ffn_gate", "ffn_up")
-LAYER_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 LAYER_NORMS = ("attn_norm", "ffn_norm")
 LAYER_SUB_NORMS = ("attn_sub_norm", "ffn_sub_norm")
 LAYER_QK_NORMS = ("attn_q_norm", "attn_k_norm")  # Qwen3: per-head RMSNorm of q and k before rope
 IN_NORM = "_in_norm"  # use_rms_norm: `attn_q_in_norm` is the RMSNorm inside attn_q (archs.base.INPUT_NORM_SUFFIX)
-LAYER_IN_NORMS = tuple(k + IN_NORM for k in LAYER_LINEARS)
+LAYER_IN_NORMS = tuple(k + IN_NORM for k in LINEAR_KINDS)
 
 Groups = Union[GroupSize, Mapping[str, GroupSize], None]
 
@@ -90,8 +90,7 @@ def tq2_0_decode(raw: np.ndarray | torch.Tensor, shape: tuple[int, int], group: 
         from . import cpu_kernels
 
         values, d = cpu_kernels.tq2_0_values(blocks, m, k, out, name)
-        codes = values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-        tern = collapse_block_scales(codes, d, group, "tensor")  # live blocks with d = 0 read as 0
+        tern = collapse_block_scales(values.numpy(), d, group, name)  # live blocks with d = 0 read as 0
         return TTernary(values, torch.from_numpy(np.array(tern.scales, np.float32)), tern.group)
     if not isinstance(raw, torch.Tensor):
         with warnings.catch_warnings():  # a read-only memmap: torch only reads it (copy to the device)
@@ -136,7 +135,6 @@ class Linear:
     codes: torch.Tensor | None = None
     row_scale: torch.Tensor | None = None
     k: int = 0
-    splits: list[int] | None = None  # the outputs' widths when linears are fused
     packed: bool = False
     in_norm: torch.Tensor | None = None  # use_rms_norm: the RMSNorm weight applied to this linear's input
 
@@ -159,6 +157,11 @@ class LayerWeights:
     o: Linear | None = None
     gate_up: list[Linear] | Linear | None = None
     down: Linear | None = None
+
+    def norm(self, x: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
+        """RMSNorm `kind` of x where the layer has it, else x itself."""
+        w = self.norms.get(kind)
+        return x if w is None else rms_norm(x, w, eps)
 
     def all_int(self) -> bool:
         return all(isinstance(m, Linear) and m.is_int and m.in_norm is None

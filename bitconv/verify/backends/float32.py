@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops import rms_norm, rotate_half
-from ..weights import LayerWeights, Linear
+from ..graph import qkv_heads
+from ..ops import rms_norm
+from ..weights import Linear
 
 
 class FloatBackend:
@@ -19,10 +20,6 @@ class FloatBackend:
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, w, self.hp.rms_eps)
-
-    def _norm(self, x: torch.Tensor, lw: LayerWeights, kind: str) -> torch.Tensor:
-        w = lw.norms.get(kind)
-        return x if w is None else self._rms(x, w)
 
     def _lin(self, lin: list[Linear] | Linear, x: torch.Tensor, site: str, layer: int) -> list[torch.Tensor]:
         """Linears sharing input x [..., K]: quantize x once at `site` (or each linear's own
@@ -46,17 +43,11 @@ class FloatBackend:
         return self._rms(x, lw.norms["attn_norm"])
 
     def qkv(self, h, lw, rope, b, t, layer):
-        hp, d = self.hp, self.hp.head_dim
-        q, k, v = self._lin(lw.qkv, h, "attn_in", layer)
-        q = self._norm(q.view(b, t, hp.num_heads, d), lw, "attn_q_norm").transpose(1, 2)
-        k = self._norm(k.view(b, t, hp.num_kv_heads, d), lw, "attn_k_norm").transpose(1, 2)
-        v = v.view(b, t, hp.num_kv_heads, d).transpose(1, 2)
-        cos, sin = rope
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+        return qkv_heads(*self._lin(lw.qkv, h, "attn_in", layer), lw, self.hp, rope, b, t)
 
     def out_input(self, a, lw, layer):
         b, heads, t, d = a.shape
-        return self._norm(a.transpose(1, 2).reshape(b, t, heads * d), lw, "attn_sub_norm")
+        return lw.norm(a.transpose(1, 2).reshape(b, t, heads * d), "attn_sub_norm", self.hp.rms_eps)
 
     def out_residual(self, h, lw, x, layer):
         x = x + self._lin(lw.o, h, "attn_out_in", layer)[0]
@@ -67,7 +58,7 @@ class FloatBackend:
         gate = torch.relu(gate).square_() if self.hp.hidden_act == "relu2" else F.silu(gate)
         gate = gate.mul_(up)
         del up
-        return self._norm(gate, lw, "ffn_sub_norm")
+        return lw.norm(gate, "ffn_sub_norm", self.hp.rms_eps)
 
     def down_residual(self, h, lw, x, layer):
         return x + self._lin(lw.down, h, "ffn_down_in", layer)[0]

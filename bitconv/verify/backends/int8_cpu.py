@@ -10,19 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from .. import cpu_kernels as ck
-from ..act_schemes import is_int8_fused
-from ..ops import _k_rope, int_matmul, rms_norm
+from ..act_schemes import require_int8_fused
+from ..graph import qkv_heads
+from ..ops import int_matmul
 
 
 class Int8CpuBackend:
     def __init__(self, hp, dtype: torch.dtype, scheme) -> None:
-        if not is_int8_fused(scheme):
-            raise ValueError(f"the int8 backends fuse only the a8 scheme, not {getattr(scheme, 'name', scheme)!r}")
+        require_int8_fused(scheme)
         self.hp, self.dtype, self.scheme = hp, dtype, scheme
-
-    def _qk_norm(self, x: torch.Tensor, lw, norm: str) -> torch.Tensor:
-        w = lw.norms.get(norm)
-        return x if w is None else rms_norm(x, w, self.hp.rms_eps)
 
     def attn_input(self, x, lw, layer):
         return ck.rms_quant(x.reshape(-1, x.shape[-1]).contiguous(), lw.norms["attn_norm"], self.hp.rms_eps)
@@ -37,10 +33,7 @@ class Int8CpuBackend:
         cos, sin = rope
         if "attn_q_norm" in lw.norms or "attn_k_norm" in lw.norms or cos.dtype != torch.float32:
             y = ck.rescale(acc, qkv.row_scale, sc)
-            q = _k_rope(self._qk_norm(y[:, :nq].view(b, t, hp.num_heads, d), lw, "attn_q_norm"), cos, sin)
-            kk = _k_rope(self._qk_norm(y[:, nq:nq + nk].view(b, t, hp.num_kv_heads, d), lw, "attn_k_norm"), cos, sin)
-            v = y[:, nq + nk:].view(b, t, hp.num_kv_heads, d).transpose(1, 2)
-            return q, kk, v
+            return qkv_heads(y[:, :nq], y[:, nq:nq + nk], y[:, nq + nk:], lw, hp, rope, b, t)
         # rescale + rope in one pass over the GEMM output
         return ck.qkv_rope(acc, qkv.row_scale, sc, hp.num_heads, hp.num_kv_heads, d, b, t, cos, sin)
 

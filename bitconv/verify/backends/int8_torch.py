@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import torch
 
-from ..act_schemes import is_int8_fused
-from ..ops import Kernels, int_matmul, rms_norm
+from ..act_schemes import require_int8_fused
+from ..graph import qkv_heads
+from ..ops import Kernels, int_matmul
 
 
 class Int8TorchBackend:
     def __init__(self, hp, dtype: torch.dtype, scheme, kernels: Kernels) -> None:
-        if not is_int8_fused(scheme):
-            raise ValueError(f"the int8 backends fuse only the a8 scheme, not {getattr(scheme, 'name', scheme)!r}")
+        require_int8_fused(scheme)
         self.hp, self.dtype, self.scheme, self.k = hp, dtype, scheme, kernels
 
     def _quant(self, x: torch.Tensor, lw, norm: str):
         """The int8 input of a linear: the norm (if the layer has it) fused with the quantization."""
         w = lw.norms.get(norm)
         return self.k.quant(x) if w is None else self.k.rms_quant(x, w, self.hp.rms_eps)
-
-    def _qk_norm(self, x: torch.Tensor, lw, norm: str) -> torch.Tensor:
-        w = lw.norms.get(norm)
-        return x if w is None else rms_norm(x, w, self.hp.rms_eps)
 
     def attn_input(self, x, lw, layer):
         return self.k.rms_quant(x.reshape(-1, x.shape[-1]), lw.norms["attn_norm"], self.hp.rms_eps)
@@ -37,11 +33,7 @@ class Int8TorchBackend:
         qkv = lw.qkv
         y = k.rescale(int_matmul(xq, qkv.int_codes()), qkv.row_scale, sc, self.dtype)
         nq, nk = hp.num_heads * d, hp.num_kv_heads * d
-        cos, sin = rope
-        q = k.rope(self._qk_norm(y[:, :nq].view(b, t, hp.num_heads, d), lw, "attn_q_norm"), cos, sin)
-        kk = k.rope(self._qk_norm(y[:, nq:nq + nk].view(b, t, hp.num_kv_heads, d), lw, "attn_k_norm"), cos, sin)
-        v = y[:, nq + nk:].view(b, t, hp.num_kv_heads, d).transpose(1, 2)
-        return q, kk, v
+        return qkv_heads(y[:, :nq], y[:, nq:nq + nk], y[:, nq + nk:], lw, hp, rope, b, t, k.rope)
 
     def out_input(self, a, lw, layer):
         b, heads, t, d = a.shape
